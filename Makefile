@@ -1,0 +1,20 @@
+# The two commands of the README:
+#   make run    — run the project's main job
+#   make test   — run the whole test suite (as root: tests build network namespaces)
+# Both install missing Debian packages first (scripts/deps.sh).
+
+CARGO ?= cargo
+
+.PHONY: run test deps lint
+run: deps
+	$(CARGO) run --release -p ambit-examples --example cluster-demo
+
+test: deps
+	$(CARGO) test --workspace --all-features
+
+deps:
+	@scripts/deps.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings

@@ -1,0 +1,1 @@
+//! Runnable Ambit programs live in this package as `[[example]]`s; see the README.
