@@ -49,7 +49,9 @@ pub struct Links {
 
 impl std::fmt::Debug for Links {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Links").field("ns", &self.sock.ns()).finish()
+        f.debug_struct("Links")
+            .field("ns", &self.sock.ns())
+            .finish()
     }
 }
 
@@ -107,10 +109,9 @@ impl Links {
                     _ => None,
                 })
             });
-            if let (Some(addr), Some(link)) = (
-                addr,
-                links.iter_mut().find(|l| l.index == a.header.index),
-            ) {
+            if let (Some(addr), Some(link)) =
+                (addr, links.iter_mut().find(|l| l.index == a.header.index))
+            {
                 link.addresses.push(IfAddr::new(addr, a.header.prefix_len));
             }
         }
@@ -138,9 +139,10 @@ impl Links {
             .sock
             .request(RouteNetlinkMessage::NewLink(msg), CREATE_FLAGS, ctx)
         {
-            Err(Error::Netlink { source, link, ns, .. })
-                if t.params.kind == TunnelKind::Geneve
-                    && source.raw_os_error() == Some(EOPNOTSUPP) =>
+            Err(Error::Netlink {
+                source, link, ns, ..
+            }) if t.params.kind == TunnelKind::Geneve
+                && source.raw_os_error() == Some(EOPNOTSUPP) =>
             {
                 Err(Error::GeneveUnsupported { link, ns, source })
             }
@@ -149,7 +151,13 @@ impl Links {
     }
 
     /// Sets the MTU and/or the up flag: `ip link set dev NAME [mtu N] [up|down]`.
-    pub fn set(&mut self, name: &str, index: u32, mtu: Option<u32>, up: Option<bool>) -> Result<()> {
+    pub fn set(
+        &mut self,
+        name: &str,
+        index: u32,
+        mtu: Option<u32>,
+        up: Option<bool>,
+    ) -> Result<()> {
         let ctx = Ctx {
             link: name,
             op: "changing mtu/state of link",
@@ -165,7 +173,10 @@ impl Links {
     /// Adds an address: `ip addr add ADDR/LEN dev NAME`.
     pub fn add_address(&mut self, name: &str, index: u32, a: IfAddr) -> Result<()> {
         let op = format!("adding address {a} to link");
-        let ctx = Ctx { link: name, op: &op };
+        let ctx = Ctx {
+            link: name,
+            op: &op,
+        };
         self.sock.request(
             RouteNetlinkMessage::NewAddress(codec::address(index, a)),
             CREATE_FLAGS,
@@ -177,7 +188,10 @@ impl Links {
     /// Removes an address: `ip addr del ADDR/LEN dev NAME`.
     pub fn del_address(&mut self, name: &str, index: u32, a: IfAddr) -> Result<()> {
         let op = format!("removing address {a} from link");
-        let ctx = Ctx { link: name, op: &op };
+        let ctx = Ctx {
+            link: name,
+            op: &op,
+        };
         self.sock.request(
             RouteNetlinkMessage::DelAddress(codec::address(index, a)),
             CHANGE_FLAGS,
@@ -369,7 +383,9 @@ fn configure(
             op,
             source,
         };
-        let have = ns.sysctl(&path).map_err(|e| netns_err("reading sysctl", e))?;
+        let have = ns
+            .sysctl(&path)
+            .map_err(|e| netns_err("reading sysctl", e))?;
         if have != want {
             ns.set_sysctl(&path, &want)
                 .map_err(|e| netns_err("writing sysctl", e))?;

@@ -284,24 +284,15 @@ impl Tunnel {
         if let Some(mtu) = self.mtu
             && !(68..=65_535).contains(&mtu)
         {
-            return Err(invalid(
-                "mtu",
-                format!("{mtu} is outside 68..=65535"),
-            ));
+            return Err(invalid("mtu", format!("{mtu} is outside 68..=65535")));
         }
         for a in &self.addresses {
             let max = if a.addr.is_ipv4() { 32 } else { 128 };
             if a.prefix_len > max {
-                return Err(invalid(
-                    "address",
-                    format!("{a}: prefix longer than {max}"),
-                ));
+                return Err(invalid("address", format!("{a}: prefix longer than {max}")));
             }
             if a.addr.is_unspecified() || a.addr.is_multicast() {
-                return Err(invalid(
-                    "address",
-                    format!("{a}: not a unicast address"),
-                ));
+                return Err(invalid("address", format!("{a}: not a unicast address")));
             }
         }
         if let Some(rp) = self.rp_filter

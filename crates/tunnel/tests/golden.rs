@@ -146,7 +146,11 @@ fn check(file: &str, t: &Tunnel) {
     their_bytes[8..12].fill(0);
     let kind_at = info_kind_offset(&their_bytes).expect("IFLA_INFO_KIND");
     let len = u16::from_ne_bytes([their_bytes[kind_at], their_bytes[kind_at + 1]]);
-    assert_ne!(their_bytes[kind_at + len as usize - 1], 0, "{cmd}: kind has a NUL");
+    assert_ne!(
+        their_bytes[kind_at + len as usize - 1],
+        0,
+        "{cmd}: kind has a NUL"
+    );
     their_bytes[kind_at..kind_at + 2].copy_from_slice(&(len + 1).to_ne_bytes());
     assert_eq!(our_bytes, their_bytes, "{cmd}: bytes");
 }
@@ -229,13 +233,12 @@ fn geneve_checksum_flags_on() {
 fn geneve_checksum_flags_as_istio_links_show() {
     // ip link add istioin type geneve id 1000 remote 10.244.0.5 dstport 6081
     //     noudpcsum noudp6zerocsumtx udp6zerocsumrx
-    let t = Tunnel::new("istioin", TunnelKind::Geneve, 1000, v4(10, 244, 0, 5)).checksums(
-        Checksums {
+    let t =
+        Tunnel::new("istioin", TunnelKind::Geneve, 1000, v4(10, 244, 0, 5)).checksums(Checksums {
             udp_csum: Some(false),
             udp6_zero_csum_tx: Some(false),
             udp6_zero_csum_rx: Some(true),
-        },
-    );
+        });
     check("geneve-nocsum.strace", &t);
 }
 
