@@ -3,7 +3,7 @@
 //! Every request here is what the matching `ip` command sends, attribute for
 //! attribute and in the same order, so the golden tests in `tests/golden.rs`
 //! can compare our bytes with iproute2 6.1's. The socket side lives in
-//! [`crate::netlink`]; nothing in this module needs root.
+//! the private `netlink` module; nothing in this module needs root.
 
 use std::net::IpAddr;
 use std::os::fd::RawFd;
