@@ -40,6 +40,11 @@ mod manager;
 mod provider;
 pub mod tls;
 
+#[cfg(feature = "istio-ca")]
+pub use self::ca::{
+    istio::{IstioCaClient, IstioCaConfig},
+    server::CaServer,
+};
 pub use self::{
     ca::{CaError, CertificateAuthority, LocalCa},
     cert::{CertError, CertificateRequest, WorkloadCertificate, generate_csr},

@@ -5,13 +5,13 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use crate::{cert::CertError, identity::Identity, WorkloadCertificate};
+use crate::{WorkloadCertificate, cert::CertError, identity::Identity};
 
 #[cfg(feature = "istio-ca")]
 pub mod istio;
 mod local;
 #[cfg(feature = "istio-ca")]
-pub(crate) mod proto;
+pub mod proto;
 #[cfg(feature = "istio-ca")]
 pub mod server;
 
