@@ -1,10 +1,32 @@
 //! Traffic capture for a service mesh, programmed in the kernel.
+//!
+//! `ambit-redirect` turns a capture design into kernel state and back:
+//! packet marks ([`mark`]), policy routing over rtnetlink ([`route`]), sets of
+//! pod addresses over nfnetlink ([`ipset`]), and packet-filter rules
+//! ([`netfilter`]) rendered for nftables or iptables. A [`Plan`] bundles
+//! everything one capture mode needs in one namespace, as data; it can be
+//! printed (dry run), applied idempotently, verified for drift, and removed
+//! without touching anything it does not own. [`profiles`] builds Istio's
+//! plans: node-level (1.16–1.20), in-pod (current) and sidecar.
+//!
+//! Backends ([`Backend`]): native nftables through `nft -f -` (default: one
+//! atomic transaction, one owned `inet` table), iptables through
+//! `iptables-restore --noflush`, and, with the `nftnl` feature, nftables in
+//! process through libnftnl. Sets, rules and routes always go over netlink.
 #![deny(unsafe_code)]
 
+mod backend;
 mod error;
 pub mod ipset;
 pub mod mark;
+pub mod netfilter;
 mod nl;
+mod plan;
+pub mod profiles;
 pub mod route;
 
-pub use self::error::{Error, Result};
+pub use self::{
+    backend::Backend,
+    error::{Error, Result},
+    plan::{Drift, Plan, Step},
+};

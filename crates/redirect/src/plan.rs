@@ -1,0 +1,419 @@
+//! A plan: everything one capture mode needs in one namespace, as data.
+//!
+//! `apply` is idempotent and resumable — every step converges on its part of
+//! the plan whatever state it finds, so a process killed between steps is
+//! repaired by the next `apply`. `verify` reports drift; `remove` deletes
+//! everything the plan owns and nothing else.
+
+use std::fmt::{self, Write as _};
+
+use ambit_netns::NetNs;
+
+use crate::backend::{self, Backend};
+use crate::error::{Error, Result};
+use crate::ipset::{IpSetEntry, IpSetSpec, Ipset};
+use crate::netfilter::Ruleset;
+use crate::route::{IpRule, Route, Rtnl, route_satisfies};
+
+/// The steps of [`Plan::apply`], in order. Sets and packet-filter rules come
+/// before routes and ip rules, so no traffic is diverted before the rules
+/// that handle it exist; removal runs in reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Write sysctls.
+    Sysctls,
+    /// Create sets (ipsets for iptables; nft sets live in the nft table).
+    Sets,
+    /// Write the packet-filter rules atomically.
+    Netfilter,
+    /// Add or replace routes.
+    Routes,
+    /// Add ip rules.
+    Rules,
+}
+
+impl Step {
+    /// Every step, in apply order.
+    pub const ALL: [Step; 5] = [
+        Step::Sysctls,
+        Step::Sets,
+        Step::Netfilter,
+        Step::Routes,
+        Step::Rules,
+    ];
+}
+
+/// One difference between a plan and the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// A sysctl has another value.
+    Sysctl {
+        /// Key.
+        key: String,
+        /// Planned value.
+        want: String,
+        /// Kernel value (or the read error).
+        have: String,
+    },
+    /// A planned set does not exist (or has another type or family).
+    Set(String),
+    /// The packet-filter rules differ: lines in the plan but not the
+    /// kernel (`+`), and in the kernel but not the plan (`-`).
+    Netfilter(Vec<String>),
+    /// A planned route is missing.
+    Route(Route),
+    /// A planned ip rule is missing.
+    Rule(IpRule),
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sysctl { key, want, have } => {
+                write!(f, "sysctl {key} is {have:?}, want {want:?}")
+            }
+            Self::Set(s) => write!(f, "set {s} missing or different"),
+            Self::Netfilter(lines) => {
+                write!(f, "packet-filter rules differ:\n  {}", lines.join("\n  "))
+            }
+            Self::Route(r) => write!(f, "missing route: {r}"),
+            Self::Rule(r) => write!(f, "missing rule: {r}"),
+        }
+    }
+}
+
+/// Everything one capture mode needs in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// What this plan is, for messages (e.g. `node host`).
+    pub name: String,
+    /// Sysctls as `(key, value)`, key in path or dotted form.
+    pub sysctls: Vec<(String, String)>,
+    /// Sets of pod addresses.
+    pub sets: Vec<IpSetSpec>,
+    /// Packet-filter chains, jumps and rules.
+    pub netfilter: Ruleset,
+    /// Routes.
+    pub routes: Vec<Route>,
+    /// ip rules.
+    pub rules: Vec<IpRule>,
+}
+
+impl Plan {
+    /// An empty plan whose nft rendering lives in `inet nft_table`.
+    pub fn new(name: impl Into<String>, nft_table: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            sysctls: Vec::new(),
+            sets: Vec::new(),
+            netfilter: Ruleset::new(nft_table),
+            routes: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    /// The ruleset as the backend sees it (nft sets declared in the table).
+    fn ruleset(&self, backend: Backend) -> Ruleset {
+        let mut rs = self.netfilter.clone();
+        if backend.nft_sets() {
+            for s in &self.sets {
+                if !rs.sets.iter().any(|(n, _)| n == &s.name) {
+                    rs.sets.push((s.name.clone(), s.family));
+                }
+            }
+        }
+        rs
+    }
+
+    /// Checks the whole plan without touching the kernel.
+    pub fn validate(&self) -> Result<()> {
+        for s in &self.sets {
+            crate::ipset::check_set_name(&s.name)?;
+        }
+        self.netfilter.validate()?;
+        for r in &self.routes {
+            crate::route::check_table(r.table)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every step. Idempotent.
+    pub fn apply(&self, ns: &NetNs, backend: Backend) -> Result<()> {
+        self.validate()?;
+        for step in Step::ALL {
+            self.apply_step(ns, backend, step)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one step (see [`Step`]). Each step is idempotent on its own.
+    pub fn apply_step(&self, ns: &NetNs, backend: Backend, step: Step) -> Result<()> {
+        match step {
+            Step::Sysctls => {
+                for (k, v) in &self.sysctls {
+                    ns.set_sysctl(k, v)?;
+                }
+            }
+            Step::Sets => {
+                if !backend.nft_sets() && !self.sets.is_empty() {
+                    let mut ipset = Ipset::open(Some(ns))?;
+                    for s in &self.sets {
+                        ipset.create(s)?;
+                    }
+                }
+            }
+            Step::Netfilter => match backend {
+                Backend::Nft => backend::nft_apply(ns, &self.ruleset(backend))?,
+                Backend::Iptables => backend::xt_apply(ns, &self.ruleset(backend))?,
+                #[cfg(feature = "nftnl")]
+                Backend::Nftnl => crate::nftnl_backend::apply(ns, &self.ruleset(backend))?,
+            },
+            Step::Routes => {
+                if !self.routes.is_empty() {
+                    Rtnl::open(Some(ns))?.add_routes(&self.routes)?;
+                }
+            }
+            Step::Rules => {
+                if !self.rules.is_empty() {
+                    Rtnl::open(Some(ns))?.add_rules(&self.rules)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything the plan owns: ip rules, routes, the packet-filter
+    /// table or chains, and the sets. Sysctls are left as they are (they
+    /// are shared with other users of the namespace). Idempotent.
+    pub fn remove(&self, ns: &NetNs, backend: Backend) -> Result<()> {
+        let mut rt = Rtnl::open(Some(ns))?;
+        rt.del_rules(&self.rules)?;
+        rt.del_routes(&self.routes)?;
+        match backend {
+            Backend::Nft => backend::nft_remove(ns, &self.ruleset(backend))?,
+            Backend::Iptables => backend::xt_remove(ns, &self.ruleset(backend))?,
+            #[cfg(feature = "nftnl")]
+            Backend::Nftnl => backend::nft_remove(ns, &self.ruleset(backend))?,
+        }
+        if !backend.nft_sets() && !self.sets.is_empty() {
+            let mut ipset = Ipset::open(Some(ns))?;
+            for s in &self.sets {
+                ipset.destroy(&s.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The packet-filter part as the kernel prints it, for this plan applied
+    /// alone in a scratch namespace: the canonical text to compare with.
+    fn reference_listing(&self, backend: Backend) -> Result<Option<String>> {
+        let scratch = NetNs::create_anonymous()?;
+        let rs = self.ruleset(backend);
+        match backend {
+            Backend::Iptables => {
+                let mut ipset = Ipset::open(Some(&scratch))?;
+                for s in &self.sets {
+                    ipset.create(s)?;
+                }
+                backend::xt_apply(&scratch, &rs)?;
+                backend::xt_listing(&scratch, &rs)
+            }
+            _ => {
+                backend::nft_apply(&scratch, &rs)?;
+                backend::nft_listing(&scratch, &rs.nft_table)
+            }
+        }
+    }
+
+    /// Compares the plan with the kernel; an empty list means no drift.
+    pub fn verify(&self, ns: &NetNs, backend: Backend) -> Result<Vec<Drift>> {
+        let mut drift = Vec::new();
+        for (k, v) in &self.sysctls {
+            let have = ns.sysctl(k).unwrap_or_else(|e| e.to_string());
+            if have != *v {
+                drift.push(Drift::Sysctl {
+                    key: k.clone(),
+                    want: v.clone(),
+                    have,
+                });
+            }
+        }
+        let rs = self.ruleset(backend);
+        if backend.nft_sets() {
+            // nft sets are part of the table listing compared below.
+        } else {
+            let mut ipset = Ipset::open(Some(ns))?;
+            for s in &self.sets {
+                let ok = ipset
+                    .list(&s.name)?
+                    .is_some_and(|i| i.type_name == "hash:ip" && i.family == Some(s.family));
+                if !ok {
+                    drift.push(Drift::Set(s.name.clone()));
+                }
+            }
+        }
+        let want = self.reference_listing(backend)?;
+        let have = match backend {
+            Backend::Iptables => backend::xt_listing(ns, &rs)?,
+            _ => backend::nft_listing(ns, &rs.nft_table)?,
+        };
+        if want != have {
+            drift.push(Drift::Netfilter(diff_lines(
+                want.as_deref(),
+                have.as_deref(),
+            )));
+        }
+        let mut rt = Rtnl::open(Some(ns))?;
+        let mut tables: Vec<(crate::route::Family, u32)> =
+            self.routes.iter().map(|r| (r.family(), r.table)).collect();
+        tables.sort();
+        tables.dedup();
+        let mut have_routes = Vec::new();
+        for (f, t) in tables {
+            have_routes.extend(rt.routes(f, t)?);
+        }
+        for r in &self.routes {
+            if !have_routes.iter().any(|h| route_satisfies(h, r)) {
+                drift.push(Drift::Route(r.clone()));
+            }
+        }
+        let mut have_rules = rt.rules(crate::route::Family::V4)?;
+        have_rules.extend(rt.rules(crate::route::Family::V6)?);
+        for r in &self.rules {
+            if !have_rules.contains(r) {
+                drift.push(Drift::Rule(*r));
+            }
+        }
+        Ok(drift)
+    }
+
+    /// Adds members to one of the plan's sets, with the backend's set kind.
+    pub fn add_members(
+        &self,
+        ns: &NetNs,
+        backend: Backend,
+        set: &str,
+        entries: &[IpSetEntry],
+    ) -> Result<()> {
+        let spec = self.set(set)?;
+        if backend.nft_sets() {
+            for e in entries {
+                if crate::route::Family::of(e.ip) != spec.family {
+                    return Err(Error::FamilyMismatch {
+                        item: format!("set {set}"),
+                        addr: e.ip,
+                    });
+                }
+            }
+            backend::nft_add_elements(ns, &self.netfilter.nft_table, set, entries)
+        } else {
+            Ipset::open(Some(ns))?.add(spec, entries)
+        }
+    }
+
+    /// Removes members from one of the plan's sets; absent ones are ignored.
+    pub fn del_members(
+        &self,
+        ns: &NetNs,
+        backend: Backend,
+        set: &str,
+        ips: &[std::net::IpAddr],
+    ) -> Result<()> {
+        let spec = self.set(set)?;
+        if backend.nft_sets() {
+            backend::nft_del_elements(ns, &self.netfilter.nft_table, set, ips)
+        } else {
+            let entries: Vec<IpSetEntry> = ips
+                .iter()
+                .map(|ip| IpSetEntry {
+                    ip: *ip,
+                    comment: None,
+                })
+                .collect();
+            Ipset::open(Some(ns))?.del(spec, &entries)
+        }
+    }
+
+    /// Members of one of the plan's sets.
+    pub fn members(
+        &self,
+        ns: &NetNs,
+        backend: Backend,
+        set: &str,
+    ) -> Result<Vec<std::net::IpAddr>> {
+        self.set(set)?;
+        if backend.nft_sets() {
+            backend::nft_elements(ns, &self.netfilter.nft_table, set)
+        } else {
+            Ok(Ipset::open(Some(ns))?
+                .list(set)?
+                .map(|i| i.entries.into_iter().map(|e| e.ip).collect())
+                .unwrap_or_default())
+        }
+    }
+
+    fn set(&self, name: &str) -> Result<&IpSetSpec> {
+        self.sets
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::Invalid {
+                what: format!("set {name}"),
+                reason: format!("not part of plan {}", self.name),
+            })
+    }
+
+    /// The plan as nft text plus the `ip`/`sysctl` commands, for humans.
+    pub fn render_nft(&self) -> Result<String> {
+        let mut s = self.render_header();
+        s += &self.ruleset(Backend::Nft).nft_text()?;
+        Ok(s)
+    }
+
+    /// The plan as `iptables-save` text plus the `ipset`/`ip`/`sysctl`
+    /// commands, for humans and for hosts that keep iptables.
+    pub fn render_iptables(&self) -> Result<String> {
+        let mut s = self.render_header();
+        for set in &self.sets {
+            let _ = writeln!(s, "# {set}");
+        }
+        s += &self.netfilter.iptables_text(crate::route::Family::V4)?;
+        if self.netfilter.ipv6 {
+            s += "# ip6tables\n";
+            s += &self.netfilter.iptables_text(crate::route::Family::V6)?;
+        }
+        Ok(s)
+    }
+
+    fn render_header(&self) -> String {
+        let mut s = format!("# plan: {}\n", self.name);
+        for (k, v) in &self.sysctls {
+            let _ = writeln!(s, "# sysctl -w {}={v}", k.replace('/', "."));
+        }
+        for r in &self.routes {
+            let _ = writeln!(s, "# {r}");
+        }
+        for r in &self.rules {
+            let _ = writeln!(s, "# {r}");
+        }
+        s
+    }
+}
+
+fn diff_lines(want: Option<&str>, have: Option<&str>) -> Vec<String> {
+    let w: Vec<&str> = want.unwrap_or("").lines().collect();
+    let h: Vec<&str> = have.unwrap_or("").lines().collect();
+    let mut out: Vec<String> = w
+        .iter()
+        .filter(|l| !h.contains(l))
+        .map(|l| format!("+ {l}"))
+        .collect();
+    out.extend(
+        h.iter()
+            .filter(|l| !w.contains(l))
+            .map(|l| format!("- {l}")),
+    );
+    if out.is_empty() {
+        out.push("(same lines, different order)".into());
+    }
+    out
+}
