@@ -211,6 +211,9 @@ async fn manager_rotates_through_the_grpc_ca() {
 
 #[tokio::test]
 async fn client_verifies_the_ca_tls_certificate_against_custom_roots() {
+    // tonic's TLS server uses the process-default provider, which rustls
+    // cannot pick by itself under --all-features (both providers built in).
+    let _ = rustls::crypto::CryptoProvider::install_default((*ambit_identity::provider()).clone());
     let ca = Arc::new(LocalCa::generate("cluster.local").expect("ca"));
     // The CA's serving certificate: a DNS name, from a separate test root.
     let serving =
