@@ -130,11 +130,14 @@ fn main() {
         .iptables_restore(Family::V4, &[])
         .expect("render");
     let mut rows = Vec::new();
-    for (name, backend) in [
+    let mut cases = vec![
+        ("iptables-restore (rules only)", None),
         ("crate, nft backend", Some(Backend::Nft)),
         ("crate, iptables backend", Some(Backend::Iptables)),
-        ("iptables-restore (rules only)", None),
-    ] {
+    ];
+    #[cfg(feature = "nftnl")]
+    cases.push(("crate, nftnl backend", Some(Backend::Nftnl)));
+    for (name, backend) in cases {
         let mut v = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
@@ -164,7 +167,7 @@ fn main() {
         }
         rows.push((name, median(v)));
     }
-    let base = rows[2].1;
+    let base = rows[0].1;
     for (name, d) in rows {
         println!(
             "  {name:<32} {:>8.2} ms  ({:.2}x iptables-restore)",

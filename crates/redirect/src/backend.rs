@@ -131,7 +131,8 @@ pub(crate) fn nft_listing(ns: &NetNs, table: &str) -> Result<Option<String>> {
     let out = tool(
         ns,
         "nft",
-        &["list", "table", "inet", table],
+        // Stateless: counters would make every listing differ.
+        &["-s", "list", "table", "inet", table],
         "",
         &format!("listing nft table inet {table}"),
     )?;

@@ -20,6 +20,8 @@ mod error;
 pub mod ipset;
 pub mod mark;
 pub mod netfilter;
+#[cfg(feature = "nftnl")]
+mod nftnl_backend;
 mod nl;
 mod plan;
 pub mod profiles;

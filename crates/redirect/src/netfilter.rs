@@ -776,6 +776,8 @@ impl Rule {
                 Match::SkGid(g, n) => format!("meta skgid {}{g}", ne(*n)),
             });
         }
+        // Every rule counts its packets, as iptables rules always do.
+        parts.push("counter".into());
         parts.push(match &self.target {
             Target::Accept => "accept".into(),
             Target::Return => "return".into(),
@@ -929,13 +931,15 @@ mod tests {
         assert!(ipt.contains("-A ztunnel-PREROUTING -p tcp -m tcp -m set --match-set ztunnel-pods-ips src -j MARK --set-xmark 0x100/0x100\n"), "{ipt}");
         let nft = r.nft_script().expect("render");
         assert!(nft.contains("add chain inet ambit-test mangle-prerouting { type filter hook prerouting priority -150; }"), "{nft}");
-        assert!(nft.contains("add rule inet ambit-test mangle-ztunnel-PREROUTING iifname \"istioin\" meta mark set meta mark & 0xfffffdff | 0x200"), "{nft}");
+        assert!(nft.contains("add rule inet ambit-test mangle-ztunnel-PREROUTING iifname \"istioin\" counter meta mark set meta mark & 0xfffffdff | 0x200"), "{nft}");
         assert!(
-            nft.contains("meta mark & 0x220 == 0x220 ct mark set ct mark & 0xfffffddf | 0x220"),
+            nft.contains(
+                "meta mark & 0x220 == 0x220 counter ct mark set ct mark & 0xfffffddf | 0x220"
+            ),
             "{nft}"
         );
         assert!(
-            nft.contains("meta l4proto tcp ip saddr @ztunnel-pods-ips meta mark set"),
+            nft.contains("meta l4proto tcp ip saddr @ztunnel-pods-ips counter meta mark set"),
             "{nft}"
         );
     }

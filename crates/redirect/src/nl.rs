@@ -179,6 +179,51 @@ impl NlSocket {
         }
     }
 
+    /// Sends a prepared nfnetlink batch (begin, messages, end, with their
+    /// own sequence numbers) in one `sendmsg` and collects the errors of the
+    /// messages in `expect`. The kernel applies the batch all or nothing.
+    #[cfg_attr(not(feature = "nftnl"), allow(dead_code))]
+    pub(crate) fn send_batch(
+        &mut self,
+        bytes: &[u8],
+        expect: std::ops::Range<u32>,
+    ) -> Result<Vec<(u32, NlError)>> {
+        let sock = socket2::SockRef::from(&self.sock);
+        let timeout = |d| {
+            sock.set_read_timeout(d).map_err(|source| Error::Io {
+                op: format!("setting a netlink timeout in {}", self.ns),
+                source,
+            })
+        };
+        timeout(Some(std::time::Duration::from_secs(5)))?;
+        self.send(bytes)?;
+        let mut pending: std::collections::HashSet<u32> = expect.collect();
+        let mut errors = Vec::new();
+        while !pending.is_empty() {
+            let data = match self.sock.recv_from_full() {
+                Ok((d, _)) => d,
+                // After a failure the kernel may not answer every message.
+                Err(_) if !errors.is_empty() => break,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: format!("waiting for nftables batch acks in {}", self.ns),
+                        source,
+                    });
+                }
+            };
+            for m in Messages::new(&data) {
+                let m = m.map_err(|reason| self.decode("batch acks", reason))?;
+                if m.ty == NLMSG_ERROR && pending.remove(&m.seq) {
+                    if let Err(e) = parse_error(&m) {
+                        errors.push((m.seq, e));
+                    }
+                }
+            }
+        }
+        timeout(None)?;
+        Ok(errors)
+    }
+
     fn send(&self, buf: &[u8]) -> Result<()> {
         let n = self.sock.send(buf, 0).map_err(|source| Error::Io {
             op: format!("sending netlink request in {}", self.ns),

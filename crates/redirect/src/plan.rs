@@ -193,7 +193,7 @@ impl Plan {
             Backend::Nft => backend::nft_remove(ns, &self.ruleset(backend))?,
             Backend::Iptables => backend::xt_remove(ns, &self.ruleset(backend))?,
             #[cfg(feature = "nftnl")]
-            Backend::Nftnl => backend::nft_remove(ns, &self.ruleset(backend))?,
+            Backend::Nftnl => crate::nftnl_backend::remove(ns, &self.ruleset(backend))?,
         }
         if !backend.nft_sets() && !self.sets.is_empty() {
             let mut ipset = Ipset::open(Some(ns))?;

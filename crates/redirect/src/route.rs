@@ -729,7 +729,8 @@ pub fn route_satisfies(have: &Route, want: &Route) -> bool {
         && have.kind == want.kind
         && have.gateway == want.gateway
         && (want.dev.is_none() || have.dev == want.dev)
-        && have.scope == Some(want.effective_scope())
+        // IPv6 routes carry no scope (the kernel reports universe).
+        && (want.family() == Family::V6 || have.scope == Some(want.effective_scope()))
         && have.onlink == want.onlink
         && have.src == want.src
 }

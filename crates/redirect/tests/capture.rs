@@ -129,12 +129,8 @@ fn node_profile_captures_real_packets(backend: Backend) {
         }],
     )
     .expect("enrol");
-    assert!(
-        m.host_plan
-            .verify(m.host.ns(), backend)
-            .expect("verify")
-            .is_empty()
-    );
+    let drift = m.host_plan.verify(m.host.ns(), backend).expect("verify");
+    assert!(drift.is_empty(), "{drift:#?}");
     assert!(
         m.zt_plan
             .verify(m.zt.ns(), Backend::Nft)
@@ -504,4 +500,131 @@ fn host_probe_plan_and_sidecar_apply_and_remove() {
             .expect("names")
             .is_empty()
     );
+}
+
+#[cfg(feature = "nftnl")]
+mod nftnl {
+    use super::*;
+
+    /// The in-process backend produces exactly what `nft -f` produces: the
+    /// kernel lists the same table for every profile.
+    #[test]
+    fn nftnl_matches_nft_text_for_every_profile() {
+        let ns = NetNs::create_anonymous().expect("netns");
+        for cmd in [
+            "ip link add veth0 type veth peer name eth0",
+            "ip link add istioin type vxlan id 1000 remote 10.244.0.2 dstport 6081",
+            "ip link add istioout type vxlan id 1001 remote 10.244.0.2 dstport 6081",
+            "ip link add pistioin type vxlan id 1002 remote 10.244.0.1 dstport 6082",
+            "ip link add pistioout type vxlan id 1003 remote 10.244.0.1 dstport 6082",
+        ] {
+            sh(&ns, &cmd.split(' ').collect::<Vec<_>>());
+        }
+        for l in [
+            "lo",
+            "veth0",
+            "eth0",
+            "istioin",
+            "istioout",
+            "pistioin",
+            "pistioout",
+        ] {
+            sh(&ns, &["ip", "link", "set", l, "up"]);
+        }
+        sh(&ns, &["ip", "addr", "add", "10.244.0.1/24", "dev", "eth0"]);
+        sh(
+            &ns,
+            &["ip", "addr", "add", "192.168.127.1/30", "dev", "istioout"],
+        );
+        sh(
+            &ns,
+            &["ip", "addr", "add", "192.168.126.1/30", "dev", "pistioin"],
+        );
+        sh(
+            &ns,
+            &["ip", "addr", "add", "192.168.127.2/30", "dev", "pistioout"],
+        );
+        let before = snapshot(&ns);
+        let mut node = NodeConfig::new(
+            Ipv4Addr::new(10, 244, 0, 1),
+            "veth0",
+            Ipv4Addr::new(10, 244, 0, 2),
+        );
+        node.capture_dns = true;
+        let inpod = InpodConfig {
+            capture_dns: true,
+            ipv6: true,
+            ..InpodConfig::default()
+        };
+        for plan in [
+            profiles::node_host(&node).expect("plan"),
+            profiles::ztunnel_ns(&ZtunnelConfig::new(
+                Ipv4Addr::new(10, 244, 0, 1),
+                Ipv4Addr::new(10, 244, 0, 2),
+            ))
+            .expect("plan"),
+            profiles::inpod(&inpod).expect("plan"),
+            profiles::inpod_host_probes(&inpod).expect("plan"),
+            profiles::sidecar(&Default::default()).expect("plan"),
+        ] {
+            plan.apply(&ns, Backend::Nftnl).expect("apply");
+            plan.apply(&ns, Backend::Nftnl).expect("apply again");
+            let drift = plan.verify(&ns, Backend::Nftnl).expect("verify");
+            assert!(
+                drift.is_empty(),
+                "{}: {}",
+                plan.name,
+                drift
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            // And the text backend sees no drift in what nftnl wrote.
+            assert!(plan.verify(&ns, Backend::Nft).expect("verify").is_empty());
+            plan.remove(&ns, Backend::Nftnl).expect("remove");
+            plan.remove(&ns, Backend::Nftnl).expect("remove again");
+        }
+        assert_eq!(before[0], snapshot(&ns)[0], "nft ruleset after removal");
+    }
+
+    #[test]
+    fn nftnl_node_profile_captures_real_packets() {
+        node_profile_captures_real_packets(Backend::Nftnl);
+    }
+
+    #[test]
+    fn nftnl_inpod_redirects() {
+        inpod_redirects(Backend::Nftnl);
+    }
+
+    #[test]
+    fn nftnl_refused_batch_names_the_rule_and_applies_nothing() {
+        let ns = NetNs::create_anonymous().expect("netns");
+        let mut plan = profiles::inpod(&InpodConfig::default()).expect("plan");
+        plan.netfilter.push(
+            ambit_redirect::netfilter::Table::Nat,
+            "ISTIO_OUTPUT",
+            vec![
+                ambit_redirect::netfilter::Match::Proto(ambit_redirect::netfilter::Proto::Tcp),
+                ambit_redirect::netfilter::Match::Set {
+                    name: "no-such-set".into(),
+                    dir: ambit_redirect::netfilter::Dir::Dst,
+                    family: ambit_redirect::route::Family::V4,
+                    neg: false,
+                },
+            ],
+            ambit_redirect::netfilter::Target::Accept,
+        );
+        let before = snapshot(&ns);
+        let err = plan
+            .apply_step(&ns, Backend::Nftnl, Step::Netfilter)
+            .expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no-such-set") && msg.contains("nothing was applied"),
+            "{msg}"
+        );
+        assert_eq!(before, snapshot(&ns));
+    }
 }
