@@ -1,0 +1,217 @@
+//! [`HboneStream`]: one CONNECT stream as `AsyncRead + AsyncWrite`.
+//!
+//! Flow control invariants:
+//! - Receive: capacity is released to the peer only as the reader consumes
+//!   bytes, so a slow reader makes the peer stop sending (per-stream window
+//!   4 MiB by default) instead of growing a buffer here.
+//! - Send: before each DATA frame the writer reserves capacity and sends
+//!   only what the peer's window grants, so nothing is queued without
+//!   bound inside h2.
+//!
+//! Closing: [`poll_shutdown`](AsyncWrite::poll_shutdown) sends an empty
+//! DATA frame with END_STREAM (the TCP FIN of the tunnel); a reset from the
+//! peer surfaces as `ConnectionReset` on the next read or write;
+//! [`Abort::abort`](crate::Abort::abort) sends RST_STREAM(CONNECT_ERROR),
+//! as RFC 9113 §8.5 asks of a proxy whose TCP connection was reset.
+//! Dropping a stream that is not closed both ways resets it (h2 sends
+//! RST_STREAM(CANCEL)).
+
+use std::{
+    any::Any,
+    fmt, io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most bytes offered to h2 in one DATA write.
+const MAX_WRITE: usize = 1024 * 1024;
+
+/// A bidirectional byte stream carried by one HTTP/2 CONNECT stream, on
+/// either side of the tunnel.
+pub struct HboneStream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received bytes not yet handed to the reader (their flow-control
+    /// capacity is not released yet).
+    pending: Bytes,
+    /// END_STREAM received.
+    read_eof: bool,
+    /// END_STREAM sent.
+    write_closed: bool,
+    /// Kept alive as long as the stream: the pool's stream-slot guard, or
+    /// the inner connection of a double-HBONE stream.
+    _keep: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for HboneStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HboneStream")
+            .field("id", &self.send.stream_id().as_u32())
+            .field("read_eof", &self.read_eof)
+            .field("write_closed", &self.write_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HboneStream {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            read_eof: false,
+            write_closed: false,
+            _keep: None,
+        }
+    }
+
+    /// Attaches something that must live as long as the stream.
+    pub(crate) fn keep(mut self, value: impl Any + Send + Sync) -> Self {
+        self._keep = Some(Box::new(value));
+        self
+    }
+
+    /// The HTTP/2 stream id.
+    pub fn stream_id(&self) -> u32 {
+        self.send.stream_id().as_u32()
+    }
+
+    /// Resets the stream with `reason` (RST_STREAM); later reads and writes
+    /// fail.
+    pub fn reset(&mut self, reason: Reason) {
+        self.send.send_reset(reason);
+    }
+
+    /// The error to report once the send side is unusable: the peer's
+    /// reset reason if it sent one.
+    fn poll_send_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        Poll::Ready(match ready!(self.send.poll_reset(cx)) {
+            Ok(reason) => reset_error(reason),
+            Err(e) => h2_to_io(e),
+        })
+    }
+}
+
+/// An RST_STREAM as an I/O error: `ConnectionReset`, keeping the reason.
+fn reset_error(reason: Reason) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        format!("hbone stream reset: {reason}"),
+    )
+}
+
+/// h2 errors as I/O errors: resets become `ConnectionReset`, a GOAWAY
+/// `ConnectionAborted`, transport errors stay what they were.
+pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 transport error"));
+    }
+    let kind = if e.is_reset() {
+        io::ErrorKind::ConnectionReset
+    } else if e.is_go_away() {
+        io::ErrorKind::ConnectionAborted
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e)
+}
+
+impl AsyncRead for HboneStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        while this.pending.is_empty() {
+            if this.read_eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => this.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => this.read_eof = true,
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending.split_to(n));
+        // The reader has taken n bytes: let the peer send n more. Fails
+        // only if the stream is already gone, which the next read reports.
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for HboneStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "hbone stream already closed for writing",
+            )));
+        }
+        let want = buf.len().min(MAX_WRITE);
+        this.send.reserve_capacity(want);
+        let granted = match ready!(this.send.poll_capacity(cx)) {
+            Some(Ok(n)) => Some(n.min(want)),
+            // The stream is closed or reset: report why below.
+            Some(Err(_)) | None => None,
+        };
+        if let Some(n) = granted.filter(|n| *n > 0) {
+            if this
+                .send
+                .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                .is_ok()
+            {
+                return Poll::Ready(Ok(n));
+            }
+        } else if granted == Some(0) {
+            // Capacity was assigned and taken back (window shrank); wait.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.poll_send_error(cx).map(Err)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2's connection task writes frames out as soon as they are queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.write_closed {
+            return Poll::Ready(Ok(()));
+        }
+        match this.send.send_data(Bytes::new(), true) {
+            Ok(()) => {
+                this.write_closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Err(_) => this.poll_send_error(cx).map(Err),
+        }
+    }
+}
+
+impl crate::Abort for HboneStream {
+    fn abort(&mut self) {
+        self.send.send_reset(Reason::CONNECT_ERROR);
+    }
+}
