@@ -346,12 +346,16 @@ impl<H: Handler> Server<H> {
             let conn = inner.h2.handshake(tls).await.map_err(ServerError::Http2)?;
             Ok::<_, ServerError>((identity, conn))
         };
-        let (peer_identity, mut conn) =
-            tokio::time::timeout(inner.config.handshake_timeout, handshake)
-                .await
-                .map_err(|_| ServerError::HandshakeTimeout)??;
-        tracing::debug!(%peer_addr, %peer_identity, "hbone connection established");
         let mut shutdown = pin!(shutdown);
+        // A connection still handshaking when shutdown begins has no
+        // streams to drain: drop it.
+        let (peer_identity, mut conn) = tokio::select! {
+            result = tokio::time::timeout(inner.config.handshake_timeout, handshake) => {
+                result.map_err(|_| ServerError::HandshakeTimeout)??
+            }
+            () = &mut shutdown => return Ok(()),
+        };
+        tracing::debug!(%peer_addr, %peer_identity, "hbone connection established");
         let mut draining = false;
         loop {
             tokio::select! {
