@@ -1,0 +1,24 @@
+//! The state of an Istio-compatible mesh, and the decisions made from it.
+//!
+//! `ambit-mesh` holds what a data-plane proxy knows about the mesh —
+//! workloads by address and uid, services by VIP and hostname with their
+//! endpoints, authorization policies, waypoints — in a [`MeshState`], fed by
+//! xDS or by ztunnel's local YAML format ([`local::Config`], so existing
+//! ztunnel `LOCAL_XDS_PATH` files load unchanged). It answers the proxies'
+//! questions without doing any I/O: what is at this address ([`MeshState::lookup`]),
+//! which endpoint serves this service port ([`MeshState::pick_endpoint`]),
+//! and may this connection proceed ([`authz::authorize`], Istio's DENY-then-ALLOW
+//! semantics with every match field).
+#![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod local;
+pub mod model;
+mod state;
+
+pub use self::{
+    authz::{Connection, Decision, DenyReason},
+    local::{Config, ConfigError},
+    model::{Policy, Service, Workload},
+    state::{Endpoint, MeshState, Target},
+};

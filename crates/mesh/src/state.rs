@@ -1,0 +1,353 @@
+//! The mesh state: every workload, service and policy, indexed the ways the
+//! proxies look them up.
+//!
+//! Invariants: `by_addr` holds exactly the addresses of the workloads in
+//! `workloads`; `by_vip` exactly the VIPs of `services`; `endpoints[svc]`
+//! exactly the uids of workloads whose `services` map names `svc`. Every
+//! insert first removes the previous version's index entries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::authz::{self, Connection, Decision};
+use crate::local::Config;
+use crate::model::{HealthStatus, Policy, Port, Service, Workload};
+
+/// All workloads, services and policies.
+#[derive(Debug, Default)]
+pub struct MeshState {
+    workloads: HashMap<String, Arc<Workload>>,
+    by_addr: HashMap<(String, IpAddr), String>,
+    services: HashMap<String, Arc<Service>>,
+    by_vip: HashMap<(String, IpAddr), String>,
+    endpoints: HashMap<String, BTreeSet<String>>,
+    policies: HashMap<String, Arc<Policy>>,
+    /// Round-robin cursor for endpoint selection.
+    rr: AtomicUsize,
+}
+
+/// What an address refers to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A workload's own address.
+    Workload(Arc<Workload>),
+    /// A service VIP.
+    Service(Arc<Service>),
+}
+
+/// A chosen service endpoint.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The workload.
+    pub workload: Arc<Workload>,
+    /// The port on the workload.
+    pub port: u16,
+}
+
+impl MeshState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A state holding a local config.
+    pub fn from_config(c: Config) -> Self {
+        let mut s = Self::new();
+        s.load(c);
+        s
+    }
+
+    /// Adds everything in a local config (replacing by key).
+    pub fn load(&mut self, c: Config) {
+        for w in c.workloads {
+            self.insert_workload(w);
+        }
+        for svc in c.services {
+            self.insert_service(svc);
+        }
+        for p in c.policies {
+            self.insert_policy(p);
+        }
+    }
+
+    /// Adds or replaces a workload (by uid).
+    pub fn insert_workload(&mut self, w: Workload) {
+        self.remove_workload(&w.uid);
+        for a in &w.addresses {
+            self.by_addr.insert((w.network.clone(), *a), w.uid.clone());
+        }
+        for svc in w.services.keys() {
+            self.endpoints
+                .entry(svc.clone())
+                .or_default()
+                .insert(w.uid.clone());
+        }
+        self.workloads.insert(w.uid.clone(), Arc::new(w));
+    }
+
+    /// Removes a workload; returns whether it existed.
+    pub fn remove_workload(&mut self, uid: &str) -> bool {
+        let Some(old) = self.workloads.remove(uid) else {
+            return false;
+        };
+        for a in &old.addresses {
+            let key = (old.network.clone(), *a);
+            if self.by_addr.get(&key).is_some_and(|u| u == uid) {
+                self.by_addr.remove(&key);
+            }
+        }
+        for svc in old.services.keys() {
+            if let Some(set) = self.endpoints.get_mut(svc) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.endpoints.remove(svc);
+                }
+            }
+        }
+        true
+    }
+
+    /// Adds or replaces a service (by `namespace/hostname`).
+    pub fn insert_service(&mut self, s: Service) {
+        let key = s.key();
+        self.remove_service(&key);
+        for (net, ip) in &s.vips {
+            self.by_vip.insert((net.clone(), *ip), key.clone());
+        }
+        self.services.insert(key, Arc::new(s));
+    }
+
+    /// Removes a service; returns whether it existed.
+    pub fn remove_service(&mut self, key: &str) -> bool {
+        let Some(old) = self.services.remove(key) else {
+            return false;
+        };
+        for (net, ip) in &old.vips {
+            let k = (net.clone(), *ip);
+            if self.by_vip.get(&k).is_some_and(|s| s == key) {
+                self.by_vip.remove(&k);
+            }
+        }
+        true
+    }
+
+    /// Removes an xDS Address resource by name: a workload uid or a service
+    /// `namespace/hostname`.
+    pub fn remove_address(&mut self, name: &str) -> bool {
+        self.remove_workload(name) || self.remove_service(name)
+    }
+
+    /// Adds or replaces a policy (by `namespace/name`).
+    pub fn insert_policy(&mut self, p: Policy) {
+        self.policies.insert(p.key(), Arc::new(p));
+    }
+
+    /// Removes a policy; returns whether it existed.
+    pub fn remove_policy(&mut self, key: &str) -> bool {
+        self.policies.remove(key).is_some()
+    }
+
+    /// A workload by uid.
+    pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
+        self.workloads.get(uid).cloned()
+    }
+
+    /// The workload with address `ip` on `network`.
+    pub fn workload_by_ip(&self, network: &str, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.by_addr
+            .get(&(network.to_owned(), ip))
+            .and_then(|u| self.workload(u))
+    }
+
+    /// A service by `namespace/hostname`.
+    pub fn service(&self, key: &str) -> Option<Arc<Service>> {
+        self.services.get(key).cloned()
+    }
+
+    /// The service with VIP `ip` on `network`.
+    pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
+        self.by_vip
+            .get(&(network.to_owned(), ip))
+            .and_then(|k| self.service(k))
+    }
+
+    /// What `ip` is: a service VIP (checked first) or a workload.
+    pub fn lookup(&self, network: &str, ip: IpAddr) -> Option<Target> {
+        self.service_by_vip(network, ip)
+            .map(Target::Service)
+            .or_else(|| self.workload_by_ip(network, ip).map(Target::Workload))
+    }
+
+    /// Healthy endpoints of a service for `service_port`, with target ports.
+    pub fn endpoints(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
+        let key = svc.key();
+        let Some(uids) = self.endpoints.get(&key) else {
+            return Vec::new();
+        };
+        let default = svc
+            .ports
+            .iter()
+            .find(|p| p.service_port == service_port)
+            .copied();
+        uids.iter()
+            .filter_map(|u| self.workloads.get(u))
+            .filter(|w| w.status == HealthStatus::Healthy)
+            .filter_map(|w| {
+                // The workload's own port list for the service wins over the
+                // service's; a service without the port has no endpoint.
+                let port = w
+                    .services
+                    .get(&key)
+                    .and_then(|ps| ps.iter().find(|p| p.service_port == service_port).copied())
+                    .or(default)
+                    .map(|p: Port| p.target())?;
+                Some(Endpoint {
+                    workload: Arc::clone(w),
+                    port,
+                })
+            })
+            .collect()
+    }
+
+    /// Picks one healthy endpoint, round robin.
+    pub fn pick_endpoint(&self, svc: &Service, service_port: u16) -> Option<Endpoint> {
+        let eps = self.endpoints(svc, service_port);
+        if eps.is_empty() {
+            return None;
+        }
+        let i = self.rr.fetch_add(1, Ordering::Relaxed) % eps.len();
+        eps.into_iter().nth(i)
+    }
+
+    /// Authorizes a connection to `workload` with every applicable policy.
+    pub fn authorize(&self, workload: &Workload, conn: &Connection<'_>) -> Decision {
+        authz::authorize(self.policies.values().map(|p| p.as_ref()), workload, conn)
+    }
+
+    /// Every workload.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    /// Every service.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values()
+    }
+
+    /// Counts: (workloads, services, policies).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.workloads.len(),
+            self.services.len(),
+            self.policies.len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn wl(uid: &str, ip: &str, svc: Option<(&str, u16, u16)>) -> Workload {
+        let mut services = BTreeMap::new();
+        if let Some((k, s, t)) = svc {
+            services.insert(
+                k.to_owned(),
+                vec![Port {
+                    service_port: s,
+                    target_port: t,
+                }],
+            );
+        }
+        Workload {
+            uid: uid.into(),
+            namespace: "default".into(),
+            addresses: vec![ip.parse().expect("ip")],
+            services,
+            ..Workload::default()
+        }
+    }
+
+    fn svc() -> Service {
+        Service {
+            name: "pp".into(),
+            namespace: "default".into(),
+            hostname: "pp.default.svc".into(),
+            vips: vec![(String::new(), "10.96.0.10".parse().expect("ip"))],
+            ports: vec![Port {
+                service_port: 9080,
+                target_port: 9080,
+            }],
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn indexes_follow_replacements_and_removals() {
+        let mut s = MeshState::new();
+        s.insert_workload(wl("a", "10.0.0.1", None));
+        assert!(
+            s.workload_by_ip("", "10.0.0.1".parse().expect("ip"))
+                .is_some()
+        );
+        s.insert_workload(wl("a", "10.0.0.2", None));
+        assert!(
+            s.workload_by_ip("", "10.0.0.1".parse().expect("ip"))
+                .is_none(),
+            "old address dropped"
+        );
+        assert!(
+            s.workload_by_ip("", "10.0.0.2".parse().expect("ip"))
+                .is_some()
+        );
+        assert!(s.remove_address("a"));
+        assert!(!s.remove_address("a"));
+        assert_eq!(s.counts(), (0, 0, 0));
+        assert!(s.by_addr.is_empty() && s.endpoints.is_empty());
+    }
+
+    #[test]
+    fn service_endpoints_round_robin_and_skip_unhealthy() {
+        let mut s = MeshState::new();
+        s.insert_service(svc());
+        s.insert_workload(wl(
+            "v1",
+            "10.0.0.1",
+            Some(("default/pp.default.svc", 9080, 9081)),
+        ));
+        s.insert_workload(wl(
+            "v2",
+            "10.0.0.2",
+            Some(("default/pp.default.svc", 9080, 9082)),
+        ));
+        let mut bad = wl(
+            "v3",
+            "10.0.0.3",
+            Some(("default/pp.default.svc", 9080, 9080)),
+        );
+        bad.status = HealthStatus::Unhealthy;
+        s.insert_workload(bad);
+        let Some(Target::Service(sv)) = s.lookup("", "10.96.0.10".parse().expect("ip")) else {
+            panic!("VIP resolves to the service");
+        };
+        let picks: Vec<(String, u16)> = (0..4)
+            .filter_map(|_| s.pick_endpoint(&sv, 9080))
+            .map(|e| (e.workload.uid.clone(), e.port))
+            .collect();
+        assert_eq!(picks.len(), 4);
+        assert!(picks.contains(&("v1".into(), 9081)) && picks.contains(&("v2".into(), 9082)));
+        assert!(!picks.iter().any(|(u, _)| u == "v3"));
+        assert!(s.pick_endpoint(&sv, 1234).is_none(), "unknown port");
+        s.remove_workload("v1");
+        s.remove_workload("v2");
+        assert!(s.pick_endpoint(&sv, 9080).is_none());
+    }
+}
