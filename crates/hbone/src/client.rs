@@ -302,12 +302,16 @@ struct Pool {
     /// Key → that key's connections. The inner async lock is held while
     /// choosing a connection and while opening a new one, which
     /// serializes connection setup per key.
-    keys: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<Vec<Arc<Conn>>>>>>,
+    keys: Mutex<HashMap<PoolKey, KeyConns>>,
     /// Connections opened so far (pooled ones; double HBONE's inner ones
     /// are not counted).
     opened: AtomicU64,
     next_id: AtomicU64,
 }
+
+/// One key's connections, behind the lock that serializes choosing and
+/// opening them.
+type KeyConns = Arc<tokio::sync::Mutex<Vec<Arc<Conn>>>>;
 
 /// One pooled connection.
 struct Conn {
@@ -462,7 +466,7 @@ impl Client {
 }
 
 impl Pool {
-    fn keys(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<tokio::sync::Mutex<Vec<Arc<Conn>>>>>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<PoolKey, KeyConns>> {
         match self.keys.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

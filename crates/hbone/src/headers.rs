@@ -734,7 +734,8 @@ mod tests {
     #[test]
     fn authority_rejects_malformed_values() {
         let long = "a".repeat(10 * 1024);
-        let cases: &[(&str, fn(&HeaderError) -> bool)] = &[
+        type Check = fn(&HeaderError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("a:b:c", |e| matches!(e, HeaderError::BadHost(_))),
             ("1.2.3.4", |e| matches!(e, HeaderError::MissingPort(_))),
             ("[::1]:x", |e| matches!(e, HeaderError::BadPort(_))),
