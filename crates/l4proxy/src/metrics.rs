@@ -1,0 +1,172 @@
+//! Prometheus metrics with Istio's names and labels, and access logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The labels of Istio's TCP metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+pub struct TcpLabels {
+    /// `source` or `destination`: which side's proxy reports.
+    pub reporter: String,
+    /// Source workload name.
+    pub source_workload: String,
+    /// Source workload namespace.
+    pub source_workload_namespace: String,
+    /// Source SPIFFE id.
+    pub source_principal: String,
+    /// Destination workload name.
+    pub destination_workload: String,
+    /// Destination workload namespace.
+    pub destination_workload_namespace: String,
+    /// Destination SPIFFE id.
+    pub destination_principal: String,
+    /// Destination service hostname.
+    pub destination_service: String,
+    /// `tcp`.
+    pub request_protocol: String,
+    /// `-` on success; `DENY`, `CONNECT`, ... on failure.
+    pub response_flags: String,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: String,
+}
+
+/// The proxy's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+    active: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let opened = Family::<TcpLabels, Counter>::default();
+        let closed = Family::<TcpLabels, Counter>::default();
+        let received = Family::<TcpLabels, Counter>::default();
+        let sent = Family::<TcpLabels, Counter>::default();
+        let active = Gauge::default();
+        r.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            opened.clone(),
+        );
+        r.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            closed.clone(),
+        );
+        r.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the source",
+            received.clone(),
+        );
+        r.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the source",
+            sent.clone(),
+        );
+        r.register(
+            "ztunnel_active_connections",
+            "Connections being proxied now",
+            active.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            opened,
+            closed,
+            received,
+            sent,
+            active,
+        }
+    }
+
+    /// A connection opened.
+    pub fn opened(&self, l: &TcpLabels) {
+        self.opened.get_or_create(l).inc();
+        self.active.inc();
+    }
+
+    /// A connection closed after moving these bytes.
+    pub fn closed(&self, l: &TcpLabels, received: u64, sent: u64) {
+        self.closed.get_or_create(l).inc();
+        self.received.get_or_create(l).inc_by(received);
+        self.sent.get_or_create(l).inc_by(sent);
+        self.active.dec();
+    }
+
+    /// Connections being proxied now.
+    pub fn active(&self) -> i64 {
+        self.active.get()
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+}
+
+/// One access-log line per connection.
+#[derive(Debug, Clone)]
+pub struct AccessLog<'a> {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Source address.
+    pub src: std::net::SocketAddr,
+    /// Destination (original) address.
+    pub dst: std::net::SocketAddr,
+    /// The hop actually dialled, when different.
+    pub via: Option<std::net::SocketAddr>,
+    /// Source identity.
+    pub src_identity: Option<&'a str>,
+    /// Destination identity.
+    pub dst_identity: Option<&'a str>,
+    /// Bytes from the source.
+    pub bytes_received: u64,
+    /// Bytes to the source.
+    pub bytes_sent: u64,
+    /// How long it lasted.
+    pub duration: Duration,
+    /// Empty on success, else why it ended (`DENY ...`, `connect failed ...`).
+    pub reason: &'a str,
+}
+
+impl AccessLog<'_> {
+    /// Writes the line through `tracing` (target `access`).
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "access",
+            direction = self.direction,
+            src = %self.src,
+            dst = %self.dst,
+            via = ?self.via,
+            src_identity = self.src_identity.unwrap_or("-"),
+            dst_identity = self.dst_identity.unwrap_or("-"),
+            bytes_received = self.bytes_received,
+            bytes_sent = self.bytes_sent,
+            duration_ms = self.duration.as_millis() as u64,
+            reason = if self.reason.is_empty() { "-" } else { self.reason },
+            "connection complete"
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! Where a connection goes: decisions made from the mesh state and the
+//! connection's facts alone, with no I/O, so they are tested as tables.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_identity::Identity;
+use ambit_mesh::authz::{Connection, Decision, DenyReason};
+use ambit_mesh::model::{GatewayAddress, TunnelProtocol};
+use ambit_mesh::{MeshState, Service, Target, Workload};
+
+/// ztunnel's own ports, which are never a proxy destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Outbound capture (15001).
+    pub outbound: u16,
+    /// Inbound plaintext (15006).
+    pub inbound_plain: u16,
+    /// Inbound HBONE (15008).
+    pub hbone: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            outbound: 15001,
+            inbound_plain: 15006,
+            hbone: 15008,
+        }
+    }
+}
+
+impl Ports {
+    /// Whether `port` is one of ztunnel's capture ports.
+    pub fn is_proxy_port(&self, port: u16) -> bool {
+        port == self.outbound || port == self.inbound_plain || port == self.hbone
+    }
+}
+
+/// The plan for a captured outbound connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Tunnel through HBONE.
+    Hbone {
+        /// Where to connect (`endpoint:15008` or `waypoint:15008`).
+        address: SocketAddr,
+        /// The CONNECT `:authority` (`endpoint:targetPort`, or the original
+        /// VIP:port when going through a waypoint).
+        authority: SocketAddr,
+        /// Identities the server may present.
+        identities: Vec<Identity>,
+        /// The destination workload, when known.
+        workload: Option<Arc<Workload>>,
+        /// The service, when the destination was a VIP.
+        service: Option<Arc<Service>>,
+        /// Whether the hop is a waypoint.
+        waypoint: bool,
+    },
+    /// Plain TCP to the destination (outside the mesh, or protocol TCP).
+    Passthrough {
+        /// Where to connect.
+        address: SocketAddr,
+        /// The destination workload, when known.
+        workload: Option<Arc<Workload>>,
+        /// The service, when the destination was a VIP.
+        service: Option<Arc<Service>>,
+    },
+    /// Refuse the connection.
+    Reject(&'static str),
+}
+
+fn endpoint_addr(w: &Workload, port: u16) -> Option<SocketAddr> {
+    w.addresses.first().map(|ip| SocketAddr::new(*ip, port))
+}
+
+/// Resolves a waypoint to (its address on the HBONE port, its identity, workload).
+fn waypoint(
+    state: &MeshState,
+    network: &str,
+    gw: &GatewayAddress,
+) -> Option<(SocketAddr, Arc<Workload>)> {
+    match gw {
+        GatewayAddress::Address {
+            ip,
+            hbone_port,
+            network: net,
+        } => {
+            let net = if net.is_empty() { network } else { net };
+            let w = state.workload_by_ip(net, *ip).or_else(|| {
+                // A waypoint addressed by its service VIP.
+                state
+                    .service_by_vip(net, *ip)
+                    .and_then(|s| state.pick_endpoint(&s, *hbone_port).map(|e| e.workload))
+            })?;
+            Some((SocketAddr::new(*w.addresses.first()?, *hbone_port), w))
+        }
+        GatewayAddress::Hostname {
+            namespace,
+            hostname,
+            hbone_port,
+        } => {
+            let svc = state.service(&format!("{namespace}/{hostname}"))?;
+            // A waypoint service backs the HBONE port directly, or any port.
+            let e = state.pick_endpoint(&svc, *hbone_port).or_else(|| {
+                svc.ports
+                    .first()
+                    .and_then(|p| state.pick_endpoint(&svc, p.service_port))
+            })?;
+            Some((
+                SocketAddr::new(*e.workload.addresses.first()?, *hbone_port),
+                e.workload,
+            ))
+        }
+    }
+}
+
+/// Decides the path of a connection from `source` to `dst` (the original
+/// destination). `source` is None for traffic whose source is not a known
+/// workload (it is passed through untouched).
+pub fn outbound(
+    state: &MeshState,
+    network: &str,
+    ports: &Ports,
+    source: Option<&Workload>,
+    dst: SocketAddr,
+) -> Outbound {
+    if ports.is_proxy_port(dst.port()) && state.workload_by_ip(network, dst.ip()).is_some() {
+        return Outbound::Reject("destination is a ztunnel port");
+    }
+    let via_waypoint =
+        |gw: &GatewayAddress, workload: Option<Arc<Workload>>, service: Option<Arc<Service>>| {
+            // A waypoint's own traffic never loops back through itself.
+            let (address, wp) = waypoint(state, network, gw)?;
+            if source.is_some_and(|s| s.uid == wp.uid) {
+                return None;
+            }
+            Some(Outbound::Hbone {
+                address,
+                authority: dst,
+                identities: wp.identity().into_iter().collect(),
+                workload,
+                service,
+                waypoint: true,
+            })
+        };
+    match state.lookup(network, dst.ip()) {
+        None => Outbound::Passthrough {
+            address: dst,
+            workload: None,
+            service: None,
+        },
+        Some(Target::Service(svc)) => {
+            if let Some(gw) = &svc.waypoint
+                && let Some(o) = via_waypoint(gw, None, Some(svc.clone()))
+            {
+                return o;
+            }
+            let Some(ep) = state.pick_endpoint(&svc, dst.port()) else {
+                return Outbound::Reject("no healthy endpoint for the service port");
+            };
+            let Some(target) = endpoint_addr(&ep.workload, ep.port) else {
+                return Outbound::Reject("endpoint has no address");
+            };
+            if ep.workload.protocol == TunnelProtocol::Hbone {
+                let mut identities: Vec<Identity> = ep.workload.identity().into_iter().collect();
+                identities.extend(svc.subject_alt_names.iter().filter_map(|s| s.parse().ok()));
+                Outbound::Hbone {
+                    address: SocketAddr::new(target.ip(), ports.hbone),
+                    authority: target,
+                    identities,
+                    workload: Some(ep.workload),
+                    service: Some(svc),
+                    waypoint: false,
+                }
+            } else {
+                Outbound::Passthrough {
+                    address: target,
+                    workload: Some(ep.workload),
+                    service: Some(svc),
+                }
+            }
+        }
+        Some(Target::Workload(w)) => {
+            if let Some(gw) = &w.waypoint
+                && let Some(o) = via_waypoint(gw, Some(w.clone()), None)
+            {
+                return o;
+            }
+            if w.protocol == TunnelProtocol::Hbone {
+                Outbound::Hbone {
+                    address: SocketAddr::new(dst.ip(), ports.hbone),
+                    authority: dst,
+                    identities: w.identity().into_iter().collect(),
+                    workload: Some(w),
+                    service: None,
+                    waypoint: false,
+                }
+            } else {
+                Outbound::Passthrough {
+                    address: dst,
+                    workload: Some(w),
+                    service: None,
+                }
+            }
+        }
+    }
+}
+
+/// The plan for an inbound stream or connection.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// Connect to the workload.
+    Accept {
+        /// The local workload.
+        workload: Arc<Workload>,
+        /// Where to connect (its `ip:port`).
+        target: SocketAddr,
+        /// The ALLOW policy that admitted it, if one was needed.
+        policy: Option<String>,
+    },
+    /// The target is not a local workload, or is a ztunnel port: 400.
+    NotLocal(&'static str),
+    /// Authorization denied: 401.
+    Denied(DenyReason),
+}
+
+/// Decides an inbound connection to `target` from `source_ip` presenting
+/// `identity` (None for plaintext). `is_local` says whether a workload is
+/// served by this proxy (node name match, or the pod the listener is in).
+pub fn inbound(
+    state: &MeshState,
+    network: &str,
+    ports: &Ports,
+    target: SocketAddr,
+    identity: Option<&Identity>,
+    source_ip: std::net::IpAddr,
+    is_local: &dyn Fn(&Workload) -> bool,
+) -> Inbound {
+    if ports.is_proxy_port(target.port()) {
+        return Inbound::NotLocal("target is a ztunnel port");
+    }
+    let Some(w) = state.workload_by_ip(network, target.ip()) else {
+        return Inbound::NotLocal("target is not a known workload");
+    };
+    if !is_local(&w) {
+        return Inbound::NotLocal("target is not a workload on this node");
+    }
+    let conn = Connection {
+        src_identity: identity,
+        src_ip: source_ip,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    match state.authorize(&w, &conn) {
+        Decision::Allow(policy) => Inbound::Accept {
+            workload: w,
+            target,
+            policy,
+        },
+        Decision::Deny(reason) => Inbound::Denied(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambit_mesh::Config;
+
+    const MESH: &str = r#"
+workloads:
+- {uid: sleep, name: sleep, namespace: default, serviceAccount: sleep, workloadIps: ["10.244.0.3"], protocol: HBONE, node: a}
+- {uid: pp-v1, name: pp-v1, namespace: default, serviceAccount: pp, workloadIps: ["10.244.1.2"], protocol: HBONE, node: b,
+   services: {"default/pp.default.svc.cluster.local": {9080: 9080}}}
+- {uid: legacy, name: legacy, namespace: default, workloadIps: ["10.244.1.9"], protocol: TCP, node: b}
+- {uid: wp, name: wp, namespace: default, serviceAccount: waypoint, workloadIps: ["10.244.0.9"], protocol: HBONE, node: a}
+- {uid: behind, name: behind, namespace: default, workloadIps: ["10.244.1.7"], protocol: HBONE, node: b,
+   waypoint: {destination: "/10.244.0.9"}}
+services:
+- {name: pp, namespace: default, hostname: pp.default.svc.cluster.local, vips: ["/10.96.0.10"], ports: {9080: 9080},
+   subjectAltNames: ["spiffe://cluster.local/ns/default/sa/pp-alt"]}
+policies:
+- {name: deny-9999, namespace: default, action: Deny, rules: [[[{destinationPorts: [9999]}]]]}
+"#;
+
+    fn state() -> MeshState {
+        MeshState::from_config(Config::parse(MESH, "test").expect("mesh"))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn outbound_table() {
+        let s = state();
+        let p = Ports::default();
+        let src = s.workload("sleep").expect("sleep");
+        let src = Some(src.as_ref());
+        // Pod IP of an HBONE workload: tunnel to podIP:15008, authority podIP:port.
+        match outbound(&s, "", &p, src, addr("10.244.1.2:9080")) {
+            Outbound::Hbone {
+                address,
+                authority,
+                identities,
+                waypoint,
+                ..
+            } => {
+                assert_eq!(
+                    (address, authority, waypoint),
+                    (addr("10.244.1.2:15008"), addr("10.244.1.2:9080"), false)
+                );
+                assert_eq!(
+                    identities[0].as_str(),
+                    "spiffe://cluster.local/ns/default/sa/pp"
+                );
+            }
+            o => panic!("{o:?}"),
+        }
+        // Service VIP: an endpoint, plus the service's SANs.
+        match outbound(&s, "", &p, src, addr("10.96.0.10:9080")) {
+            Outbound::Hbone {
+                address,
+                authority,
+                identities,
+                service,
+                ..
+            } => {
+                assert_eq!(
+                    (address, authority),
+                    (addr("10.244.1.2:15008"), addr("10.244.1.2:9080"))
+                );
+                assert_eq!(identities.len(), 2);
+                assert!(service.is_some());
+            }
+            o => panic!("{o:?}"),
+        }
+        // VIP port without endpoints.
+        assert!(matches!(
+            outbound(&s, "", &p, src, addr("10.96.0.10:1")),
+            Outbound::Reject(_)
+        ));
+        // Protocol TCP and unknown destinations pass through.
+        assert!(matches!(
+            outbound(&s, "", &p, src, addr("10.244.1.9:80")),
+            Outbound::Passthrough {
+                workload: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            outbound(&s, "", &p, src, addr("192.0.2.1:443")),
+            Outbound::Passthrough { workload: None, .. }
+        ));
+        // A workload behind a waypoint: tunnel to the waypoint, authority unchanged.
+        match outbound(&s, "", &p, src, addr("10.244.1.7:8080")) {
+            Outbound::Hbone {
+                address,
+                authority,
+                waypoint,
+                identities,
+                ..
+            } => {
+                assert_eq!(
+                    (address, authority, waypoint),
+                    (addr("10.244.0.9:15008"), addr("10.244.1.7:8080"), true)
+                );
+                assert_eq!(identities[0].service_account(), "waypoint");
+            }
+            o => panic!("{o:?}"),
+        }
+        // The waypoint itself goes straight to the workload.
+        let wp = s.workload("wp").expect("wp");
+        assert!(matches!(
+            outbound(&s, "", &p, Some(&wp), addr("10.244.1.7:8080")),
+            Outbound::Hbone {
+                waypoint: false,
+                ..
+            }
+        ));
+        // ztunnel ports of mesh workloads are never proxied to.
+        assert!(matches!(
+            outbound(&s, "", &p, src, addr("10.244.1.2:15008")),
+            Outbound::Reject(_)
+        ));
+    }
+
+    #[test]
+    fn inbound_table() {
+        let s = state();
+        let p = Ports::default();
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .expect("id");
+        let on_b = |w: &Workload| w.node == "b";
+        let src = "10.244.0.3".parse().expect("ip");
+        assert!(matches!(
+            inbound(&s, "", &p, addr("10.244.1.2:9080"), Some(&id), src, &on_b),
+            Inbound::Accept { .. }
+        ));
+        assert!(matches!(
+            inbound(&s, "", &p, addr("10.244.1.2:9999"), Some(&id), src, &on_b),
+            Inbound::Denied(_)
+        ));
+        assert!(matches!(
+            inbound(&s, "", &p, addr("10.244.0.3:80"), Some(&id), src, &on_b),
+            Inbound::NotLocal(_)
+        ));
+        assert!(matches!(
+            inbound(&s, "", &p, addr("10.9.9.9:80"), Some(&id), src, &on_b),
+            Inbound::NotLocal(_)
+        ));
+        assert!(matches!(
+            inbound(&s, "", &p, addr("10.244.1.2:15008"), Some(&id), src, &on_b),
+            Inbound::NotLocal(_)
+        ));
+    }
+}

@@ -1,0 +1,90 @@
+//! How the proxy makes its sockets: in which namespace, with which mark,
+//! and whether they spoof the original source address.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_netns::NetNs;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// A socket factory: plain, marked (`SO_MARK`), transparent (original-source
+/// spoofing and TPROXY listeners), optionally inside another namespace
+/// (in-pod mode makes each pod's sockets inside the pod).
+#[derive(Debug, Clone, Default)]
+pub struct Sockets {
+    netns: Option<Arc<NetNs>>,
+    mark: Option<u32>,
+}
+
+impl Sockets {
+    /// Sockets in the proxy's own namespace, unmarked.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every socket inside `ns`.
+    pub fn in_netns(mut self, ns: Arc<NetNs>) -> Self {
+        self.netns = Some(ns);
+        self
+    }
+
+    /// Sets `SO_MARK` on every socket (needs CAP_NET_ADMIN).
+    pub fn with_mark(mut self, mark: Option<u32>) -> Self {
+        self.mark = mark;
+        self
+    }
+
+    fn socket(&self, domain: Domain) -> io::Result<Socket> {
+        let s = match &self.netns {
+            Some(ns) => ns
+                .socket(domain, Type::STREAM, Some(Protocol::TCP))
+                .map_err(io::Error::other)?,
+            None => Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+        };
+        s.set_nonblocking(true)?;
+        s.set_cloexec(true)?;
+        if let Some(m) = self.mark {
+            s.set_mark(m)?;
+        }
+        Ok(s)
+    }
+
+    /// Connects to `dst`. With `spoof`, the connection's source is that
+    /// address (IP_TRANSPARENT; the return path must route it back).
+    pub async fn connect(&self, dst: SocketAddr, spoof: Option<IpAddr>) -> io::Result<TcpStream> {
+        let s = self.socket(Domain::for_address(dst))?;
+        s.set_tcp_nodelay(true)?;
+        if let Some(src) = spoof.filter(|s| s.is_ipv4() == dst.is_ipv4()) {
+            s.set_ip_transparent_v4(true)?;
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+        }
+        let std: std::net::TcpStream = s.into();
+        TcpSocket::from_std_stream(std).connect(dst).await
+    }
+
+    /// Binds a listener. `transparent` accepts TPROXYed connections for
+    /// any destination (IP_TRANSPARENT).
+    pub fn listen(&self, addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+        let s = self.socket(Domain::for_address(addr))?;
+        s.set_reuse_address(true)?;
+        if transparent {
+            s.set_ip_transparent_v4(true)?;
+        }
+        s.bind(&SockAddr::from(addr))?;
+        s.listen(1024)?;
+        TcpListener::from_std(s.into())
+    }
+}
+
+/// The original destination of a connection that REDIRECT captured.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an inet address"))
+}
