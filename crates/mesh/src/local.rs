@@ -52,13 +52,13 @@ pub enum ConfigError {
     },
     /// The YAML does not parse or has unknown keys (the message carries the
     /// line and column).
-    #[error("local config {path}: {source}")]
+    #[error("local config {path}: {error}")]
     Parse {
         /// The path, or `<inline>`.
         path: String,
-        /// The parser's error, with location.
-        #[source]
-        source: serde_yaml_ng::Error,
+        /// The parser's error, with location (shown in the message, so not
+        /// also chained as a source).
+        error: serde_yaml_ng::Error,
     },
     /// A value is invalid.
     #[error("local config {path}: {item}: {reason}")]
@@ -304,9 +304,9 @@ impl Config {
             serde_yaml_ng::with::singleton_map_recursive::deserialize(
                 serde_yaml_ng::Deserializer::from_str(text),
             )
-            .map_err(|source| ConfigError::Parse {
+            .map_err(|error| ConfigError::Parse {
                 path: origin.to_owned(),
-                source,
+                error,
             })?
         };
         let invalid = |item: String, reason: String| ConfigError::Invalid {

@@ -1,0 +1,305 @@
+//! `ztunnel`: the per-node L4 proxy of an Istio-compatible ambient mesh.
+//!
+//! Configuration follows Istio's environment variables (each also a flag;
+//! see `--help`). Local mode needs no istiod: mesh config from
+//! `LOCAL_XDS_PATH` and certificates from a local CA's PEM files.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ambit_identity::{
+    CertManager, CertificateAuthority, IstioCaClient, IstioCaConfig, LocalCa, ManagerConfig,
+};
+use ambit_l4proxy::{Capture, Listeners, Local, Proxy, ProxyConfig, Sockets, admin};
+use ambit_mesh::{Config, MeshState};
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+/// Exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The ztunnel L4 proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Mesh configuration file in ztunnel's local YAML format (no xDS).
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    local_xds_path: Option<PathBuf>,
+    /// The xDS server (istiod). Not supported by this build's local mode;
+    /// use LOCAL_XDS_PATH.
+    #[arg(long, env = "XDS_ADDRESS")]
+    xds_address: Option<String>,
+    /// Istio CA address (`https://istiod.istio-system.svc:15012`).
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// PEM roots for the CA's TLS certificate.
+    #[arg(long, env = "CA_ROOT_CA")]
+    ca_root_cert: Option<PathBuf>,
+    /// Bearer token file sent to the CA.
+    #[arg(
+        long,
+        env = "AUTH_TOKEN_PATH",
+        default_value = "/var/run/secrets/tokens/istio-token"
+    )]
+    auth_token_path: PathBuf,
+    /// Local CA certificate (PEM), to issue certificates without istiod.
+    #[arg(long, env = "LOCAL_CA_CERT", requires = "local_ca_key")]
+    local_ca_cert: Option<PathBuf>,
+    /// Local CA private key (PEM).
+    #[arg(long, env = "LOCAL_CA_KEY", requires = "local_ca_cert")]
+    local_ca_key: Option<PathBuf>,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Cluster id (sent to the CA as `clusterid`).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// This node's name: workloads with this `node` are served inbound.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// This pod's name (logs and xDS node id).
+    #[arg(long, env = "POD_NAME", default_value = "ztunnel")]
+    pod_name: String,
+    /// This pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pod_namespace: String,
+    /// This pod's IP.
+    #[arg(long, env = "INSTANCE_IP")]
+    instance_ip: Option<IpAddr>,
+    /// The network this node's addresses belong to.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+    /// Certificate lifetime requested from the CA (seconds).
+    #[arg(long, env = "SECRET_TTL", default_value_t = 86400)]
+    secret_ttl: u64,
+    /// Address the capture listeners (15001, 15006, 15008) bind.
+    #[arg(long, env = "ZTUNNEL_LISTEN_IP", default_value = "0.0.0.0")]
+    listen_ip: IpAddr,
+    /// Admin endpoint (config_dump, quitquitquit).
+    #[arg(long, env = "ADMIN_ADDRESS", default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Prometheus metrics endpoint.
+    #[arg(long, env = "STATS_ADDRESS", default_value = "0.0.0.0:15020")]
+    stats_addr: SocketAddr,
+    /// Readiness endpoint (/healthz/ready).
+    #[arg(long, env = "READINESS_ADDRESS", default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// How long connections may continue after SIGTERM (seconds).
+    #[arg(long, env = "DRAIN_DURATION", default_value_t = 5)]
+    drain_seconds: u64,
+    /// Connect to local pods with the original source address (node mode).
+    #[arg(long, env = "ZTUNNEL_SPOOF_SOURCE", default_value_t = true, action = clap::ArgAction::Set)]
+    spoof_source: bool,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// Everything read and checked before the runtime starts.
+struct Setup {
+    config: Config,
+    ca: Arc<dyn CertificateAuthority>,
+}
+
+fn setup(a: &Args) -> anyhow::Result<Setup> {
+    if a.xds_address.is_some() && a.local_xds_path.is_none() {
+        anyhow::bail!(
+            "XDS_ADDRESS is set but this ztunnel reads its mesh from LOCAL_XDS_PATH; set LOCAL_XDS_PATH"
+        );
+    }
+    let path = a
+        .local_xds_path
+        .as_ref()
+        .context("no mesh configuration: set LOCAL_XDS_PATH")?;
+    let config = Config::from_file(path)?;
+    let ca: Arc<dyn CertificateAuthority> = match (&a.ca_address, &a.local_ca_cert, &a.local_ca_key)
+    {
+        (_, Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            Arc::new(LocalCa::from_pem(
+                &read(cert)?,
+                &read(key)?,
+                &a.trust_domain,
+            )?)
+        }
+        (Some(addr), _, _) => {
+            let roots = a
+                .ca_root_cert
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?;
+            let mut c = IstioCaConfig::default();
+            c.address = addr.clone();
+            c.token_path = a
+                .auth_token_path
+                .exists()
+                .then(|| a.auth_token_path.clone());
+            c.cluster_id = Some(a.cluster_id.clone());
+            c.root_certs_pem = roots;
+            Arc::new(IstioCaClient::new(c)?)
+        }
+        _ => anyhow::bail!(
+            "no certificate authority: set CA_ADDRESS, or LOCAL_CA_CERT and LOCAL_CA_KEY"
+        ),
+    };
+    Ok(Setup { config, ca })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let setup = match setup(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ztunnel: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ztunnel: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args, setup)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ztunnel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
+    let state = Arc::new(RwLock::new(MeshState::from_config(s.config)));
+    let mut mc = ManagerConfig::default();
+    mc.ttl = Duration::from_secs(a.secret_ttl);
+    let certs = Arc::new(CertManager::new(s.ca, mc));
+    let proxy = Proxy::new(
+        ProxyConfig {
+            network: a.network.clone(),
+            node_name: a.node_name.clone(),
+            spoof_source: a.spoof_source,
+            drain_deadline: Duration::from_secs(a.drain_seconds),
+            ..ProxyConfig::default()
+        },
+        state.clone(),
+        certs.clone(),
+    );
+    let sockets = Sockets::new();
+    let listeners = Listeners::bind(&sockets, a.listen_ip, Default::default(), Capture::Tproxy)
+        .with_context(|| {
+            format!(
+                "binding 15001/15006/15008 on {} (needs CAP_NET_ADMIN for IP_TRANSPARENT)",
+                a.listen_ip
+            )
+        })?;
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let (admin_l, stats_l, ready_l) = (
+        bind(a.admin_addr).await?,
+        bind(a.stats_addr).await?,
+        bind(a.readiness_addr).await?,
+    );
+    let quit = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(admin::serve(
+        admin_l,
+        proxy.admin_responder(quit.clone()),
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(admin::serve(
+        stats_l,
+        proxy.metrics_responder(),
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(admin::serve(
+        ready_l,
+        Proxy::readiness_responder(ready.clone()),
+        stopped(stop_rx.clone()),
+    ));
+
+    // Certificates for every local workload before declaring readiness.
+    let local: Vec<_> = {
+        let st = state
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+        st.workloads()
+            .filter(|w| w.node == a.node_name)
+            .filter_map(|w| w.identity())
+            .collect()
+    };
+    for id in &local {
+        certs
+            .fetch(id)
+            .await
+            .with_context(|| format!("certificate for {id}"))?;
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        node = %a.node_name,
+        local_workloads = local.len(),
+        listen = %a.listen_ip,
+        admin = %a.admin_addr,
+        stats = %a.stats_addr,
+        readiness = %a.readiness_addr,
+        "ztunnel ready"
+    );
+
+    let serve = proxy.serve(
+        listeners,
+        Capture::Tproxy,
+        Local::Node(a.node_name.clone()),
+        sockets,
+        stopped(stop_rx.clone()),
+    );
+    tokio::pin!(serve);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = quit.notified() => tracing::info!("/quitquitquit: draining"),
+        _ = &mut serve => {}
+    }
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    serve.await;
+    tracing::info!("ztunnel stopped");
+    Ok(())
+}
