@@ -15,7 +15,7 @@ pub use self::{
         XdsResource,
     },
     node::{ISTIO_META_PREFIX, NodeIdentity},
-    server::{AdsServer, Nack, Resume, ServerStats},
+    server::{AdsServer, Nack, Resume, ServerStats, StreamHeaders},
     store::Store,
 };
 

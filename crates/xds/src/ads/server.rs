@@ -47,12 +47,23 @@ pub struct Resume {
     pub initial_resource_versions: HashMap<String, String>,
 }
 
+/// The headers a stream opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHeaders {
+    /// `authorization` (e.g. `Bearer <jwt>`).
+    pub authorization: Option<String>,
+    /// `clusterid`.
+    pub cluster_id: Option<String>,
+}
+
 /// Counters and records of what a server saw, for tests and debugging.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ServerStats {
     /// Streams opened.
     pub streams: u64,
+    /// The headers of each stream, oldest first.
+    pub stream_headers: Vec<StreamHeaders>,
     /// Responses sent.
     pub responses: u64,
     /// Resources sent (added or updated).
@@ -157,10 +168,25 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let headers = StreamHeaders {
+            authorization: header("authorization"),
+            cluster_id: header("clusterid"),
+        };
+        {
+            let mut stats = self.lock_stats();
+            stats.streams += 1;
+            stats.stream_headers.push(headers);
+        }
         let inbound = request.into_inner();
         // Responses for this stream; the sender lives in the stream task.
         let (tx, rx) = mpsc::channel(16);
-        self.lock_stats().streams += 1;
         let conn = Conn {
             server: self.clone(),
             node_id: String::new(),
