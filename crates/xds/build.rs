@@ -4,7 +4,11 @@
 //! `google.protobuf.Any` maps onto its `Any` so one type flows through.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/workload.proto", "proto/security.proto", "proto/zds.proto"];
+    let protos = [
+        "proto/workload.proto",
+        "proto/security.proto",
+        "proto/zds.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -15,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)
-        .extern_path(".google.protobuf.Any", "::envoy_types::pb::google::protobuf::Any")
+        .extern_path(
+            ".google.protobuf.Any",
+            "::envoy_types::pb::google::protobuf::Any",
+        )
         .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -57,11 +57,10 @@ pub use self::{
         HandlerError, NodeIdentity, ServerStats, Store, Subscription, XdsResource,
     },
     resource::{
-        ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, DecodeError, decode_address,
-        decode_authorization, decode_any, to_any,
+        ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, DecodeError, decode_address, decode_any,
+        decode_authorization, to_any,
     },
     zds::{
-        ZdsClient, ZdsConnection, ZdsError, ZdsHandler, ZdsListener, ZdsMessage,
-        DEFAULT_ZDS_PATH,
+        DEFAULT_ZDS_PATH, ZdsClient, ZdsConnection, ZdsError, ZdsHandler, ZdsListener, ZdsMessage,
     },
 };

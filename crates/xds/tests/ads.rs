@@ -232,17 +232,26 @@ async fn push_update_remove_nack_and_resume_after_restart() {
         stats.stream_headers[0].authorization.as_deref(),
         Some("Bearer token-one")
     );
-    assert_eq!(stats.stream_headers[0].cluster_id.as_deref(), Some("cluster1"));
+    assert_eq!(
+        stats.stream_headers[0].cluster_id.as_deref(),
+        Some("cluster1")
+    );
 
     // An update propagates.
     let (uid7, new7) = workload(7, 99);
     store.insert(ADDRESS_TYPE_URL, uid7.clone(), to_any(&new7));
-    eventually("update", || held.lock().expect("lock").get(&uid7) == Some(&new7)).await;
+    eventually("update", || {
+        held.lock().expect("lock").get(&uid7) == Some(&new7)
+    })
+    .await;
 
     // A removal propagates.
     let (svc3, _) = service(3);
     assert!(store.remove(ADDRESS_TYPE_URL, &svc3));
-    eventually("removal", || !held.lock().expect("lock").contains_key(&svc3)).await;
+    eventually("removal", || {
+        !held.lock().expect("lock").contains_key(&svc3)
+    })
+    .await;
     let good = held.lock().expect("lock").clone();
     assert_eq!(good.len(), WORKLOADS + SERVICES - 1);
 
@@ -340,9 +349,8 @@ async fn named_subscribe_and_unsubscribe() {
         .await
         .expect("connect");
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
-    });
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
     tx.send(DeltaDiscoveryRequest {
         type_url: ADDRESS_TYPE_URL.into(),
         resource_names_subscribe: vec!["a".into(), "b".into()],

@@ -15,8 +15,8 @@ use ambit_xds::{
             workload::{
                 Address, AppProtocol, ApplicationTunnel, Extension, GatewayAddress, IpFamilies,
                 LoadBalancing, Locality, NamespacedHostname, NetworkAddress, NetworkMode, Port,
-                PortList, Service, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
-                address, application_tunnel, gateway_address, load_balancing,
+                PortList, Service, TunnelProtocol, Workload, WorkloadStatus, WorkloadType, address,
+                application_tunnel, gateway_address, load_balancing,
                 zds::{
                     Ack, AddWorkload, DelWorkload, KeepWorkload, SnapshotSent, Version,
                     WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request,
@@ -290,9 +290,20 @@ fn hand_built_tags_are_what_the_reference_says() {
 #[test]
 fn hand_built_workload_decodes() {
     let port = [vi(1, 80), vi(2, 8080), vi(3, 2)].concat(); // HTTP2 = 2
-    let entry = [ld(1, b"default/web.default.svc.cluster.local"), ld(2, &ld(1, &port))].concat();
+    let entry = [
+        ld(1, b"default/web.default.svc.cluster.local"),
+        ld(2, &ld(1, &port)),
+    ]
+    .concat();
     let waypoint = [
-        ld(1, &[ld(1, b"default"), ld(2, b"waypoint.default.svc.cluster.local")].concat()),
+        ld(
+            1,
+            &[
+                ld(1, b"default"),
+                ld(2, b"waypoint.default.svc.cluster.local"),
+            ]
+            .concat(),
+        ),
         vi(3, 15008),
     ]
     .concat();
@@ -342,10 +353,14 @@ fn hand_built_workload_decodes() {
     assert_eq!(w.status(), WorkloadStatus::Unhealthy);
     let ports = &w.services["default/web.default.svc.cluster.local"].ports;
     assert_eq!(
-        (ports[0].service_port, ports[0].target_port, ports[0].app_protocol()),
+        (
+            ports[0].service_port,
+            ports[0].target_port,
+            ports[0].app_protocol()
+        ),
         (80, 8080, AppProtocol::Http2)
     );
-    let tunnel = w.application_tunnel.clone().expect("tunnel");
+    let tunnel = w.application_tunnel.expect("tunnel");
     assert_eq!(tunnel.protocol(), application_tunnel::Protocol::Proxy);
     assert_eq!(tunnel.port, 15088);
     assert_eq!(w.locality.as_ref().expect("locality").zone, "z1");
@@ -359,13 +374,16 @@ fn hand_built_service_decodes() {
         ld(1, b"web"),
         ld(2, b"default"),
         ld(3, b"web.default.svc.cluster.local"),
-        ld(4, &[ld(1, b"net1"), ld(2, &[10, 96, 0, 10]), vi(3, 32)].concat()),
+        ld(
+            4,
+            &[ld(1, b"net1"), ld(2, &[10, 96, 0, 10]), vi(3, 32)].concat(),
+        ),
         ld(5, &[vi(1, 80), vi(2, 8080)].concat()),
         ld(6, b"spiffe://cluster.local/ns/default/sa/web"),
         ld(8, &[ld(1, &[6, 2]), vi(2, 1), vi(3, 1)].concat()), // packed scopes
-        vi(9, 1),  // IPV4_ONLY
-        vi(11, 1), // canonical
-        vi(12, 1), // ingress_use_waypoint
+        vi(9, 1),                                              // IPV4_ONLY
+        vi(11, 1),                                             // canonical
+        vi(12, 1),                                             // ingress_use_waypoint
     ]
     .concat();
     let address = decode_address("default/web", &address_any(ld(2, &service))).expect("decodes");
@@ -376,7 +394,10 @@ fn hand_built_service_decodes() {
     assert_eq!(s.addresses[0].address, [10, 96, 0, 10]);
     assert_eq!(s.addresses[0].network, "net1");
     assert_eq!(s.addresses[0].length, Some(32));
-    assert_eq!((s.ports[0].service_port, s.ports[0].target_port), (80, 8080));
+    assert_eq!(
+        (s.ports[0].service_port, s.ports[0].target_port),
+        (80, 8080)
+    );
     let lb = s.load_balancing.clone().expect("lb");
     assert_eq!(
         lb.routing_preference().collect::<Vec<_>>(),
@@ -391,12 +412,12 @@ fn hand_built_service_decodes() {
 #[test]
 fn hand_built_authorization_decodes() {
     let matches = [
-        ld(1, &ld(1, b"default")),                          // namespaces: exact
-        ld(3, &ld(2, b"spiffe://cluster.local/ns/")),        // principals: prefix
-        ld(4, &ld(4, &[])),                                  // not_principals: presence
-        ld(5, &[ld(1, &[10, 0, 0, 0]), vi(2, 8)].concat()),  // source_ips
-        ld(9, &[80, 0x90, 0x3f]),                            // destination_ports, packed
-        vi(10, 9999),                                        // not_destination_ports, unpacked
+        ld(1, &ld(1, b"default")),                            // namespaces: exact
+        ld(3, &ld(2, b"spiffe://cluster.local/ns/")),         // principals: prefix
+        ld(4, &ld(4, &[])),                                   // not_principals: presence
+        ld(5, &[ld(1, &[10, 0, 0, 0]), vi(2, 8)].concat()),   // source_ips
+        ld(9, &[80, 0x90, 0x3f]),                             // destination_ports, packed
+        vi(10, 9999),                                         // not_destination_ports, unpacked
         ld(11, &[ld(1, b"default"), ld(2, b"web")].concat()), // service_accounts
     ]
     .concat();
@@ -419,13 +440,22 @@ fn hand_built_authorization_decodes() {
     assert_eq!(p.action(), Action::Deny);
     assert!(p.dry_run);
     let m = &p.rules[0].clauses[0].matches[0];
-    assert_eq!(m.namespaces[0].match_type, Some(MatchType::Exact("default".into())));
+    assert_eq!(
+        m.namespaces[0].match_type,
+        Some(MatchType::Exact("default".into()))
+    );
     assert_eq!(
         m.principals[0].match_type,
         Some(MatchType::Prefix("spiffe://cluster.local/ns/".into()))
     );
-    assert_eq!(m.not_principals[0].match_type, Some(MatchType::Presence(())));
-    assert_eq!((m.source_ips[0].address.as_slice(), m.source_ips[0].length), (&[10, 0, 0, 0][..], 8));
+    assert_eq!(
+        m.not_principals[0].match_type,
+        Some(MatchType::Presence(()))
+    );
+    assert_eq!(
+        (m.source_ips[0].address.as_slice(), m.source_ips[0].length),
+        (&[10, 0, 0, 0][..], 8)
+    );
     assert_eq!(m.destination_ports, [80, 8080]);
     assert_eq!(m.not_destination_ports, [9999]);
     assert_eq!(m.service_accounts[0].service_account, "web");
@@ -446,16 +476,22 @@ fn hand_built_zds_decodes() {
     let del = WorkloadRequest::decode(ld(2, &ld(2, b"uid-1")).as_slice()).expect("decodes");
     assert_eq!(
         del.payload,
-        Some(workload_request::Payload::Del(DelWorkload { uid: "uid-1".into() }))
+        Some(workload_request::Payload::Del(DelWorkload {
+            uid: "uid-1".into()
+        }))
     );
     assert_eq!(
-        ZdsHello::decode(vi(1, 1).as_slice()).expect("hello").version(),
+        ZdsHello::decode(vi(1, 1).as_slice())
+            .expect("hello")
+            .version(),
         Version::V1
     );
     let ack = WorkloadResponse::decode(ld(1, &ld(1, b"boom")).as_slice()).expect("ack");
     assert_eq!(
         ack.payload,
-        Some(workload_response::Payload::Ack(Ack { error: "boom".into() }))
+        Some(workload_response::Payload::Ack(Ack {
+            error: "boom".into()
+        }))
     );
 }
 

@@ -422,19 +422,15 @@ impl AdsClient {
         let token = read_token(self.config.token_path.clone())
             .await
             .map_err(|e| (e, false))?;
-        let channel: Channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|source| {
-                (
-                    AdsError::Connect {
-                        address: address.clone(),
-                        source,
-                    },
-                    false,
-                )
-            })?;
+        let channel: Channel = self.endpoint.connect().await.map_err(|source| {
+            (
+                AdsError::Connect {
+                    address: address.clone(),
+                    source,
+                },
+                false,
+            )
+        })?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);

@@ -324,7 +324,8 @@ impl Conn {
         }
         if changed {
             // Forget what is no longer wanted so a re-subscribe resends it.
-            sub.sent.retain(|name, _| sub.wildcard || sub.names.contains(name));
+            sub.sent
+                .retain(|name, _| sub.wildcard || sub.names.contains(name));
             return self.push(&type_url, false, tx).await;
         }
         Ok(())

@@ -3,10 +3,7 @@
 use std::{
     fs,
     io::ErrorKind,
-    os::{
-        fd::BorrowedFd,
-        unix::fs::FileTypeExt,
-    },
+    os::{fd::BorrowedFd, unix::fs::FileTypeExt},
     path::{Path, PathBuf},
 };
 

@@ -242,7 +242,11 @@ mod tests {
 
     #[test]
     fn others_must_not_carry_fds() {
-        for request in [keep_request("u1"), del_request("u1"), snapshot_sent_request()] {
+        for request in [
+            keep_request("u1"),
+            del_request("u1"),
+            snapshot_sent_request(),
+        ] {
             let bytes = encode_request(&request);
             let err = decode_request(&bytes, vec![fd()]).expect_err("fd");
             assert!(err.to_string().contains("must not carry"), "{err}");

@@ -119,9 +119,9 @@ impl SeqPacket {
                 )
                 .map_err(io::Error::from)?;
                 let mut fds = Vec::new();
-                let cmsgs = msg.cmsgs().map_err(|e| {
-                    io::Error::other(format!("control data truncated: {e}"))
-                })?;
+                let cmsgs = msg
+                    .cmsgs()
+                    .map_err(|e| io::Error::other(format!("control data truncated: {e}")))?;
                 for cmsg in cmsgs {
                     if let ControlMessageOwned::ScmRights(received) = cmsg {
                         for fd in received {
