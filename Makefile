@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    — run the project's main job
+#   make run    — run the project's main job (the local mesh)
 #   make test   — run the whole test suite (as root: tests build network namespaces)
 # Both install missing Debian packages first (scripts/deps.sh).
 
@@ -7,7 +7,8 @@ CARGO ?= cargo
 
 .PHONY: run test deps lint
 run: deps
-	$(CARGO) run --release -p ambit-examples --example cluster-demo
+	$(CARGO) build --release -p ztunnel
+	$(CARGO) run --release -p ambit-examples --example local-mesh
 
 test: deps
 	$(CARGO) test --workspace --all-features

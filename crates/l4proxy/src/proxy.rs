@@ -320,6 +320,8 @@ impl Proxy {
             let local = local.clone();
             let rx = stop_rx.clone();
             Some(async move {
+                // Small HBONE frames must not wait for delayed ACKs.
+                let _ = tcp.set_nodelay(true);
                 let Ok(local_addr) = tcp.local_addr() else { return };
                 let Some(server) = me.server_for(local_addr, &local, sockets).await else {
                     tracing::debug!(%peer, %local_addr, "hbone connection to an address with no local workload");
