@@ -15,6 +15,7 @@ pub mod authz;
 pub mod local;
 pub mod model;
 mod state;
+pub mod xds;
 
 pub use self::{
     authz::{Connection, Decision, DenyReason},
