@@ -1,0 +1,491 @@
+//! The node agent: applies a capture mode's host half, keeps pods enrolled
+//! as the pod source and plugin events say, and reconciles with the kernel.
+//!
+//! Invariants:
+//! - every change to kernel state goes through the one [`Dataplane`] held
+//!   under `core`'s lock, so events, source polls and resyncs never
+//!   interleave;
+//! - `State::enrolled` only ever lists what the data plane has confirmed;
+//!   a failed enrolment is retried by the next reconcile;
+//! - if starting fails part-way, what was applied is removed again before
+//!   the error is returned.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::event::{ADD_PATH, DEL_PATH, EventKind, PodEvent};
+use crate::pod::EnrolledPod;
+use crate::source::DirSource;
+use crate::state::{Changes, Decision, Removal, State};
+
+/// A capture mode's kernel side. Every method may block (netlink,
+/// subprocesses, entering namespaces); the agent calls them off the async
+/// runtime's workers.
+pub trait Dataplane: Send {
+    /// The mode's name, for logs.
+    fn name(&self) -> &'static str;
+    /// Applies the host half (idempotent). On error, whatever part was
+    /// applied must have been removed again.
+    fn start(&mut self) -> Result<(), Error>;
+    /// Pod addresses enrolled in the kernel now.
+    fn observed(&mut self) -> Result<BTreeSet<IpAddr>, Error>;
+    /// Enrols pods (idempotent).
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error>;
+    /// Removes enrolments (absent ones are fine).
+    fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error>;
+    /// Removes the host half, unless `keep_rules`.
+    fn stop(&mut self, keep_rules: bool) -> Result<(), Error>;
+}
+
+/// The agent's Prometheus metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// `ambit_cni_pods_enrolled`: pods currently enrolled.
+    pub pods_enrolled: Gauge,
+    /// `ambit_cni_plugin_events_total{event,result}`.
+    pub events: Family<Vec<(String, String)>, Counter>,
+    /// `ambit_cni_reconciles_total`.
+    pub reconciles: Counter,
+    /// `ambit_cni_reconcile_failures_total`.
+    pub failures: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ambit_cni_pods_enrolled",
+            "Pods currently enrolled in the mesh",
+            self.pods_enrolled.clone(),
+        );
+        registry.register(
+            "ambit_cni_plugin_events",
+            "Pod events received from the CNI plugin",
+            self.events.clone(),
+        );
+        registry.register(
+            "ambit_cni_reconciles",
+            "Reconciles that changed something",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "ambit_cni_reconcile_failures",
+            "Reconciles that failed (retried later)",
+            self.failures.clone(),
+        );
+    }
+}
+
+/// What happened to one plugin event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The pod is enrolled.
+    Enrolled,
+    /// The pod is not enrolled, and why.
+    Skipped(Decision),
+    /// The sandbox was forgotten (DEL).
+    Removed,
+}
+
+struct Core {
+    state: State,
+    dataplane: Box<dyn Dataplane>,
+    source: Option<DirSource>,
+    sandbox_dir: Option<PathBuf>,
+}
+
+/// The node agent. Share it as `Arc<Agent>`.
+pub struct Agent {
+    core: Mutex<Core>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").finish_non_exhaustive()
+    }
+}
+
+/// How the agent is put together.
+pub struct AgentConfig {
+    /// The capture mode.
+    pub dataplane: Box<dyn Dataplane>,
+    /// The local pod source, if any.
+    pub source: Option<DirSource>,
+    /// Where plugin sandboxes are remembered across restarts (one JSON
+    /// file per pod); `None` keeps them in memory only.
+    pub sandbox_dir: Option<PathBuf>,
+    /// Metrics to update.
+    pub metrics: Metrics,
+}
+
+impl Agent {
+    /// Applies the host half, loads remembered sandboxes and the pod
+    /// source, and reconciles against the kernel: missing enrolments are
+    /// added and stale ones deleted. If this fails, nothing stays applied.
+    pub fn start(cfg: AgentConfig) -> Result<Arc<Self>, Error> {
+        let mut core = Core {
+            state: State::default(),
+            dataplane: cfg.dataplane,
+            source: cfg.source,
+            sandbox_dir: cfg.sandbox_dir,
+        };
+        core.dataplane.start()?;
+        let started = (|| {
+            core.load_sandboxes()?;
+            core.scan_source()?;
+            core.reconcile(true, &cfg.metrics)
+        })();
+        if let Err(e) = started {
+            if let Err(undo) = core.dataplane.stop(false) {
+                warn!(error = %undo, "removing the host half after a failed start");
+            }
+            return Err(e);
+        }
+        info!(
+            mode = core.dataplane.name(),
+            enrolled = core.state.enrolled.len(),
+            "node agent started"
+        );
+        Ok(Arc::new(Self {
+            core: Mutex::new(core),
+            metrics: cfg.metrics,
+        }))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Core>, Error> {
+        self.core
+            .lock()
+            .map_err(|_| Error::invalid("agent state", "a previous operation panicked"))
+    }
+
+    /// Handles one plugin event (blocking). ADD enrols the pod now when the
+    /// pod source says it is ambient; DEL forgets the sandbox and removes
+    /// the enrolment unless the pod source still provides one.
+    pub fn handle_event(&self, kind: EventKind, event: PodEvent) -> Result<EventOutcome, Error> {
+        let mut core = self.lock()?;
+        let key = (event.pod_namespace.clone(), event.pod_name.clone());
+        let outcome = match kind {
+            EventKind::Add => {
+                core.remember(&event)?;
+                core.state.sandboxes.insert(key.clone(), event);
+                if matches!(core.state.decide(&key), Decision::Unknown) {
+                    // The pod record may have been written a moment ago.
+                    core.scan_source()?;
+                }
+                match core.state.decide(&key) {
+                    Decision::Enrol(_) => EventOutcome::Enrolled,
+                    d => EventOutcome::Skipped(d),
+                }
+            }
+            EventKind::Del => {
+                let same = core
+                    .state
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|s| s.container_id == event.container_id);
+                if same {
+                    core.state.sandboxes.remove(&key);
+                    core.forget(&key)?;
+                }
+                EventOutcome::Removed
+            }
+        };
+        let result = core.reconcile(false, &self.metrics);
+        let label = |r: &str| {
+            vec![
+                ("event".to_owned(), kind.path().trim_start_matches('/').to_owned()),
+                ("result".to_owned(), r.to_owned()),
+            ]
+        };
+        match &result {
+            Ok(()) => self.metrics.events.get_or_create(&label("ok")).inc(),
+            Err(_) => self.metrics.events.get_or_create(&label("error")).inc(),
+        };
+        result.map(|()| outcome)
+    }
+
+    /// Re-reads the pod source if it changed, and reconciles.
+    pub fn poll_source(&self) -> Result<(), Error> {
+        let mut core = self.lock()?;
+        if core.scan_source()? {
+            core.reconcile(false, &self.metrics)?;
+        }
+        Ok(())
+    }
+
+    /// A full reconcile against the kernel.
+    pub fn resync(&self) -> Result<(), Error> {
+        let mut core = self.lock()?;
+        core.scan_source()?;
+        core.reconcile(true, &self.metrics)
+    }
+
+    /// The pods enrolled now.
+    pub fn enrolled(&self) -> Result<Vec<EnrolledPod>, Error> {
+        Ok(self.lock()?.state.enrolled.values().cloned().collect())
+    }
+
+    /// Stops: removes the host half unless `keep_rules` (pod enrolments
+    /// then stay for the next start to reconcile).
+    pub fn shutdown(&self, keep_rules: bool) -> Result<(), Error> {
+        let mut core = self.lock()?;
+        core.dataplane.stop(keep_rules)?;
+        if !keep_rules {
+            core.state.enrolled.clear();
+        }
+        info!(keep_rules, "node agent stopped");
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Reads the source if it changed; true when it did.
+    fn scan_source(&mut self) -> Result<bool, Error> {
+        let Some(src) = self.source.as_mut() else {
+            return Ok(false);
+        };
+        let Some(scan) = src.poll()? else {
+            return Ok(false);
+        };
+        for e in &scan.errors {
+            warn!(error = %e, "skipping a pod record");
+        }
+        self.state.source = scan.pods;
+        Ok(true)
+    }
+
+    fn reconcile(&mut self, with_kernel: bool, metrics: &Metrics) -> Result<(), Error> {
+        let observed = if with_kernel {
+            Some(self.dataplane.observed()?)
+        } else {
+            None
+        };
+        let changes = self.state.changes(observed.as_ref());
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let r = self.apply(&changes);
+        metrics.reconciles.inc();
+        if r.is_err() {
+            metrics.failures.inc();
+        }
+        metrics
+            .pods_enrolled
+            .set(i64::try_from(self.state.enrolled.len()).unwrap_or(i64::MAX));
+        r
+    }
+
+    fn apply(&mut self, c: &Changes) -> Result<(), Error> {
+        if !c.remove.is_empty() {
+            self.dataplane.unenrol(&c.remove)?;
+            for r in &c.remove {
+                if let Some(uid) = &r.uid {
+                    self.state.enrolled.remove(uid);
+                }
+                info!(uid = r.uid.as_deref().unwrap_or("(stale)"), ips = ?r.ips, "unenrolled");
+            }
+        }
+        if !c.add.is_empty() {
+            self.dataplane.enrol(&c.add)?;
+            for p in &c.add {
+                debug!(pod = %format!("{}/{}", p.namespace, p.name), ips = ?p.ips, "enrolled");
+                self.state.enrolled.insert(p.uid.clone(), p.clone());
+            }
+            info!(count = c.add.len(), "pods enrolled");
+        }
+        Ok(())
+    }
+
+    fn sandbox_file(&self, key: &(String, String)) -> Option<PathBuf> {
+        let safe = |s: &str| s.replace(['/', '\0'], "_");
+        self.sandbox_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}_{}.json", safe(&key.0), safe(&key.1))))
+    }
+
+    fn remember(&self, e: &PodEvent) -> Result<(), Error> {
+        let key = (e.pod_namespace.clone(), e.pod_name.clone());
+        let Some(path) = self.sandbox_file(&key) else {
+            return Ok(());
+        };
+        let json = serde_json::to_vec(e).map_err(|e| Error::invalid("pod event", e.to_string()))?;
+        write_atomic(&path, &json)
+    }
+
+    fn forget(&self, key: &(String, String)) -> Result<(), Error> {
+        if let Some(path) = self.sandbox_file(key) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn load_sandboxes(&mut self) -> Result<(), Error> {
+        let Some(dir) = self.sandbox_dir.clone() else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let parsed = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PodEvent>(&b).ok());
+            match parsed {
+                Some(e) => {
+                    self.state
+                        .sandboxes
+                        .insert((e.pod_namespace.clone(), e.pod_name.clone()), e);
+                }
+                None => warn!(path = %path.display(), "ignoring an unreadable sandbox record"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))
+}
+
+/// Serves plugin events on `<run_dir>/pluginevent.sock`, polls the pod
+/// source every `poll`, reconciles with the kernel every `resync`, until
+/// `shutdown` completes. The socket file is removed on return.
+pub async fn serve(
+    agent: Arc<Agent>,
+    socket: PathBuf,
+    poll: Duration,
+    resync: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("removing stale {}", socket.display()), e)),
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| Error::io(format!("binding {}", socket.display()), e))?;
+    info!(socket = %socket.display(), "listening for plugin events");
+    let _cleanup = RemoveOnDrop(socket);
+    let mut poll_tick = tokio::time::interval(poll);
+    let mut resync_tick = tokio::time::interval(resync);
+    resync_tick.tick().await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a plugin connection");
+                        continue;
+                    }
+                };
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(agent.clone(), req));
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await
+                    {
+                        debug!(error = %e, "plugin connection");
+                    }
+                });
+            }
+            _ = poll_tick.tick() => {
+                let a = agent.clone();
+                if let Err(e) = blocking(move || a.poll_source()).await {
+                    warn!(error = %e, "pod source reconcile failed; retrying");
+                }
+            }
+            _ = resync_tick.tick() => {
+                let a = agent.clone();
+                if let Err(e) = blocking(move || a.resync()).await {
+                    warn!(error = %e, "kernel resync failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Stopped)?
+}
+
+async fn handle(
+    agent: Arc<Agent>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        Ok(r)
+    };
+    let kind = match (req.method(), req.uri().path()) {
+        (&http::Method::POST, ADD_PATH) => EventKind::Add,
+        (&http::Method::POST, DEL_PATH) => EventKind::Del,
+        (_, path) => return reply(StatusCode::NOT_FOUND, format!("no handler for {path}")),
+    };
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+    };
+    let event: PodEvent = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("invalid pod event: {e}")),
+    };
+    let pod = format!("{}/{}", event.pod_namespace, event.pod_name);
+    match blocking(move || agent.handle_event(kind, event)).await {
+        Ok(outcome) => {
+            debug!(%pod, ?outcome, "plugin event");
+            reply(StatusCode::OK, format!("{outcome:?}"))
+        }
+        Err(e) => {
+            warn!(%pod, error = %e, "plugin event failed");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Pods as the agent sees them, and Istio's ambient enrolment rules.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Namespace label that puts a namespace's pods in the ambient mesh.
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// Its ambient value.
+pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+/// Annotation injected sidecars carry; such pods are never ambient.
+pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// Pod annotation that opts a pod out (`disabled`).
+pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+
+/// A pod record, as the local pod source reads it (YAML or JSON) and as a
+/// Kubernetes watch would produce it.
+///
+/// ```yaml
+/// name: web-0
+/// namespace: default
+/// uid: 5b8f...
+/// ips: [10.244.0.7]
+/// netns: /var/run/netns/cni-1234   # optional; plugin events supply it too
+/// node: node-a                      # optional; other nodes' pods are ignored
+/// labels: {app: web}
+/// annotations: {}
+/// namespace_labels: {istio.io/dataplane-mode: ambient}
+/// service_account: web
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRecord {
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Pod addresses.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// The pod's network namespace path.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The node the pod runs on.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Pod annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The namespace's labels.
+    #[serde(default)]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// The pod's service account.
+    #[serde(default)]
+    pub service_account: String,
+}
+
+/// `(namespace, name)`.
+pub type PodKey = (String, String);
+
+impl PodRecord {
+    /// `(namespace, name)`.
+    pub fn key(&self) -> PodKey {
+        (self.namespace.clone(), self.name.clone())
+    }
+
+    /// Istio's ambient rule: the namespace is labelled
+    /// `istio.io/dataplane-mode=ambient`, the pod has no sidecar
+    /// (`sidecar.istio.io/status`), and the pod has not opted out with
+    /// `ambient.istio.io/redirection: disabled`.
+    pub fn wants_ambient(&self) -> bool {
+        self.namespace_labels
+            .get(DATAPLANE_MODE_LABEL)
+            .is_some_and(|v| v == DATAPLANE_MODE_AMBIENT)
+            && !self.annotations.contains_key(SIDECAR_STATUS_ANNOTATION)
+            && self
+                .annotations
+                .get(REDIRECTION_ANNOTATION)
+                .is_none_or(|v| v != "disabled")
+    }
+}
+
+/// A pod the agent has decided to enrol, with everything a data plane
+/// needs: addresses for node-level capture, the netns for in-pod capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledPod {
+    /// Pod UID (the set entry's comment; the ZDS workload uid).
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Addresses.
+    pub ips: Vec<IpAddr>,
+    /// Network namespace path.
+    pub netns: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> PodRecord {
+        PodRecord {
+            name: "a".into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            ips: vec![],
+            netns: None,
+            node: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            namespace_labels: [(DATAPLANE_MODE_LABEL.to_owned(), "ambient".to_owned())].into(),
+            service_account: String::new(),
+        }
+    }
+
+    #[test]
+    fn enrolment_rules() {
+        assert!(pod().wants_ambient());
+        let mut p = pod();
+        p.namespace_labels.clear();
+        assert!(!p.wants_ambient(), "namespace not labelled");
+        let mut p = pod();
+        p.namespace_labels
+            .insert(DATAPLANE_MODE_LABEL.into(), "none".into());
+        assert!(!p.wants_ambient(), "other mode");
+        let mut p = pod();
+        p.annotations
+            .insert(SIDECAR_STATUS_ANNOTATION.into(), "{}".into());
+        assert!(!p.wants_ambient(), "sidecar");
+        let mut p = pod();
+        p.annotations
+            .insert(REDIRECTION_ANNOTATION.into(), "disabled".into());
+        assert!(!p.wants_ambient(), "opted out");
+        let mut p = pod();
+        p.annotations
+            .insert(REDIRECTION_ANNOTATION.into(), "enabled".into());
+        assert!(p.wants_ambient(), "explicitly enabled");
+        // A pod label alone does not enrol (the namespace label decides).
+        let mut p = pod();
+        p.namespace_labels.clear();
+        p.labels.insert(DATAPLANE_MODE_LABEL.into(), "ambient".into());
+        assert!(!p.wants_ambient());
+    }
+
+    #[test]
+    fn records_parse_from_yaml_and_reject_typos() {
+        let y = "name: web-0\nnamespace: default\nuid: u1\nips: [10.244.0.7]\nnamespace_labels:\n  istio.io/dataplane-mode: ambient\n";
+        let p: PodRecord = serde_yaml_ng::from_str(y).expect("yaml");
+        assert!(p.wants_ambient());
+        assert_eq!(p.ips.len(), 1);
+        assert!(serde_yaml_ng::from_str::<PodRecord>(&format!("{y}namespce_labels: {{}}\n")).is_err());
+    }
+}

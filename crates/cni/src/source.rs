@@ -1,0 +1,158 @@
+//! Pod sources. The local source is a directory of pod records (one per
+//! file, `.yaml`, `.yml` or `.json`), re-read when any file changes; it is
+//! what tests and local runs use. A Kubernetes watch would produce the
+//! same [`PodRecord`]s (see the crate README for why it is not built in).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::error::Error;
+use crate::pod::{PodKey, PodRecord};
+
+/// A directory of pod records.
+#[derive(Debug)]
+pub struct DirSource {
+    dir: PathBuf,
+    node: Option<String>,
+    /// File name → (mtime, length) at the last read, to skip unchanged scans.
+    stamp: BTreeMap<PathBuf, (SystemTime, u64)>,
+    /// Whether a scan has been returned yet.
+    scanned: bool,
+}
+
+/// One scan's outcome.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The records, by `(namespace, name)`.
+    pub pods: BTreeMap<PodKey, PodRecord>,
+    /// Files that could not be read or parsed (they are skipped, not fatal:
+    /// one bad record must not unenrol every other pod).
+    pub errors: Vec<Error>,
+}
+
+impl DirSource {
+    /// Watches `dir`; records with a `node` other than `node` are ignored.
+    pub fn new(dir: impl Into<PathBuf>, node: Option<String>) -> Self {
+        Self {
+            dir: dir.into(),
+            node,
+            stamp: BTreeMap::new(),
+            scanned: false,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the directory if anything changed since the last call;
+    /// `Ok(None)` when nothing did. A missing directory reads as empty.
+    pub fn poll(&mut self) -> Result<Option<Scan>, Error> {
+        let stamp = self.stamps()?;
+        if self.scanned && stamp == self.stamp {
+            return Ok(None);
+        }
+        self.stamp = stamp;
+        self.scanned = true;
+        Ok(Some(self.read()))
+    }
+
+    /// Reads every record now.
+    pub fn read(&self) -> Scan {
+        let mut scan = Scan::default();
+        for path in self.stamp.keys() {
+            match read_record(path) {
+                Ok(p) => {
+                    if self.node.is_some() && p.node.is_some() && p.node != self.node {
+                        continue;
+                    }
+                    scan.pods.insert(p.key(), p);
+                }
+                Err(e) => scan.errors.push(e),
+            }
+        }
+        scan
+    }
+
+    fn stamps(&self) -> Result<BTreeMap<PathBuf, (SystemTime, u64)>, Error> {
+        let mut out = BTreeMap::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(format!("reading {}", self.dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
+            let path = entry.path();
+            let is_record = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            if !is_record {
+                continue;
+            }
+            // A file removed between listing and stat is simply gone.
+            if let Ok(meta) = entry.metadata()
+                && meta.is_file()
+            {
+                let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                out.insert(path, (mtime, meta.len()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses one record file (JSON if it ends in `.json`, YAML otherwise).
+pub fn read_record(path: &Path) -> Result<PodRecord, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|reason| Error::Record {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ambit-cni-src-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    #[test]
+    fn directory_scan_sees_adds_edits_removals_and_skips_bad_files() {
+        let d = tmpdir("scan");
+        let mut s = DirSource::new(&d, Some("n0".into()));
+        assert!(s.poll().expect("poll").expect("first scan").pods.is_empty());
+        assert!(s.poll().expect("poll").is_none());
+        std::fs::write(d.join("a.yaml"), "name: a\nnamespace: x\nuid: ua\nips: [10.0.0.1]\n")
+            .expect("write");
+        std::fs::write(
+            d.join("b.json"),
+            r#"{"name":"b","namespace":"x","uid":"ub","node":"n1"}"#,
+        )
+        .expect("write");
+        std::fs::write(d.join("c.yaml"), "name: [").expect("write");
+        std::fs::write(d.join("notes.txt"), "ignored").expect("write");
+        let scan = s.poll().expect("poll").expect("changed");
+        assert_eq!(scan.pods.len(), 1, "b is on another node");
+        assert_eq!(scan.errors.len(), 1, "c is malformed");
+        assert!(s.poll().expect("poll").is_none(), "unchanged");
+        std::fs::remove_file(d.join("a.yaml")).expect("rm");
+        let scan = s.poll().expect("poll").expect("changed");
+        assert!(scan.pods.is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

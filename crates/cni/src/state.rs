@@ -1,0 +1,290 @@
+//! The agent's desired-state model, with no I/O: pod records from the pod
+//! source and sandboxes from plugin events go in; the pods to enrol and the
+//! enrolments to remove come out. [`crate::agent`] carries the changes out
+//! through a [`crate::Dataplane`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::event::PodEvent;
+use crate::pod::{EnrolledPod, PodKey, PodRecord};
+
+/// One enrolment to take away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The pod's uid, when known (unknown for stale kernel entries found
+    /// after a restart).
+    pub uid: Option<String>,
+    /// The addresses to remove.
+    pub ips: Vec<IpAddr>,
+    /// The pod's netns, when known.
+    pub netns: Option<PathBuf>,
+}
+
+/// What a reconcile must do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Pods to enrol (new, changed, or missing from the kernel).
+    pub add: Vec<EnrolledPod>,
+    /// Enrolments to remove (gone, changed, or stale in the kernel).
+    pub remove: Vec<Removal>,
+}
+
+impl Changes {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Why a pod is or is not enrolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// It should be enrolled, as this.
+    Enrol(EnrolledPod),
+    /// The pod source does not know it.
+    Unknown,
+    /// The enrolment rules say no.
+    NotAmbient,
+    /// Known, but with no address or netns to act on yet.
+    NotReady,
+}
+
+/// Desired and applied state.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Pod records from the pod source.
+    pub source: BTreeMap<PodKey, PodRecord>,
+    /// Sandboxes announced by the plugin (ADD), by pod.
+    pub sandboxes: BTreeMap<PodKey, PodEvent>,
+    /// What this agent has applied, by uid.
+    pub enrolled: BTreeMap<String, EnrolledPod>,
+}
+
+impl State {
+    /// The decision for one pod.
+    pub fn decide(&self, key: &PodKey) -> Decision {
+        let Some(record) = self.source.get(key) else {
+            return Decision::Unknown;
+        };
+        if !record.wants_ambient() {
+            return Decision::NotAmbient;
+        }
+        // A sandbox of an earlier pod with the same name does not count.
+        let sandbox = self
+            .sandboxes
+            .get(key)
+            .filter(|e| e.pod_uid.as_ref().is_none_or(|u| *u == record.uid));
+        let ips = match sandbox {
+            Some(e) if !e.ips.is_empty() => e.ips.clone(),
+            _ => record.ips.clone(),
+        };
+        let netns = sandbox
+            .filter(|e| !e.netns.is_empty())
+            .map(|e| PathBuf::from(&e.netns))
+            .or_else(|| record.netns.clone());
+        if ips.is_empty() && netns.is_none() {
+            return Decision::NotReady;
+        }
+        Decision::Enrol(EnrolledPod {
+            uid: record.uid.clone(),
+            name: record.name.clone(),
+            namespace: record.namespace.clone(),
+            service_account: record.service_account.clone(),
+            ips,
+            netns,
+        })
+    }
+
+    /// Every pod that should be enrolled, by uid.
+    pub fn desired(&self) -> BTreeMap<String, EnrolledPod> {
+        self.source
+            .keys()
+            .filter_map(|k| match self.decide(k) {
+                Decision::Enrol(p) => Some((p.uid.clone(), p)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The changes that bring the applied state to the desired one. With
+    /// `observed` (pod addresses found in the kernel), pods missing from
+    /// the kernel are re-enrolled and addresses nobody wants are removed.
+    pub fn changes(&self, observed: Option<&BTreeSet<IpAddr>>) -> Changes {
+        let desired = self.desired();
+        let mut c = Changes::default();
+        for (uid, have) in &self.enrolled {
+            match desired.get(uid) {
+                None => c.remove.push(Removal {
+                    uid: Some(uid.clone()),
+                    ips: have.ips.clone(),
+                    netns: have.netns.clone(),
+                }),
+                Some(want) if want != have => c.remove.push(Removal {
+                    uid: Some(uid.clone()),
+                    ips: have
+                        .ips
+                        .iter()
+                        .filter(|ip| !want.ips.contains(ip))
+                        .copied()
+                        .collect(),
+                    netns: have.netns.clone(),
+                }),
+                Some(_) => {}
+            }
+        }
+        for (uid, want) in &desired {
+            let missing = observed.is_some_and(|o| want.ips.iter().any(|ip| !o.contains(ip)));
+            if self.enrolled.get(uid) != Some(want) || missing {
+                c.add.push(want.clone());
+            }
+        }
+        if let Some(observed) = observed {
+            let wanted: BTreeSet<IpAddr> = desired.values().flat_map(|p| p.ips.clone()).collect();
+            let removed: BTreeSet<IpAddr> = c.remove.iter().flat_map(|r| r.ips.clone()).collect();
+            let stale: Vec<IpAddr> = observed
+                .iter()
+                .filter(|ip| !wanted.contains(ip) && !removed.contains(ip))
+                .copied()
+                .collect();
+            if !stale.is_empty() {
+                c.remove.push(Removal {
+                    uid: None,
+                    ips: stale,
+                    netns: None,
+                });
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::DATAPLANE_MODE_LABEL;
+
+    fn rec(name: &str, ip: Option<&str>, ambient: bool) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            namespace: "ns".into(),
+            uid: format!("uid-{name}"),
+            ips: ip.map(|i| i.parse().expect("ip")).into_iter().collect(),
+            netns: None,
+            node: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            namespace_labels: if ambient {
+                [(DATAPLANE_MODE_LABEL.to_owned(), "ambient".to_owned())].into()
+            } else {
+                BTreeMap::new()
+            },
+            service_account: "default".into(),
+        }
+    }
+
+    fn ev(name: &str, ip: &str) -> PodEvent {
+        PodEvent {
+            netns: format!("/run/netns/{name}"),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            pod_name: name.into(),
+            pod_namespace: "ns".into(),
+            pod_uid: None,
+            ips: vec![ip.parse().expect("ip")],
+        }
+    }
+
+    fn key(name: &str) -> PodKey {
+        ("ns".into(), name.into())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn commit(s: &mut State, c: &Changes) {
+        for r in &c.remove {
+            if let Some(u) = &r.uid {
+                s.enrolled.remove(u);
+            }
+        }
+        for p in &c.add {
+            s.enrolled.insert(p.uid.clone(), p.clone());
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let mut s = State::default();
+        assert_eq!(s.decide(&key("a")), Decision::Unknown);
+        s.source.insert(key("a"), rec("a", None, true));
+        assert_eq!(s.decide(&key("a")), Decision::NotReady);
+        s.sandboxes.insert(key("a"), ev("a", "10.0.0.5"));
+        let Decision::Enrol(p) = s.decide(&key("a")) else {
+            panic!("should enrol")
+        };
+        assert_eq!(p.ips, vec![ip("10.0.0.5")]);
+        assert_eq!(p.netns, Some(PathBuf::from("/run/netns/a")));
+        s.source.insert(key("b"), rec("b", Some("10.0.0.6"), false));
+        assert_eq!(s.decide(&key("b")), Decision::NotAmbient);
+        // A sandbox left by a previous pod of the same name is ignored.
+        let mut old = ev("c", "10.0.0.7");
+        old.pod_uid = Some("uid-old".into());
+        s.sandboxes.insert(key("c"), old);
+        s.source.insert(key("c"), rec("c", None, true));
+        assert_eq!(s.decide(&key("c")), Decision::NotReady);
+    }
+
+    #[test]
+    fn changes_add_remove_and_update() {
+        let mut s = State::default();
+        s.source.insert(key("a"), rec("a", Some("10.0.0.1"), true));
+        s.source.insert(key("b"), rec("b", Some("10.0.0.2"), true));
+        let c = s.changes(None);
+        assert_eq!(c.add.len(), 2);
+        assert!(c.remove.is_empty());
+        commit(&mut s, &c);
+        assert!(s.changes(None).is_empty(), "converged");
+
+        // b leaves, a changes address.
+        s.source.remove(&key("b"));
+        s.source.insert(key("a"), rec("a", Some("10.0.0.9"), true));
+        let c = s.changes(None);
+        assert_eq!(c.add.len(), 1);
+        assert_eq!(c.add[0].ips, vec![ip("10.0.0.9")]);
+        let mut removed: Vec<_> = c.remove.iter().flat_map(|r| r.ips.clone()).collect();
+        removed.sort();
+        assert_eq!(removed, vec![ip("10.0.0.1"), ip("10.0.0.2")]);
+        commit(&mut s, &c);
+        assert!(s.changes(None).is_empty());
+    }
+
+    #[test]
+    fn restart_reconcile_uses_the_kernel() {
+        // A fresh agent: nothing applied in memory; the kernel has a (still
+        // wanted, but missing its route) and z (deleted while down).
+        let mut s = State::default();
+        s.source.insert(key("a"), rec("a", Some("10.0.0.1"), true));
+        s.source.insert(key("n"), rec("n", Some("10.0.0.3"), true));
+        let observed: BTreeSet<IpAddr> = [ip("10.0.0.1"), ip("10.0.0.99")].into();
+        let c = s.changes(Some(&observed));
+        let added: Vec<_> = c.add.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(added, vec!["a", "n"]);
+        assert_eq!(
+            c.remove,
+            vec![Removal {
+                uid: None,
+                ips: vec![ip("10.0.0.99")],
+                netns: None
+            }]
+        );
+        commit(&mut s, &c);
+        let all: BTreeSet<IpAddr> = [ip("10.0.0.1"), ip("10.0.0.3")].into();
+        assert!(s.changes(Some(&all)).is_empty());
+        // An entry removed behind our back is put back.
+        let partial: BTreeSet<IpAddr> = [ip("10.0.0.1")].into();
+        assert_eq!(s.changes(Some(&partial)).add.len(), 1);
+    }
+}
