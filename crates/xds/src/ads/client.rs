@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tonic::{
     metadata::MetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::{Channel, Endpoint},
 };
 use tracing::{debug, info, warn};
 
@@ -196,6 +196,31 @@ where
     }
 }
 
+/// Adds TLS with the configured roots to an `https://` endpoint.
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
+fn with_tls(endpoint: Endpoint, config: &AdsConfig) -> Result<Endpoint, AdsError> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let bad = |reason: String| AdsError::Config { reason };
+    let roots = config.root_certs_pem.as_deref().ok_or_else(|| {
+        bad("an https xds address needs root certificates (root_certs_pem)".into())
+    })?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(roots));
+    if let Some(name) = &config.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| bad(format!("bad xds tls settings: {e}")))
+}
+
+/// Built without a TLS provider: `https://` cannot work.
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+fn with_tls(_endpoint: Endpoint, _config: &AdsConfig) -> Result<Endpoint, AdsError> {
+    Err(AdsError::Config {
+        reason: "built without tls (enable the aws-lc-rs or ring feature) but the xds address is https://".into(),
+    })
+}
+
 /// Reads the bearer token afresh (the kubelet rotates it). An owned path,
 /// so the client's future stays `Send` without its handlers being `Sync`.
 async fn read_token(path: Option<PathBuf>) -> Result<Option<String>, AdsError> {
@@ -289,16 +314,7 @@ impl AdsClientBuilder {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         if config.address.starts_with("https://") {
-            let roots = config.root_certs_pem.as_deref().ok_or_else(|| {
-                bad("an https xds address needs root certificates (root_certs_pem)".into())
-            })?;
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(roots));
-            if let Some(name) = &config.tls_server_name {
-                tls = tls.domain_name(name.clone());
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| bad(format!("bad xds tls settings: {e}")))?;
+            endpoint = with_tls(endpoint, &config)?;
         } else if !config.address.starts_with("http://") {
             return Err(bad(format!(
                 "xds address {:?} must start with https:// or http://",
