@@ -66,12 +66,100 @@ pub const VIP: &str = "10.96.0.20:9080";
 /// A server outside the mesh (node b, pod 3), for the no-mesh baseline.
 pub const DIRECT_SERVER: &str = "10.244.1.5:9080";
 
+/// The control plane: a delta ADS server and an Istio CA server, in
+/// process, listening on node a's underlay address (reachable from every
+/// ztunnel netns through the nodes' routes).
+pub struct ControlPlane {
+    /// The xDS resources; change them to push updates.
+    pub store: ambit_xds::Store,
+    /// `http://ip:15010`.
+    pub xds_address: String,
+    /// `http://ip:15012`.
+    pub ca_address: String,
+    stop: Arc<tokio::sync::Notify>,
+    task: Option<NsTask<()>>,
+}
+
+impl ControlPlane {
+    /// Starts both servers inside `ns`, bound to `ip`.
+    pub fn start(
+        ns: &NetNs,
+        ip: IpAddr,
+        ca: Arc<LocalCa>,
+        config: &ambit_mesh::Config,
+    ) -> anyhow::Result<Self> {
+        let store = ambit_xds::Store::new();
+        publish(&store, config);
+        let xds_l = ns.tcp_listener(SocketAddr::new(ip, 15010))?;
+        let ca_l = ns.tcp_listener(SocketAddr::new(ip, 15012))?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (st, sp) = (store.clone(), stop.clone());
+        let task = ns.spawn_async(move || async move {
+            let listen = |l: std::net::TcpListener| {
+                let _ = l.set_nonblocking(true);
+                tokio::net::TcpListener::from_std(l)
+            };
+            let (Ok(xl), Ok(cl)) = (listen(xds_l), listen(ca_l)) else {
+                return;
+            };
+            let stop = tokio::sync::watch::channel(false);
+            let (tx, rx) = stop;
+            let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let ads = tokio::spawn(ambit_xds::AdsServer::new(st).serve(xl, wait(rx.clone())));
+            let ca = tokio::spawn(ambit_identity::CaServer::new(ca).serve(cl, wait(rx)));
+            sp.notified().await;
+            let _ = tx.send(true);
+            let _ = ads.await;
+            let _ = ca.await;
+        })?;
+        Ok(Self {
+            store,
+            xds_address: format!("http://{}", SocketAddr::new(ip, 15010)),
+            ca_address: format!("http://{}", SocketAddr::new(ip, 15012)),
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Stops both servers (connected clients see their streams end).
+    pub fn stop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.task.take() {
+            t.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Puts every workload, service and policy of `config` in the store.
+pub fn publish(store: &ambit_xds::Store, config: &ambit_mesh::Config) {
+    use ambit_mesh::xds::encode;
+    for w in &config.workloads {
+        store.insert_message(w.uid.clone(), &encode::workload(w));
+    }
+    for svc in &config.services {
+        store.insert_message(svc.key(), &encode::service(svc));
+    }
+    for p in &config.policies {
+        store.insert_message(p.key(), &encode::policy(p));
+    }
+}
+
 /// A running local mesh. Dropping it stops everything and removes every
 /// namespace, link and rule it made.
 pub struct LocalMesh {
     /// Stops the apps and ztunnels before the namespaces go.
     ztunnels: Vec<ChildGuard>,
     apps: Vec<NsTask<()>>,
+    /// The in-process control plane (xDS and CA).
+    pub control_plane: Option<ControlPlane>,
     /// Where configs and logs live.
     pub dir: PathBuf,
     /// The namespaces.
@@ -99,14 +187,24 @@ impl LocalMesh {
         let mut mesh = LocalMesh {
             ztunnels: Vec::new(),
             apps: Vec::new(),
+            control_plane: None,
             dir,
             cluster,
         };
-        progress("local CA (SPIFFE trust domain cluster.local)");
-        let ca = LocalCa::generate("cluster.local")?;
+        let ca = Arc::new(LocalCa::generate("cluster.local")?);
         std::fs::write(mesh.dir.join("ca.pem"), ca.root_pem())?;
         std::fs::write(mesh.dir.join("ca-key.pem"), ca.key_pem())?;
         std::fs::write(mesh.dir.join("mesh.yaml"), mesh_yaml)?;
+        let cp_ip = IpAddr::V4(mesh.cluster.node(0).underlay_ip());
+        progress(&format!(
+            "control plane in process: delta ADS on {cp_ip}:15010, Istio CA on {cp_ip}:15012 (trust domain cluster.local)"
+        ));
+        mesh.control_plane = Some(ControlPlane::start(
+            mesh.cluster.node(0).ns(),
+            cp_ip,
+            ca,
+            &config,
+        )?);
 
         for (i, name) in NODES.iter().enumerate() {
             progress(&format!(
@@ -176,13 +274,19 @@ impl LocalMesh {
     fn spawn_ztunnel(&self, bin: &Path, i: usize, node: &str) -> anyhow::Result<ChildGuard> {
         let log = std::fs::File::create(self.log_path(i))?;
         let pod = self.cluster.pod(i, 0);
+        let cp = self
+            .control_plane
+            .as_ref()
+            .context("control plane not started")?;
         let mut cmd = Command::new(bin);
-        cmd.env("NODE_NAME", node)
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("NODE_NAME", node)
             .env("POD_NAME", format!("ztunnel-{node}"))
+            .env("POD_NAMESPACE", "istio-system")
             .env("INSTANCE_IP", pod.ip().to_string())
-            .env("LOCAL_XDS_PATH", self.dir.join("mesh.yaml"))
-            .env("LOCAL_CA_CERT", self.dir.join("ca.pem"))
-            .env("LOCAL_CA_KEY", self.dir.join("ca-key.pem"))
+            .env("XDS_ADDRESS", &cp.xds_address)
+            .env("CA_ADDRESS", &cp.ca_address)
             .env("LOG_FORMAT", "json")
             .env("DRAIN_DURATION", "1")
             .env("RUST_LOG", "info")
@@ -220,7 +324,7 @@ impl LocalMesh {
         out
     }
 
-    /// Stops ztunnels (SIGTERM, then kill) and apps.
+    /// Stops ztunnels (SIGTERM, then kill), apps and the control plane.
     pub fn stop(&mut self) {
         for z in &mut self.ztunnels {
             let pid = z.child().id();
@@ -236,13 +340,16 @@ impl LocalMesh {
         }
         self.ztunnels.clear();
         self.apps.clear();
+        self.control_plane = None;
     }
 }
 
 impl Drop for LocalMesh {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("AMBIT_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use ambit_identity::{
 };
 use ambit_l4proxy::{Capture, Listeners, Local, Proxy, ProxyConfig, Sockets, admin};
 use ambit_mesh::{Config, MeshState};
+
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
@@ -35,10 +36,13 @@ struct Args {
     /// Mesh configuration file in ztunnel's local YAML format (no xDS).
     #[arg(long, env = "LOCAL_XDS_PATH")]
     local_xds_path: Option<PathBuf>,
-    /// The xDS server (istiod). Not supported by this build's local mode;
-    /// use LOCAL_XDS_PATH.
+    /// The xDS server (istiod), e.g. `https://istiod.istio-system.svc:15012`;
+    /// delta ADS for Address and Authorization. Ignored when LOCAL_XDS_PATH is set.
     #[arg(long, env = "XDS_ADDRESS")]
     xds_address: Option<String>,
+    /// PEM roots for the xDS server's TLS certificate.
+    #[arg(long, env = "XDS_ROOT_CA")]
+    xds_root_cert: Option<PathBuf>,
     /// Istio CA address (`https://istiod.istio-system.svc:15012`).
     #[arg(long, env = "CA_ADDRESS")]
     ca_address: Option<String>,
@@ -115,43 +119,47 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Where the mesh configuration comes from.
+enum Source {
+    /// A local file, loaded once.
+    Local(Config),
+    /// Delta ADS.
+    Xds(ambit_xds::AdsConfig),
+}
+
 /// Everything read and checked before the runtime starts.
 struct Setup {
-    config: Config,
+    source: Source,
     ca: Arc<dyn CertificateAuthority>,
 }
 
 fn setup(a: &Args) -> anyhow::Result<Setup> {
-    if a.xds_address.is_some() && a.local_xds_path.is_none() {
-        anyhow::bail!(
-            "XDS_ADDRESS is set but this ztunnel reads its mesh from LOCAL_XDS_PATH; set LOCAL_XDS_PATH"
-        );
-    }
-    let path = a
-        .local_xds_path
-        .as_ref()
-        .context("no mesh configuration: set LOCAL_XDS_PATH")?;
-    let config = Config::from_file(path)?;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let source = match (&a.local_xds_path, &a.xds_address) {
+        (Some(path), _) => Source::Local(Config::from_file(path)?),
+        (None, Some(addr)) => {
+            let node = ambit_xds::NodeIdentity::from_env();
+            let mut c = ambit_xds::AdsConfig::new(addr.clone(), node);
+            c.token_path = a
+                .auth_token_path
+                .exists()
+                .then(|| a.auth_token_path.clone());
+            c.cluster_id = Some(a.cluster_id.clone());
+            c.root_certs_pem = a.xds_root_cert.as_ref().map(read).transpose()?;
+            Source::Xds(c)
+        }
+        (None, None) => anyhow::bail!("no mesh configuration: set XDS_ADDRESS or LOCAL_XDS_PATH"),
+    };
     let ca: Arc<dyn CertificateAuthority> = match (&a.ca_address, &a.local_ca_cert, &a.local_ca_key)
     {
-        (_, Some(cert), Some(key)) => {
-            let read = |p: &PathBuf| {
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-            };
-            Arc::new(LocalCa::from_pem(
-                &read(cert)?,
-                &read(key)?,
-                &a.trust_domain,
-            )?)
-        }
+        (_, Some(cert), Some(key)) => Arc::new(LocalCa::from_pem(
+            &read(cert)?,
+            &read(key)?,
+            &a.trust_domain,
+        )?),
         (Some(addr), _, _) => {
-            let roots = a
-                .ca_root_cert
-                .as_ref()
-                .map(|p| {
-                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-                })
-                .transpose()?;
             let mut c = IstioCaConfig::default();
             c.address = addr.clone();
             c.token_path = a
@@ -159,26 +167,19 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
                 .exists()
                 .then(|| a.auth_token_path.clone());
             c.cluster_id = Some(a.cluster_id.clone());
-            c.root_certs_pem = roots;
+            c.root_certs_pem = a.ca_root_cert.as_ref().map(read).transpose()?;
             Arc::new(IstioCaClient::new(c)?)
         }
         _ => anyhow::bail!(
             "no certificate authority: set CA_ADDRESS, or LOCAL_CA_CERT and LOCAL_CA_KEY"
         ),
     };
-    Ok(Setup { config, ca })
+    Ok(Setup { source, ca })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let setup = match setup(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ztunnel: invalid configuration: {e:#}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -187,6 +188,18 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ztunnel: starting the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Clients (CA, xDS) are built inside the runtime they will run on.
+    let setup = {
+        let _enter = rt.enter();
+        setup(&args)
+    };
+    let setup = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ztunnel: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match rt.block_on(run(args, setup)) {
@@ -200,7 +213,44 @@ fn main() -> ExitCode {
 }
 
 async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
-    let state = Arc::new(RwLock::new(MeshState::from_config(s.config)));
+    let state = Arc::new(RwLock::new(MeshState::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    match s.source {
+        Source::Local(config) => state
+            .write()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+            .load(config),
+        Source::Xds(ads) => {
+            use ambit_mesh::xds::{AddressHandler, AuthorizationHandler};
+            use ambit_xds::proto::istio::{security::Authorization, workload::Address};
+            let address = ads.address.clone();
+            let client = ambit_xds::AdsClient::builder(ads)
+                .watch::<Address, _>(
+                    ambit_xds::Subscription::Wildcard,
+                    AddressHandler(state.clone()),
+                )
+                .watch::<Authorization, _>(
+                    ambit_xds::Subscription::Wildcard,
+                    AuthorizationHandler(state.clone()),
+                )
+                .build()?;
+            let mut ready = client.ready();
+            tokio::spawn(client.run(stopped(stop_rx.clone())));
+            tracing::info!(%address, "waiting for the first xDS push");
+            ready
+                .wait_for(|r| *r)
+                .await
+                .context("xDS client stopped before it was ready")?;
+            let (w, s, p) = state
+                .read()
+                .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+                .counts();
+            tracing::info!(workloads = w, services = s, policies = p, "xDS ready");
+        }
+    }
     let mut mc = ManagerConfig::default();
     mc.ttl = Duration::from_secs(a.secret_ttl);
     let certs = Arc::new(CertManager::new(s.ca, mc));
@@ -235,10 +285,6 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     );
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     tokio::spawn(admin::serve(
         admin_l,
         proxy.admin_responder(quit.clone()),
