@@ -12,6 +12,7 @@ packages=(
     libmnl-dev
     pkg-config
     strace        # captures of iproute2's netlink requests (tunnel golden tests)
+    containernetworking-plugins  # bridge + host-local: the real CNI chain in cni-node tests
     make
 )
 

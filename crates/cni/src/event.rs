@@ -97,38 +97,36 @@ pub enum PostError {
 /// Where events go. The plugin uses [`UnixHttpSink`]; tests substitute
 /// their own.
 pub trait EventSink {
-    /// Delivers one event; `Ok` only on a 200 answer.
-    fn post(&self, kind: EventKind, event: &PodEvent) -> Result<(), PostError>;
+    /// Delivers one event to the agent of `run_dir`; `Ok` only on a 200
+    /// answer.
+    fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<(), PostError>;
 }
 
 /// Posts events to `<run_dir>/pluginevent.sock`.
 #[derive(Debug, Clone)]
 pub struct UnixHttpSink {
-    /// The socket path.
-    pub socket: PathBuf,
     /// Connect, write and read timeout.
     pub timeout: Duration,
 }
 
-impl UnixHttpSink {
-    /// The sink for an agent run directory.
-    pub fn new(run_dir: &Path) -> Self {
+impl Default for UnixHttpSink {
+    fn default() -> Self {
         Self {
-            socket: run_dir.join(crate::spec::EVENT_SOCKET),
             timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl EventSink for UnixHttpSink {
-    fn post(&self, kind: EventKind, event: &PodEvent) -> Result<(), PostError> {
+    fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<(), PostError> {
+        let socket: PathBuf = run_dir.join(crate::spec::EVENT_SOCKET);
         let body = serde_json::to_vec(event).map_err(|e| PostError::Malformed(e.to_string()))?;
         let io = |source| PostError::Io {
-            path: self.socket.clone(),
+            path: socket.clone(),
             source,
         };
-        let mut s = UnixStream::connect(&self.socket).map_err(|source| PostError::Unreachable {
-            path: self.socket.clone(),
+        let mut s = UnixStream::connect(&socket).map_err(|source| PostError::Unreachable {
+            path: socket.clone(),
             source,
         })?;
         s.set_read_timeout(Some(self.timeout)).map_err(io)?;
@@ -223,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_unreachable() {
-        let sink = UnixHttpSink::new(Path::new("/nonexistent-ambit-cni-dir"));
+        let sink = UnixHttpSink::default();
         let e = PodEvent {
             netns: String::new(),
             container_id: "c".into(),
@@ -234,7 +232,7 @@ mod tests {
             ips: vec![],
         };
         assert!(matches!(
-            sink.post(EventKind::Add, &e),
+            sink.post(Path::new("/nonexistent-ambit-cni-dir"), EventKind::Add, &e),
             Err(PostError::Unreachable { .. })
         ));
     }

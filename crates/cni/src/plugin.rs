@@ -101,7 +101,11 @@ fn command(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String,
                 && let Ok(pod) = env.pod()
                 && skip_reason(conf, &pod).is_none()
             {
-                let _ = sink.post(EventKind::Del, &event(env, &pod, Vec::new()));
+                let _ = sink.post(
+                    &conf.cni_agent_run_dir,
+                    EventKind::Del,
+                    &event(env, &pod, Vec::new()),
+                );
             }
             Ok(String::new())
         }
@@ -125,7 +129,7 @@ fn add(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String, Cni
         return Ok(prev.get().to_owned());
     }
     let ips = conf.prev_ips()?;
-    sink.post(EventKind::Add, &event(env, &pod, ips))
+    sink.post(&conf.cni_agent_run_dir, EventKind::Add, &event(env, &pod, ips))
         .map_err(|e| {
             let code = match e {
                 PostError::Unreachable { .. } => ErrorCode::TryAgainLater,
@@ -189,7 +193,12 @@ mod tests {
     }
 
     impl EventSink for Recorder {
-        fn post(&self, kind: EventKind, event: &PodEvent) -> Result<(), PostError> {
+        fn post(
+            &self,
+            _run_dir: &std::path::Path,
+            kind: EventKind,
+            event: &PodEvent,
+        ) -> Result<(), PostError> {
             self.seen.borrow_mut().push((kind, event.clone()));
             (self.answer)()
         }

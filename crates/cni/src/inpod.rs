@@ -1,0 +1,286 @@
+//! In-pod capture (current Istio): the agent enters each pod's netns and
+//! installs the in-pod rules there, adds the pod to the host's probe-SNAT
+//! set, and hands ztunnel the pod's netns descriptor over ZDS, acting as
+//! the ZDS server.
+//!
+//! ZDS delivery runs on its own task, which owns the socket and the
+//! snapshot (every enrolled pod's uid, info and netns descriptor):
+//! - while ztunnel is connected, each add or delete is sent and its ack
+//!   awaited before the next;
+//! - while ztunnel is away, changes only update the snapshot;
+//! - whenever ztunnel (re)connects, it receives the whole snapshot and
+//!   `SnapshotSent`, so nothing missed while it was away is lost.
+//!
+//! Enrolment completes (and the plugin's ADD succeeds) once the rules are
+//! in place and the pod is in the snapshot; delivery is retried by the
+//! next connection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use ambit_netns::NetNs;
+use ambit_redirect::ipset::IpSetEntry;
+use ambit_redirect::profiles::{self, InpodConfig};
+use ambit_redirect::{Backend, Plan};
+use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
+use ambit_xds::zds::SnapshotItem;
+use ambit_xds::{ZdsConnection, ZdsListener};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::agent::Dataplane;
+use crate::error::{Context, Error};
+use crate::pod::EnrolledPod;
+use crate::state::Removal;
+
+/// The host set of enrolled pods whose kubelet probes are SNATed.
+pub const PROBE_SET: &str = "istio-inpod-probes-v4";
+
+/// What in-pod capture needs.
+#[derive(Debug)]
+pub struct InpodSettings {
+    /// The node (host) namespace, for the probe-SNAT rule and set.
+    pub host: NetNs,
+    /// Packet-filter backend, on the host and in pods.
+    pub backend: Backend,
+    /// The in-pod profile's parameters.
+    pub config: InpodConfig,
+    /// The ZDS socket ztunnel connects to.
+    pub zds_socket: PathBuf,
+    /// The runtime the ZDS task runs on.
+    pub runtime: tokio::runtime::Handle,
+}
+
+enum ZdsCmd {
+    Add {
+        uid: String,
+        info: WorkloadInfo,
+        netns: NetNs,
+    },
+    Del {
+        uid: String,
+    },
+}
+
+/// The in-pod data plane.
+pub struct InpodDataplane {
+    s: InpodSettings,
+    host_plan: Plan,
+    pod_plan: Plan,
+    zds: Option<(mpsc::UnboundedSender<ZdsCmd>, tokio::task::JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for InpodDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InpodDataplane")
+            .field("settings", &self.s)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InpodDataplane {
+    /// A data plane that will program `s` when started.
+    pub fn new(s: InpodSettings) -> Result<Self, Error> {
+        let host_plan = profiles::inpod_host_probes(&s.config)
+            .context(|| "building the host probe plan".into())?;
+        let pod_plan =
+            profiles::inpod(&s.config).context(|| "building the in-pod plan".into())?;
+        Ok(Self {
+            s,
+            host_plan,
+            pod_plan,
+            zds: None,
+        })
+    }
+
+    /// The plan applied inside every enrolled pod.
+    pub fn pod_plan(&self) -> &Plan {
+        &self.pod_plan
+    }
+
+    /// The plan applied in the host namespace.
+    pub fn host_plan(&self) -> &Plan {
+        &self.host_plan
+    }
+
+    fn send(&self, cmd: ZdsCmd) -> Result<(), Error> {
+        match &self.zds {
+            Some((tx, _)) => tx.send(cmd).map_err(|_| Error::Stopped),
+            None => Err(Error::invalid("in-pod data plane", "not started")),
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), Error> {
+        self.host_plan
+            .apply(&self.s.host, self.s.backend)
+            .context(|| format!("applying the probe rules in {}", self.s.host))?;
+        let listener = {
+            let _rt = self.s.runtime.enter();
+            ZdsListener::bind(&self.s.zds_socket)
+                .context(|| format!("binding {}", self.s.zds_socket.display()))?
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = self.s.runtime.spawn(zds_loop(listener, rx));
+        self.zds = Some((tx, task));
+        info!(socket = %self.s.zds_socket.display(), "in-pod capture ready; waiting for ztunnel");
+        Ok(())
+    }
+}
+
+impl Dataplane for InpodDataplane {
+    fn name(&self) -> &'static str {
+        "inpod"
+    }
+
+    fn start(&mut self) -> Result<(), Error> {
+        let r = self.try_start();
+        if r.is_err()
+            && let Err(e) = self.stop(false)
+        {
+            warn!(error = %e, "undoing a failed start");
+        }
+        r
+    }
+
+    fn observed(&mut self) -> Result<BTreeSet<IpAddr>, Error> {
+        Ok(self
+            .host_plan
+            .members(&self.s.host, self.s.backend, PROBE_SET)
+            .context(|| format!("listing {PROBE_SET}"))?
+            .into_iter()
+            .collect())
+    }
+
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error> {
+        let mut entries = Vec::new();
+        for p in pods {
+            let path = p.netns.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    format!("pod {}/{}", p.namespace, p.name),
+                    "no network namespace to enter",
+                )
+            })?;
+            let ns = NetNs::open(path).context(|| format!("opening {}", path.display()))?;
+            self.pod_plan
+                .apply(&ns, self.s.backend)
+                .context(|| format!("applying in-pod rules in {}", path.display()))?;
+            entries.extend(
+                p.ips
+                    .iter()
+                    .filter(|ip| ip.is_ipv4())
+                    .map(|ip| IpSetEntry::new(*ip, p.uid.clone())),
+            );
+            self.send(ZdsCmd::Add {
+                uid: p.uid.clone(),
+                info: WorkloadInfo {
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    service_account: p.service_account.clone(),
+                },
+                netns: ns,
+            })?;
+        }
+        self.host_plan
+            .add_members(&self.s.host, self.s.backend, PROBE_SET, &entries)
+            .context(|| format!("adding {} address(es) to {PROBE_SET}", entries.len()))
+    }
+
+    fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error> {
+        for r in pods {
+            if let Some(path) = &r.netns {
+                // A pod whose sandbox is gone took its rules with it.
+                match NetNs::open(path) {
+                    Ok(ns) => self
+                        .pod_plan
+                        .remove(&ns, self.s.backend)
+                        .context(|| format!("removing in-pod rules in {}", path.display()))?,
+                    Err(e) => info!(netns = %path.display(), error = %e, "pod netns already gone"),
+                }
+            }
+            if let Some(uid) = &r.uid {
+                self.send(ZdsCmd::Del { uid: uid.clone() })?;
+            }
+        }
+        let ips: Vec<IpAddr> = pods
+            .iter()
+            .flat_map(|r| r.ips.iter().copied())
+            .filter(IpAddr::is_ipv4)
+            .collect();
+        self.host_plan
+            .del_members(&self.s.host, self.s.backend, PROBE_SET, &ips)
+            .context(|| format!("removing {} address(es) from {PROBE_SET}", ips.len()))
+    }
+
+    fn stop(&mut self, keep_rules: bool) -> Result<(), Error> {
+        if let Some((tx, task)) = self.zds.take() {
+            drop(tx);
+            task.abort();
+        }
+        if keep_rules {
+            return Ok(());
+        }
+        self.host_plan
+            .remove(&self.s.host, self.s.backend)
+            .context(|| format!("removing the probe rules from {}", self.s.host))
+    }
+}
+
+/// Owns the ZDS socket and the snapshot; see the module docs.
+async fn zds_loop(listener: ZdsListener, mut rx: mpsc::UnboundedReceiver<ZdsCmd>) {
+    let mut pods: BTreeMap<String, (WorkloadInfo, NetNs)> = BTreeMap::new();
+    let mut conn: Option<ZdsConnection> = None;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(mut c) => {
+                    let mut items: Vec<SnapshotItem<'_>> = Vec::with_capacity(pods.len());
+                    for (uid, (info, ns)) in &pods {
+                        items.push(SnapshotItem::Add {
+                            uid: uid.clone(),
+                            info: Some(info.clone()),
+                            netns: ns.as_fd(),
+                        });
+                    }
+                    match c.send_snapshot(items).await {
+                        Ok(()) => {
+                            info!(pods = pods.len(), "zds snapshot sent to ztunnel");
+                            conn = Some(c);
+                        }
+                        Err(e) => warn!(error = %e, "zds snapshot failed; waiting for ztunnel to reconnect"),
+                    }
+                }
+                Err(e) => warn!(error = %e, "accepting a zds connection"),
+            },
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let sent = match (&cmd, conn.as_mut()) {
+                    (ZdsCmd::Add { uid, info, netns }, Some(c)) => {
+                        Some(c.add(uid, Some(info.clone()), netns.as_fd()).await)
+                    }
+                    (ZdsCmd::Del { uid }, Some(c)) => Some(c.del(uid).await),
+                    (_, None) => None,
+                };
+                match sent {
+                    Some(Ok(())) | None => {}
+                    Some(Err(ambit_xds::ZdsError::Rejected { request, error })) => {
+                        warn!(%request, %error, "ztunnel rejected a zds request");
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "zds connection lost; the next connection gets a snapshot");
+                        conn = None;
+                    }
+                }
+                match cmd {
+                    ZdsCmd::Add { uid, info, netns } => {
+                        pods.insert(uid, (info, netns));
+                    }
+                    ZdsCmd::Del { uid } => {
+                        pods.remove(&uid);
+                    }
+                }
+            }
+        }
+    }
+}
