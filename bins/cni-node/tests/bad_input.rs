@@ -1,0 +1,101 @@
+//! The plugin binary under bad input: CNI error objects with the spec's
+//! codes on stdout, exit status 1; the agent refuses bad flags with 64.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::BIN;
+use serde_json::Value;
+
+fn plugin(env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+const CONF: &str = r#"{"cniVersion":"1.0.0","name":"k8s","type":"istio-cni","ambient_enabled":true,"cni_agent_run_dir":"/nonexistent-ambit-run","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24"}]}}"#;
+
+fn env(cmd: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"),
+    ]
+}
+
+#[test]
+fn bad_input_gives_cni_error_objects() {
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+        ("malformed json", env("ADD"), "{\"cniVersion\":".into(), 6),
+        (
+            "missing CNI_ARGS",
+            env("ADD").into_iter().filter(|(k, _)| *k != "CNI_ARGS").collect(),
+            CONF.into(),
+            4,
+        ),
+        (
+            "unsupported version",
+            env("ADD"),
+            CONF.replace("\"cniVersion\":\"1.0.0\",\"name\"", "\"cniVersion\":\"0.2.0\",\"name\""),
+            1,
+        ),
+        (
+            "unknown command",
+            env("ADD").into_iter().map(|(k, v)| if k == "CNI_COMMAND" { (k, "RESTART") } else { (k, v) }).collect(),
+            CONF.into(),
+            4,
+        ),
+        ("agent not running", env("ADD"), CONF.into(), 11),
+    ];
+    for (what, env, stdin, code) in cases {
+        let (status, v) = plugin(&env, &stdin);
+        assert_eq!(status, 1, "{what}: exit status");
+        assert_eq!(v["code"], code, "{what}: {v}");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert!(v["cniVersion"].is_string(), "{what}: {v}");
+    }
+    // DEL with the agent away still succeeds, twice.
+    for _ in 0..2 {
+        let (status, _) = plugin(&env("DEL"), CONF);
+        assert_eq!(status, 0);
+    }
+    let (status, v) = plugin(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
+    assert_eq!(status, 0);
+    assert_eq!(v["cniVersion"], "0.4.0");
+}
+
+#[test]
+fn agent_rejects_bad_config_with_64() {
+    let out = Command::new(BIN)
+        .args(["run", "--mode", "node", "--run-dir", "/nonexistent-ambit-run"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ztunnel-netns"));
+    let out = Command::new(BIN)
+        .args(["run", "--mode", "inpod", "--netns", "/nonexistent/netns"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN).arg("--help").output().expect("help");
+    assert!(out.status.success());
+}
