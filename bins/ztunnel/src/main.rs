@@ -104,6 +104,20 @@ struct Args {
     /// Connect to local pods with the original source address (node mode).
     #[arg(long, env = "ZTUNNEL_SPOOF_SOURCE", default_value_t = true, action = clap::ArgAction::Set)]
     spoof_source: bool,
+    /// In-pod mode: pods' network namespaces arrive over ZDS and each pod
+    /// gets its own listeners inside its netns (Istio 1.21+). Off: node mode.
+    #[arg(long, env = "INPOD_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    inpod: bool,
+    /// The node agent's ZDS socket (in-pod mode).
+    #[arg(
+        long,
+        env = "INPOD_UDS",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
+    inpod_uds: PathBuf,
+    /// SO_MARK of every in-pod socket, so the pod's rules let it pass.
+    #[arg(long, env = "INPOD_MARK", default_value_t = ambit_l4proxy::INPOD_MARK)]
+    inpod_mark: u32,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -124,7 +138,7 @@ enum Source {
     /// A local file, loaded once.
     Local(Config),
     /// Delta ADS.
-    Xds(ambit_xds::AdsConfig),
+    Xds(Box<ambit_xds::AdsConfig>),
 }
 
 /// Everything read and checked before the runtime starts.
@@ -148,7 +162,7 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
                 .then(|| a.auth_token_path.clone());
             c.cluster_id = Some(a.cluster_id.clone());
             c.root_certs_pem = a.xds_root_cert.as_ref().map(read).transpose()?;
-            Source::Xds(c)
+            Source::Xds(Box::new(c))
         }
         (None, None) => anyhow::bail!("no mesh configuration: set XDS_ADDRESS or LOCAL_XDS_PATH"),
     };
@@ -227,7 +241,7 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             use ambit_mesh::xds::{AddressHandler, AuthorizationHandler};
             use ambit_xds::proto::istio::{security::Authorization, workload::Address};
             let address = ads.address.clone();
-            let client = ambit_xds::AdsClient::builder(ads)
+            let client = ambit_xds::AdsClient::builder(*ads)
                 .watch::<Address, _>(
                     ambit_xds::Subscription::Wildcard,
                     AddressHandler(state.clone()),
@@ -265,14 +279,21 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         state.clone(),
         certs.clone(),
     );
+    // Node mode binds the capture listeners now (fail fast on privileges).
     let sockets = Sockets::new();
-    let listeners = Listeners::bind(&sockets, a.listen_ip, Default::default(), Capture::Tproxy)
-        .with_context(|| {
-            format!(
-                "binding 15001/15006/15008 on {} (needs CAP_NET_ADMIN for IP_TRANSPARENT)",
-                a.listen_ip
-            )
-        })?;
+    let listeners = if a.inpod {
+        None
+    } else {
+        Some(
+            Listeners::bind(&sockets, a.listen_ip, Default::default(), Capture::Tproxy)
+                .with_context(|| {
+                    format!(
+                        "binding 15001/15006/15008 on {} (needs CAP_NET_ADMIN for IP_TRANSPARENT)",
+                        a.listen_ip
+                    )
+                })?,
+        )
+    };
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -328,13 +349,21 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         "ztunnel ready"
     );
 
-    let serve = proxy.serve(
-        listeners,
-        Capture::Tproxy,
-        Local::Node(a.node_name.clone()),
-        sockets,
-        stopped(stop_rx.clone()),
-    );
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match listeners {
+        Some(l) => Box::pin(proxy.serve(
+            l,
+            Capture::Tproxy,
+            Local::Node(a.node_name.clone()),
+            sockets,
+            stopped(stop_rx.clone()),
+        )),
+        None => Box::pin(serve_inpod(
+            proxy.clone(),
+            a.inpod_uds.clone(),
+            a.inpod_mark,
+            stopped(stop_rx.clone()),
+        )),
+    };
     tokio::pin!(serve);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -348,4 +377,44 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     serve.await;
     tracing::info!("ztunnel stopped");
     Ok(())
+}
+
+/// In-pod mode: keeps a ZDS connection to the node agent (reconnecting
+/// with backoff while it is away) and serves the pods it hands over. Each
+/// new connection starts with a snapshot, so pods are never lost.
+async fn serve_inpod(
+    proxy: Proxy,
+    uds: PathBuf,
+    mark: u32,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut inpod = ambit_l4proxy::InPod::new(proxy, mark);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let conn = tokio::select! {
+            _ = &mut shutdown => return,
+            c = ambit_xds::ZdsClient::connect(&uds) => c,
+        };
+        match conn {
+            Ok(client) => {
+                tracing::info!(socket = %uds.display(), "connected to the node agent");
+                backoff = Duration::from_millis(100);
+                inpod.new_connection();
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    r = client.run(&mut inpod) => match r {
+                        Ok(()) => tracing::warn!("node agent closed the ZDS connection"),
+                        Err(e) => tracing::warn!(error = %e, "ZDS connection failed"),
+                    },
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "node agent not reachable yet"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }

@@ -13,12 +13,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod inpod;
 pub mod metrics;
 mod proxy;
 pub mod route;
 mod sockets;
 
 pub use self::{
+    inpod::{INPOD_MARK, InPod},
     metrics::Metrics,
     proxy::{Capture, Listeners, Local, Proxy, ProxyConfig},
     sockets::{Sockets, original_dst},

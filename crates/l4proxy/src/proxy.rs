@@ -37,15 +37,29 @@ pub enum Capture {
 pub enum Local {
     /// Every workload on this node (node mode).
     Node(String),
-    /// One pod, by uid (in-pod mode).
-    Pod(String),
+    /// One pod (in-pod mode): by workload uid, or by name and namespace
+    /// (ZDS carries the pod's UID, xDS a workload uid; the names match).
+    Pod {
+        /// The uid ZDS gave.
+        uid: String,
+        /// The pod name.
+        name: String,
+        /// The pod namespace.
+        namespace: String,
+    },
 }
 
 impl Local {
-    fn contains(&self, w: &Workload) -> bool {
+    pub(crate) fn contains(&self, w: &Workload) -> bool {
         match self {
             Self::Node(n) => w.node == *n,
-            Self::Pod(uid) => w.uid == *uid,
+            Self::Pod {
+                uid,
+                name,
+                namespace,
+            } => {
+                w.uid == *uid || (!name.is_empty() && w.name == *name && w.namespace == *namespace)
+            }
         }
     }
 }
@@ -441,7 +455,10 @@ impl Proxy {
             };
             let source = match local {
                 Local::Node(_) => st.workload_by_ip(&net, peer.ip()),
-                Local::Pod(uid) => st.workload(uid),
+                Local::Pod { uid, .. } => st.workload(uid).or_else(|| {
+                    st.workload_by_ip(&net, peer.ip())
+                        .filter(|w| local.contains(w))
+                }),
             };
             let plan = route::outbound(&st, &net, &self.inner.cfg.ports, source.as_deref(), dst);
             (source, plan)

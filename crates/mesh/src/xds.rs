@@ -278,7 +278,7 @@ pub fn policy(p: &sec::Authorization) -> Result<Policy, ConvertError> {
 #[derive(Debug, Clone)]
 pub enum AddressKind {
     /// A workload.
-    Workload(Workload),
+    Workload(Box<Workload>),
     /// A service.
     Service(Service),
 }
@@ -286,7 +286,7 @@ pub enum AddressKind {
 /// Converts an `Address` resource.
 pub fn address(name: &str, a: &pb::Address) -> Result<AddressKind, ConvertError> {
     match &a.r#type {
-        Some(pb::address::Type::Workload(w)) => Ok(AddressKind::Workload(workload(w)?)),
+        Some(pb::address::Type::Workload(w)) => Ok(AddressKind::Workload(Box::new(workload(w)?))),
         Some(pb::address::Type::Service(s)) => Ok(AddressKind::Service(service(s)?)),
         None => Err(err(name, "address without workload or service")),
     }
@@ -318,7 +318,7 @@ impl Handler<pb::Address> for AddressHandler {
         }
         for a in converted {
             match a {
-                AddressKind::Workload(w) => st.insert_workload(w),
+                AddressKind::Workload(w) => st.insert_workload(*w),
                 AddressKind::Service(s) => st.insert_service(s),
             }
         }
@@ -590,7 +590,7 @@ policies:
                     assert_eq!(
                         Workload {
                             workload_type: String::new(),
-                            ..back
+                            ..*back
                         },
                         *w
                     );

@@ -1,0 +1,159 @@
+//! In-pod mode: the node agent hands ztunnel each pod's network namespace
+//! over ZDS, and ztunnel opens the pod's 15001/15006/15008 listeners inside
+//! it, with every socket marked (1337) so the pod's REDIRECT rules let
+//! ztunnel's own traffic pass.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ambit_netns::NetNs;
+use ambit_xds::{HandlerError, ZdsHandler, ZdsMessage};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::proxy::{Capture, Listeners, Local, Proxy};
+use crate::sockets::Sockets;
+
+/// ztunnel's mark in in-pod mode (Istio's 1337).
+pub const INPOD_MARK: u32 = 1337;
+
+struct PodServer {
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+/// Serves pods as ZDS adds and removes them.
+pub struct InPod {
+    proxy: Proxy,
+    mark: u32,
+    pods: HashMap<String, PodServer>,
+    /// Pods added or kept since the last (re)connection, for the snapshot.
+    seen: HashSet<String>,
+}
+
+impl std::fmt::Debug for InPod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InPod")
+            .field("pods", &self.pods.len())
+            .finish()
+    }
+}
+
+impl InPod {
+    /// In-pod serving for `proxy`, marking sockets with `mark`.
+    pub fn new(proxy: Proxy, mark: u32) -> Self {
+        Self {
+            proxy,
+            mark,
+            pods: HashMap::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// The pods being served.
+    pub fn pods(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// Call when a new ZDS connection starts: its snapshot decides which
+    /// pods stay.
+    pub fn new_connection(&mut self) {
+        self.seen.clear();
+    }
+
+    fn stop_pod(&mut self, uid: &str) {
+        if let Some(p) = self.pods.remove(uid) {
+            p.stop.notify_one();
+            // The pod's listeners drain in the background.
+            drop(p.task);
+        }
+    }
+
+    fn add(
+        &mut self,
+        uid: String,
+        info: Option<ambit_xds::proto::istio::workload::zds::WorkloadInfo>,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), String> {
+        let ns = NetNs::from_fd(fd, format!("pod {uid}")).map_err(|e| e.to_string())?;
+        let sockets = Sockets::new()
+            .in_netns(Arc::new(ns))
+            .with_mark(Some(self.mark));
+        let listeners = Listeners::bind(
+            &sockets,
+            IpAddr::from([0, 0, 0, 0]),
+            Default::default(),
+            Capture::Redirect,
+        )
+        .map_err(|e| format!("opening listeners in pod {uid}: {e}"))?;
+        let (name, namespace) = info.map(|i| (i.name, i.namespace)).unwrap_or_default();
+        self.stop_pod(&uid);
+        let stop = Arc::new(Notify::new());
+        let s = stop.clone();
+        let proxy = self.proxy.clone();
+        let local = Local::Pod {
+            uid: uid.clone(),
+            name,
+            namespace,
+        };
+        let task = tokio::spawn(async move {
+            proxy
+                .serve(listeners, Capture::Redirect, local, sockets, async move {
+                    s.notified().await
+                })
+                .await;
+        });
+        tracing::info!(%uid, "serving pod");
+        self.pods.insert(uid.clone(), PodServer { stop, task });
+        self.seen.insert(uid);
+        Ok(())
+    }
+}
+
+impl ZdsHandler for InPod {
+    fn handle(
+        &mut self,
+        message: ZdsMessage,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let r = match message {
+            ZdsMessage::Add { uid, info, netns } => self.add(uid, info, netns),
+            ZdsMessage::Keep { uid } => {
+                if self.pods.contains_key(&uid) {
+                    self.seen.insert(uid);
+                    Ok(())
+                } else {
+                    Err(format!("keep for unknown pod {uid}"))
+                }
+            }
+            ZdsMessage::Del { uid } => {
+                self.stop_pod(&uid);
+                self.seen.remove(&uid);
+                tracing::info!(%uid, "stopped serving pod");
+                Ok(())
+            }
+            ZdsMessage::SnapshotSent => {
+                let stale: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|u| !self.seen.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in stale {
+                    tracing::info!(%uid, "not in the snapshot: stopped serving pod");
+                    self.stop_pod(&uid);
+                }
+                Ok(())
+            }
+        };
+        async move { r.map_err(HandlerError::from) }
+    }
+}
+
+impl Drop for InPod {
+    fn drop(&mut self) {
+        for (_, p) in self.pods.drain() {
+            p.stop.notify_one();
+        }
+    }
+}
