@@ -182,7 +182,8 @@ impl LocalMesh {
             "building 2 nodes x 4 pods in network namespaces (pod 3 of each stays outside the mesh)",
         );
         let cluster = Cluster::builder().nodes(2).pods_per_node(4).build()?;
-        let dir = std::env::temp_dir().join(format!("ambit-local-mesh-{}", std::process::id()));
+        // Unique per cluster (several meshes may run in one test process).
+        let dir = std::env::temp_dir().join(format!("ambit-local-mesh-{}", cluster.id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut mesh = LocalMesh {
             ztunnels: Vec::new(),
