@@ -160,6 +160,12 @@ pub struct LocalMesh {
     apps: Vec<NsTask<()>>,
     /// The in-process control plane (xDS and CA).
     pub control_plane: Option<ControlPlane>,
+    /// The CA behind the control plane (kept to restart it).
+    ca: Arc<LocalCa>,
+    /// The mesh config the control plane serves.
+    config: ambit_mesh::Config,
+    /// Certificate lifetime the ztunnels ask for, seconds.
+    secret_ttl: u64,
     /// Where configs and logs live.
     pub dir: PathBuf,
     /// The namespaces.
@@ -175,6 +181,17 @@ impl LocalMesh {
     pub fn start(
         ztunnel: &Path,
         mesh_yaml: &str,
+        progress: impl FnMut(&str),
+    ) -> anyhow::Result<Self> {
+        Self::start_with(ztunnel, mesh_yaml, 86400, progress)
+    }
+
+    /// [`LocalMesh::start`] with the certificate lifetime the ztunnels
+    /// request (short lifetimes exercise rotation under traffic).
+    pub fn start_with(
+        ztunnel: &Path,
+        mesh_yaml: &str,
+        secret_ttl: u64,
         mut progress: impl FnMut(&str),
     ) -> anyhow::Result<Self> {
         let config = ambit_mesh::Config::parse(mesh_yaml, "mesh config")?;
@@ -185,14 +202,17 @@ impl LocalMesh {
         // Unique per cluster (several meshes may run in one test process).
         let dir = std::env::temp_dir().join(format!("ambit-local-mesh-{}", cluster.id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = Arc::new(LocalCa::generate("cluster.local")?);
         let mut mesh = LocalMesh {
             ztunnels: Vec::new(),
             apps: Vec::new(),
             control_plane: None,
+            ca: ca.clone(),
+            config: config.clone(),
+            secret_ttl,
             dir,
             cluster,
         };
-        let ca = Arc::new(LocalCa::generate("cluster.local")?);
         std::fs::write(mesh.dir.join("ca.pem"), ca.root_pem())?;
         std::fs::write(mesh.dir.join("ca-key.pem"), ca.key_pem())?;
         std::fs::write(mesh.dir.join("mesh.yaml"), mesh_yaml)?;
@@ -291,10 +311,31 @@ impl LocalMesh {
             .env("LOG_FORMAT", "json")
             .env("DRAIN_DURATION", "1")
             .env("RUST_LOG", "info")
+            .env("SECRET_TTL", self.secret_ttl.to_string())
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null());
         Ok(pod.spawn(&mut cmd)?)
+    }
+
+    /// Stops the control plane and starts a fresh one on the same address
+    /// with the same CA and config: its store starts empty of history, so
+    /// the ztunnels reconnect and resync.
+    pub fn restart_control_plane(&mut self) -> anyhow::Result<()> {
+        self.control_plane = None;
+        let ip = IpAddr::V4(self.cluster.node(0).underlay_ip());
+        self.control_plane = Some(ControlPlane::start(
+            self.cluster.node(0).ns(),
+            ip,
+            self.ca.clone(),
+            &self.config,
+        )?);
+        Ok(())
+    }
+
+    /// Stops the control plane (the ztunnels keep their last state).
+    pub fn stop_control_plane(&mut self) {
+        self.control_plane = None;
     }
 
     /// The pod running `sleep` (node a, pod 1).
