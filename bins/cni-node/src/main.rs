@@ -61,7 +61,13 @@ enum TunnelArg {
 #[command(version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
@@ -80,7 +86,12 @@ enum Cmd {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Capture mode.
-    #[arg(long, env = "AMBIENT_CAPTURE_MODE", value_enum, default_value = "inpod")]
+    #[arg(
+        long,
+        env = "AMBIENT_CAPTURE_MODE",
+        value_enum,
+        default_value = "inpod"
+    )]
     mode: Mode,
     /// The node (host) network namespace to manage: a path such as
     /// /run/netns/NAME, a pid, or a name under /run/netns. Default: this
@@ -121,7 +132,11 @@ struct RunArgs {
     #[arg(long, env = "HOST_IP")]
     host_ip: Option<Ipv4Addr>,
     /// In-pod mode: the ZDS socket ztunnel connects to.
-    #[arg(long, env = "ZTUNNEL_UDS_ADDRESS", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    #[arg(
+        long,
+        env = "ZTUNNEL_UDS_ADDRESS",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
     zds_socket: PathBuf,
     /// Leave the host rules and enrolments in place on exit.
     #[arg(long, default_value_t = false)]
@@ -155,7 +170,12 @@ struct InstallArgs {
     #[arg(long, env = "CNI_AGENT_RUN_DIR", default_value = spec::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// Namespaces whose pods are never enrolled (comma-separated).
-    #[arg(long, env = "EXCLUDE_NAMESPACES", value_delimiter = ',', default_value = "kube-system")]
+    #[arg(
+        long,
+        env = "EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
     exclude_namespaces: Vec<String>,
 }
 
@@ -178,7 +198,8 @@ fn plugin_main() -> ExitCode {
     let out = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
         Ok(_) => plugin::run(|k| std::env::var(k).ok(), &stdin, &UnixHttpSink::default()),
         Err(e) => {
-            let err = spec::CniError::new(spec::ErrorCode::IoFailure, "reading stdin", e.to_string());
+            let err =
+                spec::CniError::new(spec::ErrorCode::IoFailure, "reading stdin", e.to_string());
             plugin::Outcome {
                 stdout: err.to_json(),
                 error: Some(err),
@@ -276,7 +297,9 @@ fn dataplane(a: &RunArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<Box<dy
             Ok(Box::new(NodeDataplane::new(NodeSettings {
                 host,
                 ztunnel: open_netns(zt)?,
-                host_ip: a.host_ip.context("--mode node needs --host-ip (or HOST_IP)")?,
+                host_ip: a
+                    .host_ip
+                    .context("--mode node needs --host-ip (or HOST_IP)")?,
                 ztunnel_ip: a.ztunnel_ip.context("--mode node needs --ztunnel-ip")?,
                 ztunnel_veth: a.ztunnel_veth.clone(),
                 tunnels,
@@ -309,7 +332,10 @@ fn dataplane(a: &RunArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<Box<dy
 }
 
 fn run_main(a: RunArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cni-node: starting the runtime: {e}");
@@ -341,7 +367,10 @@ async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the metrics endpoint {}", a.metrics_addr))?;
     let stats_addr = stats.local_addr()?;
-    let source = a.pod_dir.clone().map(|d| DirSource::new(d, a.node_name.clone()));
+    let source = a
+        .pod_dir
+        .clone()
+        .map(|d| DirSource::new(d, a.node_name.clone()));
     let cfg = AgentConfig {
         dataplane: dp,
         source,

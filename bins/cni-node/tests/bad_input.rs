@@ -42,25 +42,43 @@ fn env(cmd: &'static str) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// (what, environment, stdin, expected code).
+type Case = (&'static str, Vec<(&'static str, &'static str)>, String, u64);
+
 #[test]
 fn bad_input_gives_cni_error_objects() {
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed json", env("ADD"), "{\"cniVersion\":".into(), 6),
         (
             "missing CNI_ARGS",
-            env("ADD").into_iter().filter(|(k, _)| *k != "CNI_ARGS").collect(),
+            env("ADD")
+                .into_iter()
+                .filter(|(k, _)| *k != "CNI_ARGS")
+                .collect(),
             CONF.into(),
             4,
         ),
         (
             "unsupported version",
             env("ADD"),
-            CONF.replace("\"cniVersion\":\"1.0.0\",\"name\"", "\"cniVersion\":\"0.2.0\",\"name\""),
+            CONF.replace(
+                "\"cniVersion\":\"1.0.0\",\"name\"",
+                "\"cniVersion\":\"0.2.0\",\"name\"",
+            ),
             1,
         ),
         (
             "unknown command",
-            env("ADD").into_iter().map(|(k, v)| if k == "CNI_COMMAND" { (k, "RESTART") } else { (k, v) }).collect(),
+            env("ADD")
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == "CNI_COMMAND" {
+                        (k, "RESTART")
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
             CONF.into(),
             4,
         ),
@@ -70,7 +88,10 @@ fn bad_input_gives_cni_error_objects() {
         let (status, v) = plugin(&env, &stdin);
         assert_eq!(status, 1, "{what}: exit status");
         assert_eq!(v["code"], code, "{what}: {v}");
-        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
         assert!(v["cniVersion"].is_string(), "{what}: {v}");
     }
     // DEL with the agent away still succeeds, twice.
@@ -86,7 +107,13 @@ fn bad_input_gives_cni_error_objects() {
 #[test]
 fn agent_rejects_bad_config_with_64() {
     let out = Command::new(BIN)
-        .args(["run", "--mode", "node", "--run-dir", "/nonexistent-ambit-run"])
+        .args([
+            "run",
+            "--mode",
+            "node",
+            "--run-dir",
+            "/nonexistent-ambit-run",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(64));

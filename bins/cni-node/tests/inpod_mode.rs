@@ -47,14 +47,26 @@ async fn snapshot(client: &mut ZdsClient) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_ztunnel_over_zds_and_reconnects_get_the_snapshot() {
-    let cluster = Cluster::builder().nodes(1).pods_per_node(2).build().expect("cluster");
+    let cluster = Cluster::builder()
+        .nodes(1)
+        .pods_per_node(2)
+        .build()
+        .expect("cluster");
     let tmp = TempDir::new("inpod");
     let (run, pods) = (tmp.sub("run"), tmp.sub("pods"));
     let zds = tmp.0.join("ztunnel.sock");
     for j in 0..2 {
         let p = cluster.pod(0, j);
         let netns = format!("/run/netns/{}", p.name());
-        write_record(&pods, &format!("app-{j}"), "shop", &format!("uid-{j}"), true, &[&p.ip().to_string()], Some(&netns));
+        write_record(
+            &pods,
+            &format!("app-{j}"),
+            "shop",
+            &format!("uid-{j}"),
+            true,
+            &[&p.ip().to_string()],
+            Some(&netns),
+        );
     }
     let args: Vec<String> = vec![
         "--mode".into(),
@@ -73,10 +85,17 @@ async fn pods_reach_ztunnel_over_zds_and_reconnects_get_the_snapshot() {
     let pod_plan = profiles::inpod(&cfg).expect("plan");
     let host_plan = profiles::inpod_host_probes(&cfg).expect("plan");
     for j in 0..2 {
-        let drift = pod_plan.verify(cluster.pod(0, j).ns(), Backend::Nft).expect("verify");
+        let drift = pod_plan
+            .verify(cluster.pod(0, j).ns(), Backend::Nft)
+            .expect("verify");
         assert!(drift.is_empty(), "{drift:?}");
     }
-    assert!(host_plan.verify(cluster.node(0).ns(), Backend::Nft).expect("verify").is_empty());
+    assert!(
+        host_plan
+            .verify(cluster.node(0).ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
     let probes = host_plan
         .members(cluster.node(0).ns(), Backend::Nft, "istio-inpod-probes-v4")
         .expect("members");
@@ -99,7 +118,11 @@ async fn pods_reach_ztunnel_over_zds_and_reconnects_get_the_snapshot() {
         .expect("recv")
         .expect("open")
         .expect("valid");
-    assert!(matches!(&msg, ZdsMessage::Del { uid } if uid == "uid-1"), "{}", msg.describe());
+    assert!(
+        matches!(&msg, ZdsMessage::Del { uid } if uid == "uid-1"),
+        "{}",
+        msg.describe()
+    );
     client.ack(None).await.expect("ack");
     let only_app0 = vec![std::net::IpAddr::V4(cluster.pod(0, 0).ip())];
     eventually("app-1 out of the probe set", || {
@@ -109,10 +132,18 @@ async fn pods_reach_ztunnel_over_zds_and_reconnects_get_the_snapshot() {
             == only_app0
     });
     assert!(
-        !pod_plan.verify(cluster.pod(0, 1).ns(), Backend::Nft).expect("verify").is_empty(),
+        !pod_plan
+            .verify(cluster.pod(0, 1).ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty(),
         "rules removed from the unenrolled pod"
     );
-    assert!(pod_plan.verify(cluster.pod(0, 0).ns(), Backend::Nft).expect("verify").is_empty());
+    assert!(
+        pod_plan
+            .verify(cluster.pod(0, 0).ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
 
     assert!(agent.stop());
     let nft = cluster
@@ -120,5 +151,8 @@ async fn pods_reach_ztunnel_over_zds_and_reconnects_get_the_snapshot() {
         .ns()
         .output(std::process::Command::new("nft").args(["list", "ruleset"]))
         .expect("nft");
-    assert!(String::from_utf8_lossy(&nft.stdout).trim().is_empty(), "host half removed");
+    assert!(
+        String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
+        "host half removed"
+    );
 }

@@ -80,7 +80,11 @@ fn agent_args(cluster: &Cluster, pods: &std::path::Path, keep: bool) -> Vec<Stri
 
 #[test]
 fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
-    let cluster = Cluster::builder().nodes(1).pods_per_node(1).build().expect("cluster");
+    let cluster = Cluster::builder()
+        .nodes(1)
+        .pods_per_node(1)
+        .build()
+        .expect("cluster");
     let node = cluster.node(0);
     let zt = cluster.pod(0, 0);
     let tmp = TempDir::new("node");
@@ -110,18 +114,31 @@ fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
         .arg(&run)
         .output()
         .expect("install");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let conflist: Value = serde_json::from_slice(
-        &std::fs::read(net_d.join("10-bridge.conflist")).expect("conflist"),
-    )
-    .expect("json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(net_d.join("10-bridge.conflist")).expect("conflist"))
+            .expect("json");
     assert_eq!(conflist["plugins"][1]["type"], "istio-cni");
     let cni_path = format!("{}:{SYSTEM_PLUGINS}", bin.display());
 
     let (cfg, host_plan, zt_plan) = plans(zt.ip());
     let mut agent = AgentProc::start(&run, &agent_args(&cluster, &pods, false));
-    assert!(host_plan.verify(node.ns(), Backend::Nft).expect("verify").is_empty());
-    assert!(zt_plan.verify(zt.ns(), Backend::Nft).expect("verify").is_empty());
+    assert!(
+        host_plan
+            .verify(node.ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
+    assert!(
+        zt_plan
+            .verify(zt.ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
 
     // Three pods: two in an ambient namespace, one not.
     let names = ["web-0", "web-1", "db-0"];
@@ -167,13 +184,20 @@ fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
     let enrolled: BTreeSet<IpAddr> = pod_ips[..2].iter().copied().collect();
     assert_eq!(members(node.ns(), &host_plan, &cfg), enrolled);
     assert_eq!(pod_routes(node.ns()), enrolled);
-    assert!(host_plan.verify(node.ns(), Backend::Nft).expect("verify").is_empty());
+    assert!(
+        host_plan
+            .verify(node.ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
 
     // DEL of web-0: exactly its entries go; DEL again is fine.
     let (sb0, r0, _) = &results[0];
     chain_del(node.ns(), &conflist, &cni_path, sb0, r0);
     let left: BTreeSet<IpAddr> = [pod_ips[1]].into();
-    eventually("web-0 unenrolled", || members(node.ns(), &host_plan, &cfg) == left);
+    eventually("web-0 unenrolled", || {
+        members(node.ns(), &host_plan, &cfg) == left
+    });
     assert_eq!(pod_routes(node.ns()), left);
     chain_del(node.ns(), &conflist, &cni_path, sb0, r0);
 
@@ -181,7 +205,9 @@ fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
     assert!(agent.stop(), "agent exits cleanly");
     // Without --keep-rules everything went; start again with it.
     assert!(
-        !node.ns().output(std::process::Command::new("ip").args(["link", "show", "istioin"]))
+        !node
+            .ns()
+            .output(std::process::Command::new("ip").args(["link", "show", "istioin"]))
             .expect("ip")
             .status
             .success(),
@@ -189,19 +215,39 @@ fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
     );
     let mut agent = AgentProc::start(&run, &agent_args(&cluster, &pods, true));
     // The sandbox of web-1 was remembered across the restart.
-    eventually("web-1 re-enrolled", || members(node.ns(), &host_plan, &cfg) == left);
+    eventually("web-1 re-enrolled", || {
+        members(node.ns(), &host_plan, &cfg) == left
+    });
     assert!(agent.stop());
     assert_eq!(members(node.ns(), &host_plan, &cfg), left, "kept");
 
     // While the agent is down: web-1 is deleted, late-0 appears.
     std::fs::remove_file(pods.join("shop-web-1.json")).expect("rm");
-    write_record(&pods, "late-0", "shop", "uid-late-0", true, &["10.244.0.250"], None);
+    write_record(
+        &pods,
+        "late-0",
+        "shop",
+        "uid-late-0",
+        true,
+        &["10.244.0.250"],
+        None,
+    );
     let mut agent = AgentProc::start(&run, &agent_args(&cluster, &pods, false));
     let now = ips(&["10.244.0.250"]);
     assert_eq!(members(node.ns(), &host_plan, &cfg), now);
     assert_eq!(pod_routes(node.ns()), now);
-    assert!(host_plan.verify(node.ns(), Backend::Nft).expect("verify").is_empty());
-    assert!(zt_plan.verify(zt.ns(), Backend::Nft).expect("verify").is_empty());
+    assert!(
+        host_plan
+            .verify(node.ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
+    assert!(
+        zt_plan
+            .verify(zt.ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
 
     // A final stop removes the host half: no table, rules, links left.
     assert!(agent.stop());

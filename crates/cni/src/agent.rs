@@ -208,7 +208,10 @@ impl Agent {
         let result = core.reconcile(false, &self.metrics);
         let label = |r: &str| {
             vec![
-                ("event".to_owned(), kind.path().trim_start_matches('/').to_owned()),
+                (
+                    "event".to_owned(),
+                    kind.path().trim_start_matches('/').to_owned(),
+                ),
                 ("result".to_owned(), r.to_owned()),
             ]
         };
@@ -344,8 +347,8 @@ impl Core {
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {

@@ -46,7 +46,7 @@ pub enum Error {
         context: String,
         /// The cause.
         #[source]
-        source: ambit_redirect::Error,
+        source: Box<ambit_redirect::Error>,
     },
     /// Programming the tunnel links failed.
     #[error("{context}")]
@@ -55,7 +55,7 @@ pub enum Error {
         context: String,
         /// The cause.
         #[source]
-        source: ambit_tunnel::Error,
+        source: Box<ambit_tunnel::Error>,
     },
     /// Opening or entering a network namespace failed.
     #[error("{context}")]
@@ -64,7 +64,7 @@ pub enum Error {
         context: String,
         /// The cause.
         #[source]
-        source: ambit_netns::Error,
+        source: Box<ambit_netns::Error>,
     },
     /// The ZDS exchange with ztunnel failed.
     #[cfg(feature = "inpod")]
@@ -74,7 +74,7 @@ pub enum Error {
         context: String,
         /// The cause.
         #[source]
-        source: ambit_xds::ZdsError,
+        source: Box<ambit_xds::ZdsError>,
     },
     /// The agent stopped.
     #[error("the node agent is shutting down")]
@@ -107,7 +107,7 @@ impl<T> Context<T> for Result<T, ambit_redirect::Error> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|source| Error::Redirect {
             context: what(),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -116,7 +116,7 @@ impl<T> Context<T> for Result<T, ambit_tunnel::Error> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|source| Error::Tunnel {
             context: what(),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -125,7 +125,7 @@ impl<T> Context<T> for Result<T, ambit_netns::Error> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|source| Error::Netns {
             context: what(),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -135,7 +135,7 @@ impl<T> Context<T> for Result<T, ambit_xds::ZdsError> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|source| Error::Zds {
             context: what(),
-            source,
+            source: Box::new(source),
         })
     }
 }

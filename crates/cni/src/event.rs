@@ -168,9 +168,10 @@ pub fn parse_response(bytes: &[u8]) -> Result<(u16, String), PostError> {
         .map_err(|_| PostError::Malformed(format!("status line {status_line:?}")))?;
     // Chunked bodies carry framing we do not need: the body is only ever a
     // short error text, so keep the lines that are not chunk sizes.
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let body = if chunked {
         body.split("\r\n")
             .enumerate()

@@ -85,8 +85,7 @@ impl InpodDataplane {
     pub fn new(s: InpodSettings) -> Result<Self, Error> {
         let host_plan = profiles::inpod_host_probes(&s.config)
             .context(|| "building the host probe plan".into())?;
-        let pod_plan =
-            profiles::inpod(&s.config).context(|| "building the in-pod plan".into())?;
+        let pod_plan = profiles::inpod(&s.config).context(|| "building the in-pod plan".into())?;
         Ok(Self {
             s,
             host_plan,

@@ -107,9 +107,15 @@ pub fn install(cfg: &InstallConfig) -> Result<Installed, Error> {
     let ty = entry_type(&cfg.entry)?.to_owned();
     let primary = match &cfg.conf_name {
         Some(n) => cfg.conf_dir.join(n),
-        None => cni_files(&cfg.conf_dir)?.into_iter().next().ok_or_else(|| {
-            cfg_err(&cfg.conf_dir, "no primary CNI configuration (.conf, .conflist, .json) yet")
-        })?,
+        None => cni_files(&cfg.conf_dir)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                cfg_err(
+                    &cfg.conf_dir,
+                    "no primary CNI configuration (.conf, .conflist, .json) yet",
+                )
+            })?,
     };
     let mut conf = read_json(&primary)?;
     let (conflist, wrapped) = if conf.get("plugins").is_some_and(Value::is_array) {
@@ -120,7 +126,10 @@ pub fn install(cfg: &InstallConfig) -> Result<Installed, Error> {
         let name = conf.remove("name").unwrap_or(json!("k8s-pod-network"));
         let list = primary.with_extension("conflist");
         if list.exists() && list != primary {
-            return Err(cfg_err(&list, "exists; refusing to overwrite it while wrapping"));
+            return Err(cfg_err(
+                &list,
+                "exists; refusing to overwrite it while wrapping",
+            ));
         }
         let mut m = Map::new();
         m.insert("cniVersion".into(), version);
@@ -156,9 +165,8 @@ fn copy_binary(src: &Path, bin_dir: &Path, ty: &str) -> Result<PathBuf, Error> {
         .map_err(|e| Error::io(format!("creating {}", bin_dir.display()), e))?;
     let dst = bin_dir.join(ty);
     let tmp = bin_dir.join(format!(".{ty}.tmp"));
-    std::fs::copy(src, &tmp).map_err(|e| {
-        Error::io(format!("copying {} to {}", src.display(), tmp.display()), e)
-    })?;
+    std::fs::copy(src, &tmp)
+        .map_err(|e| Error::io(format!("copying {} to {}", src.display(), tmp.display()), e))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &dst)
@@ -185,7 +193,12 @@ pub fn uninstall(cfg: &InstallConfig) -> Result<Vec<PathBuf>, Error> {
         }
         let original = ["conf", "json"]
             .iter()
-            .map(|e| PathBuf::from(format!("{}.{ORIGINAL_SUFFIX}", path.with_extension(e).display())))
+            .map(|e| {
+                PathBuf::from(format!(
+                    "{}.{ORIGINAL_SUFFIX}",
+                    path.with_extension(e).display()
+                ))
+            })
             .find(|p| p.exists());
         match original {
             Some(aside) => {
@@ -229,7 +242,8 @@ mod tests {
     }
 
     fn setup(tag: &str) -> (Dirs, InstallConfig) {
-        let root = std::env::temp_dir().join(format!("ambit-cni-inst-{}-{tag}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("ambit-cni-inst-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for d in ["net.d", "bin"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
@@ -241,7 +255,11 @@ mod tests {
             bin_dir: root.join("bin"),
             plugin_binary: binary,
             conf_name: None,
-            entry: plugin_entry("istio-cni", Path::new("/var/run/istio-cni"), &["kube-system".into()]),
+            entry: plugin_entry(
+                "istio-cni",
+                Path::new("/var/run/istio-cni"),
+                &["kube-system".into()],
+            ),
         };
         (Dirs(root), cfg)
     }
@@ -280,14 +298,20 @@ mod tests {
             .collect();
         assert_eq!(types, ["bridge", "portmap", "istio-cni"]);
         assert!(done.binary.exists());
-        let mode = std::fs::metadata(&done.binary).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(&done.binary)
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         uninstall(&cfg).expect("uninstall");
         assert!(!done.binary.exists());
         let after: Vec<_> = snapshot(&cfg.conf_dir);
         assert_eq!(after.len(), before.len());
         let v = read_json(&cfg.conf_dir.join("10-k8s.conflist")).expect("json");
-        assert_eq!(Value::Object(v), serde_json::from_str::<Value>(list).expect("orig"));
+        assert_eq!(
+            Value::Object(v),
+            serde_json::from_str::<Value>(list).expect("orig")
+        );
         uninstall(&cfg).expect("uninstall twice is fine");
     }
 
@@ -316,6 +340,9 @@ mod tests {
         assert!(matches!(install(&cfg), Err(Error::Config { .. })));
         std::fs::write(cfg.conf_dir.join("10-bad.conflist"), "{").expect("w");
         assert!(matches!(install(&cfg), Err(Error::Config { .. })));
-        assert!(!cfg.bin_dir.join("istio-cni").exists(), "nothing half-installed");
+        assert!(
+            !cfg.bin_dir.join("istio-cni").exists(),
+            "nothing half-installed"
+        );
     }
 }

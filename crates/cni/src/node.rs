@@ -75,7 +75,8 @@ impl NodeDataplane {
         cfg.tunnel_port = port;
         cfg.capture_dns = s.capture_dns;
         cfg.inbound_tunnel.clone_from(&s.tunnels.inbound.host_name);
-        cfg.outbound_tunnel.clone_from(&s.tunnels.outbound.host_name);
+        cfg.outbound_tunnel
+            .clone_from(&s.tunnels.outbound.host_name);
         if let IpAddr::V4(a) = s.tunnels.inbound.ztunnel_addr.addr {
             cfg.inbound_peer = a;
         }
@@ -84,8 +85,10 @@ impl NodeDataplane {
         }
         let host = profiles::node_host(&cfg).context(|| "building the node plan".into())?;
         let mut zcfg = ZtunnelConfig::new(s.host_ip, s.ztunnel_ip);
-        zcfg.inbound_tunnel.clone_from(&s.tunnels.inbound.ztunnel_name);
-        zcfg.outbound_tunnel.clone_from(&s.tunnels.outbound.ztunnel_name);
+        zcfg.inbound_tunnel
+            .clone_from(&s.tunnels.inbound.ztunnel_name);
+        zcfg.outbound_tunnel
+            .clone_from(&s.tunnels.outbound.ztunnel_name);
         let zt = profiles::ztunnel_ns(&zcfg).context(|| "building the ztunnel plan".into())?;
         Ok((cfg, host, zt))
     }
@@ -238,23 +241,27 @@ impl Dataplane for NodeDataplane {
             }
         };
         if let Some((_, host, zt)) = self.applied.take() {
-            keep(host
-                .remove(&self.s.host, self.s.backend)
-                .context(|| format!("removing the node rules from {}", self.s.host)));
-            keep(zt
-                .remove(&self.s.ztunnel, Backend::Nft)
-                .context(|| format!("removing the ztunnel rules from {}", self.s.ztunnel)));
+            keep(
+                host.remove(&self.s.host, self.s.backend)
+                    .context(|| format!("removing the node rules from {}", self.s.host)),
+            );
+            keep(
+                zt.remove(&self.s.ztunnel, Backend::Nft)
+                    .context(|| format!("removing the ztunnel rules from {}", self.s.ztunnel)),
+            );
         }
-        keep(self
-            .s
-            .tunnels
-            .delete_host_side(&self.s.host)
-            .context(|| "deleting the host tunnels".into()));
-        keep(self
-            .s
-            .tunnels
-            .delete_ztunnel_side(&self.s.ztunnel)
-            .context(|| "deleting the ztunnel tunnels".into()));
+        keep(
+            self.s
+                .tunnels
+                .delete_host_side(&self.s.host)
+                .context(|| "deleting the host tunnels".into()),
+        );
+        keep(
+            self.s
+                .tunnels
+                .delete_ztunnel_side(&self.s.ztunnel)
+                .context(|| "deleting the ztunnel tunnels".into()),
+        );
         first.map_or(Ok(()), Err)
     }
 }

@@ -55,7 +55,7 @@ pub enum Skip {
 pub fn skip_reason(conf: &NetConf, pod: &K8sArgs) -> Option<Skip> {
     if !conf.ambient_enabled {
         Some(Skip::AmbientDisabled)
-    } else if conf.exclude_namespaces.iter().any(|n| *n == pod.namespace) {
+    } else if conf.exclude_namespaces.contains(&pod.namespace) {
         Some(Skip::ExcludedNamespace)
     } else if pod.namespace == conf.pod_namespace
         && SYSTEM_POD_PREFIXES.iter().any(|p| pod.name.starts_with(p))
@@ -68,11 +68,7 @@ pub fn skip_reason(conf: &NetConf, pod: &K8sArgs) -> Option<Skip> {
 
 /// Runs one invocation. `var` reads the environment; `sink` is where
 /// events go (the agent's socket in production).
-pub fn run(
-    var: impl Fn(&str) -> Option<String>,
-    stdin: &[u8],
-    sink: &dyn EventSink,
-) -> Outcome {
+pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8], sink: &dyn EventSink) -> Outcome {
     let env = match CniEnv::from_vars(var) {
         Ok(e) => e,
         Err(e) => return Outcome::err(e.with_version(&lenient_version(stdin))),
@@ -129,22 +125,26 @@ fn add(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String, Cni
         return Ok(prev.get().to_owned());
     }
     let ips = conf.prev_ips()?;
-    sink.post(&conf.cni_agent_run_dir, EventKind::Add, &event(env, &pod, ips))
-        .map_err(|e| {
-            let code = match e {
-                PostError::Unreachable { .. } => ErrorCode::TryAgainLater,
-                PostError::Refused { .. } => ErrorCode::AgentRejected,
-                _ => ErrorCode::AgentProtocol,
-            };
-            CniError::new(
-                code,
-                format!(
-                    "pod {}/{}: the node agent did not take the event",
-                    pod.namespace, pod.name
-                ),
-                e.to_string(),
-            )
-        })?;
+    sink.post(
+        &conf.cni_agent_run_dir,
+        EventKind::Add,
+        &event(env, &pod, ips),
+    )
+    .map_err(|e| {
+        let code = match e {
+            PostError::Unreachable { .. } => ErrorCode::TryAgainLater,
+            PostError::Refused { .. } => ErrorCode::AgentRejected,
+            _ => ErrorCode::AgentProtocol,
+        };
+        CniError::new(
+            code,
+            format!(
+                "pod {}/{}: the node agent did not take the event",
+                pod.namespace, pod.name
+            ),
+            e.to_string(),
+        )
+    })?;
     Ok(prev.get().to_owned())
 }
 
@@ -220,7 +220,9 @@ mod tests {
             ("CNI_IFNAME", "eth0".into()),
             (
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=uid-1"),
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=uid-1"
+                ),
             ),
         ]
         .into_iter()
@@ -244,7 +246,10 @@ mod tests {
         assert_eq!(*kind, EventKind::Add);
         assert_eq!(e.netns, "/run/netns/p");
         assert_eq!(e.pod_uid.as_deref(), Some("uid-1"));
-        assert_eq!(e.ips, vec!["10.244.0.130".parse::<std::net::IpAddr>().expect("ip")]);
+        assert_eq!(
+            e.ips,
+            vec!["10.244.0.130".parse::<std::net::IpAddr>().expect("ip")]
+        );
     }
 
     #[test]
@@ -298,16 +303,28 @@ mod tests {
         let sink = Recorder::new(|| Ok(()));
         let add = vars("ADD", "default", "web-0");
         assert_eq!(invoke(&add, "{", &sink).error.map(|e| e.code), Some(6));
-        let old = stdin("").replace(r#""cniVersion":"1.0.0","name""#, r#""cniVersion":"0.2.0","name""#);
+        let old = stdin("").replace(
+            r#""cniVersion":"1.0.0","name""#,
+            r#""cniVersion":"0.2.0","name""#,
+        );
         assert_eq!(invoke(&add, &old, &sink).error.map(|e| e.code), Some(1));
         let mut no_args = add.clone();
         no_args.remove("CNI_ARGS");
-        assert_eq!(invoke(&no_args, &stdin(""), &sink).error.map(|e| e.code), Some(4));
+        assert_eq!(
+            invoke(&no_args, &stdin(""), &sink).error.map(|e| e.code),
+            Some(4)
+        );
         let mut unknown = add.clone();
         unknown.insert("CNI_COMMAND".into(), "GC2".into());
-        assert_eq!(invoke(&unknown, &stdin(""), &sink).error.map(|e| e.code), Some(4));
+        assert_eq!(
+            invoke(&unknown, &stdin(""), &sink).error.map(|e| e.code),
+            Some(4)
+        );
         let unchained = r#"{"cniVersion":"1.0.0","type":"istio-cni","ambient_enabled":true}"#;
-        assert_eq!(invoke(&add, unchained, &sink).error.map(|e| e.code), Some(7));
+        assert_eq!(
+            invoke(&add, unchained, &sink).error.map(|e| e.code),
+            Some(7)
+        );
         assert!(sink.seen.borrow().is_empty());
     }
 
@@ -332,8 +349,7 @@ mod tests {
     #[test]
     fn version_command() {
         let sink = Recorder::new(|| Ok(()));
-        let v: BTreeMap<String, String> =
-            [("CNI_COMMAND".to_owned(), "VERSION".to_owned())].into();
+        let v: BTreeMap<String, String> = [("CNI_COMMAND".to_owned(), "VERSION".to_owned())].into();
         let out = invoke(&v, r#"{"cniVersion":"0.4.0"}"#, &sink);
         let j: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
         assert_eq!(j["cniVersion"], "0.4.0");

@@ -149,7 +149,8 @@ mod tests {
         // A pod label alone does not enrol (the namespace label decides).
         let mut p = pod();
         p.namespace_labels.clear();
-        p.labels.insert(DATAPLANE_MODE_LABEL.into(), "ambient".into());
+        p.labels
+            .insert(DATAPLANE_MODE_LABEL.into(), "ambient".into());
         assert!(!p.wants_ambient());
     }
 
@@ -159,6 +160,8 @@ mod tests {
         let p: PodRecord = serde_yaml_ng::from_str(y).expect("yaml");
         assert!(p.wants_ambient());
         assert_eq!(p.ips.len(), 1);
-        assert!(serde_yaml_ng::from_str::<PodRecord>(&format!("{y}namespce_labels: {{}}\n")).is_err());
+        assert!(
+            serde_yaml_ng::from_str::<PodRecord>(&format!("{y}namespce_labels: {{}}\n")).is_err()
+        );
     }
 }

@@ -84,7 +84,8 @@ impl DirSource {
             Err(e) => return Err(Error::io(format!("reading {}", self.dir.display()), e)),
         };
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
+            let entry =
+                entry.map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
             let path = entry.path();
             let is_record = path
                 .extension()
@@ -137,8 +138,11 @@ mod tests {
         let mut s = DirSource::new(&d, Some("n0".into()));
         assert!(s.poll().expect("poll").expect("first scan").pods.is_empty());
         assert!(s.poll().expect("poll").is_none());
-        std::fs::write(d.join("a.yaml"), "name: a\nnamespace: x\nuid: ua\nips: [10.0.0.1]\n")
-            .expect("write");
+        std::fs::write(
+            d.join("a.yaml"),
+            "name: a\nnamespace: x\nuid: ua\nips: [10.0.0.1]\n",
+        )
+        .expect("write");
         std::fs::write(
             d.join("b.json"),
             r#"{"name":"b","namespace":"x","uid":"ub","node":"n1"}"#,

@@ -428,7 +428,11 @@ mod tests {
         assert_eq!(e.args["IgnoreUnknown"], "1");
         let pod = e.pod().expect("pod");
         assert_eq!(
-            (pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_deref()),
+            (
+                pod.name.as_str(),
+                pod.namespace.as_str(),
+                pod.uid.as_deref()
+            ),
             ("web-0", "default", Some("u-1"))
         );
     }
@@ -439,12 +443,23 @@ mod tests {
         v[0] = ("CNI_COMMAND", "FROB");
         assert_eq!(env(&v).expect_err("unknown").code, 4);
         assert_eq!(env(&FULL[1..]).expect_err("no command").code, 4);
-        let no_netns: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect();
+        let no_netns: Vec<_> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "CNI_NETNS")
+            .collect();
         let e = env(&no_netns).expect_err("no netns");
         assert_eq!(e.code, 4);
         assert!(e.msg.contains("CNI_NETNS"), "{e:?}");
-        let no_args: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != "CNI_ARGS").collect();
-        assert_eq!(env(&no_args).expect("env").pod().expect_err("no pod").code, 4);
+        let no_args: Vec<_> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "CNI_ARGS")
+            .collect();
+        assert_eq!(
+            env(&no_args).expect("env").pod().expect_err("no pod").code,
+            4
+        );
         let mut bad = FULL.to_vec();
         bad[4] = ("CNI_ARGS", "K8S_POD_NAME");
         assert_eq!(env(&bad).expect_err("malformed").code, 4);
@@ -455,7 +470,13 @@ mod tests {
         let del: Vec<_> = FULL
             .iter()
             .copied()
-            .map(|(k, v)| if k == "CNI_COMMAND" { (k, "DEL") } else { (k, v) })
+            .map(|(k, v)| {
+                if k == "CNI_COMMAND" {
+                    (k, "DEL")
+                } else {
+                    (k, v)
+                }
+            })
             .filter(|(k, _)| *k != "CNI_NETNS")
             .collect();
         assert_eq!(env(&del).expect("del").netns, "");
@@ -479,9 +500,11 @@ mod tests {
             7
         );
         assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","exclude_namespaces":"kube-system"}"#)
-                .expect_err("wrong shape")
-                .code,
+            NetConf::parse(
+                br#"{"cniVersion":"1.0.0","type":"x","exclude_namespaces":"kube-system"}"#
+            )
+            .expect_err("wrong shape")
+            .code,
             7
         );
         // No cniVersion means 0.1.0, which we do not speak.

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: temporary directories, the
 //! agent as a child process, and a container runtime's way of invoking a
 //! CNI chain.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -186,13 +186,23 @@ impl Sandbox<'_> {
 
 /// Invokes every plugin of a conflist as libcni does: ADD in order, each
 /// with the previous result as `prevResult`. Returns every plugin's stdout.
-pub fn chain_add(runtime_ns: &NetNs, conflist: &Value, cni_path: &str, sb: &Sandbox<'_>) -> Vec<String> {
+pub fn chain_add(
+    runtime_ns: &NetNs,
+    conflist: &Value,
+    cni_path: &str,
+    sb: &Sandbox<'_>,
+) -> Vec<String> {
     let mut prev: Option<Value> = None;
     let mut outs = Vec::new();
     for plugin in conflist["plugins"].as_array().expect("plugins") {
         let stdin = plugin_stdin(conflist, plugin, prev.as_ref());
         let ty = plugin["type"].as_str().expect("type");
-        let out = exec_plugin(runtime_ns, &find_plugin(cni_path, ty), &sb.env("ADD", cni_path), &stdin);
+        let out = exec_plugin(
+            runtime_ns,
+            &find_plugin(cni_path, ty),
+            &sb.env("ADD", cni_path),
+            &stdin,
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(
             out.status.success(),
@@ -206,11 +216,27 @@ pub fn chain_add(runtime_ns: &NetNs, conflist: &Value, cni_path: &str, sb: &Sand
 }
 
 /// DEL in reverse order with the cached result, as libcni does.
-pub fn chain_del(runtime_ns: &NetNs, conflist: &Value, cni_path: &str, sb: &Sandbox<'_>, result: &Value) {
-    for plugin in conflist["plugins"].as_array().expect("plugins").iter().rev() {
+pub fn chain_del(
+    runtime_ns: &NetNs,
+    conflist: &Value,
+    cni_path: &str,
+    sb: &Sandbox<'_>,
+    result: &Value,
+) {
+    for plugin in conflist["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .rev()
+    {
         let stdin = plugin_stdin(conflist, plugin, Some(result));
         let ty = plugin["type"].as_str().expect("type");
-        let out = exec_plugin(runtime_ns, &find_plugin(cni_path, ty), &sb.env("DEL", cni_path), &stdin);
+        let out = exec_plugin(
+            runtime_ns,
+            &find_plugin(cni_path, ty),
+            &sb.env("DEL", cni_path),
+            &stdin,
+        );
         assert!(
             out.status.success(),
             "{ty} DEL failed: {} {}",
@@ -231,7 +257,15 @@ fn plugin_stdin(conflist: &Value, plugin: &Value, prev: Option<&Value>) -> Strin
 }
 
 /// Writes a pod record into the local pod source.
-pub fn write_record(dir: &Path, name: &str, ns: &str, uid: &str, ambient: bool, ips: &[&str], netns: Option<&str>) {
+pub fn write_record(
+    dir: &Path,
+    name: &str,
+    ns: &str,
+    uid: &str,
+    ambient: bool,
+    ips: &[&str],
+    netns: Option<&str>,
+) {
     let mut rec = json!({
         "name": name,
         "namespace": ns,
