@@ -1,0 +1,695 @@
+//! The waypoint's routing and policy configuration, as loaded from YAML.
+//!
+//! The types here are the schema (camelCase keys, unknown keys rejected
+//! with their line and column) and, once parsed, the plain data that
+//! [`route`](crate::route) and [`authz`](crate::authz) evaluate. The
+//! crate README documents the schema with an example.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a routing config did not load.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading waypoint config {path}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not parse, has unknown keys or bad values (the message
+    /// carries the line and column).
+    #[error("waypoint config {path}: {error}")]
+    Parse {
+        /// The path, or `<inline>`.
+        path: String,
+        /// The parser's error, with location.
+        error: serde_yaml_ng::Error,
+    },
+    /// A value is invalid.
+    #[error("waypoint config {path}: {item}: {reason}")]
+    Invalid {
+        /// The path.
+        path: String,
+        /// The offending item.
+        item: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole routing and policy config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The port upstream ztunnels (or pods) accept HBONE on (15008).
+    #[serde(default = "default_hbone_port")]
+    pub hbone_port: u16,
+    /// Outlier detection for every endpoint.
+    #[serde(default)]
+    pub outlier_detection: OutlierConfig,
+    /// Per-service routing and policy, by service hostname.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+fn default_hbone_port() -> u16 {
+    15008
+}
+
+impl RouteConfig {
+    /// Reads and parses a config file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self {
+                hbone_port: default_hbone_port(),
+                ..Self::default()
+            });
+        }
+        let c: Self = serde_yaml_ng::from_str(text).map_err(|error| ConfigError::Parse {
+            path: origin.to_owned(),
+            error,
+        })?;
+        c.validate(origin)?;
+        Ok(c)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |item: String, reason: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            item,
+            reason: reason.to_owned(),
+        };
+        for s in &self.services {
+            for (i, r) in s.routes.iter().enumerate() {
+                let item = format!(
+                    "{} route {}",
+                    s.host,
+                    r.name.as_deref().unwrap_or(&i.to_string())
+                );
+                if r.redirect.is_none()
+                    && r.backends.iter().map(|b| b.weight).sum::<u32>() == 0
+                    && !r.backends.is_empty()
+                {
+                    return Err(invalid(item, "backend weights sum to zero"));
+                }
+                if r.redirect.is_some() && !r.backends.is_empty() {
+                    return Err(invalid(item, "a route has either a redirect or backends"));
+                }
+                if let Some(f) = &r.fault
+                    && let Some(a) = &f.abort
+                    && http::StatusCode::from_u16(a.http_status).is_err()
+                {
+                    return Err(invalid(item, "abort status is not an HTTP status"));
+                }
+                for h in r
+                    .request_headers
+                    .add
+                    .keys()
+                    .chain(r.response_headers.add.keys())
+                {
+                    if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                        return Err(invalid(item, "invalid header name"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The config of the service with `hostname`.
+    pub fn service(&self, hostname: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.host == hostname)
+    }
+}
+
+/// Outlier detection: eject an endpoint after consecutive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx or connect failures that eject (0 disables).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_errors: u32,
+    /// How long an ejected endpoint is skipped.
+    #[serde(default = "default_ejection", deserialize_with = "duration")]
+    pub base_ejection_time: Duration,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+
+fn default_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_errors: default_consecutive(),
+            base_ejection_time: default_ejection(),
+        }
+    }
+}
+
+/// How a service port's traffic is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Sniff the first bytes: an HTTP/1 method or the HTTP/2 preface is
+    /// HTTP, anything else is TCP.
+    #[default]
+    Auto,
+    /// HTTP/1.1 or HTTP/2.
+    Http,
+    /// Opaque bytes (an L4 hop).
+    Tcp,
+}
+
+/// Routing and policy for one service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service hostname (`reviews.default.svc.cluster.local`).
+    pub host: String,
+    /// Protocol per service port (default `auto`).
+    #[serde(default)]
+    pub ports: BTreeMap<u16, Protocol>,
+    /// Routes, first match wins. None: everything goes to the service.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// L7 authorization policies (Istio AuthorizationPolicy shape).
+    #[serde(default)]
+    pub policies: Vec<L7Policy>,
+}
+
+/// One HTTP route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// A name for logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Alternatives; the route applies when any matches (none: always).
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatch>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    /// Rewrite the path prefix or authority before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    /// Request header edits.
+    #[serde(default)]
+    pub request_headers: HeaderOps,
+    /// Response header edits.
+    #[serde(default)]
+    pub response_headers: HeaderOps,
+    /// The whole request's deadline, retries included (504 after).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retries: Option<Retries>,
+    /// Fault injection.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+/// A request match: every field given must hold.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatch {
+    /// The path (without the query).
+    #[serde(default)]
+    pub path: Option<StrMatch>,
+    /// The method, e.g. `GET`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Header values by (lowercase) name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, StrMatch>,
+    /// Query parameters by name.
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StrMatch>,
+}
+
+/// A string match: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawStrMatch")]
+pub enum StrMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the whole value (RE2 syntax, anchored).
+    Regex(regex::Regex),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawStrMatch {
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+impl TryFrom<RawStrMatch> for StrMatch {
+    type Error = String;
+
+    fn try_from(r: RawStrMatch) -> Result<Self, String> {
+        match (r.exact, r.prefix, r.regex) {
+            (Some(e), None, None) => Ok(Self::Exact(e)),
+            (None, Some(p), None) => Ok(Self::Prefix(p)),
+            // Anchored like Envoy's safe_regex: the whole value must match.
+            (None, None, Some(x)) => regex::Regex::new(&format!("^(?:{x})$"))
+                .map(Self::Regex)
+                .map_err(|e| e.to_string()),
+            _ => Err("a string match needs exactly one of exact, prefix, regex".into()),
+        }
+    }
+}
+
+impl StrMatch {
+    /// Whether `s` matches.
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            Self::Exact(x) => s == x,
+            Self::Prefix(x) => s.starts_with(x.as_str()),
+            Self::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+/// A weighted destination: a service (this one by default) narrowed to a
+/// subset of its endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// Another service's hostname (default: the service being routed).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Another service port (default: the port the request came to).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Endpoint selection.
+    #[serde(default)]
+    pub subset: Subset,
+    /// Relative weight (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Endpoints of a service narrowed by their workload's fields (the mesh
+/// model carries no labels: `version` is the workload's
+/// `canonicalRevision`, `name` its `canonicalName`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    /// `canonicalRevision` (the `version` label), e.g. `v1`.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// `canonicalName` (the `app` label).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Subset {
+    /// Whether a workload belongs to the subset.
+    pub fn contains(&self, w: &ambit_mesh::Workload) -> bool {
+        self.version
+            .as_ref()
+            .is_none_or(|v| *v == w.canonical_revision)
+            && self.name.as_ref().is_none_or(|n| *n == w.canonical_name)
+    }
+}
+
+/// A redirect answer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    /// Replace the path (the query is kept).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Replace the authority.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Replace the scheme (default `http`).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default = "moved")]
+    pub code: u16,
+}
+
+fn moved() -> u16 {
+    301
+}
+
+/// A rewrite before forwarding.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the matched path prefix (or the whole path for an exact or
+    /// regex match).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Replaces the `host`/`:authority`.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// Header edits: `set` overwrites, `add` appends, `remove` deletes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Set (replacing any value).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// Applies the edits to `headers` (invalid names or values are skipped;
+    /// names were validated at load).
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name.as_str());
+        }
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect::<Vec<_>>()
+        };
+        for (k, v) in pairs(&self.set) {
+            headers.insert(k, v);
+        }
+        for (k, v) in pairs(&self.add) {
+            headers.append(k, v);
+        }
+    }
+}
+
+/// When a failed attempt is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RetryOn {
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    Status5xx,
+    /// 502, 503 or 504.
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    /// The upstream could not be reached.
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    /// The upstream reset or closed before answering.
+    #[serde(rename = "reset")]
+    Reset,
+}
+
+/// A retry policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retries {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Conditions (default: connect-failure, reset, 503 via gateway-error).
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// Each attempt's deadline.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub per_try_timeout: Option<Duration>,
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::GatewayError,
+    ]
+}
+
+/// Fault injection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    /// Delay before forwarding.
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    /// Answer without forwarding.
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+/// A fixed delay for a percentage of requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    /// The delay.
+    #[serde(deserialize_with = "duration")]
+    pub fixed_delay: Duration,
+    /// Share of requests delayed, 0–100 (default 100).
+    #[serde(default = "hundred")]
+    pub percentage: f64,
+}
+
+/// An abort for a percentage of requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The status answered.
+    pub http_status: u16,
+    /// Share of requests aborted, 0–100 (default 100).
+    #[serde(default = "hundred")]
+    pub percentage: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+/// An L7 authorization policy, shaped like Istio's AuthorizationPolicy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L7Policy {
+    /// Name for logs.
+    pub name: String,
+    /// ALLOW or DENY.
+    #[serde(default)]
+    pub action: Action,
+    /// The policy matches when any rule does (no rules: matches nothing,
+    /// like Istio's ALLOW with no rules denying everything).
+    #[serde(default)]
+    pub rules: Vec<L7Rule>,
+}
+
+/// Policy action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    /// Allow matching requests.
+    #[default]
+    Allow,
+    /// Deny matching requests (checked first).
+    Deny,
+}
+
+/// A rule: every non-empty section must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L7Rule {
+    /// Sources; any may match.
+    #[serde(default)]
+    pub from: Vec<From>,
+    /// Operations; any may match.
+    #[serde(default)]
+    pub to: Vec<To>,
+    /// Conditions; all must match.
+    #[serde(default)]
+    pub when: Vec<Condition>,
+}
+
+/// `from:` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct From {
+    /// The source.
+    pub source: Source,
+}
+
+/// Source fields (L4, from the HBONE peer).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// Principals (`cluster.local/ns/NS/sa/SA`; `*` wildcards at either end).
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Not these principals.
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    /// Source namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Not these namespaces.
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+}
+
+/// `to:` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct To {
+    /// The operation.
+    pub operation: Operation,
+}
+
+/// Operation fields (L7).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    /// Methods.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Not these methods.
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    /// Paths (`*` wildcards at either end).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Not these paths.
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+    /// Hosts (the request's authority).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Not these hosts.
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// `when:` entry: `request.headers[name]` against values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    /// `request.headers[<name>]`, `source.principal` or `source.namespace`.
+    pub key: String,
+    /// Any may match.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// None may match.
+    #[serde(default)]
+    pub not_values: Vec<String>,
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m` or `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?} (e.g. 250ms, 2s)")))
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("xs"), None);
+    }
+
+    #[test]
+    fn unknown_key_reports_line() {
+        let text = "services:\n- host: a\n  routes:\n  - name: r\n    bogus: 1\n";
+        let e = RouteConfig::parse(text, "t.yaml")
+            .err()
+            .map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("bogus") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = include_str!("../examples/waypoint.yaml");
+        let c = RouteConfig::parse(text, "example").map_err(|e| e.to_string());
+        let c = c.as_ref().map_err(String::as_str);
+        assert!(c.is_ok(), "{c:?}");
+        if let Ok(c) = c {
+            assert!(c.service("reviews.default.svc.cluster.local").is_some());
+        }
+    }
+
+    #[test]
+    fn invalid_values() {
+        for text in [
+            "services:\n- host: a\n  routes:\n  - backends: [{weight: 0}]\n",
+            "services:\n- host: a\n  routes:\n  - fault: {abort: {httpStatus: 42}}\n",
+            "services:\n- host: a\n  routes:\n  - timeout: soon\n",
+            "services:\n- host: a\n  routes:\n  - match: [{path: {regex: '('}}]\n",
+        ] {
+            assert!(RouteConfig::parse(text, "t").is_err(), "{text}");
+        }
+    }
+}

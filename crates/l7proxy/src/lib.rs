@@ -1,0 +1,29 @@
+//! The waypoint engine.
+//!
+//! `ambit-l7proxy` is the L7 proxy of an Istio-compatible ambient mesh: it
+//! terminates HBONE addressed to a service VIP, serves HTTP/1.1 and HTTP/2
+//! inside the tunnel (or hops bytes for non-HTTP ports), and for each
+//! request applies L7 authorization ([`authz`], Istio's DENY-then-ALLOW),
+//! routing with VirtualService/HTTPRoute semantics ([`route`]: matches,
+//! weighted subsets, redirects, rewrites, header edits, timeouts, retries,
+//! faults), then forwards over HBONE to a pod chosen by a round-robin
+//! balancer with outlier detection ([`balance`]). Decisions are plain
+//! functions of the [`config`] and the request, tested without sockets;
+//! [`Waypoint`] carries them out. Metrics use Istio's HTTP names
+//! ([`metrics`]); [`admin`] serves the admin, metrics and readiness ports.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authz;
+pub mod balance;
+pub mod config;
+pub mod metrics;
+mod proxy;
+pub mod route;
+pub mod sniff;
+
+pub use self::{
+    config::{ConfigError, RouteConfig},
+    metrics::Metrics,
+    proxy::{Body, BoxError, Error, Waypoint, WaypointConfig},
+};

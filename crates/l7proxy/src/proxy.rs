@@ -1,0 +1,729 @@
+//! The waypoint: HBONE in, HTTP routing or an L4 hop, HBONE out.
+//!
+//! Per CONNECT: the authority's VIP names the service; the port's protocol
+//! (configured, or sniffed from the first bytes) chooses between serving
+//! HTTP/1.1 and HTTP/2 inside the tunnel with hyper, and copying bytes to
+//! one endpoint. Per HTTP request: L7 authorization, route selection,
+//! redirect, faults, backend choice, then attempts (each a fresh HBONE
+//! stream to `podIP:15008` with `:authority podIP:targetPort`, as the
+//! waypoint's identity) under the route's timeout and retry policy.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ambit_hbone::{
+    Authority, Client, ClientConfig, ConnectHeaders, ConnectRequest, Decision, Forwarded, Handler,
+    HboneStream, InboundRequest, Rejection, Server, ServerConfig, copy_bidirectional,
+};
+use ambit_identity::{CertManager, Identity};
+use ambit_mesh::{Endpoint, MeshState, Service};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body as _, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use crate::authz::{self, AuthzFacts};
+use crate::balance::Balancer;
+use crate::config::{Backend, Protocol, Route, RouteConfig, ServiceConfig};
+use crate::metrics::{HttpLabels, Metrics};
+use crate::route::{self, Outcome, RequestFacts};
+use crate::sniff::{Rewind, Sniffed, sniff};
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response the waypoint sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Headers that apply to one hop only (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Why the waypoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The waypoint's certificate could not be obtained.
+    #[error("certificate for the waypoint identity {identity}")]
+    Certificate {
+        /// The identity.
+        identity: String,
+        /// The cause.
+        #[source]
+        source: ambit_identity::ManagerError,
+    },
+}
+
+/// The waypoint's settings.
+#[derive(Debug, Clone)]
+pub struct WaypointConfig {
+    /// The identity presented to clients and upstreams.
+    pub identity: Identity,
+    /// The network VIPs and workload addresses belong to.
+    pub network: String,
+    /// HBONE client settings (pool, keepalive, connect timeout).
+    pub hbone_client: ClientConfig,
+    /// HBONE server settings.
+    pub hbone_server: ServerConfig,
+    /// How long to wait for a client's first bytes when sniffing.
+    pub sniff_timeout: Duration,
+    /// The largest request body buffered so it can be retried; larger
+    /// bodies are streamed and never retried.
+    pub max_retry_body: usize,
+}
+
+impl WaypointConfig {
+    /// Defaults for `identity`.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            network: String::new(),
+            hbone_client: ClientConfig::default(),
+            hbone_server: ServerConfig::default(),
+            sniff_timeout: Duration::from_secs(1),
+            max_retry_body: 64 * 1024,
+        }
+    }
+}
+
+/// The waypoint engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Waypoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waypoint")
+            .field("identity", &self.inner.cfg.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    cfg: WaypointConfig,
+    state: Arc<RwLock<MeshState>>,
+    /// Replaced whole on reload; requests keep the snapshot they started with.
+    routes: RwLock<Arc<RouteConfig>>,
+    certs: Arc<CertManager>,
+    client: Client,
+    balancer: Balancer,
+    metrics: Metrics,
+}
+
+/// Certificates from the manager for the HBONE client.
+struct ManagerTls(Arc<CertManager>);
+
+impl ambit_hbone::TlsProvider for ManagerTls {
+    fn client_config<'a>(
+        &'a self,
+        source: &'a Identity,
+        expected: &'a [Identity],
+    ) -> ambit_hbone::BoxFuture<'a, Result<Arc<rustls::ClientConfig>, ambit_hbone::BoxError>> {
+        ambit_hbone::TlsProvider::client_config(self.0.as_ref(), source, expected)
+    }
+}
+
+/// What is known about one accepted CONNECT.
+struct Conn {
+    peer: Identity,
+    /// The original client (`forwarded`), else the HBONE peer.
+    client: SocketAddr,
+    service: Arc<Service>,
+    port: u16,
+}
+
+impl Waypoint {
+    /// A waypoint over `state`, routing with `routes`, with certificates
+    /// from `certs`.
+    pub fn new(
+        cfg: WaypointConfig,
+        state: Arc<RwLock<MeshState>>,
+        routes: RouteConfig,
+        certs: Arc<CertManager>,
+    ) -> Self {
+        let client = Client::new(cfg.hbone_client.clone(), ManagerTls(Arc::clone(&certs)));
+        Self {
+            inner: Arc::new(Inner {
+                balancer: Balancer::new(routes.outlier_detection),
+                routes: RwLock::new(Arc::new(routes)),
+                cfg,
+                state,
+                certs,
+                client,
+                metrics: Metrics::new(),
+            }),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The mesh state.
+    pub fn state(&self) -> &Arc<RwLock<MeshState>> {
+        &self.inner.state
+    }
+
+    /// The routing config in use.
+    pub fn routes(&self) -> Arc<RouteConfig> {
+        match self.inner.routes.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Replaces the routing config (outlier settings stay as at start).
+    pub fn set_routes(&self, routes: RouteConfig) {
+        match self.inner.routes.write() {
+            Ok(mut r) => *r = Arc::new(routes),
+            Err(p) => *p.into_inner() = Arc::new(routes),
+        }
+    }
+
+    /// Serves HBONE on `listener` (15008) until `shutdown`, presenting the
+    /// waypoint's certificate (rotated by the manager).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let id = &self.inner.cfg.identity;
+        let tls =
+            self.inner
+                .certs
+                .server_config(id)
+                .await
+                .map_err(|source| Error::Certificate {
+                    identity: id.to_string(),
+                    source,
+                })?;
+        let server = Server::new(
+            Arc::new(tls),
+            self.inner.cfg.hbone_server.clone(),
+            self.clone(),
+        );
+        server.run(listener, shutdown).await;
+        Ok(())
+    }
+
+    fn service_for(&self, authority: &Authority) -> Result<(Arc<Service>, u16), Rejection> {
+        let addr = authority.socket_addr().ok_or(Rejection::BadRequest)?;
+        let state = self
+            .inner
+            .state
+            .read()
+            .map_err(|_| Rejection::Unavailable)?;
+        let svc = state
+            .service_by_vip(&self.inner.cfg.network, addr.ip())
+            .ok_or(Rejection::BadRequest)?;
+        if !svc.ports.iter().any(|p| p.service_port == addr.port()) {
+            return Err(Rejection::BadRequest);
+        }
+        Ok((svc, addr.port()))
+    }
+
+    async fn serve_stream(self, conn: Conn, protocol: Protocol, mut stream: HboneStream) {
+        let mut first = BytesMut::new();
+        let is_http = match protocol {
+            Protocol::Http => true,
+            Protocol::Tcp => false,
+            Protocol::Auto => {
+                let deadline = tokio::time::Instant::now() + self.inner.cfg.sniff_timeout;
+                loop {
+                    match sniff(&first) {
+                        Sniffed::Http => break true,
+                        Sniffed::Tcp => break false,
+                        Sniffed::NeedMore => {}
+                    }
+                    match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(_)) => {}
+                        // A server-first protocol: nothing to sniff.
+                        Err(_) => break false,
+                    }
+                }
+            }
+        };
+        let io = Rewind::new(first.freeze(), stream);
+        if is_http {
+            self.serve_http(Arc::new(conn), io).await;
+        } else {
+            self.forward_tcp(conn, io).await;
+        }
+    }
+
+    async fn serve_http(self, conn: Arc<Conn>, io: Rewind<HboneStream>) {
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let this = self.clone();
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(this.handle_request(&conn, req).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(error) = builder.serve_connection(TokioIo::new(io), svc).await {
+            tracing::debug!(%error, "http connection ended with an error");
+        }
+    }
+
+    async fn forward_tcp(self, conn: Conn, mut io: Rewind<HboneStream>) {
+        let Some(ep) = self.pick(&conn.service, conn.port, &Backend::default_for(), &[]) else {
+            tracing::info!(service = %conn.service.hostname, "tcp: no healthy endpoint");
+            return;
+        };
+        let mut up = match self.connect(&ep, conn.client).await {
+            Ok(s) => s,
+            Err(error) => {
+                self.inner
+                    .balancer
+                    .report(&ep_key(&ep), true, Instant::now());
+                tracing::info!(%error, service = %conn.service.hostname, "tcp: upstream connect failed");
+                return;
+            }
+        };
+        match copy_bidirectional(&mut io, &mut up).await {
+            Ok(stats) => tracing::info!(
+                service = %conn.service.hostname,
+                endpoint = %ep_key(&ep),
+                sent = stats.a_to_b,
+                received = stats.b_to_a,
+                "tcp connection closed"
+            ),
+            Err(error) => tracing::debug!(%error, "tcp copy failed"),
+        }
+    }
+
+    /// Healthy endpoints of `backend` (relative to `svc`), one picked by
+    /// the balancer, preferring endpoints not in `tried`.
+    fn pick(
+        &self,
+        svc: &Service,
+        port: u16,
+        backend: &Backend,
+        tried: &[String],
+    ) -> Option<Endpoint> {
+        let state = self.inner.state.read().ok()?;
+        let target = match &backend.host {
+            Some(h) if *h != svc.hostname => {
+                state.services().find(|s| s.hostname == *h).cloned()?
+            }
+            _ => state.service(&svc.key())?,
+        };
+        let eps: Vec<Endpoint> = state
+            .endpoints(&target, backend.port.unwrap_or(port))
+            .into_iter()
+            .filter(|e| backend.subset.contains(&e.workload))
+            .filter(|e| !e.workload.addresses.is_empty())
+            .collect();
+        drop(state);
+        let fresh: Vec<Endpoint> = eps
+            .iter()
+            .filter(|e| !tried.contains(&ep_key(e)))
+            .cloned()
+            .collect();
+        let eps = if fresh.is_empty() { eps } else { fresh };
+        let keys: Vec<String> = eps.iter().map(ep_key).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let i = self.inner.balancer.pick(&refs, Instant::now())?;
+        eps.into_iter().nth(i)
+    }
+
+    async fn connect(
+        &self,
+        ep: &Endpoint,
+        client: SocketAddr,
+    ) -> Result<HboneStream, ambit_hbone::ClientError> {
+        let ip = ep
+            .workload
+            .addresses
+            .first()
+            .copied()
+            .unwrap_or(client.ip());
+        let routes = self.routes();
+        let mut headers = ConnectHeaders::default();
+        headers.forwarded = Some(Forwarded::new(client));
+        let req = ConnectRequest::new(
+            self.inner.cfg.identity.clone(),
+            ep.workload.identity().into_iter().collect(),
+            SocketAddr::new(ip, routes.hbone_port),
+            SocketAddr::new(ip, ep.port),
+        )
+        .with_headers(headers);
+        self.inner.client.connect(req).await
+    }
+
+    async fn handle_request(&self, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let routes = self.routes();
+        let svc_cfg = routes.service(&conn.service.hostname);
+        let mut labels = HttpLabels {
+            reporter: "waypoint".into(),
+            source_workload: "unknown".into(),
+            source_workload_namespace: conn.peer.namespace().to_owned(),
+            source_principal: conn.peer.to_string(),
+            destination_service: conn.service.hostname.clone(),
+            destination_service_name: conn.service.name.clone(),
+            request_protocol: "http".into(),
+            response_flags: "-".into(),
+            connection_security_policy: "mutual_tls".into(),
+            ..HttpLabels::default()
+        };
+        if let Ok(state) = self.inner.state.read()
+            && let Some(w) = state.workload_by_ip(&self.inner.cfg.network, conn.client.ip())
+        {
+            labels.source_workload = if w.workload_name.is_empty() {
+                w.name.clone()
+            } else {
+                w.workload_name.clone()
+            };
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let (resp, route_name) = self.route_request(conn, svc_cfg, req, &mut labels).await;
+        labels.response_code = resp.status().as_u16().to_string();
+        let elapsed = start.elapsed();
+        self.inner.metrics.record(&labels, elapsed);
+        tracing::info!(
+            target: "access",
+            src = %conn.client,
+            peer = %conn.peer,
+            %method,
+            %path,
+            service = %conn.service.hostname,
+            route = route_name.as_deref().unwrap_or("-"),
+            endpoint = %labels.destination_workload,
+            status = resp.status().as_u16(),
+            flags = %labels.response_flags,
+            duration_ms = elapsed.as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+
+    async fn route_request(
+        &self,
+        conn: &Conn,
+        svc_cfg: Option<&ServiceConfig>,
+        mut req: Request<Incoming>,
+        labels: &mut HttpLabels,
+    ) -> (Response<Body>, Option<String>) {
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| format!("{}:{}", conn.service.hostname, conn.port));
+        // L7 authorization.
+        if let Some(cfg) = svc_cfg {
+            let facts = AuthzFacts {
+                peer: Some(&conn.peer),
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                host: &authority,
+                port: conn.port,
+                headers: req.headers(),
+            };
+            let verdict = authz::authorize(&cfg.policies, &facts);
+            if !verdict.allowed() {
+                tracing::debug!(?verdict, "request denied");
+                labels.response_flags = "DENY".into();
+                return (local(StatusCode::FORBIDDEN, "RBAC: access denied\n"), None);
+            }
+        }
+        // Route selection.
+        let default_route = Route::default();
+        let (route, matched) = match svc_cfg.filter(|c| !c.routes.is_empty()) {
+            Some(cfg) => match route::select(&cfg.routes, &RequestFacts::of(&req)) {
+                Some(hit) => hit,
+                None => {
+                    labels.response_flags = "NR".into();
+                    return (local(StatusCode::NOT_FOUND, "no route\n"), None);
+                }
+            },
+            None => (&default_route, None),
+        };
+        let name = route.name.clone();
+        if let Some(r) = &route.redirect {
+            let (status, location) =
+                route::redirect(r, &authority, req.uri().path(), req.uri().query());
+            let mut resp = local(status, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            route.response_headers.apply(resp.headers_mut());
+            return (resp, name);
+        }
+        // Faults.
+        if let Some(f) = &route.fault {
+            if let Some(d) = &f.delay
+                && route::fires(d.percentage, fastrand::f64() * 100.0)
+            {
+                tokio::time::sleep(d.fixed_delay).await;
+            }
+            if let Some(a) = &f.abort
+                && route::fires(a.percentage, fastrand::f64() * 100.0)
+            {
+                labels.response_flags = "FI".into();
+                let status =
+                    StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return (local(status, "fault filter abort\n"), name);
+            }
+        }
+        // Request edits.
+        if let Some(rw) = &route.rewrite {
+            if let Some(prefix) = &rw.prefix {
+                let p = route::rewrite_path(req.uri().path(), req.uri().query(), matched, prefix);
+                if let Ok(uri) = p.parse() {
+                    *req.uri_mut() = uri;
+                }
+            }
+            if let Some(h) = &rw.host
+                && let Ok(v) = HeaderValue::from_str(h)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let (mut parts, body) = req.into_parts();
+        // Origin-form for the HTTP/1.1 upstream, with a `host` header.
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&authority)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        if let Some(pq) = parts.uri.path_and_query()
+            && let Ok(uri) = pq.as_str().parse()
+        {
+            parts.uri = uri;
+        }
+        parts.version = http::Version::HTTP_11;
+        for h in HOP_BY_HOP {
+            parts.headers.remove(*h);
+        }
+        route.request_headers.apply(&mut parts.headers);
+        let fwd = format!("for=\"{}\"", conn.client);
+        if let Ok(v) = HeaderValue::from_str(&fwd) {
+            parts.headers.append(header::FORWARDED, v);
+        }
+        // Body: buffered (retriable) when small and known, else streamed once.
+        let retries = route.retries.clone();
+        let small = body.is_end_stream()
+            || body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= self.inner.cfg.max_retry_body as u64);
+        let mut streamed = None;
+        let mut buffered = Bytes::new();
+        if retries.is_some() && small {
+            match http_body_util::Limited::new(body, self.inner.cfg.max_retry_body)
+                .collect()
+                .await
+            {
+                Ok(b) => buffered = b.to_bytes(),
+                Err(_) => return (local(StatusCode::BAD_REQUEST, "bad request body\n"), name),
+            }
+        } else {
+            streamed = Some(body);
+        }
+        let attempts = if streamed.is_some() {
+            1
+        } else {
+            1 + retries.as_ref().map_or(0, |r| r.attempts)
+        };
+        let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
+        let retry_on = retries.map(|r| r.retry_on).unwrap_or_default();
+        // Backend.
+        let backend = if route.backends.is_empty() {
+            Backend::default_for()
+        } else {
+            let total = route::total_weight(&route.backends);
+            match route::pick_backend(&route.backends, fastrand::u32(0..total.max(1))) {
+                Some(b) => b.clone(),
+                None => Backend::default_for(),
+            }
+        };
+        let work = async {
+            let mut tried: Vec<String> = Vec::new();
+            let mut last = Outcome::ConnectFailure;
+            for attempt in 0..attempts {
+                let Some(ep) = self.pick(&conn.service, conn.port, &backend, &tried) else {
+                    labels.response_flags = "UH".into();
+                    return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+                };
+                let key = ep_key(&ep);
+                labels.destination_workload = ep.workload.workload_name.clone();
+                if labels.destination_workload.is_empty() {
+                    labels.destination_workload = ep.workload.name.clone();
+                }
+                labels.destination_workload_namespace = ep.workload.namespace.clone();
+                labels.destination_version = ep.workload.canonical_revision.clone();
+                let body: Body = match streamed.take() {
+                    Some(b) => b.map_err(BoxError::from).boxed_unsync(),
+                    None => Full::new(buffered.clone())
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                };
+                let up_req = Request::from_parts(parts.clone(), body);
+                let result = match per_try {
+                    Some(t) => tokio::time::timeout(t, self.send(&ep, conn.client, up_req))
+                        .await
+                        .unwrap_or(Err(Outcome::Timeout)),
+                    None => self.send(&ep, conn.client, up_req).await,
+                };
+                let outcome = match &result {
+                    Ok(r) => Outcome::Status(r.status()),
+                    Err(o) => *o,
+                };
+                self.inner
+                    .balancer
+                    .report(&key, outcome.is_failure(), Instant::now());
+                tried.push(key);
+                let more = attempt + 1 < attempts && route::retriable(&retry_on, outcome);
+                match result {
+                    Ok(resp) if !more => {
+                        let (mut rp, body) = resp.into_parts();
+                        for h in HOP_BY_HOP {
+                            rp.headers.remove(*h);
+                        }
+                        route.response_headers.apply(&mut rp.headers);
+                        return Response::from_parts(
+                            rp,
+                            body.map_err(BoxError::from).boxed_unsync(),
+                        );
+                    }
+                    _ if more => {
+                        tracing::debug!(attempt, ?outcome, "retrying");
+                        last = outcome;
+                    }
+                    _ => {
+                        last = outcome;
+                        break;
+                    }
+                }
+            }
+            let (status, flags, msg) = match last {
+                Outcome::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout\n",
+                ),
+                Outcome::Reset => (StatusCode::SERVICE_UNAVAILABLE, "UC", "upstream reset\n"),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UF",
+                    "upstream connect error\n",
+                ),
+            };
+            labels.response_flags = flags.into();
+            local(status, msg)
+        };
+        let resp = match route.timeout {
+            Some(t) => match tokio::time::timeout(t, work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    labels.response_flags = "UT".into();
+                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
+                }
+            },
+            None => work.await,
+        };
+        (resp, name)
+    }
+
+    /// One attempt: a fresh HBONE stream and an HTTP/1.1 exchange on it.
+    async fn send(
+        &self,
+        ep: &Endpoint,
+        client: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, Outcome> {
+        let stream = self.connect(ep, client).await.map_err(|error| {
+            tracing::debug!(%error, endpoint = %ep_key(ep), "upstream connect failed");
+            Outcome::ConnectFailure
+        })?;
+        let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Outcome::ConnectFailure)?;
+        tokio::spawn(async move {
+            if let Err(error) = driver.await {
+                tracing::debug!(%error, "upstream http connection failed");
+            }
+        });
+        sender.send_request(req).await.map_err(|error| {
+            tracing::debug!(%error, endpoint = %ep_key(ep), "upstream request failed");
+            Outcome::Reset
+        })
+    }
+}
+
+impl Backend {
+    /// The service being routed, every endpoint, weight 1.
+    pub fn default_for() -> Self {
+        Self {
+            host: None,
+            port: None,
+            subset: Default::default(),
+            weight: 1,
+        }
+    }
+}
+
+fn ep_key(e: &Endpoint) -> String {
+    format!("{}:{}", e.workload.uid, e.port)
+}
+
+fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    r
+}
+
+impl Handler for Waypoint {
+    async fn handle(&self, request: InboundRequest) -> Decision {
+        let (service, port) = match self.service_for(&request.authority) {
+            Ok(x) => x,
+            Err(rejection) => {
+                tracing::info!(authority = ?request.authority, "no service for the authority");
+                return Decision::reject(rejection);
+            }
+        };
+        let protocol = self
+            .routes()
+            .service(&service.hostname)
+            .and_then(|s| s.ports.get(&port).copied())
+            .unwrap_or_default();
+        let conn = Conn {
+            peer: request.peer_identity.clone(),
+            client: request
+                .connect_headers
+                .forwarded
+                .and_then(|f| f.for_addr)
+                .unwrap_or(request.peer_addr),
+            service,
+            port,
+        };
+        let this = self.clone();
+        Decision::accept(move |stream| this.serve_stream(conn, protocol, stream))
+    }
+}

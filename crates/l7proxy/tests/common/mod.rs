@@ -1,0 +1,355 @@
+//! A loopback mesh: a local CA, "pods" as HBONE servers (standing in for
+//! ztunnel + pod) on distinct 127.x addresses sharing one HBONE port, a
+//! waypoint, and an HBONE client acting as the source ztunnel.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ambit_hbone::{
+    Client, ClientConfig, ConnectRequest, Decision, Handler, HboneStream, InboundRequest, Server,
+    ServerConfig,
+};
+use ambit_identity::{CertManager, Identity, LocalCa, ManagerConfig};
+use ambit_l7proxy::{RouteConfig, Waypoint, WaypointConfig};
+use ambit_mesh::MeshState;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+pub const REVIEWS: &str = "reviews.default.svc.cluster.local";
+pub const REVIEWS_VIP: &str = "10.96.0.10:9080";
+pub const RATINGS_VIP: &str = "10.96.0.11:9080";
+pub const ECHO_VIP: &str = "10.96.0.12:7000";
+pub const SNIFF_VIP: &str = "10.96.0.12:7001";
+
+pub fn id(s: &str) -> Identity {
+    s.parse().expect("identity")
+}
+
+pub fn sleep_id() -> Identity {
+    id("spiffe://cluster.local/ns/default/sa/sleep")
+}
+
+pub fn waypoint_id() -> Identity {
+    id("spiffe://cluster.local/ns/default/sa/waypoint")
+}
+
+/// What a pod does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    Healthy,
+    /// Every HTTP answer is 503.
+    Failing,
+}
+
+/// One pod: version, behaviour, counters.
+pub struct Pod {
+    pub version: String,
+    pub behaviour: Behaviour,
+    pub hits: AtomicU32,
+    /// `:authority` values of the CONNECTs received.
+    pub authorities: Mutex<Vec<String>>,
+    /// `forwarded` of the CONNECTs received.
+    pub forwarded: Mutex<Vec<String>>,
+    /// Shared across pods: `/flaky` fails the first time mesh-wide.
+    pub flaky: Arc<AtomicU32>,
+}
+
+#[derive(Clone)]
+struct PodHandler(Arc<Pod>);
+
+impl Handler for PodHandler {
+    async fn handle(&self, request: InboundRequest) -> Decision {
+        let pod = self.0.clone();
+        if let Ok(mut a) = pod.authorities.lock() {
+            a.push(format!("{:?}", request.authority));
+        }
+        if let Some(f) = request
+            .headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut v) = pod.forwarded.lock()
+        {
+            v.push(f.to_owned());
+        }
+        let port = request.authority.port();
+        Decision::accept(move |stream| async move {
+            if port == 7000 || port == 7001 {
+                echo(stream).await;
+            } else {
+                serve_http(pod, stream).await;
+            }
+        })
+    }
+}
+
+async fn echo(stream: HboneStream) {
+    let (mut r, mut w) = tokio::io::split(stream);
+    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+        let _ = w.shutdown().await;
+    }
+}
+
+async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let pod = pod.clone();
+        async move {
+            pod.hits.fetch_add(1, Ordering::Relaxed);
+            let path = req.uri().to_string();
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let header = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let rewritten = header("x-rewritten");
+            let debug = header("x-debug");
+            let _ = req.into_body().collect().await;
+            let mut status = StatusCode::OK;
+            if pod.behaviour == Behaviour::Failing {
+                status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            if path.starts_with("/hang") {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            if path.starts_with("/flaky") && pod.flaky.fetch_add(1, Ordering::SeqCst) == 0 {
+                status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            let resp = Response::builder()
+                .status(status)
+                .header("x-version", pod.version.as_str())
+                .header("x-path", path)
+                .header("x-host", host)
+                .header("x-saw-rewritten", rewritten)
+                .header("x-saw-debug", debug)
+                .body(Full::new(Bytes::from(pod.version.clone())))
+                .expect("response");
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+pub struct Mesh {
+    pub certs: Arc<CertManager>,
+    pub waypoint: Waypoint,
+    pub waypoint_addr: SocketAddr,
+    pub pods: Vec<Arc<Pod>>,
+    pub pod_ips: Vec<IpAddr>,
+    pub hbone_port: u16,
+    pub flaky: Arc<AtomicU32>,
+}
+
+/// Pods: (name, service, version, behaviour).
+pub struct PodSpec {
+    pub name: &'static str,
+    pub service: &'static str,
+    pub version: &'static str,
+    pub behaviour: Behaviour,
+}
+
+pub fn pod(name: &'static str, service: &'static str, version: &'static str) -> PodSpec {
+    PodSpec {
+        name,
+        service,
+        version,
+        behaviour: Behaviour::Healthy,
+    }
+}
+
+pub fn default_pods() -> Vec<PodSpec> {
+    vec![
+        pod("reviews-v1", "reviews", "v1"),
+        pod("reviews-v2", "reviews", "v2"),
+        PodSpec {
+            name: "ratings-bad",
+            service: "ratings",
+            version: "v1",
+            behaviour: Behaviour::Failing,
+        },
+        pod("ratings-good", "ratings", "v1"),
+        pod("echo", "echo", "v1"),
+    ]
+}
+
+/// Binds one listener per IP, all on the same port.
+async fn bind_pods(n: usize) -> (Vec<IpAddr>, Vec<TcpListener>, u16) {
+    for _ in 0..50 {
+        let (b, c) = (fastrand::u8(1..=254), fastrand::u8(0..=254));
+        let ips: Vec<IpAddr> = (0..n)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, b, c, (i + 1) as u8)))
+            .collect();
+        let Ok(first) = TcpListener::bind(SocketAddr::new(ips[0], 0)).await else {
+            continue;
+        };
+        let port = first.local_addr().expect("addr").port();
+        let mut ls = vec![first];
+        for ip in &ips[1..] {
+            match TcpListener::bind(SocketAddr::new(*ip, port)).await {
+                Ok(l) => ls.push(l),
+                Err(_) => break,
+            }
+        }
+        if ls.len() == n {
+            return (ips, ls, port);
+        }
+    }
+    panic!("could not bind pod listeners");
+}
+
+impl Mesh {
+    pub async fn start(routes_yaml: &str) -> Self {
+        Self::start_with(routes_yaml, default_pods()).await
+    }
+
+    pub async fn start_with(routes_yaml: &str, specs: Vec<PodSpec>) -> Self {
+        let _ = tracing_subscriber_init();
+        let ca = Arc::new(LocalCa::generate("cluster.local").expect("ca"));
+        let certs = Arc::new(CertManager::new(ca, ManagerConfig::default()));
+        let (ips, listeners, hbone_port) = bind_pods(specs.len()).await;
+        let flaky = Arc::new(AtomicU32::new(0));
+        let mut workloads = String::new();
+        let mut pods = Vec::new();
+        for ((spec, ip), listener) in specs.iter().zip(&ips).zip(listeners) {
+            let sa = spec.service;
+            workloads.push_str(&format!(
+                "- uid: cluster1//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: n1\n  canonicalName: {sa}\n  canonicalRevision: {ver}\n  workloadName: {sa}-{ver}\n  services: {{\"default/{sa}.default.svc.cluster.local\": {{9080: 9080, 7000: 7000, 7001: 7001}}}}\n",
+                name = spec.name,
+                ver = spec.version,
+            ));
+            let pod = Arc::new(Pod {
+                version: spec.version.to_owned(),
+                behaviour: spec.behaviour,
+                hits: AtomicU32::new(0),
+                authorities: Mutex::new(Vec::new()),
+                forwarded: Mutex::new(Vec::new()),
+                flaky: flaky.clone(),
+            });
+            let pod_id = id(&format!("spiffe://cluster.local/ns/default/sa/{sa}"));
+            let tls = Arc::new(certs.server_config(&pod_id).await.expect("pod tls"));
+            let server = Server::new(tls, ServerConfig::default(), PodHandler(pod.clone()));
+            tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+            pods.push(pod);
+        }
+        let mesh_yaml = format!(
+            "workloads:\n{workloads}services:\n\
+- name: reviews\n  namespace: default\n  hostname: reviews.default.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports: {{9080: 9080}}\n\
+- name: ratings\n  namespace: default\n  hostname: ratings.default.svc.cluster.local\n  vips: [\"/10.96.0.11\"]\n  ports: {{9080: 9080}}\n\
+- name: echo\n  namespace: default\n  hostname: echo.default.svc.cluster.local\n  vips: [\"/10.96.0.12\"]\n  ports: {{7000: 7000, 7001: 7001}}\n"
+        );
+        let mesh = ambit_mesh::Config::parse(&mesh_yaml, "test").expect("mesh config");
+        let state = Arc::new(RwLock::new(MeshState::from_config(mesh)));
+        let yaml = format!("hbonePort: {hbone_port}\n{routes_yaml}");
+        let routes = RouteConfig::parse(&yaml, "test").expect("routes");
+        let waypoint = Waypoint::new(
+            WaypointConfig::new(waypoint_id()),
+            state,
+            routes,
+            certs.clone(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let waypoint_addr = listener.local_addr().expect("addr");
+        let w = waypoint.clone();
+        tokio::spawn(async move { w.serve(listener, std::future::pending()).await });
+        Self {
+            certs,
+            waypoint,
+            waypoint_addr,
+            pods,
+            pod_ips: ips,
+            hbone_port,
+            flaky,
+        }
+    }
+
+    pub fn pod(&self, version_or_index: usize) -> &Arc<Pod> {
+        &self.pods[version_or_index]
+    }
+
+    /// An HBONE stream to the waypoint for `vip`, as `source`.
+    pub async fn tunnel(&self, source: Identity, vip: &str) -> HboneStream {
+        let client = Client::new(ClientConfig::default(), self.certs.as_ref().clone());
+        let vip: SocketAddr = vip.parse().expect("vip");
+        let mut req = ConnectRequest::new(source, vec![waypoint_id()], self.waypoint_addr, vip);
+        let mut h = ambit_hbone::ConnectHeaders::default();
+        h.forwarded = Some(ambit_hbone::Forwarded::new(
+            "10.1.2.3:40000".parse().expect("addr"),
+        ));
+        req = req.with_headers(h);
+        client.connect(req).await.expect("connect to the waypoint")
+    }
+
+    /// An HTTP/1.1 client over one tunnel.
+    pub async fn http1(
+        &self,
+        source: Identity,
+        vip: &str,
+    ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let stream = self.tunnel(source, vip).await;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("http1 handshake");
+        tokio::spawn(conn);
+        sender
+    }
+}
+
+fn tracing_subscriber_init() {}
+
+/// A response's status, headers and body.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    pub fn header(&self, n: &str) -> &str {
+        self.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(
+    s: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Got {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "reviews:9080");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::new())).expect("request");
+    s.ready().await.expect("ready");
+    let resp = s.send_request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
