@@ -333,6 +333,11 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// The ztunnel processes' pids, in node order.
+    pub fn ztunnel_pids(&mut self) -> Vec<u32> {
+        self.ztunnels.iter_mut().map(|z| z.child().id()).collect()
+    }
+
     /// Stops the control plane (the ztunnels keep their last state).
     pub fn stop_control_plane(&mut self) {
         self.control_plane = None;
@@ -617,4 +622,84 @@ pub fn preflight() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resident memory of a process, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// 1-byte request/response round trips on one open connection: sorted.
+pub fn rtt_1byte(pod: &Pod, to: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let task = pod.spawn_async(move || async move {
+        let mut s = tokio::net::TcpStream::connect(to).await?;
+        s.set_nodelay(true)?;
+        read_line(&mut s).await?;
+        let mut v = Vec::with_capacity(n);
+        let mut b = [0u8; 1];
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(b"x").await?;
+            s.read_exact(&mut b).await?;
+            v.push(t.elapsed());
+        }
+        v.sort();
+        std::io::Result::Ok(v)
+    })?;
+    Ok(task.join()?)
+}
+
+/// New connections per second, each with a greeting read and a 1-byte echo,
+/// for `secs` seconds from one client.
+pub fn conn_rate(pod: &Pod, to: SocketAddr, secs: f64) -> anyhow::Result<f64> {
+    let task = pod.spawn_async(move || async move {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let mut s = tokio::net::TcpStream::connect(to).await?;
+            s.set_nodelay(true)?;
+            read_line(&mut s).await?;
+            s.write_all(b"x").await?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            n += 1;
+        }
+        std::io::Result::Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?;
+    Ok(task.join()?)
+}
+
+/// Opens `n` connections from `pod` to `to` that stay idle until the
+/// returned sender is dropped.
+pub fn hold_idle(
+    pod: &Pod,
+    to: SocketAddr,
+    n: usize,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, usize)> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (otx, orx) = std::sync::mpsc::channel::<usize>();
+    let task = pod.spawn_async(move || async move {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(to).await
+                && read_line(&mut s).await.is_ok()
+            {
+                conns.push(s);
+            }
+        }
+        let _ = otx.send(conns.len());
+        // Idle until told to stop (this thread runs only this task).
+        let _ = rx.recv();
+        drop(conns);
+    })?;
+    std::mem::forget(task);
+    let opened = orx
+        .recv_timeout(Duration::from_secs(60))
+        .context("opening idle connections")?;
+    Ok((tx, opened))
 }
