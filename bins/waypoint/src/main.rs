@@ -124,7 +124,7 @@ fn init_tracing(format: LogFormat) {
 /// Where the mesh state comes from.
 enum Source {
     Local(Config),
-    Xds(ambit_xds::AdsConfig),
+    Xds(Box<ambit_xds::AdsConfig>),
 }
 
 /// Everything read and checked before serving.
@@ -154,7 +154,7 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
                 .then(|| a.auth_token_path.clone());
             c.cluster_id = Some(a.cluster_id.clone());
             c.root_certs_pem = a.xds_root_cert.as_ref().map(read).transpose()?;
-            Source::Xds(c)
+            Source::Xds(Box::new(c))
         }
         (None, None) => anyhow::bail!("no mesh configuration: set XDS_ADDRESS or LOCAL_XDS_PATH"),
     };
@@ -239,7 +239,7 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             use ambit_mesh::xds::{AddressHandler, AuthorizationHandler};
             use ambit_xds::proto::istio::{security::Authorization, workload::Address};
             let address = ads.address.clone();
-            let client = ambit_xds::AdsClient::builder(ads)
+            let client = ambit_xds::AdsClient::builder(*ads)
                 .watch::<Address, _>(
                     ambit_xds::Subscription::Wildcard,
                     AddressHandler(state.clone()),

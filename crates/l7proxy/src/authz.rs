@@ -189,14 +189,15 @@ services:
         sre.insert("x-team", http::HeaderValue::from_static("sre"));
         let none = http::HeaderMap::new();
         let ps = policies();
-        let cases: [(
-            Option<&Identity>,
-            &str,
-            &str,
-            &str,
-            &http::HeaderMap,
+        type Case<'a> = (
+            Option<&'a Identity>,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a http::HeaderMap,
             Verdict,
-        ); 8] = [
+        );
+        let cases: [Case<'_>; 8] = [
             (
                 Some(&sleep),
                 "GET",

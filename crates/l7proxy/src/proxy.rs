@@ -353,8 +353,10 @@ impl Waypoint {
             .copied()
             .unwrap_or(client.ip());
         let routes = self.routes();
-        let mut headers = ConnectHeaders::default();
-        headers.forwarded = Some(Forwarded::new(client));
+        let headers = ConnectHeaders {
+            forwarded: Some(Forwarded::new(client)),
+            ..ConnectHeaders::default()
+        };
         let req = ConnectRequest::new(
             self.inner.cfg.identity.clone(),
             ep.workload.identity().into_iter().collect(),

@@ -233,7 +233,8 @@ services:
 
     #[test]
     fn route_selection_table() {
-        let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             ("GET", "/", &[("end-user", "jason")], "jason"),
             ("GET", "/", &[("end-user", "Jason")], "default"),
             ("DELETE", "/admin/x", &[], "admin-delete"),

@@ -220,7 +220,6 @@ impl Mesh {
     }
 
     pub async fn start_with(routes_yaml: &str, specs: Vec<PodSpec>) -> Self {
-        let _ = tracing_subscriber_init();
         let ca = Arc::new(LocalCa::generate("cluster.local").expect("ca"));
         let certs = Arc::new(CertManager::new(ca, ManagerConfig::default()));
         let (ips, listeners, hbone_port) = bind_pods(specs.len()).await;
@@ -288,10 +287,12 @@ impl Mesh {
         let client = Client::new(ClientConfig::default(), self.certs.as_ref().clone());
         let vip: SocketAddr = vip.parse().expect("vip");
         let mut req = ConnectRequest::new(source, vec![waypoint_id()], self.waypoint_addr, vip);
-        let mut h = ambit_hbone::ConnectHeaders::default();
-        h.forwarded = Some(ambit_hbone::Forwarded::new(
-            "10.1.2.3:40000".parse().expect("addr"),
-        ));
+        let h = ambit_hbone::ConnectHeaders {
+            forwarded: Some(ambit_hbone::Forwarded::new(
+                "10.1.2.3:40000".parse().expect("addr"),
+            )),
+            ..Default::default()
+        };
         req = req.with_headers(h);
         client.connect(req).await.expect("connect to the waypoint")
     }
@@ -310,8 +311,6 @@ impl Mesh {
         sender
     }
 }
-
-fn tracing_subscriber_init() {}
 
 /// A response's status, headers and body.
 pub struct Got {
