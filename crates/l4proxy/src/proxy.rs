@@ -217,14 +217,14 @@ impl Proxy {
         let l = local.clone();
         let mut rx = stop_rx.clone();
         tasks.spawn(async move {
-            me.accept_outbound(listeners.outbound, capture, l, s1, &mut rx)
+            me.accept_captured(listeners.outbound, false, capture, l, s1, &mut rx)
                 .await
         });
         let me = self.clone();
         let l = local.clone();
         let mut rx = stop_rx.clone();
         tasks.spawn(async move {
-            me.accept_plain(listeners.inbound_plain, capture, l, s2, &mut rx)
+            me.accept_captured(listeners.inbound_plain, true, capture, l, s2, &mut rx)
                 .await
         });
         let me = self.clone();
@@ -283,9 +283,12 @@ impl Proxy {
         }
     }
 
-    async fn accept_outbound(
+    /// Accepts captured connections on 15001 (`inbound == false`) or
+    /// plaintext inbound ones on 15006 (`inbound == true`).
+    async fn accept_captured(
         &self,
         listener: TcpListener,
+        inbound: bool,
         capture: Capture,
         local: Local,
         sockets: Sockets,
@@ -296,25 +299,13 @@ impl Proxy {
             let me = self.clone();
             let sockets = sockets.clone();
             let local = local.clone();
-            Some(async move { me.outbound(tcp, peer, capture, &local, &sockets).await })
-        })
-        .await;
-    }
-
-    async fn accept_plain(
-        &self,
-        listener: TcpListener,
-        capture: Capture,
-        local: Local,
-        sockets: Sockets,
-        stop: &mut watch::Receiver<bool>,
-    ) {
-        let deadline = self.inner.cfg.drain_deadline;
-        Self::accept_loop(listener, stop, deadline, |tcp, peer| {
-            let me = self.clone();
-            let sockets = sockets.clone();
-            let local = local.clone();
-            Some(async move { me.inbound_plain(tcp, peer, capture, &local, &sockets).await })
+            Some(async move {
+                if inbound {
+                    me.inbound_plain(tcp, peer, capture, &local, &sockets).await
+                } else {
+                    me.outbound(tcp, peer, capture, &local, &sockets).await
+                }
+            })
         })
         .await;
     }

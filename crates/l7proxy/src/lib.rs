@@ -13,7 +13,9 @@
 //! ([`metrics`]); [`admin`] serves the admin, metrics and readiness ports.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+/// The small HTTP/1 server behind the admin, metrics and readiness ports,
+/// shared with ztunnel.
+pub use ambit_l4proxy::admin;
 pub mod authz;
 pub mod balance;
 pub mod config;
