@@ -159,7 +159,7 @@ impl AccessLog<'_> {
             direction = self.direction,
             src = %self.src,
             dst = %self.dst,
-            via = ?self.via,
+            via = %self.via.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
             src_identity = self.src_identity.unwrap_or("-"),
             dst_identity = self.dst_identity.unwrap_or("-"),
             bytes_received = self.bytes_received,
