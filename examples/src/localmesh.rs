@@ -166,6 +166,8 @@ pub struct LocalMesh {
     config: ambit_mesh::Config,
     /// Certificate lifetime the ztunnels ask for, seconds.
     secret_ttl: u64,
+    /// The ztunnel binary.
+    bin: PathBuf,
     /// Where configs and logs live.
     pub dir: PathBuf,
     /// The namespaces.
@@ -210,6 +212,7 @@ impl LocalMesh {
             ca: ca.clone(),
             config: config.clone(),
             secret_ttl,
+            bin: ztunnel.to_path_buf(),
             dir,
             cluster,
         };
@@ -331,6 +334,18 @@ impl LocalMesh {
             &self.config,
         )?);
         Ok(())
+    }
+
+    /// Kills node `i`'s ztunnel (SIGKILL: no drain) and starts a new one,
+    /// returning once it is ready again.
+    pub fn restart_ztunnel(&mut self, i: usize) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        // The old process goes first: the new one binds the same ports.
+        drop(self.ztunnels.remove(i));
+        let new = self.spawn_ztunnel(&bin, i, NODES[i])?;
+        self.ztunnels.insert(i, new);
+        wait_ready(self.cluster.pod(i, 0).ns(), Duration::from_secs(20))
+            .with_context(|| format!("restarted ztunnel on {} did not become ready", NODES[i]))
     }
 
     /// The ztunnel processes' pids, in node order.

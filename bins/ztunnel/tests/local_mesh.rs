@@ -283,3 +283,26 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
     ping(&tx, &rx, b"after rotation");
     drop(tx);
 }
+
+#[test]
+fn ztunnel_restart_reestablishes_traffic() {
+    let mut m = mesh();
+    let pp: SocketAddr = "10.244.1.3:9080".parse().expect("addr");
+    assert_eq!(
+        localmesh::drive(m.sleep(), pp, 3, 0).expect("drive").errors,
+        0
+    );
+    // A crash: node b's ztunnel is killed without draining, then replaced.
+    // Its rules stay in place and point at the new process, which binds the
+    // same transparent listeners; new connections work again.
+    m.restart_ztunnel(1).expect("restart");
+    let f = localmesh::drive(m.sleep(), pp, 10, 1 << 20).expect("drive");
+    assert_eq!(f.errors, 0, "{f:?}");
+    assert!(
+        f.greetings
+            .iter()
+            .all(|g| g.ends_with("saw source 10.244.0.3")),
+        "{:?}",
+        f.greetings
+    );
+}
