@@ -26,6 +26,7 @@ mod client;
 mod config;
 mod copy;
 pub mod headers;
+mod rewind;
 mod server;
 mod stream;
 
@@ -42,6 +43,7 @@ pub use self::{
     headers::{
         Authority, AuthorityOptions, Baggage, ConnectHeaders, Forwarded, HeaderError, TraceParent,
     },
+    rewind::Rewind,
     server::{
         BoxFuture, Decision, Handler, HandlerFn, InboundRequest, Rejection, Server, ServerError,
         StreamTask, handler_fn,
