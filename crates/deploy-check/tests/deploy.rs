@@ -280,8 +280,8 @@ fn catches_drift_between_manifests_and_binaries() {
     // A flag the binary does not have.
     let p = broken(
         "istio-cni.yaml",
-        "args: [\"run\"]",
-        "args: [\"run\", \"--pod-sauce=kubernetes\"]",
+        "\"--keep-rules\"]",
+        "\"--keep-rules\", \"--pod-sauce=kubernetes\"]",
     );
     assert_caught(&p, &["flag --pod-sauce is not one cni-node accepts"]);
     // RBAC: the agent cannot watch namespaces.
