@@ -118,6 +118,14 @@ struct Args {
     /// SO_MARK of every in-pod socket, so the pod's rules let it pass.
     #[arg(long, env = "INPOD_MARK", default_value_t = ambit_l4proxy::INPOD_MARK)]
     inpod_mark: u32,
+    /// Open istio/ztunnel's SOCKS5 listener (RFC 1928, no authentication,
+    /// CONNECT): local apps reach the mesh without capture (node mode).
+    #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", default_value_t = false, action = clap::ArgAction::Set)]
+    enable_socks5: bool,
+    /// Where the SOCKS5 listener binds (keep it on localhost: it has no
+    /// authentication).
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    socks5_address: SocketAddr,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -304,6 +312,22 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         bind(a.stats_addr).await?,
         bind(a.readiness_addr).await?,
     );
+    let socks5 = match (a.enable_socks5, a.inpod) {
+        (false, _) => None,
+        (true, true) => {
+            tracing::warn!("UNSTABLE_ENABLE_SOCKS5 is ignored in in-pod mode");
+            None
+        }
+        (true, false) => {
+            let l = bind(a.socks5_address).await?;
+            Some(tokio::spawn({
+                let (proxy, sockets) = (proxy.clone(), sockets.clone());
+                let local = Local::Node(a.node_name.clone());
+                let stop = stopped(stop_rx.clone());
+                async move { proxy.serve_socks5(l, local, sockets, stop).await }
+            }))
+        }
+    };
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(admin::serve(
@@ -346,6 +370,7 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         admin = %a.admin_addr,
         stats = %a.stats_addr,
         readiness = %a.readiness_addr,
+        socks5 = %if a.enable_socks5 { a.socks5_address.to_string() } else { "off".into() },
         "ztunnel ready"
     );
 
@@ -375,6 +400,9 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
     serve.await;
+    if let Some(s) = socks5 {
+        let _ = s.await;
+    }
     tracing::info!("ztunnel stopped");
     Ok(())
 }

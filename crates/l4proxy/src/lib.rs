@@ -9,7 +9,9 @@
 //! the pod, spoofing the original source; plaintext on 15006 from outside
 //! the mesh is authorized the same way. Decisions are plain values made
 //! without I/O; [`Proxy`] carries them out. Admin (15000), metrics (15020,
-//! Istio's metric names) and readiness (15021) are in [`admin`].
+//! Istio's metric names) and readiness (15021) are in [`admin`]. The
+//! opt-in SOCKS5 front door (15080, [`socks5`]) feeds the same outbound
+//! path as capture.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,6 +20,7 @@ pub mod metrics;
 mod proxy;
 pub mod route;
 mod sockets;
+pub mod socks5;
 
 pub use self::{
     inpod::{INPOD_MARK, InPod},

@@ -21,6 +21,83 @@ use crate::admin::{Responder, reply};
 use crate::metrics::{AccessLog, Metrics, TcpLabels};
 use crate::route::{self, Inbound, Outbound, Ports};
 use crate::sockets::{Sockets, original_dst};
+use crate::socks5::{self, Reply};
+
+/// How an outbound connection reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Captured on 15001: the app does not know the proxy is there.
+    Captured,
+    /// Through the SOCKS5 listener: the app waits for a reply before its
+    /// bytes flow, and asked for the mesh path explicitly.
+    Socks5,
+}
+
+/// The far side of an outbound connection, once connected.
+enum Upstream {
+    Tcp(TcpStream),
+    Hbone(Box<ambit_hbone::HboneStream>),
+}
+
+impl Upstream {
+    /// The local address of the hop (SOCKS5's BND.ADDR).
+    fn bound(&self) -> SocketAddr {
+        match self {
+            Self::Tcp(s) => s.local_addr().unwrap_or_else(|_| socks5::unspecified()),
+            Self::Hbone(_) => socks5::unspecified(),
+        }
+    }
+
+    /// Copies both ways between the client and this upstream: bytes
+    /// received from the client, bytes sent to it.
+    async fn copy_with(self, client: &mut TcpStream) -> Result<(u64, u64), String> {
+        let r = match self {
+            Self::Tcp(mut up) => copy_bidirectional(client, &mut up).await,
+            Self::Hbone(mut up) => copy_bidirectional(client, &mut *up).await,
+        };
+        r.map(|s| (s.a_to_b, s.b_to_a)).map_err(|e| e.to_string())
+    }
+}
+
+/// Why an outbound connection could not be made: for the access log, and
+/// the SOCKS5 reply it becomes.
+struct Failure {
+    reason: String,
+    reply: Reply,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>, reply: Reply) -> Self {
+        Self {
+            reason: reason.into(),
+            reply,
+        }
+    }
+
+    fn io(what: String, e: &std::io::Error) -> Self {
+        Self::new(format!("{what}: {e}"), Reply::for_io(e))
+    }
+
+    /// An HBONE failure: the far ztunnel's 401 is a policy refusal, its
+    /// 503 a refused or unknown upstream.
+    fn hbone(address: SocketAddr, e: &ambit_hbone::ClientError) -> Self {
+        use ambit_hbone::ClientError as E;
+        let reply = match e {
+            E::Status { status, .. } if status.as_u16() == 401 || status.as_u16() == 403 => {
+                Reply::NotAllowed
+            }
+            E::Status { status, .. } if status.as_u16() == 503 => Reply::ConnectionRefused,
+            E::Connect { source, .. } => Reply::for_io(source),
+            E::ConnectTimeout { .. } => Reply::TtlExpired,
+            E::Tls { .. } | E::TlsConfig { .. } => Reply::NotAllowed,
+            _ => Reply::GeneralFailure,
+        };
+        Self::new(format!("hbone connect {address}: {e}"), reply)
+    }
+}
+
+/// The longest a SOCKS5 client may take to greet and send its request.
+const SOCKS5_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How captured connections arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +312,97 @@ impl Proxy {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Serves SOCKS5 on `listener` (istio/ztunnel's opt-in
+    /// `127.0.0.1:15080`) until `shutdown`, then lets connections finish
+    /// for up to the drain deadline. Each client does the RFC 1928
+    /// handshake (no authentication, CONNECT to an IPv4 or IPv6 address or
+    /// a hostname resolved from the mesh state, see
+    /// [`route::resolve_host`]); its connection then takes the outbound
+    /// path of a captured one, with the source workload chosen by
+    /// [`route::socks5_source`], and the reply reports how connecting went.
+    pub async fn serve_socks5(
+        &self,
+        listener: TcpListener,
+        local: Local,
+        sockets: Sockets,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let deadline = self.inner.cfg.drain_deadline;
+        let accept = Self::accept_loop(listener, &mut stop_rx, deadline, |tcp, peer| {
+            let me = self.clone();
+            let sockets = sockets.clone();
+            let local = local.clone();
+            Some(async move { me.socks5(tcp, peer, &local, &sockets).await })
+        });
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(accept, stop);
+    }
+
+    /// One SOCKS5 client: handshake, resolve, then the outbound path.
+    async fn socks5(&self, mut tcp: TcpStream, peer: SocketAddr, local: &Local, sockets: &Sockets) {
+        let _ = tcp.set_nodelay(true);
+        let handshake = async {
+            socks5::read_greeting(&mut tcp).await?;
+            socks5::read_request(&mut tcp).await
+        };
+        let requested = match tokio::time::timeout(SOCKS5_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "socks5 handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "socks5 handshake timed out");
+                return;
+            }
+        };
+        let (dst, source) = {
+            let net = &self.inner.cfg.network;
+            let Ok(st) = self.inner.state.read() else {
+                let _ = socks5::send_reply(&mut tcp, Reply::GeneralFailure, socks5::unspecified())
+                    .await;
+                return;
+            };
+            let dst = match &requested {
+                socks5::Address::Ip(a) => Some(*a),
+                socks5::Address::Domain(host, port) => {
+                    route::resolve_host(&st, net, host).map(|ip| SocketAddr::new(ip, *port))
+                }
+            };
+            let pod_uid = match local {
+                Local::Pod { uid, .. } => Some(uid.as_str()),
+                Local::Node(_) => None,
+            };
+            let source = route::socks5_source(&st, net, &|w| local.contains(w), pod_uid, peer.ip());
+            (dst, source)
+        };
+        let Some(dst) = dst else {
+            tracing::debug!(%peer, %requested, "socks5: unknown host");
+            let _ =
+                socks5::send_reply(&mut tcp, Reply::HostUnreachable, socks5::unspecified()).await;
+            AccessLog {
+                direction: "outbound",
+                src: peer,
+                dst: socks5::unspecified(),
+                via: None,
+                src_identity: None,
+                dst_identity: None,
+                bytes_received: 0,
+                bytes_sent: 0,
+                duration: Duration::ZERO,
+                reason: &format!("socks5: unknown host {requested}"),
+            }
+            .emit();
+            return;
+        };
+        self.outbound_to(tcp, peer, dst, source, Entry::Socks5, local, sockets)
+            .await;
+    }
+
     async fn accept_loop<F, Fut>(
         listener: TcpListener,
         stop: &mut watch::Receiver<bool>,
@@ -423,13 +591,12 @@ impl Proxy {
     /// A captured outbound connection.
     async fn outbound(
         &self,
-        mut tcp: TcpStream,
+        tcp: TcpStream,
         peer: SocketAddr,
         capture: Capture,
         local: &Local,
         sockets: &Sockets,
     ) {
-        let started = Instant::now();
         let _ = tcp.set_nodelay(true);
         let dst = match capture {
             Capture::Tproxy => tcp.local_addr(),
@@ -439,24 +606,53 @@ impl Proxy {
             tracing::warn!(%peer, "no original destination for a captured connection");
             return;
         };
-        let net = self.inner.cfg.network.clone();
-        let (source, plan) = {
+        let source = {
+            let net = &self.inner.cfg.network;
             let Ok(st) = self.inner.state.read() else {
                 return;
             };
-            let source = match local {
-                Local::Node(_) => st.workload_by_ip(&net, peer.ip()),
+            match local {
+                Local::Node(_) => st.workload_by_ip(net, peer.ip()),
                 Local::Pod { uid, .. } => st.workload(uid).or_else(|| {
-                    st.workload_by_ip(&net, peer.ip())
+                    st.workload_by_ip(net, peer.ip())
                         .filter(|w| local.contains(w))
                 }),
+            }
+        };
+        self.outbound_to(tcp, peer, dst, source, Entry::Captured, local, sockets)
+            .await;
+    }
+
+    /// Carries one outbound connection from `source` (at `peer`) to `dst`:
+    /// the route decision, authorization on the same-node path, metrics,
+    /// the access log, and HBONE or plain TCP. Every outbound connection
+    /// goes through here, captured or arriving over SOCKS5.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn outbound_to(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        source: Option<Arc<Workload>>,
+        entry: Entry,
+        local: &Local,
+        sockets: &Sockets,
+    ) {
+        let started = Instant::now();
+        let net = self.inner.cfg.network.clone();
+        let plan = {
+            let Ok(st) = self.inner.state.read() else {
+                return;
             };
-            let plan = route::outbound(&st, &net, &self.inner.cfg.ports, source.as_deref(), dst);
-            (source, plan)
+            route::outbound(&st, &net, &self.inner.cfg.ports, source.as_deref(), dst)
         };
         let src_id = source.as_ref().and_then(|w| w.identity());
         let src_id_s = src_id.as_ref().map(|i| i.as_str().to_owned());
-        let (mut labels, via, result) = match plan {
+        // The same-node shortcut skips the tunnel for captured traffic; a
+        // SOCKS5 client asked for the mesh path, so it gets HBONE even to a
+        // workload on this node (as istio/ztunnel does in-pod).
+        let shortcut = entry == Entry::Captured;
+        let (mut labels, via, connected) = match plan {
             Outbound::Reject(why) => {
                 let mut l = self.labels(
                     "source",
@@ -467,7 +663,12 @@ impl Proxy {
                     false,
                 );
                 l.response_flags = "REJECT".into();
-                (l, None, Err(why.to_owned()))
+                let reply = if why.contains("ztunnel port") {
+                    Reply::NotAllowed
+                } else {
+                    Reply::HostUnreachable
+                };
+                (l, None, Err(Failure::new(why, reply)))
             }
             Outbound::Passthrough {
                 address,
@@ -485,11 +686,8 @@ impl Proxy {
                 );
                 self.inner.metrics.opened(&l);
                 let r = match sockets.connect(address, None).await {
-                    Ok(mut up) => copy_bidirectional(&mut tcp, &mut up)
-                        .await
-                        .map(|s| (s.a_to_b, s.b_to_a))
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("connect {address}: {e}")),
+                    Ok(up) => Ok(Upstream::Tcp(up)),
+                    Err(e) => Err(Failure::io(format!("connect {address}"), &e)),
                 };
                 (l, Some(address), r)
             }
@@ -499,7 +697,7 @@ impl Proxy {
                 service,
                 waypoint: false,
                 ..
-            } if local.contains(&w) => {
+            } if shortcut && local.contains(&w) => {
                 // Same node: no wire to cross, so no tunnel; the inbound
                 // checks run here and the workload is dialled directly.
                 let svc = service.as_ref().map(|s| s.hostname.clone());
@@ -530,20 +728,17 @@ impl Proxy {
                         self.inner.metrics.opened(&l);
                         let spoof = self.inner.cfg.spoof_source.then_some(peer.ip());
                         match sockets.connect(target, spoof).await {
-                            Ok(mut up) => copy_bidirectional(&mut tcp, &mut up)
-                                .await
-                                .map(|s| (s.a_to_b, s.b_to_a))
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(format!("connect {target}: {e}")),
+                            Ok(up) => Ok(Upstream::Tcp(up)),
+                            Err(e) => Err(Failure::io(format!("connect {target}"), &e)),
                         }
                     }
                     Inbound::Denied(reason) => {
                         l.response_flags = "REJECT".into();
-                        Err(format!("DENY {reason:?}"))
+                        Err(Failure::new(format!("DENY {reason:?}"), Reply::NotAllowed))
                     }
                     Inbound::NotLocal(why) => {
                         l.response_flags = "REJECT".into();
-                        Err(why.to_owned())
+                        Err(Failure::new(why, Reply::HostUnreachable))
                     }
                 };
                 (l, Some(authority), r)
@@ -567,7 +762,10 @@ impl Proxy {
                 );
                 self.inner.metrics.opened(&l);
                 let r = match src_id.clone() {
-                    None => Err("source workload has no identity".to_owned()),
+                    None => Err(Failure::new(
+                        "source workload has no identity",
+                        Reply::NotAllowed,
+                    )),
                     Some(src) => {
                         let headers = ConnectHeaders {
                             forwarded: Some(Forwarded::new(peer)),
@@ -576,15 +774,32 @@ impl Proxy {
                         let req = ConnectRequest::new(src, identities, address, authority)
                             .with_headers(headers);
                         match self.inner.client.connect(req).await {
-                            Ok(mut stream) => copy_bidirectional(&mut tcp, &mut stream)
-                                .await
-                                .map(|s| (s.a_to_b, s.b_to_a))
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(format!("hbone connect {address}: {e}")),
+                            Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
+                            Err(e) => Err(Failure::hbone(address, &e)),
                         }
                     }
                 };
                 (l, Some(address), r)
+            }
+        };
+        let result = match connected {
+            Ok(up) => {
+                let announced = match entry {
+                    Entry::Captured => Ok(()),
+                    Entry::Socks5 => {
+                        socks5::send_reply(&mut tcp, Reply::Succeeded, up.bound()).await
+                    }
+                };
+                match announced {
+                    Ok(()) => up.copy_with(&mut tcp).await,
+                    Err(e) => Err(format!("socks5 reply: {e}")),
+                }
+            }
+            Err(f) => {
+                if entry == Entry::Socks5 {
+                    let _ = socks5::send_reply(&mut tcp, f.reply, socks5::unspecified()).await;
+                }
+                Err(f.reason)
             }
         };
         let (rx, tx, reason) = match &result {

@@ -261,6 +261,82 @@ pub fn inbound(
     }
 }
 
+/// Resolves a hostname a SOCKS5 client asked for, from the mesh state
+/// rather than DNS (the way ztunnel's DNS proxy answers for the mesh):
+/// a service hostname (`name.ns.svc.cluster.local`, or the Kubernetes short
+/// forms `name.ns` and `name.ns.svc`) → the service's VIP on `network`
+/// (or its first VIP); otherwise a workload's `hostname` → its first
+/// address. Case-insensitive; a trailing dot is ignored. `None` when the
+/// mesh does not know the name.
+pub fn resolve_host(state: &MeshState, network: &str, host: &str) -> Option<std::net::IpAddr> {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    let vip = |s: &Service| {
+        s.vips
+            .iter()
+            .find(|(n, _)| n == network)
+            .or_else(|| s.vips.first())
+            .map(|(_, ip)| *ip)
+    };
+    let short = |s: &Service| {
+        let ns = format!("{}.{}", s.name, s.namespace).to_ascii_lowercase();
+        host == ns || host.strip_suffix(".svc") == Some(ns.as_str())
+    };
+    // The usual form, `name.ns.svc.<domain>`, is one keyed lookup.
+    let mut labels = host.split('.');
+    if let (Some(_), Some(ns)) = (labels.next(), labels.next())
+        && let Some(svc) = state.service(&format!("{ns}/{host}"))
+        && let Some(ip) = vip(&svc)
+    {
+        return Some(ip);
+    }
+    if let Some(ip) = state
+        .services()
+        .filter(|s| s.hostname.eq_ignore_ascii_case(&host) || short(s))
+        .find_map(|s| vip(s))
+    {
+        return Some(ip);
+    }
+    state
+        .workloads()
+        .filter(|w| !w.hostname.is_empty() && w.hostname.eq_ignore_ascii_case(&host))
+        .filter(|w| w.network == network)
+        .find_map(|w| w.addresses.first().copied())
+}
+
+/// The source workload of a SOCKS5 client at `peer_ip`. In-pod
+/// (`pod_uid`), the pod the listener serves. Otherwise the local workload
+/// at that address; a client on loopback has none, so the node's only
+/// local workload with an identity is used when there is exactly one.
+/// `None` leaves the connection without a source identity (HBONE is then
+/// refused, plain TCP still works).
+pub fn socks5_source(
+    state: &MeshState,
+    network: &str,
+    is_local: &dyn Fn(&Workload) -> bool,
+    pod_uid: Option<&str>,
+    peer_ip: std::net::IpAddr,
+) -> Option<Arc<Workload>> {
+    if let Some(w) = pod_uid.and_then(|uid| state.workload(uid)) {
+        return Some(w);
+    }
+    if let Some(w) = state
+        .workload_by_ip(network, peer_ip)
+        .filter(|w| is_local(w))
+    {
+        return Some(w);
+    }
+    let mut local = state
+        .workloads()
+        .filter(|w| is_local(w) && w.identity().is_some());
+    match (local.next(), local.next()) {
+        (Some(only), None) => Some(only.clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +489,42 @@ policies:
             inbound(&s, "", &p, addr("10.244.1.2:15008"), Some(&id), src, &on_b),
             Inbound::NotLocal(_)
         ));
+    }
+
+    #[test]
+    fn socks5_hostnames_resolve_from_the_mesh() {
+        let s = state();
+        let ip = |x: &str| Some(x.parse::<std::net::IpAddr>().expect("ip"));
+        for host in [
+            "pp.default.svc.cluster.local",
+            "PP.default.svc.cluster.local.",
+            "pp.default",
+            "pp.default.svc",
+        ] {
+            assert_eq!(resolve_host(&s, "", host), ip("10.96.0.10"), "{host}");
+        }
+        assert_eq!(resolve_host(&s, "", "sleep.default"), None);
+        assert_eq!(resolve_host(&s, "", "example.com"), None);
+        assert_eq!(resolve_host(&s, "", ""), None);
+        assert_eq!(resolve_host(&s, "", "."), None);
+    }
+
+    #[test]
+    fn socks5_source_table() {
+        let s = state();
+        let on_a = |w: &Workload| w.node == "a";
+        let loopback = "127.0.0.1".parse().expect("ip");
+        // The peer's own workload address.
+        let w = socks5_source(&s, "", &on_a, None, "10.244.0.3".parse().expect("ip"));
+        assert_eq!(w.map(|w| w.uid.clone()).as_deref(), Some("sleep"));
+        // Loopback on a node with two identified workloads: ambiguous.
+        assert!(socks5_source(&s, "", &on_a, None, loopback).is_none());
+        // In-pod: the pod the listener serves, whatever the peer address.
+        let w = socks5_source(&s, "", &|_| false, Some("pp-v1"), loopback);
+        assert_eq!(w.map(|w| w.uid.clone()).as_deref(), Some("pp-v1"));
+        // Exactly one local workload: it is the source.
+        let only_sleep = |w: &Workload| w.uid == "sleep";
+        let w = socks5_source(&s, "", &only_sleep, None, loopback);
+        assert_eq!(w.map(|w| w.uid.clone()).as_deref(), Some("sleep"));
     }
 }
