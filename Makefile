@@ -19,3 +19,9 @@ deps:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+# The mesh benchmark (as root): ztunnel vs direct TCP, same run; table and target/bench-mesh.json.
+.PHONY: bench
+bench:
+	$(CARGO) build --release -p ztunnel
+	$(CARGO) run --release -p ambit-examples --example bench-mesh

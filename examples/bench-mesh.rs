@@ -1,0 +1,690 @@
+//! The mesh benchmark: every figure through ztunnel against the same
+//! traffic without it, in the same run, in alternating rounds.
+//!
+//! Default (loopback): a private network namespace (only `lo`) holds the
+//! real `ztunnel` binary in local mode — `LOCAL_XDS_PATH` with one workload
+//! on 127.0.0.1, a CA generated here (`LOCAL_CA_CERT`/`LOCAL_CA_KEY`),
+//! `UNSTABLE_ENABLE_SOCKS5=true` — an echo server and a bulk server. Meshed
+//! clients go through SOCKS5 on 127.0.0.1:15080; the destination is the
+//! local workload, so each connection is outbound → HBONE (mTLS, HTTP/2)
+//! to 127.0.0.1:15008 → inbound authorization → the server: both ends of
+//! the tunnel run in the one ztunnel process. Direct clients connect to
+//! the servers themselves.
+//!
+//! `--capture`: the same measurements over the two-node capture topology of
+//! `ambit_examples::localmesh` (client pod → captured → ztunnel A → HBONE →
+//! ztunnel B → server pod; direct: a pod outside the mesh to a server
+//! outside the mesh on the other node). There the servers are the local
+//! mesh's apps (a greeting line, then echo), so bulk is an echo: the
+//! figure counts the bytes sent once.
+//!
+//! ```text
+//! cargo build --release -p ztunnel
+//! cargo run --release -p ambit-examples --example bench-mesh -- [--capture] [--json FILE]
+//! ```
+//! Run as root (namespaces). Prints a table and writes the same as JSON.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ambit_examples::localmesh::{self, DEFAULT_MESH, DIRECT_SERVER, LocalMesh};
+use ambit_netns::NetNs;
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::json;
+
+/// Mesh benchmark: ztunnel vs direct TCP, same run, alternating rounds.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Use the two-node netns capture topology instead of loopback SOCKS5.
+    #[arg(long)]
+    capture: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench-mesh.json")]
+    json: PathBuf,
+    /// Rounds of each measurement, direct and meshed alternating.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Bytes per bulk round, MiB.
+    #[arg(long, default_value_t = 1024)]
+    bulk_mib: usize,
+    /// 1-byte round trips per round.
+    #[arg(long, default_value_t = 5000)]
+    round_trips: usize,
+    /// Seconds per connection-rate round.
+    #[arg(long, default_value_t = 1.5)]
+    conn_secs: f64,
+    /// The ztunnel binary (default: next to this example's directory,
+    /// i.e. target/release/ztunnel; or $AMBIT_ZTUNNEL).
+    #[arg(long)]
+    ztunnel: Option<PathBuf>,
+}
+
+/// The loopback servers' ports.
+const ECHO_PORT: u16 = 7000;
+const BULK_PORT: u16 = 7001;
+const SOCKS: &str = "127.0.0.1:15080";
+
+/// The one workload of the loopback mesh.
+const LOOPBACK_MESH: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/default/bench
+  name: bench
+  namespace: default
+  serviceAccount: bench
+  workloadIps: ["127.0.0.1"]
+  protocol: HBONE
+  node: local
+"#;
+
+/// How clients reach the servers (direct or meshed).
+trait Client {
+    /// One connection, `bytes` one way; MB/s.
+    fn bulk(&self, bytes: u64) -> anyhow::Result<f64>;
+    /// `n` 1-byte round trips on one open connection, sorted, µs.
+    fn rtt(&self, n: usize) -> anyhow::Result<Vec<f64>>;
+    /// New connections per second with a 1-byte echo each, from
+    /// `threads` clients for `secs`.
+    fn conn_rate(&self, secs: f64, threads: usize) -> anyhow::Result<f64>;
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    localmesh::preflight()?;
+    let bin = ztunnel_bin(args.ztunnel.clone())?;
+    let results = if args.capture {
+        run_capture(&args, &bin)?
+    } else {
+        run_loopback(&args, &bin)?
+    };
+    print_table(&results, &args);
+    if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(
+        &args.json,
+        serde_json::to_string_pretty(&results.to_json(&args))?,
+    )
+    .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("JSON: {}", args.json.display());
+    Ok(())
+}
+
+fn ztunnel_bin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = given
+        .or_else(|| std::env::var_os("AMBIT_ZTUNNEL").map(PathBuf::from))
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("ztunnel"))
+        })
+        .unwrap_or_default();
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p ztunnel (or pass --ztunnel)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A measure's name, its (direct, meshed) rounds, and whether higher is better.
+type Row<'a> = (&'static str, &'a (Vec<f64>, Vec<f64>), bool);
+
+/// Figures of one run.
+#[derive(Debug, Default)]
+struct Results {
+    mode: &'static str,
+    bulk: (Vec<f64>, Vec<f64>),
+    rtt_p50: (Vec<f64>, Vec<f64>),
+    rtt_p99: (Vec<f64>, Vec<f64>),
+    conn_seq: (Vec<f64>, Vec<f64>),
+    conn_par: (Vec<f64>, Vec<f64>),
+    rss_idle_kib: u64,
+    rss_bulk_kib: u64,
+    cpu_s_per_gb: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+fn pct(sorted: &[f64], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+impl Results {
+    fn rows(&self) -> Vec<Row<'_>> {
+        // (name, (direct, meshed), higher is better)
+        vec![
+            ("bulk, 1 connection, MB/s", &self.bulk, true),
+            ("1-byte round trip p50, µs", &self.rtt_p50, false),
+            ("1-byte round trip p99, µs", &self.rtt_p99, false),
+            ("new connections/s, 1 client", &self.conn_seq, true),
+            ("new connections/s, 4 clients", &self.conn_par, true),
+        ]
+    }
+
+    fn to_json(&self, args: &Args) -> serde_json::Value {
+        let mut metrics = serde_json::Map::new();
+        for (name, (d, m), higher) in self.rows() {
+            let (dmin, dmax) = min_max(d);
+            let (mmin, mmax) = min_max(m);
+            metrics.insert(
+                name.into(),
+                json!({
+                    "direct": {"median": median(d), "min": dmin, "max": dmax, "rounds": d},
+                    "meshed": {"median": median(m), "min": mmin, "max": mmax, "rounds": m},
+                    "ratio": median(m) / median(d),
+                    "higher_is_better": higher,
+                }),
+            );
+        }
+        let (cmin, cmax) = min_max(&self.cpu_s_per_gb);
+        json!({
+            "mode": self.mode,
+            "rounds": args.rounds,
+            "bulk_bytes": (args.bulk_mib as u64) << 20,
+            "metrics": metrics,
+            "ztunnel": {
+                "rss_idle_kib": self.rss_idle_kib,
+                "rss_under_bulk_kib": self.rss_bulk_kib,
+                "cpu_seconds_per_gb": {"median": median(&self.cpu_s_per_gb), "min": cmin, "max": cmax, "rounds": self.cpu_s_per_gb},
+            },
+        })
+    }
+}
+
+fn print_table(r: &Results, args: &Args) {
+    println!(
+        "\nbench-mesh ({}; {} rounds each, direct and meshed alternating; medians, [min–max])",
+        r.mode, args.rounds
+    );
+    println!(
+        "{:<30} {:>24} {:>24} {:>8}",
+        "measure", "direct", "meshed", "ratio"
+    );
+    for (name, (d, m), _) in r.rows() {
+        let (dmin, dmax) = min_max(d);
+        let (mmin, mmax) = min_max(m);
+        let f = |x: f64| {
+            if x >= 100.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1}")
+            }
+        };
+        println!(
+            "{:<30} {:>24} {:>24} {:>7.2}x",
+            name,
+            format!("{} [{}–{}]", f(median(d)), f(dmin), f(dmax)),
+            format!("{} [{}–{}]", f(median(m)), f(mmin), f(mmax)),
+            median(m) / median(d)
+        );
+    }
+    let (cmin, cmax) = min_max(&r.cpu_s_per_gb);
+    println!(
+        "ztunnel RSS: idle {:.1} MB, under bulk {:.1} MB (peak); CPU {:.2} s/GB [{:.2}–{:.2}]",
+        r.rss_idle_kib as f64 / 1024.0,
+        r.rss_bulk_kib as f64 / 1024.0,
+        median(&r.cpu_s_per_gb),
+        cmin,
+        cmax
+    );
+}
+
+/// Runs every measurement, alternating direct and meshed rounds; samples
+/// the ztunnel processes' memory and CPU around the meshed bulk rounds.
+fn measure(
+    args: &Args,
+    mode: &'static str,
+    direct: &dyn Client,
+    meshed: &dyn Client,
+    pids: &[u32],
+) -> anyhow::Result<Results> {
+    let mut r = Results {
+        mode,
+        ..Results::default()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    r.rss_idle_kib = pids.iter().filter_map(|p| localmesh::rss_kib(*p)).sum();
+    let bytes = (args.bulk_mib as u64) << 20;
+    // Warm up: certificates, pooled HBONE connection, caches.
+    meshed.rtt(100)?;
+    direct.rtt(100)?;
+    for round in 0..args.rounds {
+        eprintln!("[bench] round {}/{}", round + 1, args.rounds);
+        r.bulk.0.push(direct.bulk(bytes)?);
+        let cpu0 = cpu_seconds(pids);
+        let sampler = RssSampler::start(pids.to_vec());
+        r.bulk.1.push(meshed.bulk(bytes)?);
+        r.rss_bulk_kib = r.rss_bulk_kib.max(sampler.stop());
+        let cpu = cpu_seconds(pids) - cpu0;
+        r.cpu_s_per_gb.push(cpu / (bytes as f64 / 1e9));
+
+        let d = direct.rtt(args.round_trips)?;
+        let m = meshed.rtt(args.round_trips)?;
+        r.rtt_p50.0.push(pct(&d, 50));
+        r.rtt_p99.0.push(pct(&d, 99));
+        r.rtt_p50.1.push(pct(&m, 50));
+        r.rtt_p99.1.push(pct(&m, 99));
+
+        r.conn_seq.0.push(direct.conn_rate(args.conn_secs, 1)?);
+        r.conn_seq.1.push(meshed.conn_rate(args.conn_secs, 1)?);
+        r.conn_par.0.push(direct.conn_rate(args.conn_secs, 4)?);
+        r.conn_par.1.push(meshed.conn_rate(args.conn_secs, 4)?);
+    }
+    Ok(r)
+}
+
+/// utime + stime of the processes, seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick = clock_ticks();
+    pids.iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may contain spaces).
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // rest[0] is field 3 (state); utime is field 14, stime 15.
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / tick)
+        })
+        .sum()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Peak RSS of some processes, sampled every 20 ms until stopped.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pids: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let now: u64 = pids.iter().filter_map(|p| localmesh::rss_kib(*p)).sum();
+                p.fetch_max(now, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------- loopback
+
+/// A client of the loopback servers, in the benchmark's namespace:
+/// directly, or through SOCKS5 (greeting, request and first bytes sent in
+/// one write, as optimistic SOCKS clients do).
+struct Loopback {
+    ns: Arc<NetNs>,
+    socks: bool,
+}
+
+impl Loopback {
+    /// A connection to `port` on 127.0.0.1 (call on a thread in the netns).
+    fn open(&self, port: u16, first: &[u8]) -> std::io::Result<TcpStream> {
+        let dst: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        if !self.socks {
+            let mut s = TcpStream::connect(dst)?;
+            s.set_nodelay(true)?;
+            if !first.is_empty() {
+                s.write_all(first)?;
+            }
+            return Ok(s);
+        }
+        let mut s = TcpStream::connect(SOCKS)?;
+        s.set_nodelay(true)?;
+        let mut hello = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
+        hello.extend_from_slice(&port.to_be_bytes());
+        hello.extend_from_slice(first);
+        s.write_all(&hello)?;
+        let mut reply = [0u8; 12];
+        s.read_exact(&mut reply)?;
+        if reply[..2] != [5, 0] || reply[3] != 0 {
+            return Err(std::io::Error::other(format!(
+                "socks5 refused: {:02x?}",
+                &reply
+            )));
+        }
+        Ok(s)
+    }
+
+    fn in_ns<T: Send>(&self, f: impl FnOnce() -> std::io::Result<T> + Send) -> anyhow::Result<T> {
+        Ok(self.ns.run(f)??)
+    }
+}
+
+impl Client for Loopback {
+    fn bulk(&self, bytes: u64) -> anyhow::Result<f64> {
+        self.in_ns(|| {
+            let t = Instant::now();
+            let mut s = self.open(BULK_PORT, &[])?;
+            let chunk = vec![0x5au8; 256 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                s.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            s.shutdown(Shutdown::Write)?;
+            let mut ack = [0u8; 8];
+            s.read_exact(&mut ack)?;
+            let got = u64::from_be_bytes(ack);
+            if got != bytes {
+                return Err(std::io::Error::other(format!(
+                    "bulk server got {got} of {bytes}"
+                )));
+            }
+            Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e6)
+        })
+    }
+
+    fn rtt(&self, n: usize) -> anyhow::Result<Vec<f64>> {
+        self.in_ns(|| {
+            let mut s = self.open(ECHO_PORT, &[])?;
+            let mut v = Vec::with_capacity(n);
+            let mut b = [0u8; 1];
+            for _ in 0..n {
+                let t = Instant::now();
+                s.write_all(b"x")?;
+                s.read_exact(&mut b)?;
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            v.sort_by(f64::total_cmp);
+            Ok(v)
+        })
+    }
+
+    fn conn_rate(&self, secs: f64, threads: usize) -> anyhow::Result<f64> {
+        self.in_ns(|| {
+            let start = Instant::now();
+            let total: std::io::Result<u64> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut n = 0u64;
+                            while start.elapsed().as_secs_f64() < secs {
+                                let mut s = self.open(ECHO_PORT, b"x")?;
+                                let mut b = [0u8; 1];
+                                s.read_exact(&mut b)?;
+                                n += 1;
+                            }
+                            Ok::<u64, std::io::Error>(n)
+                        })
+                    })
+                    .collect();
+                let mut total = 0;
+                for h in handles {
+                    total += h
+                        .join()
+                        .map_err(|_| std::io::Error::other("client thread panicked"))??;
+                }
+                Ok(total)
+            });
+            Ok(total? as f64 / start.elapsed().as_secs_f64())
+        })
+    }
+}
+
+/// Kills and reaps a child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_loopback(args: &Args, bin: &Path) -> anyhow::Result<Results> {
+    let ns = Arc::new(NetNs::create_anonymous().context("creating a network namespace")?);
+    let lo = ns.output(Command::new("ip").args(["link", "set", "lo", "up"]))?;
+    if !lo.status.success() {
+        bail!("ip link set lo up: {}", String::from_utf8_lossy(&lo.stderr));
+    }
+    let dir = std::env::temp_dir().join(format!("ambit-bench-mesh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let ca = ambit_identity::LocalCa::generate("cluster.local")?;
+    std::fs::write(dir.join("ca.pem"), ca.root_pem())?;
+    std::fs::write(dir.join("ca-key.pem"), ca.key_pem())?;
+    std::fs::write(dir.join("mesh.yaml"), LOOPBACK_MESH)?;
+    let log = std::fs::File::create(dir.join("ztunnel.log"))?;
+    eprintln!(
+        "[bench] starting {} in a private namespace (log {})",
+        bin.display(),
+        dir.join("ztunnel.log").display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NODE_NAME", "local")
+        .env("LOCAL_XDS_PATH", dir.join("mesh.yaml"))
+        .env("LOCAL_CA_CERT", dir.join("ca.pem"))
+        .env("LOCAL_CA_KEY", dir.join("ca-key.pem"))
+        .env("UNSTABLE_ENABLE_SOCKS5", "true")
+        .env("ZTUNNEL_LISTEN_IP", "127.0.0.1")
+        .env("ZTUNNEL_SPOOF_SOURCE", "false")
+        .env("DRAIN_DURATION", "1")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null());
+    let mut zt = Child(ns.spawn_command(&mut cmd)?);
+    let pid = zt.0.id();
+    let _servers = ns.spawn_async(|| async {
+        let (Ok(echo), Ok(bulk)) = (
+            tokio::net::TcpListener::bind(("127.0.0.1", ECHO_PORT)).await,
+            tokio::net::TcpListener::bind(("127.0.0.1", BULK_PORT)).await,
+        ) else {
+            eprintln!("[bench] cannot bind the servers");
+            return;
+        };
+        tokio::join!(serve_echo(echo), serve_bulk(bulk));
+    })?;
+    wait_ready(&ns, &mut zt)?;
+    let direct = Loopback {
+        ns: ns.clone(),
+        socks: false,
+    };
+    let meshed = Loopback {
+        ns: ns.clone(),
+        socks: true,
+    };
+    let r = measure(
+        args,
+        "loopback: SOCKS5 → ztunnel → HBONE → same ztunnel → server",
+        &direct,
+        &meshed,
+        &[pid],
+    );
+    drop(zt);
+    r
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if std::env::var_os("AMBIT_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn wait_ready(ns: &NetNs, zt: &mut Child) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(status)) = zt.0.try_wait() {
+            bail!("ztunnel exited: {status} (AMBIT_KEEP_LOGS=1 keeps its log)");
+        }
+        let ok = ns.run(|| {
+            let mut s = TcpStream::connect("127.0.0.1:15021").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            r.starts_with("HTTP/1.1 200").then_some(())
+        })?;
+        if ok.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("ztunnel not ready after 20 s")
+}
+
+async fn serve_echo(l: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Reads to EOF and answers the byte count (8 bytes, big endian).
+async fn serve_bulk(l: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => got += n as u64,
+                    Err(_) => return,
+                }
+            }
+            let _ = s.write_all(&got.to_be_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+// ----------------------------------------------------------------- capture
+
+/// A client pod of the local mesh and the server it talks to.
+struct Captured<'a> {
+    pod: &'a ambit_netns::harness::Pod,
+    to: SocketAddr,
+}
+
+impl Client for Captured<'_> {
+    fn bulk(&self, bytes: u64) -> anyhow::Result<f64> {
+        let f = localmesh::drive(self.pod, self.to, 0, bytes as usize)?;
+        if f.errors > 0 {
+            bail!("bulk echo to {} failed", self.to);
+        }
+        Ok(f.mbps)
+    }
+
+    fn rtt(&self, n: usize) -> anyhow::Result<Vec<f64>> {
+        Ok(localmesh::rtt_1byte(self.pod, self.to, n)?
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e6)
+            .collect())
+    }
+
+    fn conn_rate(&self, secs: f64, threads: usize) -> anyhow::Result<f64> {
+        std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| scope.spawn(|| localmesh::conn_rate(self.pod, self.to, secs)))
+                .collect();
+            let mut total = 0.0;
+            for h in hs {
+                total += h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+            }
+            Ok(total)
+        })
+    }
+}
+
+fn run_capture(args: &Args, bin: &Path) -> anyhow::Result<Results> {
+    let mut mesh = LocalMesh::start(bin, DEFAULT_MESH, |s| eprintln!("[bench] {s}"))?;
+    let pids = mesh.ztunnel_pids();
+    let direct = Captured {
+        pod: mesh.direct_client(),
+        to: DIRECT_SERVER.parse()?,
+    };
+    // productpage-v1 on node b: across both ztunnels.
+    let meshed = Captured {
+        pod: mesh.sleep(),
+        to: "10.244.1.3:9080".parse()?,
+    };
+    measure(
+        args,
+        "capture: pod → ztunnel A → HBONE → ztunnel B → pod (bulk is an echo)",
+        &direct,
+        &meshed,
+        &pids,
+    )
+}
