@@ -143,8 +143,8 @@ where
             a_to_b: ab.moved,
             b_to_a: ba.moved,
         };
-        if !ab.done {
-            if let Poll::Ready(Err((op, src_failed, source))) =
+        if !ab.done
+            && let Poll::Ready(Err((op, src_failed, source))) =
                 ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
             {
                 let side = if src_failed { Side::A } else { Side::B };
@@ -155,9 +155,8 @@ where
                     source,
                 }));
             }
-        }
-        if !ba.done {
-            if let Poll::Ready(Err((op, src_failed, source))) =
+        if !ba.done
+            && let Poll::Ready(Err((op, src_failed, source))) =
                 ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
             {
                 let side = if src_failed { Side::B } else { Side::A };
@@ -168,7 +167,6 @@ where
                     source,
                 }));
             }
-        }
         if ab.done && ba.done {
             Poll::Ready(Ok(stats(&ab, &ba)))
         } else {

@@ -470,13 +470,11 @@ fn check_request<B>(
         .as_str();
     let authority =
         Authority::parse(raw.as_bytes(), config.authority).map_err(BadRequest::Authority)?;
-    if config.require_authority_ip_is_local {
-        if let Authority::Addr(addr) = authority {
-            if addr.ip() != local_addr.ip() {
+    if config.require_authority_ip_is_local
+        && let Authority::Addr(addr) = authority
+            && addr.ip() != local_addr.ip() {
                 return Err(BadRequest::NotLocal { authority: addr });
             }
-        }
-    }
     Ok(authority)
 }
 

@@ -502,10 +502,10 @@ mod async_support {
                 )));
             })?;
             // Surface a setns failure now rather than as a vanished task.
-            if entered.is_finished() {
-                if let Ok(Err(e)) = entered.join() {
-                    return Err(e);
-                }
+            if entered.is_finished()
+                && let Ok(Err(e)) = entered.join()
+            {
+                return Err(e);
             }
             Ok(NsTask { rx, label })
         }

@@ -213,11 +213,10 @@ impl NlSocket {
             };
             for m in Messages::new(&data) {
                 let m = m.map_err(|reason| self.decode("batch acks", reason))?;
-                if m.ty == NLMSG_ERROR && pending.remove(&m.seq) {
-                    if let Err(e) = parse_error(&m) {
+                if m.ty == NLMSG_ERROR && pending.remove(&m.seq)
+                    && let Err(e) = parse_error(&m) {
                         errors.push((m.seq, e));
                     }
-                }
             }
         }
         timeout(None)?;
@@ -403,7 +402,7 @@ mod tests {
         let mut tlv = ((4 + text.len()) as u16).to_ne_bytes().to_vec();
         tlv.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
         tlv.extend_from_slice(text);
-        while tlv.len() % 4 != 0 {
+        while !tlv.len().is_multiple_of(4) {
             tlv.push(0);
         }
         let e = err_msg(-22, NLM_F_CAPPED | NLM_F_ACK_TLVS, &tlv);

@@ -121,13 +121,12 @@ impl CaServer {
                     identity: identity.clone(),
                     reason,
                 };
-                if let Some(asked) = &impersonated {
-                    if asked != identity {
+                if let Some(asked) = &impersonated
+                    && asked != identity {
                         return Err(refuse(format!(
                             "the csr is for {identity} but {IMPERSONATED_IDENTITY} is {asked}"
                         )));
                     }
-                }
                 match &self.authorizer {
                     Some(authorize) => authorize(&SignRequest {
                         identity,

@@ -78,11 +78,10 @@ impl CertResolver {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some((cached, key)) = cache.as_ref() {
-            if Arc::ptr_eq(cached, &cert) {
+        if let Some((cached, key)) = cache.as_ref()
+            && Arc::ptr_eq(cached, &cert) {
                 return Some(key.clone());
             }
-        }
         match CertifiedKey::from_der(
             cert.chain().to_vec(),
             cert.private_key().clone_key(),
