@@ -12,7 +12,7 @@ use std::time::Duration;
 use ambit_cni::agent::{self, Agent, AgentConfig, Dataplane, Metrics};
 use ambit_cni::install::{self, InstallConfig};
 use ambit_cni::node::{NodeDataplane, NodeSettings};
-use ambit_cni::{DirSource, UnixHttpSink, plugin, spec};
+use ambit_cni::{DirSource, PodSource, UnixHttpSink, plugin, spec};
 use ambit_netns::NetNs;
 use ambit_redirect::Backend;
 use ambit_tunnel::IstioTunnels;
@@ -101,12 +101,25 @@ struct RunArgs {
     /// The agent's run directory (holds pluginevent.sock).
     #[arg(long, env = "CNI_AGENT_RUN_DIR", default_value = spec::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
+    /// Where pods come from: `kubernetes` watches this node's pods and the
+    /// namespaces through the API server (in-cluster service account, or
+    /// KUBECONFIG); `dir` reads --pod-dir; `none` acts on plugin events
+    /// only (pods are then unknown, hence never enrolled). `auto`:
+    /// kubernetes inside a cluster (KUBERNETES_SERVICE_HOST set), else dir
+    /// when --pod-dir is given, else none.
+    #[arg(long, value_enum, default_value = "auto")]
+    pod_source: PodSourceArg,
     /// Directory of pod records (YAML/JSON) to watch: the local pod source.
     #[arg(long, env = "POD_RECORDS_DIR")]
     pod_dir: Option<PathBuf>,
-    /// This node's name: records for other nodes are ignored.
+    /// This node's name: the Kubernetes watch asks for this node's pods;
+    /// pod records for other nodes are ignored.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Kubernetes source: how long to wait for the first complete listing
+    /// of pods and namespaces before giving up (seconds).
+    #[arg(long, default_value_t = 60)]
+    kube_sync_timeout: u64,
     /// Packet-filter backend.
     #[arg(long, value_enum, default_value = "nft")]
     backend: BackendArg,
@@ -359,6 +372,54 @@ fn run_main(a: RunArgs) -> ExitCode {
     }
 }
 
+/// `--pod-source` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PodSourceArg {
+    Auto,
+    Kubernetes,
+    Dir,
+    None,
+}
+
+async fn pod_source(a: &RunArgs) -> anyhow::Result<Option<Box<dyn PodSource>>> {
+    let kind = match a.pod_source {
+        PodSourceArg::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            PodSourceArg::Kubernetes
+        }
+        PodSourceArg::Auto if a.pod_dir.is_some() => PodSourceArg::Dir,
+        PodSourceArg::Auto => PodSourceArg::None,
+        k => k,
+    };
+    match kind {
+        PodSourceArg::Dir => {
+            let dir = a
+                .pod_dir
+                .clone()
+                .context("--pod-source dir needs --pod-dir (POD_RECORDS_DIR)")?;
+            Ok(Some(Box::new(DirSource::new(dir, a.node_name.clone()))))
+        }
+        PodSourceArg::Kubernetes => kube_source(a).await,
+        PodSourceArg::None | PodSourceArg::Auto => Ok(None),
+    }
+}
+
+#[cfg(feature = "kube")]
+async fn kube_source(a: &RunArgs) -> anyhow::Result<Option<Box<dyn PodSource>>> {
+    let node = a
+        .node_name
+        .clone()
+        .context("the kubernetes pod source needs --node-name (NODE_NAME, from the downward API spec.nodeName)")?;
+    let src = ambit_cni::kube::KubeSource::connect(node, Duration::from_secs(a.kube_sync_timeout))
+        .await
+        .context("starting the kubernetes pod source")?;
+    Ok(Some(Box::new(src)))
+}
+
+#[cfg(not(feature = "kube"))]
+async fn kube_source(_: &RunArgs) -> anyhow::Result<Option<Box<dyn PodSource>>> {
+    anyhow::bail!("this cni-node was built without the `kube` feature: use --pod-source dir")
+}
+
 async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -367,10 +428,7 @@ async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the metrics endpoint {}", a.metrics_addr))?;
     let stats_addr = stats.local_addr()?;
-    let source = a
-        .pod_dir
-        .clone()
-        .map(|d| DirSource::new(d, a.node_name.clone()));
+    let source = pod_source(&a).await?;
     let cfg = AgentConfig {
         dataplane: dp,
         source,
@@ -386,7 +444,7 @@ async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
         mode = ?a.mode,
         run_dir = %a.run_dir.display(),
         metrics = %stats_addr,
-        pod_dir = ?a.pod_dir,
+        pod_source = ?a.pod_source,
         "cni-node agent ready"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

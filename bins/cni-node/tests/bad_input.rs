@@ -126,3 +126,69 @@ fn agent_rejects_bad_config_with_64() {
     let out = Command::new(BIN).arg("--help").output().expect("help");
     assert!(out.status.success());
 }
+
+/// Deletes a named namespace on drop.
+struct NsGuard(String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let _ = ambit_netns::NetNs::delete_named(&self.0);
+    }
+}
+
+#[test]
+fn kubernetes_source_failures_are_clear_and_apply_nothing() {
+    let name = format!("ambit-kube-bad-{}", std::process::id());
+    let ns = ambit_netns::NetNs::create_named(&name).expect("netns");
+    let _guard = NsGuard(name.clone());
+    let dir = common::TempDir::new("kube-bad");
+    // An API server that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: 'http://{addr}'}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\nusers:\n- name: t\n  user: {{}}\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let run = |node: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--mode", "inpod", "--pod-source", "kubernetes"])
+            .args(["--netns", &format!("/run/netns/{name}")])
+            .args(["--kube-sync-timeout", "1", "--metrics-addr", "127.0.0.1:0"])
+            .arg("--run-dir")
+            .arg(dir.sub("run"))
+            .arg("--zds-socket")
+            .arg(dir.0.join("zds.sock"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        if let Some(n) = node {
+            cmd.args(["--node-name", n]);
+        }
+        cmd.output().expect("run")
+    };
+    let out = run(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("NODE_NAME"), "{err}");
+    let out = run(Some("n1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("kubernetes pod source") && err.contains("list and watch"),
+        "{err}"
+    );
+    drop(listener);
+    // Nothing was applied in the managed namespace.
+    let rules = ns
+        .output(Command::new("nft").arg("list").arg("ruleset"))
+        .expect("nft");
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
+}

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::event::{ADD_PATH, DEL_PATH, EventKind, PodEvent};
 use crate::pod::EnrolledPod;
-use crate::source::DirSource;
+use crate::source::PodSource;
 use crate::state::{Changes, Decision, Removal, State};
 
 /// A capture mode's kernel side. Every method may block (netlink,
@@ -104,7 +104,7 @@ pub enum EventOutcome {
 struct Core {
     state: State,
     dataplane: Box<dyn Dataplane>,
-    source: Option<DirSource>,
+    source: Option<Box<dyn PodSource>>,
     sandbox_dir: Option<PathBuf>,
 }
 
@@ -112,6 +112,7 @@ struct Core {
 pub struct Agent {
     core: Mutex<Core>,
     metrics: Metrics,
+    source_changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -124,8 +125,9 @@ impl std::fmt::Debug for Agent {
 pub struct AgentConfig {
     /// The capture mode.
     pub dataplane: Box<dyn Dataplane>,
-    /// The local pod source, if any.
-    pub source: Option<DirSource>,
+    /// The pod source, if any ([`crate::DirSource`], or
+    /// `crate::kube::KubeSource` with the `kube` feature).
+    pub source: Option<Box<dyn PodSource>>,
     /// Where plugin sandboxes are remembered across restarts (one JSON
     /// file per pod); `None` keeps them in memory only.
     pub sandbox_dir: Option<PathBuf>,
@@ -138,6 +140,10 @@ impl Agent {
     /// source, and reconciles against the kernel: missing enrolments are
     /// added and stale ones deleted. If this fails, nothing stays applied.
     pub fn start(cfg: AgentConfig) -> Result<Arc<Self>, Error> {
+        let source_changed = cfg.source.as_ref().and_then(|s| s.changed());
+        if let Some(s) = &cfg.source {
+            info!(source = %s.describe(), "pod source");
+        }
         let mut core = Core {
             state: State::default(),
             dataplane: cfg.dataplane,
@@ -164,6 +170,7 @@ impl Agent {
         Ok(Arc::new(Self {
             core: Mutex::new(core),
             metrics: cfg.metrics,
+            source_changed,
         }))
     }
 
@@ -273,6 +280,14 @@ impl Core {
     }
 
     fn reconcile(&mut self, with_kernel: bool, metrics: &Metrics) -> Result<(), Error> {
+        let r = self.reconcile_kernel(with_kernel, metrics);
+        if let Some(src) = self.source.as_mut() {
+            src.enrolled(&self.state.enrolled.keys().cloned().collect());
+        }
+        r
+    }
+
+    fn reconcile_kernel(&mut self, with_kernel: bool, metrics: &Metrics) -> Result<(), Error> {
         let observed = if with_kernel {
             Some(self.dataplane.observed()?)
         } else {
@@ -401,6 +416,16 @@ pub async fn serve(
     info!(socket = %socket.display(), "listening for plugin events");
     let _cleanup = RemoveOnDrop(socket);
     let mut poll_tick = tokio::time::interval(poll);
+    let changed = agent.source_changed.clone();
+    let source_news = || {
+        let changed = changed.clone();
+        async move {
+            match changed {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let mut resync_tick = tokio::time::interval(resync);
     resync_tick.tick().await;
     tokio::pin!(shutdown);
@@ -427,6 +452,12 @@ pub async fn serve(
                 });
             }
             _ = poll_tick.tick() => {
+                let a = agent.clone();
+                if let Err(e) = blocking(move || a.poll_source()).await {
+                    warn!(error = %e, "pod source reconcile failed; retrying");
+                }
+            }
+            () = source_news() => {
                 let a = agent.clone();
                 if let Err(e) = blocking(move || a.poll_source()).await {
                     warn!(error = %e, "pod source reconcile failed; retrying");

@@ -13,6 +13,8 @@
 //!   `<run_dir>/pluginevent.sock`;
 //! - [`pod`], [`source`], [`state`]: pod records, Istio's enrolment rules,
 //!   the local directory pod source, and the desired-state model;
+//! - `kube` (feature `kube`): the Kubernetes pod source, a watch of this
+//!   node's pods and the namespaces' labels;
 //! - [`agent`]: the node agent — plugin-event server, source polling,
 //!   kernel reconcile — over a [`Dataplane`]: [`node::NodeDataplane`]
 //!   (node-level capture with tunnels) or, with the `inpod` feature,
@@ -26,6 +28,8 @@ pub mod event;
 #[cfg(feature = "inpod")]
 pub mod inpod;
 pub mod install;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod node;
 pub mod plugin;
 pub mod pod;
@@ -38,7 +42,7 @@ pub use self::{
     error::Error,
     event::{EventKind, EventSink, PodEvent, PostError, UnixHttpSink},
     pod::{EnrolledPod, PodRecord},
-    source::DirSource,
+    source::{DirSource, PodSource, Scan},
     spec::{CniError, ErrorCode},
     state::{Removal, State},
 };

@@ -1,7 +1,9 @@
-//! Pod sources. The local source is a directory of pod records (one per
-//! file, `.yaml`, `.yml` or `.json`), re-read when any file changes; it is
-//! what tests and local runs use. A Kubernetes watch would produce the
-//! same [`PodRecord`]s (see the crate README for why it is not built in).
+//! Pod sources: where the agent learns which pods run on its node and
+//! whether they belong in the mesh. [`DirSource`] is a directory of pod
+//! records (one per file, `.yaml`, `.yml` or `.json`), re-read when any
+//! file changes — what tests and local runs use; with the `kube` feature,
+//! [`crate::kube::KubeSource`] watches the Kubernetes API. Both produce the
+//! same [`PodRecord`]s through the [`PodSource`] trait.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,45 @@ use std::time::SystemTime;
 
 use crate::error::Error;
 use crate::pod::{PodKey, PodRecord};
+
+/// Something that lists this node's pods.
+///
+/// The agent calls [`PodSource::poll`] under its state lock (from a
+/// blocking thread), on every poll tick and whenever the source's
+/// [`PodSource::changed`] notifier fires; a source must therefore answer
+/// from what it already holds and never block on the network.
+pub trait PodSource: Send + 'static {
+    /// The full set of pods if anything changed since the last call,
+    /// `Ok(None)` when nothing did. A source that has not completed its
+    /// first listing must return `Ok(None)` — an empty scan would unenrol
+    /// every pod.
+    fn poll(&mut self) -> Result<Option<Scan>, Error>;
+
+    /// A short description for logs (`dir /var/lib/pods`, `kubernetes node a`).
+    fn describe(&self) -> String;
+
+    /// Fires when the source has news, so the agent reacts without waiting
+    /// for the next poll tick. `None`: poll on the tick only.
+    fn changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// Told after every reconcile which pods (by uid) are enrolled now, so
+    /// a source can publish it — the Kubernetes source sets Istio's
+    /// `ambient.istio.io/redirection: enabled` annotation, which istiod
+    /// reads to send HBONE to the pod. Must not block.
+    fn enrolled(&mut self, _uids: &std::collections::BTreeSet<String>) {}
+}
+
+impl PodSource for DirSource {
+    fn poll(&mut self) -> Result<Option<Scan>, Error> {
+        DirSource::poll(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("dir {}", self.dir.display())
+    }
+}
 
 /// A directory of pod records.
 #[derive(Debug)]

@@ -1071,6 +1071,17 @@ fn check_names(run: &Run<'_>, parsed: &[Parsed], sa: &str, out: &mut Vec<Problem
                 }
             }
         }
+        if !may(
+            parsed,
+            sa,
+            owner.namespace.as_deref(),
+            "pods/status",
+            "patch",
+        ) {
+            out.push(run.problem(format!(
+                "service account {sa} may not patch pods/status (the agent sets ambient.istio.io/redirection on enrolled pods)"
+            )));
+        }
     }
 }
 

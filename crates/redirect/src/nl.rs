@@ -213,10 +213,12 @@ impl NlSocket {
             };
             for m in Messages::new(&data) {
                 let m = m.map_err(|reason| self.decode("batch acks", reason))?;
-                if m.ty == NLMSG_ERROR && pending.remove(&m.seq)
-                    && let Err(e) = parse_error(&m) {
-                        errors.push((m.seq, e));
-                    }
+                if m.ty == NLMSG_ERROR
+                    && pending.remove(&m.seq)
+                    && let Err(e) = parse_error(&m)
+                {
+                    errors.push((m.seq, e));
+                }
             }
         }
         timeout(None)?;

@@ -122,11 +122,12 @@ impl CaServer {
                     reason,
                 };
                 if let Some(asked) = &impersonated
-                    && asked != identity {
-                        return Err(refuse(format!(
-                            "the csr is for {identity} but {IMPERSONATED_IDENTITY} is {asked}"
-                        )));
-                    }
+                    && asked != identity
+                {
+                    return Err(refuse(format!(
+                        "the csr is for {identity} but {IMPERSONATED_IDENTITY} is {asked}"
+                    )));
+                }
                 match &self.authorizer {
                     Some(authorize) => authorize(&SignRequest {
                         identity,

@@ -79,9 +79,10 @@ impl CertResolver {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some((cached, key)) = cache.as_ref()
-            && Arc::ptr_eq(cached, &cert) {
-                return Some(key.clone());
-            }
+            && Arc::ptr_eq(cached, &cert)
+        {
+            return Some(key.clone());
+        }
         match CertifiedKey::from_der(
             cert.chain().to_vec(),
             cert.private_key().clone_key(),
