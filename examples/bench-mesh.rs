@@ -524,6 +524,10 @@ fn run_loopback(args: &Args, bin: &Path) -> anyhow::Result<Results> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null());
+    // Runtime knobs (TOKIO_WORKER_THREADS, ...) pass through for experiments.
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("TOKIO_")) {
+        cmd.env(k, v);
+    }
     let mut zt = Child(ns.spawn_command(&mut cmd)?);
     let pid = zt.0.id();
     let _servers = ns.spawn_async(|| async {
