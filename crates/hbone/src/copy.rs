@@ -146,27 +146,27 @@ where
         if !ab.done
             && let Poll::Ready(Err((op, src_failed, source))) =
                 ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
-            {
-                let side = if src_failed { Side::A } else { Side::B };
-                return Poll::Ready(Err(CopyError {
-                    side,
-                    op,
-                    stats: stats(&ab, &ba),
-                    source,
-                }));
-            }
+        {
+            let side = if src_failed { Side::A } else { Side::B };
+            return Poll::Ready(Err(CopyError {
+                side,
+                op,
+                stats: stats(&ab, &ba),
+                source,
+            }));
+        }
         if !ba.done
             && let Poll::Ready(Err((op, src_failed, source))) =
                 ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
-            {
-                let side = if src_failed { Side::B } else { Side::A };
-                return Poll::Ready(Err(CopyError {
-                    side,
-                    op,
-                    stats: stats(&ab, &ba),
-                    source,
-                }));
-            }
+        {
+            let side = if src_failed { Side::B } else { Side::A };
+            return Poll::Ready(Err(CopyError {
+                side,
+                op,
+                stats: stats(&ab, &ba),
+                source,
+            }));
+        }
         if ab.done && ba.done {
             Poll::Ready(Ok(stats(&ab, &ba)))
         } else {

@@ -472,9 +472,10 @@ fn check_request<B>(
         Authority::parse(raw.as_bytes(), config.authority).map_err(BadRequest::Authority)?;
     if config.require_authority_ip_is_local
         && let Authority::Addr(addr) = authority
-            && addr.ip() != local_addr.ip() {
-                return Err(BadRequest::NotLocal { authority: addr });
-            }
+        && addr.ip() != local_addr.ip()
+    {
+        return Err(BadRequest::NotLocal { authority: addr });
+    }
     Ok(authority)
 }
 
