@@ -3,4 +3,5 @@
 //! tests share.
 #![forbid(unsafe_code)]
 
+pub mod httpapp;
 pub mod localmesh;

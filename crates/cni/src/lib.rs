@@ -19,7 +19,9 @@
 //!   kernel reconcile — over a [`Dataplane`]: [`node::NodeDataplane`]
 //!   (node-level capture with tunnels) or, with the `inpod` feature,
 //!   [`inpod::InpodDataplane`] (in-pod rules plus ZDS to ztunnel);
-//! - [`install`]: writing the chained entry into the host's CNI config.
+//! - [`install`]: writing the chained entry into the host's CNI config;
+//! - [`runtime`]: the runtime's side — running a conflist's plugins as
+//!   libcni does (for tests and local meshes without a kubelet).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -33,6 +35,7 @@ pub mod kube;
 pub mod node;
 pub mod plugin;
 pub mod pod;
+pub mod runtime;
 pub mod source;
 pub mod spec;
 pub mod state;

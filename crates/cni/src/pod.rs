@@ -71,13 +71,15 @@ impl PodRecord {
         (self.namespace.clone(), self.name.clone())
     }
 
-    /// Istio's ambient rule: the namespace is labelled
-    /// `istio.io/dataplane-mode=ambient`, the pod has no sidecar
-    /// (`sidecar.istio.io/status`), and the pod has not opted out with
-    /// `ambient.istio.io/redirection: disabled`.
+    /// Istio's ambient rule: the pod's own `istio.io/dataplane-mode` label
+    /// if it has one (`ambient` opts in, `none` or anything else out —
+    /// waypoints carry `none`), else the namespace's label must be
+    /// `ambient`; and the pod has no sidecar (`sidecar.istio.io/status`)
+    /// and has not opted out with `ambient.istio.io/redirection: disabled`.
     pub fn wants_ambient(&self) -> bool {
-        self.namespace_labels
+        self.labels
             .get(DATAPLANE_MODE_LABEL)
+            .or_else(|| self.namespace_labels.get(DATAPLANE_MODE_LABEL))
             .is_some_and(|v| v == DATAPLANE_MODE_AMBIENT)
             && !self.annotations.contains_key(SIDECAR_STATUS_ANNOTATION)
             && self
@@ -146,12 +148,15 @@ mod tests {
         p.annotations
             .insert(REDIRECTION_ANNOTATION.into(), "enabled".into());
         assert!(p.wants_ambient(), "explicitly enabled");
-        // A pod label alone does not enrol (the namespace label decides).
+        // The pod's own label overrides the namespace's, both ways.
         let mut p = pod();
         p.namespace_labels.clear();
         p.labels
             .insert(DATAPLANE_MODE_LABEL.into(), "ambient".into());
-        assert!(!p.wants_ambient());
+        assert!(p.wants_ambient(), "pod opted in");
+        let mut p = pod();
+        p.labels.insert(DATAPLANE_MODE_LABEL.into(), "none".into());
+        assert!(!p.wants_ambient(), "pod opted out (waypoints)");
     }
 
     #[test]

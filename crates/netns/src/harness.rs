@@ -72,6 +72,7 @@ pub enum HarnessError {
 pub struct ClusterBuilder {
     nodes: usize,
     pods_per_node: usize,
+    wire_pods: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -79,6 +80,7 @@ impl Default for ClusterBuilder {
         Self {
             nodes: 2,
             pods_per_node: 1,
+            wire_pods: true,
         }
     }
 }
@@ -98,6 +100,16 @@ impl ClusterBuilder {
     /// Pods on every node (0..=200).
     pub fn pods_per_node(mut self, n: usize) -> Self {
         self.pods_per_node = n;
+        self
+    }
+
+    /// Whether the harness wires pods (veth, address, routes; the
+    /// default). Off: pods are bare namespaces with `lo` up, for a CNI
+    /// chain to wire as a container runtime would — [`Pod::ip`] is then
+    /// the address the plan expects the chain to give, and
+    /// [`Pod::host_veth`] does not name the chain's veth.
+    pub fn wire_pods(mut self, wire: bool) -> Self {
+        self.wire_pods = wire;
         self
     }
 
@@ -137,7 +149,7 @@ impl ClusterBuilder {
             let node = cluster.add_node(i)?;
             cluster.nodes.push(node);
             for j in 0..self.pods_per_node {
-                let pod = cluster.make_pod(i, j)?;
+                let pod = cluster.make_pod(i, j, self.wire_pods)?;
                 cluster.nodes[i].pods.push(pod);
             }
         }
@@ -291,7 +303,7 @@ impl Cluster {
         Ok(node)
     }
 
-    fn make_pod(&mut self, i: usize, j: usize) -> Result<Pod, HarnessError> {
+    fn make_pod(&mut self, i: usize, j: usize, wire: bool) -> Result<Pod, HarnessError> {
         let node_name = self.nodes[i].name.clone();
         let name = format!("{node_name}p{j}");
         let ns = create(&name)?;
@@ -301,6 +313,10 @@ impl Cluster {
             name: name.clone(),
             ns,
         };
+        if !wire {
+            ip_batch(&name, &["link set lo up".into()]).inspect_err(|_| drop_named(&name))?;
+            return Ok(pod);
+        }
         let gw = pod_gateway(i);
         let ip = pod_ip(i, j);
         let r = ip_batch(
@@ -425,6 +441,10 @@ impl Pod {
 pub struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    /// Guards `child`: it is killed and reaped when the guard drops.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
     /// The process.
     pub fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("child present until drop")
