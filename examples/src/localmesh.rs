@@ -779,13 +779,8 @@ impl LocalMesh {
     /// Kills node `i`'s cni-node agent (SIGKILL: no cleanup) and starts a
     /// new one, returning once it has reconciled every pod again.
     pub fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        if let Some(a) = self.agents.get_mut(i) {
-            *a = None;
-        }
-        let _ = std::fs::remove_file(self.cni[i].run_dir.join("pluginevent.sock"));
-        let agent = self.spawn_agent(i)?;
-        self.agents[i] = Some(agent);
-        self.wait_agent(i)?;
+        self.kill_agent(i);
+        self.start_agent(i)?;
         let want = self.expected_enrolled(i);
         wait_metric(
             self.cluster.node(i).ns(),
@@ -793,6 +788,22 @@ impl LocalMesh {
             want as f64,
         )
         .with_context(|| format!("restarted cni-node on {} did not reconcile", NODES[i]))
+    }
+
+    /// Kills node `i`'s cni-node agent with SIGKILL (what it applied stays).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(a) = self.agents.get_mut(i) {
+            *a = None;
+        }
+        let _ = std::fs::remove_file(self.cni[i].run_dir.join("pluginevent.sock"));
+    }
+
+    /// Starts node `i`'s cni-node agent; returns once it accepts plugin
+    /// events (its start-up reconcile is done by then).
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let agent = self.spawn_agent(i)?;
+        self.agents[i] = Some(agent);
+        self.wait_agent(i)
     }
 
     /// The pod-record directory of node `i`'s agent (edit it to change

@@ -38,6 +38,11 @@ use crate::state::{Changes, Decision, Removal, State};
 pub trait Dataplane: Send {
     /// The mode's name, for logs.
     fn name(&self) -> &'static str;
+    /// Whether enrolling a pod needs its network namespace (in-pod
+    /// capture); such pods wait for their sandbox's CNI ADD.
+    fn needs_netns(&self) -> bool {
+        false
+    }
     /// Applies the host half (idempotent). On error, whatever part was
     /// applied must have been removed again.
     fn start(&mut self) -> Result<(), Error>;
@@ -144,8 +149,12 @@ impl Agent {
         if let Some(s) = &cfg.source {
             info!(source = %s.describe(), "pod source");
         }
+        let state = State {
+            require_netns: cfg.dataplane.needs_netns(),
+            ..State::default()
+        };
         let mut core = Core {
-            state: State::default(),
+            state,
             dataplane: cfg.dataplane,
             source: cfg.source,
             sandbox_dir: cfg.sandbox_dir,

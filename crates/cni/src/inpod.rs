@@ -133,6 +133,10 @@ impl Dataplane for InpodDataplane {
         "inpod"
     }
 
+    fn needs_netns(&self) -> bool {
+        true
+    }
+
     fn start(&mut self) -> Result<(), Error> {
         let r = self.try_start();
         if r.is_err()

@@ -60,6 +60,9 @@ pub struct State {
     pub sandboxes: BTreeMap<PodKey, PodEvent>,
     /// What this agent has applied, by uid.
     pub enrolled: BTreeMap<String, EnrolledPod>,
+    /// The data plane acts inside pods (in-pod capture): a pod whose
+    /// network namespace is not known yet is not ready.
+    pub require_netns: bool,
 }
 
 impl State {
@@ -84,7 +87,7 @@ impl State {
             .filter(|e| !e.netns.is_empty())
             .map(|e| PathBuf::from(&e.netns))
             .or_else(|| record.netns.clone());
-        if ips.is_empty() && netns.is_none() {
+        if (ips.is_empty() && netns.is_none()) || (self.require_netns && netns.is_none()) {
             return Decision::NotReady;
         }
         Decision::Enrol(EnrolledPod {
@@ -235,6 +238,13 @@ mod tests {
         s.sandboxes.insert(key("c"), old);
         s.source.insert(key("c"), rec("c", None, true));
         assert_eq!(s.decide(&key("c")), Decision::NotReady);
+        // In-pod capture: an address alone is not enough, the netns is.
+        s.source.insert(key("d"), rec("d", Some("10.0.0.8"), true));
+        assert!(matches!(s.decide(&key("d")), Decision::Enrol(_)));
+        s.require_netns = true;
+        assert_eq!(s.decide(&key("d")), Decision::NotReady);
+        s.sandboxes.insert(key("d"), ev("d", "10.0.0.8"));
+        assert!(matches!(s.decide(&key("d")), Decision::Enrol(_)));
     }
 
     #[test]

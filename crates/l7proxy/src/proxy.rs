@@ -557,6 +557,10 @@ impl Waypoint {
                 None => Backend::default_for(),
             }
         };
+        // Set when the client's own body turns out malformed mid-stream
+        // (bad chunking, early EOF): that is the client's fault (400), not
+        // the upstream's.
+        let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let work = async {
             let mut tried: Vec<String> = Vec::new();
             let mut last = Outcome::ConnectFailure;
@@ -573,7 +577,14 @@ impl Waypoint {
                 labels.destination_workload_namespace = ep.workload.namespace.clone();
                 labels.destination_version = ep.workload.canonical_revision.clone();
                 let body: Body = match streamed.take() {
-                    Some(b) => b.map_err(BoxError::from).boxed_unsync(),
+                    Some(b) => {
+                        let failed = client_body_failed.clone();
+                        b.map_err(move |e| {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            BoxError::from(e)
+                        })
+                        .boxed_unsync()
+                    }
                     None => Full::new(buffered.clone())
                         .map_err(|e| match e {})
                         .boxed_unsync(),
@@ -615,6 +626,13 @@ impl Waypoint {
                         break;
                     }
                 }
+            }
+            if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+                labels.response_flags = "DPE".into();
+                let mut r = local(StatusCode::BAD_REQUEST, "bad request body\n");
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
             }
             let (status, flags, msg) = match last {
                 Outcome::Timeout => (
