@@ -17,6 +17,8 @@
 
 mod backend;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ipset;
 pub mod mark;
 pub mod netfilter;

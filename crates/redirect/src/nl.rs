@@ -142,39 +142,9 @@ impl NlSocket {
         let mut out = Vec::new();
         loop {
             let data = self.recv()?;
-            for m in Messages::new(&data) {
-                let m = m.map_err(|reason| self.decode("dump", reason))?;
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_DONE => {
-                        // A dump may end with an error code in DONE.
-                        if let Some(code) = m.payload.get(..4) {
-                            let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-                            if code < 0 {
-                                return Ok(Err(NlError {
-                                    errno: -code,
-                                    ext: None,
-                                }));
-                            }
-                        }
-                        return Ok(Ok(out));
-                    }
-                    NLMSG_ERROR => {
-                        let r = parse_error(&m);
-                        match r {
-                            Err(e) => return Ok(Err(e)),
-                            Ok(()) => return Ok(Ok(out)),
-                        }
-                    }
-                    _ => {
-                        out.push(m.raw.to_vec());
-                        if m.flags & NLM_F_MULTI == 0 {
-                            return Ok(Ok(out));
-                        }
-                    }
-                }
+            match dump_datagram(&data, seq, &mut out).map_err(|r| self.decode("dump", r))? {
+                DumpProgress::More => {}
+                DumpProgress::Done(r) => return Ok(r.map(|()| out)),
             }
         }
     }
@@ -330,6 +300,55 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
+/// Where a dump stands after one datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DumpProgress {
+    /// More datagrams follow.
+    More,
+    /// The dump ended: `NLMSG_DONE`, an ack, a single-part reply, or the
+    /// kernel's error.
+    Done(std::result::Result<(), NlError>),
+}
+
+/// Folds one received datagram of the dump with sequence number `seq` into
+/// `out` (whole messages, header included); messages of other sequence
+/// numbers are skipped. Pure, so it is tested and fuzzed without a socket.
+pub(crate) fn dump_datagram(
+    data: &[u8],
+    seq: u32,
+    out: &mut Vec<Vec<u8>>,
+) -> std::result::Result<DumpProgress, String> {
+    for m in Messages::new(data) {
+        let m = m?;
+        if m.seq != seq {
+            continue;
+        }
+        match m.ty {
+            NLMSG_DONE => {
+                // A dump may end with an error code in DONE.
+                if let Some(code) = m.payload.get(..4) {
+                    let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+                    if code < 0 {
+                        return Ok(DumpProgress::Done(Err(NlError {
+                            errno: code.saturating_neg(),
+                            ext: None,
+                        })));
+                    }
+                }
+                return Ok(DumpProgress::Done(Ok(())));
+            }
+            NLMSG_ERROR => return Ok(DumpProgress::Done(parse_error(&m))),
+            _ => {
+                out.push(m.raw.to_vec());
+                if m.flags & NLM_F_MULTI == 0 {
+                    return Ok(DumpProgress::Done(Ok(())));
+                }
+            }
+        }
+    }
+    Ok(DumpProgress::More)
+}
+
 pub(crate) const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
@@ -392,6 +411,41 @@ mod tests {
         let mut m = header(NLMSG_ERROR, flags, payload.len());
         m.extend_from_slice(&payload);
         m
+    }
+
+    #[test]
+    fn dump_done_with_the_most_negative_code_does_not_overflow() {
+        // Found by the `netlink_reply` fuzz target: `-code` overflowed.
+        let mut done = header(NLMSG_DONE, NLM_F_MULTI, 4);
+        done.extend_from_slice(&i32::MIN.to_ne_bytes());
+        let mut out = Vec::new();
+        let step = dump_datagram(&done, 0, &mut out).expect("a valid datagram");
+        let want = NlError {
+            errno: i32::MAX,
+            ext: None,
+        };
+        assert_eq!(step, DumpProgress::Done(Err(want)));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn dump_collects_its_own_parts_until_done() {
+        let mut data = header(24, NLM_F_MULTI, 0);
+        set_seq(&mut data, 7);
+        let mut other = header(24, NLM_F_MULTI, 0);
+        set_seq(&mut other, 8);
+        data.extend_from_slice(&other);
+        let mut out = Vec::new();
+        assert_eq!(dump_datagram(&data, 7, &mut out), Ok(DumpProgress::More));
+        assert_eq!(out.len(), 1);
+        let mut done = header(NLMSG_DONE, NLM_F_MULTI, 4);
+        set_seq(&mut done, 7);
+        done.extend_from_slice(&0i32.to_ne_bytes());
+        assert_eq!(
+            dump_datagram(&done, 7, &mut out),
+            Ok(DumpProgress::Done(Ok(())))
+        );
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

@@ -457,20 +457,10 @@ impl Rtnl {
             .sock
             .dump(frame(msg, flags))?
             .map_err(|e| e.into_error(op, &self.ns()))?;
-        raw.iter()
-            .map(|b| {
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(b)
-                    .map_err(|e| Error::Decode {
-                        op: op.to_owned(),
-                        reason: e.to_string(),
-                    })
-                    .map(|m| match m.payload {
-                        NetlinkPayload::InnerMessage(i) => Some(i),
-                        _ => None,
-                    })
-            })
-            .filter_map(|r| r.transpose())
-            .collect()
+        decode_replies(&raw).map_err(|reason| Error::Decode {
+            op: op.to_owned(),
+            reason,
+        })
     }
 
     /// The index of interface `name`, like `ip link show NAME`.
@@ -570,13 +560,7 @@ impl Rtnl {
             NLM_F_REQUEST | NLM_F_DUMP,
             "listing rules",
         )?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRule(r) => IpRule::from_message(r),
-                _ => None,
-            })
-            .collect())
+        Ok(rules_from(&msgs))
     }
 
     fn oif(&mut self, r: &Route) -> Result<Option<u32>> {
@@ -644,18 +628,10 @@ impl Rtnl {
         )?;
         let names = self.link_names()?;
         let name_of = |i: u32| names.iter().find(|(x, _)| *x == i).map(|(_, n)| n.clone());
-        let mut out = Vec::new();
-        for msg in msgs {
-            let RouteNetlinkMessage::NewRoute(r) = msg else {
-                continue;
-            };
-            if let Some(route) = parse_route(&r, &name_of)
-                && route.table == table
-            {
-                out.push(route);
-            }
-        }
-        Ok(out)
+        Ok(routes_from(&msgs, &name_of)
+            .into_iter()
+            .filter(|r| r.table == table)
+            .collect())
     }
 
     /// Deletes every route in `table` (`ip route flush table T`).
@@ -663,6 +639,54 @@ impl Rtnl {
         let routes = self.routes(family, check_table(table)?)?;
         self.del_routes(&routes)
     }
+}
+
+/// Decodes whole rtnetlink messages (header included), keeping the inner
+/// messages (acks and other control messages carry none).
+pub(crate) fn decode_replies(
+    raw: &[Vec<u8>],
+) -> std::result::Result<Vec<RouteNetlinkMessage>, String> {
+    raw.iter()
+        .map(|b| {
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(b)
+                .map_err(|e| e.to_string())
+                .map(|m| match m.payload {
+                    NetlinkPayload::InnerMessage(i) => Some(i),
+                    _ => None,
+                })
+        })
+        .filter_map(|r| r.transpose())
+        .collect()
+}
+
+/// The rules among decoded messages that this crate can express.
+pub(crate) fn rules_from(msgs: &[RouteNetlinkMessage]) -> Vec<IpRule> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRule(r) => IpRule::from_message(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The routes among decoded messages that this crate can express, in any
+/// table; `name_of` names output interfaces by index.
+pub(crate) fn routes_from(
+    msgs: &[RouteNetlinkMessage],
+    name_of: &dyn Fn(u32) -> Option<String>,
+) -> Vec<Route> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => parse_route(r, name_of),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A rule through its netlink message and back: what the kernel would
+/// report for a rule this crate added.
+pub(crate) fn rule_round_trip(rule: &IpRule) -> Option<IpRule> {
+    IpRule::from_message(&rule.message())
 }
 
 fn addr(a: &RouteAddress) -> Option<IpAddr> {

@@ -393,26 +393,10 @@ impl Ipset {
             Err(e) if e.errno == ENOENT => return Ok(None),
             Err(e) => return Err(e.into_error(format!("ipset list {name}"), &self.ns())),
         };
-        let mut info: Option<IpSetInfo> = None;
-        for raw in &replies {
-            let msg = parse_reply(raw).map_err(|reason| Error::Decode {
-                op: format!("ipset list {name}"),
-                reason,
-            })?;
-            let i = info.get_or_insert_with(|| IpSetInfo {
-                name: name.to_owned(),
-                type_name: String::new(),
-                revision: 0,
-                family: None,
-                comments: false,
-                hashsize: None,
-                maxelem: None,
-                references: 0,
-                entries: Vec::new(),
-            });
-            merge(i, msg);
-        }
-        Ok(info)
+        list_from_replies(name, &replies).map_err(|reason| Error::Decode {
+            op: format!("ipset list {name}"),
+            reason,
+        })
     }
 
     /// The names of every set in the namespace (`ipset list -n`).
@@ -422,19 +406,10 @@ impl Ipset {
             .sock
             .dump(frame(&m, NLM_F_REQUEST | NLM_F_DUMP))?
             .map_err(|e| e.into_error("ipset list -n", &self.ns()))?;
-        let mut names = Vec::new();
-        for raw in &replies {
-            let msg = parse_reply(raw).map_err(|reason| Error::Decode {
-                op: "ipset list -n".into(),
-                reason,
-            })?;
-            if let Some(n) = msg.set_name()
-                && !names.iter().any(|x| x == n)
-            {
-                names.push(n.to_owned());
-            }
-        }
-        Ok(names)
+        names_from_replies(&replies).map_err(|reason| Error::Decode {
+            op: "ipset list -n".into(),
+            reason,
+        })
     }
 }
 
@@ -452,6 +427,45 @@ fn parse_reply(raw: &[u8]) -> std::result::Result<IpsetMessage, String> {
         .next()
         .ok_or_else(|| "empty reply".to_owned())??;
     IpsetMessage::parse(m.ty, m.payload).map_err(|e| e.to_string())
+}
+
+/// Folds the reply messages of `ipset list NAME` into one set description,
+/// or `None` when there were none.
+pub(crate) fn list_from_replies(
+    name: &str,
+    replies: &[Vec<u8>],
+) -> std::result::Result<Option<IpSetInfo>, String> {
+    let mut info: Option<IpSetInfo> = None;
+    for raw in replies {
+        let msg = parse_reply(raw)?;
+        let i = info.get_or_insert_with(|| IpSetInfo {
+            name: name.to_owned(),
+            type_name: String::new(),
+            revision: 0,
+            family: None,
+            comments: false,
+            hashsize: None,
+            maxelem: None,
+            references: 0,
+            entries: Vec::new(),
+        });
+        merge(i, msg);
+    }
+    Ok(info)
+}
+
+/// The distinct set names in the reply messages of `ipset list -n`.
+pub(crate) fn names_from_replies(replies: &[Vec<u8>]) -> std::result::Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for raw in replies {
+        let msg = parse_reply(raw)?;
+        if let Some(n) = msg.set_name()
+            && !names.iter().any(|x| x == n)
+        {
+            names.push(n.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 fn merge(info: &mut IpSetInfo, msg: IpsetMessage) {
