@@ -1,6 +1,10 @@
 //! Endpoint balancing with outlier detection.
 //!
-//! Round robin over the candidate endpoints that are not ejected. An
+//! Round robin or least request ([`LoadBalancer`]) over the candidate
+//! endpoints that are not ejected. Least request counts in-flight requests
+//! per endpoint ([`Balancer::begin`] returns a guard that holds one until
+//! the response body is done) and picks the less loaded of two random
+//! candidates (Envoy's power of two choices). An
 //! endpoint is ejected for [`OutlierConfig::base_ejection_time`] after
 //! [`OutlierConfig::consecutive_errors`] consecutive failures (5xx, connect
 //! failure, reset, timeout); any success resets its count. Invariant: when
@@ -10,11 +14,14 @@
 //! Time is passed in, so the state machine is tested without sleeping.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::OutlierConfig;
+use crate::config::{LoadBalancer, OutlierConfig};
+
+/// In-flight requests by endpoint key; entries at zero are removed.
+type Active = Arc<Mutex<HashMap<String, usize>>>;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Health {
@@ -28,6 +35,30 @@ pub struct Balancer {
     config: OutlierConfig,
     health: Mutex<HashMap<String, Health>>,
     cursor: AtomicUsize,
+    active: Active,
+}
+
+/// One in-flight request to an endpoint, counted for least request until
+/// dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    active: Active,
+    key: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut a = match self.active.lock() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = a.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                a.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Balancer {
@@ -37,11 +68,35 @@ impl Balancer {
             config,
             health: Mutex::new(HashMap::new()),
             cursor: AtomicUsize::new(0),
+            active: Arc::default(),
         }
     }
 
-    /// The index in `keys` to use next, or `None` when `keys` is empty.
-    pub fn pick(&self, keys: &[&str], now: Instant) -> Option<usize> {
+    /// Counts a request to `key` as in flight until the guard is dropped.
+    pub fn begin(&self, key: &str) -> InFlight {
+        let mut a = match self.active.lock() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        *a.entry(key.to_owned()).or_default() += 1;
+        InFlight {
+            active: Arc::clone(&self.active),
+            key: key.to_owned(),
+        }
+    }
+
+    /// Requests in flight to `key`.
+    pub fn in_flight(&self, key: &str) -> usize {
+        self.active
+            .lock()
+            .ok()
+            .and_then(|a| a.get(key).copied())
+            .unwrap_or(0)
+    }
+
+    /// The index in `keys` to use next under `policy`, or `None` when
+    /// `keys` is empty.
+    pub fn pick(&self, keys: &[&str], policy: LoadBalancer, now: Instant) -> Option<usize> {
         if keys.is_empty() {
             return None;
         }
@@ -55,11 +110,28 @@ impl Balancer {
                 .collect(),
             Err(_) => (0..keys.len()).collect(),
         };
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        if healthy.is_empty() {
-            Some(n % keys.len())
+        let candidates: Vec<usize> = if healthy.is_empty() {
+            (0..keys.len()).collect()
         } else {
-            healthy.get(n % healthy.len()).copied()
+            healthy
+        };
+        match policy {
+            LoadBalancer::RoundRobin => {
+                let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+                candidates.get(n % candidates.len()).copied()
+            }
+            LoadBalancer::LeastRequest => {
+                let n = candidates.len();
+                if n == 1 {
+                    return candidates.first().copied();
+                }
+                let a = fastrand::usize(0..n);
+                let b = (a + 1 + fastrand::usize(0..n - 1)) % n;
+                let (ia, ib) = (candidates[a], candidates[b]);
+                let active = self.active.lock().ok()?;
+                let load = |i: usize| active.get(keys[i]).copied().unwrap_or(0);
+                Some(if load(ib) < load(ia) { ib } else { ia })
+            }
         }
     }
 
@@ -118,11 +190,13 @@ mod tests {
         assert!(b.report("a", true, t0));
         assert!(b.is_ejected("a", t0));
         for _ in 0..10 {
-            assert_eq!(b.pick(&keys, t0), Some(1));
+            assert_eq!(b.pick(&keys, LoadBalancer::RoundRobin, t0), Some(1));
         }
         let later = t0 + Duration::from_secs(11);
         assert!(!b.is_ejected("a", later));
-        let picks: Vec<_> = (0..4).filter_map(|_| b.pick(&keys, later)).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| b.pick(&keys, LoadBalancer::RoundRobin, later))
+            .collect();
         assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
     }
 
@@ -134,8 +208,8 @@ mod tests {
         });
         let t0 = Instant::now();
         assert!(b.report("a", true, t0));
-        assert_eq!(b.pick(&["a"], t0), Some(0));
-        assert_eq!(b.pick(&[], t0), None);
+        assert_eq!(b.pick(&["a"], LoadBalancer::RoundRobin, t0), Some(0));
+        assert_eq!(b.pick(&[], LoadBalancer::LeastRequest, t0), None);
     }
 
     #[test]
@@ -147,6 +221,40 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..100 {
             assert!(!b.report("a", true, t0));
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_fewer_in_flight() {
+        let b = Balancer::new(OutlierConfig::default());
+        let t0 = Instant::now();
+        let keys = ["a", "b", "c"];
+        let busy: Vec<InFlight> = (0..5).map(|_| b.begin("a")).collect();
+        let _one = b.begin("b");
+        assert_eq!(
+            (b.in_flight("a"), b.in_flight("b"), b.in_flight("c")),
+            (5, 1, 0)
+        );
+        // Of any two candidates the less loaded wins: "a" never, and with
+        // two candidates only the idle one.
+        for _ in 0..200 {
+            assert_ne!(b.pick(&keys, LoadBalancer::LeastRequest, t0), Some(0));
+            assert_eq!(b.pick(&keys[..2], LoadBalancer::LeastRequest, t0), Some(1));
+        }
+        let picks: Vec<_> = (0..200)
+            .filter_map(|_| b.pick(&keys, LoadBalancer::LeastRequest, t0))
+            .collect();
+        assert!(picks.contains(&2), "the idle endpoint is chosen: {picks:?}");
+        drop(busy);
+        assert_eq!(b.in_flight("a"), 0, "guards release their count");
+        // Ejection still applies before the load comparison.
+        let b2 = Balancer::new(OutlierConfig {
+            consecutive_errors: 1,
+            base_ejection_time: Duration::from_secs(10),
+        });
+        assert!(b2.report("c", true, t0));
+        for _ in 0..50 {
+            assert_ne!(b2.pick(&keys, LoadBalancer::LeastRequest, t0), Some(2));
         }
     }
 }

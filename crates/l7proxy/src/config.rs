@@ -55,6 +55,9 @@ pub struct RouteConfig {
     /// Outlier detection for every endpoint.
     #[serde(default)]
     pub outlier_detection: OutlierConfig,
+    /// How endpoints are chosen, unless a service says otherwise.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
     /// Per-service routing and policy, by service hostname.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -138,6 +141,13 @@ impl RouteConfig {
     pub fn service(&self, hostname: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.host == hostname)
     }
+
+    /// The balancing policy for the service with `hostname`.
+    pub fn load_balancer(&self, hostname: &str) -> LoadBalancer {
+        self.service(hostname)
+            .and_then(|s| s.load_balancer)
+            .unwrap_or(self.load_balancer)
+    }
 }
 
 /// Outlier detection: eject an endpoint after consecutive failures.
@@ -169,6 +179,19 @@ impl Default for OutlierConfig {
     }
 }
 
+/// How an endpoint is chosen among the healthy ones (Istio
+/// DestinationRule `loadBalancer.simple` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LoadBalancer {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The fewer in-flight requests of two random candidates (Envoy's
+    /// power of two choices; with two candidates, the less loaded one).
+    LeastRequest,
+}
+
 /// How a service port's traffic is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,6 +221,9 @@ pub struct ServiceConfig {
     /// L7 authorization policies (Istio AuthorizationPolicy shape).
     #[serde(default)]
     pub policies: Vec<L7Policy>,
+    /// This service's endpoint choice (default: the top-level one).
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancer>,
 }
 
 /// One HTTP route.
@@ -678,6 +704,11 @@ mod tests {
         assert!(c.is_ok(), "{c:?}");
         if let Ok(c) = c {
             assert!(c.service("reviews.default.svc.cluster.local").is_some());
+            assert_eq!(
+                c.load_balancer("reviews.default.svc.cluster.local"),
+                LoadBalancer::LeastRequest
+            );
+            assert_eq!(c.load_balancer("other"), LoadBalancer::RoundRobin);
         }
     }
 
@@ -688,6 +719,7 @@ mod tests {
             "services:\n- host: a\n  routes:\n  - fault: {abort: {httpStatus: 42}}\n",
             "services:\n- host: a\n  routes:\n  - timeout: soon\n",
             "services:\n- host: a\n  routes:\n  - match: [{path: {regex: '('}}]\n",
+            "loadBalancer: RANDOM\n",
         ] {
             assert!(RouteConfig::parse(text, "t").is_err(), "{text}");
         }

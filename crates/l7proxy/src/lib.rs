@@ -6,8 +6,9 @@
 //! request applies L7 authorization ([`authz`], Istio's DENY-then-ALLOW),
 //! routing with VirtualService/HTTPRoute semantics ([`route`]: matches,
 //! weighted subsets, redirects, rewrites, header edits, timeouts, retries,
-//! faults), then forwards over HBONE to a pod chosen by a round-robin
-//! balancer with outlier detection ([`balance`]). Decisions are plain
+//! faults), then forwards over HBONE to a pod chosen by a round-robin or
+//! least-request balancer with outlier detection ([`balance`]), on pooled
+//! upstream HTTP/1.1 connections ([`pool`]). Decisions are plain
 //! functions of the [`config`] and the request, tested without sockets;
 //! [`Waypoint`] carries them out. Metrics use Istio's HTTP names
 //! ([`metrics`]); [`admin`] serves the admin, metrics and readiness ports.
@@ -20,12 +21,14 @@ pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod metrics;
+pub mod pool;
 mod proxy;
 pub mod route;
 pub mod sniff;
 
 pub use self::{
-    config::{ConfigError, RouteConfig},
+    config::{ConfigError, LoadBalancer, RouteConfig},
     metrics::Metrics,
+    pool::{PoolConfig, PoolStats},
     proxy::{Body, BoxError, Error, Waypoint, WaypointConfig},
 };

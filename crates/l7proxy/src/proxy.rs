@@ -4,12 +4,14 @@
 //! (configured, or sniffed from the first bytes) chooses between serving
 //! HTTP/1.1 and HTTP/2 inside the tunnel with hyper, and copying bytes to
 //! one endpoint. Per HTTP request: L7 authorization, route selection,
-//! redirect, faults, backend choice, then attempts (each a fresh HBONE
-//! stream to `podIP:15008` with `:authority podIP:targetPort`, as the
-//! waypoint's identity) under the route's timeout and retry policy.
+//! redirect, faults, backend choice, then attempts under the route's
+//! timeout and retry policy, each on a pooled upstream HTTP/1.1 connection
+//! ([`pool`](crate::pool)) or a new one over an HBONE stream to
+//! `podIP:15008` with `:authority podIP:targetPort`, as the waypoint's
+//! identity.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,13 +27,14 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::authz::{self, AuthzFacts};
 use crate::balance::Balancer;
-use crate::config::{Backend, Protocol, Route, RouteConfig, ServiceConfig};
+use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig};
 use crate::metrics::{HttpLabels, Metrics};
+use crate::pool::{HttpPool, PoolConfig, PoolKey, PoolStats, PooledBody};
 use crate::route::{self, Outcome, RequestFacts};
 use crate::sniff::{Rewind, Sniffed, sniff};
 
@@ -65,6 +68,15 @@ pub enum Error {
         #[source]
         source: ambit_identity::ManagerError,
     },
+    /// No service has the VIP a plaintext listener was given.
+    #[error("no service for {vip}")]
+    UnknownService {
+        /// The VIP and port.
+        vip: SocketAddr,
+    },
+    /// Accepting a plaintext connection failed.
+    #[error("accepting on the plaintext listener")]
+    Accept(#[source] std::io::Error),
 }
 
 /// The waypoint's settings.
@@ -83,6 +95,12 @@ pub struct WaypointConfig {
     /// The largest request body buffered so it can be retried; larger
     /// bodies are streamed and never retried.
     pub max_retry_body: usize,
+    /// The upstream HTTP/1.1 connection pool.
+    pub pool: PoolConfig,
+    /// Dial endpoints' target ports over plain TCP instead of HBONE. For
+    /// benchmarks that compare the HTTP engine with a plain reverse proxy;
+    /// never in a mesh (no mTLS, no identity).
+    pub plaintext_upstreams: bool,
 }
 
 impl WaypointConfig {
@@ -95,6 +113,8 @@ impl WaypointConfig {
             hbone_server: ServerConfig::default(),
             sniff_timeout: Duration::from_secs(1),
             max_retry_body: 64 * 1024,
+            pool: PoolConfig::default(),
+            plaintext_upstreams: false,
         }
     }
 }
@@ -120,6 +140,8 @@ struct Inner {
     routes: RwLock<Arc<RouteConfig>>,
     certs: Arc<CertManager>,
     client: Client,
+    /// Idle upstream HTTP connections; lives as long as the waypoint.
+    pool: Arc<HttpPool>,
     balancer: Balancer,
     metrics: Metrics,
 }
@@ -156,8 +178,10 @@ impl Waypoint {
         certs: Arc<CertManager>,
     ) -> Self {
         let client = Client::new(cfg.hbone_client.clone(), ManagerTls(Arc::clone(&certs)));
+        let pool = HttpPool::new(cfg.pool);
         Self {
             inner: Arc::new(Inner {
+                pool,
                 balancer: Balancer::new(routes.outlier_detection),
                 routes: RwLock::new(Arc::new(routes)),
                 cfg,
@@ -167,6 +191,11 @@ impl Waypoint {
                 metrics: Metrics::new(),
             }),
         }
+    }
+
+    /// Upstream connection pool counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
     }
 
     /// The metrics.
@@ -221,6 +250,40 @@ impl Waypoint {
         Ok(())
     }
 
+    /// Serves the HTTP engine over plain HTTP (HTTP/1.1 or HTTP/2 prior
+    /// knowledge; no TLS, no HBONE) on `listener` until `shutdown`, as if
+    /// each connection were an HBONE CONNECT to `vip` from `peer` with the
+    /// TCP peer as the original client. Routing, policy, balancing,
+    /// pooling and metrics are the same code as behind 15008. Meant for
+    /// benchmarks against plain reverse proxies: nothing authenticates the
+    /// client, `peer` is simply asserted, so never expose it in a mesh.
+    pub async fn serve_plaintext(
+        &self,
+        listener: TcpListener,
+        vip: SocketAddr,
+        peer: Identity,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let (service, port) = self
+            .service_for(&Authority::from(vip))
+            .map_err(|_| Error::UnknownService { vip })?;
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, client) = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                r = listener.accept() => r.map_err(Error::Accept)?,
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = Arc::new(Conn {
+                peer: peer.clone(),
+                client,
+                service: Arc::clone(&service),
+                port,
+            });
+            tokio::spawn(self.clone().serve_http(conn, tcp));
+        }
+    }
+
     fn service_for(&self, authority: &Authority) -> Result<(Arc<Service>, u16), Rejection> {
         let addr = authority.socket_addr().ok_or(Rejection::BadRequest)?;
         let state = self
@@ -267,7 +330,10 @@ impl Waypoint {
         }
     }
 
-    async fn serve_http(self, conn: Arc<Conn>, io: Rewind<HboneStream>) {
+    async fn serve_http<IO>(self, conn: Arc<Conn>, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let svc = service_fn(move |req: Request<Incoming>| {
             let this = self.clone();
             let conn = Arc::clone(&conn);
@@ -280,7 +346,13 @@ impl Waypoint {
     }
 
     async fn forward_tcp(self, conn: Conn, mut io: Rewind<HboneStream>) {
-        let Some(ep) = self.pick(&conn.service, conn.port, &Backend::default_for(), &[]) else {
+        let Some(ep) = self.pick(
+            &conn.service,
+            conn.port,
+            &Backend::default_for(),
+            &[],
+            LoadBalancer::RoundRobin,
+        ) else {
             tracing::info!(service = %conn.service.hostname, "tcp: no healthy endpoint");
             return;
         };
@@ -307,13 +379,14 @@ impl Waypoint {
     }
 
     /// Healthy endpoints of `backend` (relative to `svc`), one picked by
-    /// the balancer, preferring endpoints not in `tried`.
+    /// the balancer under `policy`, preferring endpoints not in `tried`.
     fn pick(
         &self,
         svc: &Service,
         port: u16,
         backend: &Backend,
         tried: &[String],
+        policy: LoadBalancer,
     ) -> Option<Endpoint> {
         let state = self.inner.state.read().ok()?;
         let target = match &backend.host {
@@ -337,7 +410,7 @@ impl Waypoint {
         let eps = if fresh.is_empty() { eps } else { fresh };
         let keys: Vec<String> = eps.iter().map(ep_key).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let i = self.inner.balancer.pick(&refs, Instant::now())?;
+        let i = self.inner.balancer.pick(&refs, policy, Instant::now())?;
         eps.into_iter().nth(i)
     }
 
@@ -346,12 +419,7 @@ impl Waypoint {
         ep: &Endpoint,
         client: SocketAddr,
     ) -> Result<HboneStream, ambit_hbone::ClientError> {
-        let ip = ep
-            .workload
-            .addresses
-            .first()
-            .copied()
-            .unwrap_or(client.ip());
+        let ip = ep_ip(ep, client);
         let routes = self.routes();
         let headers = ConnectHeaders {
             forwarded: Some(Forwarded::new(client)),
@@ -547,6 +615,7 @@ impl Waypoint {
         };
         let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
         let retry_on = retries.map(|r| r.retry_on).unwrap_or_default();
+        let policy = routes_load_balancer(svc_cfg, &self.routes(), &conn.service.hostname);
         // Backend.
         let backend = if route.backends.is_empty() {
             Backend::default_for()
@@ -565,11 +634,12 @@ impl Waypoint {
             let mut tried: Vec<String> = Vec::new();
             let mut last = Outcome::ConnectFailure;
             for attempt in 0..attempts {
-                let Some(ep) = self.pick(&conn.service, conn.port, &backend, &tried) else {
+                let Some(ep) = self.pick(&conn.service, conn.port, &backend, &tried, policy) else {
                     labels.response_flags = "UH".into();
                     return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
                 };
                 let key = ep_key(&ep);
+                let in_flight = self.inner.balancer.begin(&key);
                 labels.destination_workload = ep.workload.workload_name.clone();
                 if labels.destination_workload.is_empty() {
                     labels.destination_workload = ep.workload.name.clone();
@@ -614,7 +684,9 @@ impl Waypoint {
                         route.response_headers.apply(&mut rp.headers);
                         return Response::from_parts(
                             rp,
-                            body.map_err(BoxError::from).boxed_unsync(),
+                            body.with_in_flight(in_flight)
+                                .map_err(BoxError::from)
+                                .boxed_unsync(),
                         );
                     }
                     _ if more => {
@@ -663,30 +735,109 @@ impl Waypoint {
         (resp, name)
     }
 
-    /// One attempt: a fresh HBONE stream and an HTTP/1.1 exchange on it.
+    /// One attempt: on a pooled connection to `ep` for `client`, or a new
+    /// one. A request a pooled connection hands back unsent (it was closed
+    /// while idle) moves on to the next; that is not an attempt.
     async fn send(
         &self,
         ep: &Endpoint,
         client: SocketAddr,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, Outcome> {
-        let stream = self.connect(ep, client).await.map_err(|error| {
-            tracing::debug!(%error, endpoint = %ep_key(ep), "upstream connect failed");
-            Outcome::ConnectFailure
-        })?;
-        let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Outcome::ConnectFailure)?;
-        tokio::spawn(async move {
-            if let Err(error) = driver.await {
-                tracing::debug!(%error, "upstream http connection failed");
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, Outcome> {
+        let key = self.pool_key(ep, client);
+        let pool = &self.inner.pool;
+        while let Some(mut sender) = pool.checkout(&key) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    pool.note_reused();
+                    return Ok(pool.wrap(key, sender, resp));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        tracing::debug!(error = %e.error(), endpoint = %ep_key(ep), "upstream request failed on a pooled connection");
+                        return Err(Outcome::Reset);
+                    }
+                },
             }
-        });
-        sender.send_request(req).await.map_err(|error| {
-            tracing::debug!(%error, endpoint = %ep_key(ep), "upstream request failed");
-            Outcome::Reset
-        })
+        }
+        let mut sender = if self.inner.cfg.plaintext_upstreams {
+            let tcp = TcpStream::connect(key.target).await.map_err(|error| {
+                tracing::debug!(%error, endpoint = %ep_key(ep), "upstream connect failed");
+                Outcome::ConnectFailure
+            })?;
+            let _ = tcp.set_nodelay(true);
+            handshake(tcp).await?
+        } else {
+            let stream = self.connect(ep, client).await.map_err(|error| {
+                tracing::debug!(%error, endpoint = %ep_key(ep), "upstream connect failed");
+                Outcome::ConnectFailure
+            })?;
+            handshake(stream).await?
+        };
+        pool.note_opened();
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(pool.wrap(key, sender, resp)),
+            Err(error) => {
+                tracing::debug!(%error, endpoint = %ep_key(ep), "upstream request failed");
+                Err(Outcome::Reset)
+            }
+        }
     }
+
+    fn pool_key(&self, ep: &Endpoint, client: SocketAddr) -> PoolKey {
+        let ip = ep_ip(ep, client);
+        let (hbone, identities) = if self.inner.cfg.plaintext_upstreams {
+            (None, Vec::new())
+        } else {
+            let mut ids: Vec<Identity> = ep.workload.identity().into_iter().collect();
+            ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            (Some(SocketAddr::new(ip, self.routes().hbone_port)), ids)
+        };
+        PoolKey {
+            hbone,
+            target: SocketAddr::new(ip, ep.port),
+            identities,
+            client_ip: client.ip(),
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection over `io`, its driver spawned.
+async fn handshake<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Body>, Outcome>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|_| Outcome::ConnectFailure)?;
+    tokio::spawn(async move {
+        if let Err(error) = driver.await {
+            tracing::debug!(%error, "upstream http connection failed");
+        }
+    });
+    Ok(sender)
+}
+
+/// The balancing policy of the service being routed.
+fn routes_load_balancer(
+    svc_cfg: Option<&ServiceConfig>,
+    routes: &RouteConfig,
+    hostname: &str,
+) -> LoadBalancer {
+    svc_cfg
+        .and_then(|c| c.load_balancer)
+        .unwrap_or_else(|| routes.load_balancer(hostname))
+}
+
+/// The endpoint's first address (the client's when it has none, which
+/// `pick` rules out).
+fn ep_ip(ep: &Endpoint, client: SocketAddr) -> IpAddr {
+    ep.workload
+        .addresses
+        .first()
+        .copied()
+        .unwrap_or(client.ip())
 }
 
 impl Backend {

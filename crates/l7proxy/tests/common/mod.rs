@@ -18,6 +18,7 @@ use ambit_mesh::MeshState;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -130,14 +131,38 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
             if path.starts_with("/flaky") && pod.flaky.fetch_add(1, Ordering::SeqCst) == 0 {
                 status = StatusCode::SERVICE_UNAVAILABLE;
             }
-            let resp = Response::builder()
+            if path.starts_with("/partial") {
+                // Promises 100 bytes, sends 3, then fails the body: hyper
+                // aborts the connection mid-response.
+                let body = CutBody(None).boxed_unsync();
+                let resp = Response::builder()
+                    .header("content-length", "100")
+                    .body(body)
+                    .expect("response");
+                return Ok(resp);
+            }
+            let big = path.starts_with("/big");
+            let mut resp = Response::builder();
+            if path.starts_with("/close") {
+                resp = resp.header("connection", "close");
+            }
+            let body = if big {
+                Bytes::from(vec![b'x'; 32 << 20])
+            } else {
+                Bytes::from(pod.version.clone())
+            };
+            let resp = resp
                 .status(status)
                 .header("x-version", pod.version.as_str())
                 .header("x-path", path)
                 .header("x-host", host)
                 .header("x-saw-rewritten", rewritten)
                 .header("x-saw-debug", debug)
-                .body(Full::new(Bytes::from(pod.version.clone())))
+                .body(
+                    Full::new(body)
+                        .map_err(|e| -> std::io::Error { match e {} })
+                        .boxed_unsync(),
+                )
                 .expect("response");
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -145,6 +170,34 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), svc)
         .await;
+}
+
+/// A body that yields `abc`, waits 50 ms (so the head and those bytes are
+/// flushed), and then fails.
+struct CutBody(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl hyper::body::Body for CutBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::future::Future;
+        match self.0.as_mut() {
+            None => {
+                self.0 = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"abc")))))
+            }
+            Some(sleep) => match sleep.as_mut().poll(cx) {
+                std::task::Poll::Pending => std::task::Poll::Pending,
+                std::task::Poll::Ready(()) => {
+                    std::task::Poll::Ready(Some(Err(std::io::Error::other("cut"))))
+                }
+            },
+        }
+    }
 }
 
 pub struct Mesh {

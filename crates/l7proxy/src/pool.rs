@@ -1,0 +1,368 @@
+//! Upstream HTTP/1.1 connection pool.
+//!
+//! Each pooled connection is one hyper HTTP/1.1 client connection riding
+//! its own transport: an HBONE stream to the endpoint's ztunnel (the HBONE
+//! client below multiplexes those streams over pooled HTTP/2
+//! connections), or plain TCP in the benchmark mode
+//! ([`WaypointConfig::plaintext_upstreams`](crate::WaypointConfig)).
+//! Connections are keyed by [`PoolKey`]: transport address, target
+//! `podIP:port`, the identities the endpoint may present, and the original
+//! client's IP — the CONNECT's `forwarded` header is fixed for the life of
+//! the stream and the destination ztunnel authorizes and dials with it, so
+//! a connection is never shared between original clients.
+//!
+//! Invariants:
+//! - A connection goes back to the pool only when the response to its last
+//!   request was read to its end without error (the body's end of stream
+//!   was observed), the response did not say `connection: close` (nor was
+//!   HTTP/1.0 without `keep-alive`), and hyper reports it ready for another
+//!   request. A response body dropped unfinished, a body error, or a
+//!   request future dropped by a timeout drop the connection, and hyper
+//!   closes it.
+//! - At most [`PoolConfig::max_idle_per_endpoint`] idle connections per
+//!   key (the oldest is closed first); idle ones older than
+//!   [`PoolConfig::idle_timeout`] are skipped on checkout and closed by a
+//!   periodic sweep.
+//! - Checkout is last-in first-out, so under light load a few connections
+//!   stay warm and the rest reach the idle timeout.
+//! - A request that a pooled connection refused before writing any of it
+//!   (hyper hands it back: the peer closed the idle connection) is sent on
+//!   the next pooled connection or a new one; it is not an attempt.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use ambit_identity::Identity;
+use bytes::Bytes;
+use http::{HeaderMap, Response, Version, header};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+
+use crate::Body;
+use crate::balance::InFlight;
+
+/// How long a returned connection may take to become ready again before
+/// it is dropped instead of pooled.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Upstream connection pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle connections kept per key (default 128; 0 disables pooling:
+    /// one connection per request, as before pooling existed).
+    pub max_idle_per_endpoint: usize,
+    /// How long a connection may stay idle (default 60 s).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_per_endpoint: 128,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an upstream connection may be shared by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    /// The HBONE server (`podIP:15008`); `None` for plain TCP.
+    pub(crate) hbone: Option<SocketAddr>,
+    /// `podIP:targetPort`.
+    pub(crate) target: SocketAddr,
+    /// The identities the endpoint may present.
+    pub(crate) identities: Vec<Identity>,
+    /// The original client (the CONNECT's `forwarded`).
+    pub(crate) client_ip: IpAddr,
+}
+
+/// Counters of the upstream pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Upstream HTTP connections opened.
+    pub opened: u64,
+    /// Requests sent on a pooled (reused) connection.
+    pub reused: u64,
+    /// Idle connections now.
+    pub idle: usize,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// The pool: idle connections by key.
+pub(crate) struct HttpPool {
+    cfg: PoolConfig,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    opened: AtomicU64,
+    reused: AtomicU64,
+}
+
+impl HttpPool {
+    /// A pool, and its sweep task (which ends with the pool). Must be
+    /// called within a tokio runtime.
+    pub(crate) fn new(cfg: PoolConfig) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            cfg,
+            idle: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+        });
+        if cfg.max_idle_per_endpoint > 0 {
+            tokio::spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+
+    fn idle(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+        match self.idle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The most recently returned usable connection for `key`.
+    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<SendRequest<Body>> {
+        if self.cfg.max_idle_per_endpoint == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle();
+        let conns = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(c) = conns.pop() {
+            if c.sender.is_ready() && now.duration_since(c.since) < self.cfg.idle_timeout {
+                found = Some(c.sender);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    /// Counts a newly opened connection.
+    pub(crate) fn note_opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request sent on a reused connection.
+    pub(crate) fn note_reused(&self) {
+        self.reused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            opened: self.opened.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+            idle: self.idle().values().map(Vec::len).sum(),
+        }
+    }
+
+    /// Wraps a response so its connection returns to the pool when the
+    /// body is read to the end, if the connection may be reused.
+    pub(crate) fn wrap(
+        self: &Arc<Self>,
+        key: PoolKey,
+        sender: SendRequest<Body>,
+        resp: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let reusable =
+            self.cfg.max_idle_per_endpoint > 0 && keep_alive(resp.version(), resp.headers());
+        let ret = Return {
+            pool: Arc::clone(self),
+            key,
+            sender,
+            reusable,
+        };
+        resp.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                ret: Some(ret),
+                in_flight: None,
+            };
+            if body.inner.is_end_stream() {
+                body.finish();
+            }
+            body
+        })
+    }
+
+    fn checkin(self: Arc<Self>, key: PoolKey, mut sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            self.push(key, sender);
+            return;
+        }
+        // hyper marks the connection ready once it has seen the end of the
+        // response itself, which may be a moment after the body's reader.
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                self.push(key, sender);
+            }
+        });
+    }
+
+    fn push(&self, key: PoolKey, sender: SendRequest<Body>) {
+        let mut idle = self.idle();
+        let conns = idle.entry(key).or_default();
+        conns.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if conns.len() > self.cfg.max_idle_per_endpoint {
+            conns.remove(0);
+        }
+    }
+
+    /// Drops closed and expired idle connections.
+    fn sweep_now(&self, now: Instant) {
+        let timeout = self.cfg.idle_timeout;
+        self.idle().retain(|_, conns| {
+            conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+            !conns.is_empty()
+        });
+    }
+}
+
+async fn sweep(pool: Weak<HttpPool>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.cfg.idle_timeout / 2).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        match pool.upgrade() {
+            Some(p) => p.sweep_now(Instant::now()),
+            None => return,
+        }
+    }
+}
+
+/// Whether a response lets its connection carry another request (RFC 9112
+/// §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with
+/// `keep-alive`).
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    match version {
+        Version::HTTP_11 => !has("close"),
+        Version::HTTP_10 => has("keep-alive") && !has("close"),
+        _ => false,
+    }
+}
+
+/// The connection a response body hands back at its end.
+struct Return {
+    pool: Arc<HttpPool>,
+    key: PoolKey,
+    sender: SendRequest<Body>,
+    reusable: bool,
+}
+
+/// An upstream response body that returns its connection to the pool when
+/// read to the end and holds the endpoint's in-flight count until then.
+pub struct PooledBody {
+    inner: Incoming,
+    /// Present until the end of the body or an error.
+    ret: Option<Return>,
+    in_flight: Option<InFlight>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("pending_return", &self.ret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    /// Counts the request as in flight to its endpoint until the body ends.
+    pub(crate) fn with_in_flight(mut self, guard: InFlight) -> Self {
+        if self.ret.is_some() {
+            self.in_flight = Some(guard);
+        }
+        self
+    }
+
+    fn finish(&mut self) {
+        self.in_flight = None;
+        if let Some(r) = self.ret.take()
+            && r.reusable
+        {
+            r.pool.checkin(r.key, r.sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.finish(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.finish(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) => {
+                // Never reused: dropping the sender lets hyper close it.
+                this.ret = None;
+                this.in_flight = None;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_rules() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            if let Ok(v) = v.parse() {
+                m.insert(header::CONNECTION, v);
+            }
+            m
+        };
+        assert!(keep_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(!keep_alive(Version::HTTP_11, &h("close")));
+        assert!(!keep_alive(Version::HTTP_11, &h("Upgrade, Close")));
+        assert!(keep_alive(Version::HTTP_11, &h("keep-alive")));
+        assert!(!keep_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(keep_alive(Version::HTTP_10, &h("Keep-Alive")));
+    }
+}
