@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 .PHONY: run test deps lint
 run: deps
-	$(CARGO) build --release -p ztunnel
+	$(CARGO) build --release -p ztunnel -p cni-node -p waypoint
 	$(CARGO) run --release -p ambit-examples --example local-mesh
 
 test: deps
@@ -23,5 +23,5 @@ lint:
 # The mesh benchmark (as root): ztunnel vs direct TCP, same run; table and target/bench-mesh.json.
 .PHONY: bench
 bench:
-	$(CARGO) build --release -p ztunnel
+	$(CARGO) build --release -p ztunnel -p cni-node -p waypoint
 	$(CARGO) run --release -p ambit-examples --example bench-mesh

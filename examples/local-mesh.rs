@@ -1,14 +1,20 @@
 //! The main job: a whole Istio-style ambient mesh on one machine.
 //!
-//! Builds two nodes and their pods in network namespaces, applies
-//! node-level capture (Istio 1.16–1.20's design, VXLAN standing in for
-//! Geneve), starts a real `ztunnel` process per node, runs a `sleep`
-//! client and `productpage` v1/v2 behind a service VIP, drives traffic
-//! directly and through the mesh, prints the path and a table, and tears
-//! everything down. Run as root:
+//! Builds two nodes and bare pod namespaces, wires every pod through a
+//! real CNI chain (`ptp` + `static`, then Ambit's `istio-cni` plugin,
+//! installed by `cni-node install`), runs a `cni-node` agent per node that
+//! captures the enrolled pods (node-level capture by default, VXLAN
+//! standing in for Geneve; `--mode inpod` for Istio's current design), a
+//! `ztunnel` per node and a `waypoint`, all real child processes, with an
+//! in-process control plane (delta ADS + CA). It drives TCP to
+//! `productpage` (L4) and HTTP to `reviews` (through the waypoint), prints
+//! the path and a table, tears everything down and checks that the host's
+//! namespaces, nftables ruleset, ipsets and ip rules are as they were.
+//! Run as root:
 //!
 //! ```text
-//! cargo build --release -p ztunnel && cargo run --release -p ambit-examples --example local-mesh
+//! cargo build --release -p ztunnel -p cni-node -p waypoint
+//! cargo run --release -p ambit-examples --example local-mesh   # or: make run
 //! ```
 
 use std::path::PathBuf;
@@ -16,8 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ambit_examples::httpapp::{self, Req, Version};
 use ambit_examples::localmesh::{
-    self, DEFAULT_MESH, DIRECT_SERVER, Figures, LocalMesh, NODES, VIP,
+    self, Binaries, DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, Figures, LocalMesh, Mode, NODES,
+    Options, REVIEWS_VIP, VIP,
 };
 use anyhow::Context;
 use clap::Parser;
@@ -31,6 +39,12 @@ struct Args {
     /// Another mesh config (ztunnel local YAML; pods must use the harness addresses).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Another waypoint routing config (ambit-l7proxy YAML).
+    #[arg(long)]
+    routes: Option<PathBuf>,
+    /// Capture mode: node-level (Istio 1.16–1.20) or in-pod (current Istio).
+    #[arg(long, value_enum, default_value = "node")]
+    mode: ModeArg,
     /// The ztunnel binary (default: next to this example's build).
     #[arg(long, env = "AMBIT_ZTUNNEL")]
     ztunnel: Option<PathBuf>,
@@ -40,6 +54,30 @@ struct Args {
     /// Bulk transfer size per measurement, MiB.
     #[arg(long, default_value_t = 64)]
     bulk_mib: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Node,
+    Inpod,
+}
+
+/// What the host looks like from outside the mesh's namespaces.
+fn host_snapshot() -> Vec<(&'static str, String)> {
+    let run = |cmd: &[&str]| {
+        std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("({} failed: {e})", cmd[0]))
+    };
+    vec![
+        ("ip netns list", run(&["ip", "netns", "list"])),
+        ("nft list ruleset", run(&["nft", "list", "ruleset"])),
+        ("ipset list", run(&["ipset", "list"])),
+        ("ip rule", run(&["ip", "rule"])),
+        ("ip link", run(&["ip", "-o", "link"])),
+    ]
 }
 
 fn ztunnel_path(a: &Args) -> anyhow::Result<PathBuf> {
@@ -55,7 +93,7 @@ fn ztunnel_path(a: &Args) -> anyhow::Result<PathBuf> {
     let p = dir.join("ztunnel");
     anyhow::ensure!(
         p.exists(),
-        "{} not found: build it first (`cargo build --release -p ztunnel`, or `make run`)",
+        "{} not found: build it first (`cargo build --release -p ztunnel -p cni-node -p waypoint`, or `make run`)",
         p.display()
     );
     Ok(p)
@@ -72,16 +110,62 @@ fn row(name: &str, f: &Figures) {
     );
 }
 
+/// A JSON string without its quotes (other values as JSON).
+fn txt(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// Requests, errors and latency of HTTP responses (bulk not measured).
+fn http_figures(rs: &[httpapp::Resp]) -> Figures {
+    let mut lat: Vec<Duration> = rs
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.elapsed)
+        .collect();
+    lat.sort();
+    let pick = |p: usize| {
+        lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Figures {
+        requests: rs.len(),
+        errors: rs.iter().filter(|r| r.status != 200).count(),
+        p50: pick(50),
+        p99: pick(99),
+        mbps: 0.0,
+        greetings: Vec::new(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     localmesh::preflight()?;
     let bin = ztunnel_path(&a)?;
-    let yaml = match &a.config {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
-        None => DEFAULT_MESH.to_owned(),
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
+    let opts = Options {
+        mesh_yaml: a
+            .config
+            .as_ref()
+            .map(read)
+            .transpose()?
+            .unwrap_or(DEFAULT_MESH.to_owned()),
+        routes_yaml: a
+            .routes
+            .as_ref()
+            .map(read)
+            .transpose()?
+            .unwrap_or(DEFAULT_ROUTES.to_owned()),
+        mode: match a.mode {
+            ModeArg::Node => Mode::Node,
+            ModeArg::Inpod => Mode::InPod,
+        },
+        ..Options::default()
+    };
+    let bins = Binaries::beside(&bin)?;
+    let host_before = host_snapshot();
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -101,7 +185,7 @@ fn main() -> anyhow::Result<()> {
     let vip: std::net::SocketAddr = VIP.parse()?;
     let pp_v1: std::net::SocketAddr = "10.244.1.3:9080".parse()?;
 
-    let mesh = LocalMesh::start(&bin, &yaml, |step| println!("[local-mesh] {step}"))?;
+    let mesh = LocalMesh::start_opts(&bins, opts, |step| println!("[local-mesh] {step}"))?;
     let sleep = mesh.sleep();
 
     println!("[local-mesh] driving traffic from sleep ({})", sleep.ip());
@@ -117,35 +201,74 @@ fn main() -> anyhow::Result<()> {
         bulk,
     )?;
 
+    // HTTP through the waypoint: a 90/10 split route on one keep-alive
+    // connection, and one request per routing rule for the trace.
+    let reviews: std::net::SocketAddr = REVIEWS_VIP.parse()?;
+    let l7 = httpapp::send(
+        sleep,
+        reviews,
+        Version::Http1,
+        vec![Req::get("/split"); a.requests],
+        Duration::from_secs(10),
+    )?;
+    let l7_checks = httpapp::send(
+        sleep,
+        reviews,
+        Version::Http1,
+        vec![
+            Req::get("/v1/hello"),
+            Req::get("/v1/hello").header("x-version", "v2"),
+            Req::get("/admin/x").method("DELETE"),
+            Req::get("/flaky").header("x-fail-on", "reviews-v1"),
+        ],
+        Duration::from_secs(10),
+    )?;
+    let l7_figures = http_figures(&l7);
+
     println!("\nPath of a request (from the ztunnels' access logs):");
     let logs = mesh.access_logs();
+    // The L4 example: a connection to productpage (its VIP or v1's pod).
+    let productpage = |v: &serde_json::Value| {
+        ["dst", "via"].iter().any(|k| {
+            v["fields"][k]
+                .as_str()
+                .is_some_and(|d| d.starts_with("10.96.0.20:") || d.starts_with("10.244.1.3:"))
+        })
+    };
     let pick = |node: &str, dir: &str| {
         logs.iter()
             .rev()
             .find(|(n, v)| {
-                n == node && v["fields"]["direction"] == dir && v["fields"]["reason"] == "-"
+                n == node
+                    && v["fields"]["direction"] == dir
+                    && v["fields"]["reason"] == "-"
+                    && productpage(v)
             })
             .map(|(_, v)| v["fields"].clone())
     };
     if let (Some(out), Some(inb)) = (pick(NODES[0], "outbound"), pick(NODES[1], "inbound")) {
         println!(
             "  1. sleep {} connects to {} (service VIP or pod IP)",
-            out["src"], out["dst"]
+            txt(&out["src"]),
+            txt(&out["dst"])
         );
         println!(
             "  2. node-a captures it (mark 0x100 -> table 101 -> istioout) into ztunnel-a:15001"
         );
         println!(
             "  3. ztunnel-a (as {}) opens HBONE to {} over mTLS: HTTP/2 CONNECT",
-            out["src_identity"], out["via"]
+            txt(&out["src_identity"]),
+            txt(&out["via"])
         );
         println!(
             "  4. node-b routes it (table 100 -> istioin) to ztunnel-b:15008, which verifies {} and authorizes",
-            inb["src_identity"]
+            txt(&inb["src_identity"])
         );
         println!(
             "  5. ztunnel-b (as {}) connects to {} keeping the original source {}; mTLS between nodes: yes",
-            inb["dst_identity"], inb["dst"], inb["src"]
+            txt(&inb["dst_identity"]),
+            txt(&inb["dst"]),
+            txt(&inb["src"])
         );
     } else {
         println!(
@@ -159,6 +282,74 @@ fn main() -> anyhow::Result<()> {
     );
     println!("  answer by pod IP: {}", meshed_pod.greetings.join(" | "));
 
+    println!("\nPath of an HTTP request to reviews ({REVIEWS_VIP}), which has a waypoint:");
+    let wp = logs
+        .iter()
+        .find(|(n, v)| n == "waypoint" && v["fields"]["path"] == "/v1/hello")
+        .map(|(_, v)| v["fields"].clone());
+    let to_wp = logs
+        .iter()
+        .rev()
+        .find(|(n, v)| {
+            n == NODES[0]
+                && v["fields"]["dst"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(REVIEWS_VIP.split(':').next().unwrap_or("-")))
+        })
+        .map(|(_, v)| v["fields"].clone());
+    if let (Some(out), Some(wp)) = (to_wp, wp) {
+        println!(
+            "  1. sleep connects to {}; node-a captures it into ztunnel-a",
+            txt(&out["dst"])
+        );
+        println!(
+            "  2. the service has a waypoint: ztunnel-a (as {}) opens HBONE to {} over mTLS",
+            txt(&out["src_identity"]),
+            txt(&out["via"])
+        );
+        println!(
+            "  3. the waypoint (peer {}) applies L7 policy and route `{}` to {} {}: endpoint {}",
+            txt(&wp["peer"]),
+            txt(&wp["route"]),
+            txt(&wp["method"]),
+            txt(&wp["path"]),
+            txt(&wp["endpoint"])
+        );
+        println!(
+            "  4. the waypoint re-originates HBONE, as spiffe://cluster.local/ns/default/sa/waypoint, to the pod's node: its ztunnel delivers it; status {}",
+            txt(&wp["status"])
+        );
+    } else {
+        println!(
+            "  (no waypoint access-log line found; see {})",
+            mesh.dir.display()
+        );
+    }
+    let label = [
+        "GET /v1/hello",
+        "GET /v1/hello, x-version: v2",
+        "DELETE /admin/x",
+        "GET /flaky, v1 fails",
+    ];
+    for (what, r) in label.iter().zip(&l7_checks) {
+        println!(
+            "  {what:<30} -> {} {}",
+            r.status,
+            r.served_by.as_deref().unwrap_or("(waypoint)")
+        );
+    }
+    let v1 = l7
+        .iter()
+        .filter(|r| r.served_by.as_deref() == Some("reviews-v1"))
+        .count();
+    println!(
+        "  /split (90/10): v1 {v1}, v2 {} of {}",
+        l7.iter()
+            .filter(|r| r.served_by.as_deref() == Some("reviews-v2"))
+            .count(),
+        l7.len()
+    );
+
     println!(
         "\n  {:<24} {:>8} {:>7} {:>10} {:>10} {:>10}",
         "path", "requests", "errors", "p50 µs", "p99 µs", "MB/s"
@@ -166,6 +357,7 @@ fn main() -> anyhow::Result<()> {
     row("direct (no mesh)", &direct);
     row("meshed, pod IP", &meshed_pod);
     row("meshed, service VIP", &meshed_vip);
+    row("HTTP via the waypoint", &l7_figures);
     if direct.p50 > Duration::ZERO && direct.mbps > 0.0 {
         println!(
             "  meshed/direct: latency p50 {:.2}x, throughput {:.2}x (each connection is a new HBONE stream)",
@@ -181,9 +373,26 @@ fn main() -> anyhow::Result<()> {
             "  {n}: ip netns exec {ns} curl -s 127.0.0.1:15000/config_dump | 127.0.0.1:15020/metrics | 127.0.0.1:15021/healthz/ready"
         );
     }
+    if let Some((i, j)) = mesh.waypoint_pod() {
+        println!(
+            "  waypoint: ip netns exec {} curl -s 127.0.0.1:15020/metrics  (istio_requests_total)",
+            mesh.cluster.pod(i, j).name()
+        );
+    }
+    for (i, n) in NODES.iter().enumerate() {
+        println!(
+            "  {n} cni-node: ip netns exec {} curl -s 127.0.0.1:15014/metrics; nft list ruleset / ip rule there",
+            mesh.cluster.node(i).name()
+        );
+    }
     println!("  logs: {}", mesh.dir.display());
 
-    let failed = meshed_pod.errors + meshed_vip.errors + direct.errors;
+    let failed = meshed_pod.errors + meshed_vip.errors + direct.errors + l7_figures.errors;
+    let l7_wrong = [200, 200, 403, 200]
+        .iter()
+        .zip(&l7_checks)
+        .filter(|(want, r)| **want != r.status)
+        .count();
     if a.keep {
         println!("\n[local-mesh] --keep: running until Ctrl-C");
         while !interrupted.load(Ordering::SeqCst) {
@@ -192,7 +401,37 @@ fn main() -> anyhow::Result<()> {
     }
     println!("[local-mesh] tearing down");
     drop(mesh);
-    println!("[local-mesh] done: every namespace, link, rule and process removed");
+    let host_after = host_snapshot();
+    let mut changed = Vec::new();
+    for ((what, before), (_, after)) in host_before.iter().zip(&host_after) {
+        if before != after {
+            changed.push(*what);
+        }
+    }
+    if changed.is_empty() {
+        println!(
+            "[local-mesh] done: host unchanged ({})",
+            host_before
+                .iter()
+                .map(|(w, _)| *w)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        println!(
+            "[local-mesh] host state differs after teardown: {}",
+            changed.join(", ")
+        );
+    }
     anyhow::ensure!(failed == 0, "{failed} requests failed");
+    anyhow::ensure!(
+        l7_wrong == 0,
+        "{l7_wrong} waypoint checks gave the wrong status"
+    );
+    anyhow::ensure!(
+        changed.is_empty(),
+        "teardown left the host changed: {} (another process may have changed it meanwhile)",
+        changed.join(", ")
+    );
     Ok(())
 }

@@ -154,7 +154,8 @@ struct RunArgs {
     /// Leave the host rules and enrolments in place on exit.
     #[arg(long, default_value_t = false)]
     keep_rules: bool,
-    /// Prometheus endpoint (/metrics).
+    /// Prometheus endpoint (/metrics) and readiness (/healthz/ready, served
+    /// once the agent has started and reconciled).
     #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:15014")]
     metrics_addr: SocketAddr,
     /// Pod source poll interval, in milliseconds.

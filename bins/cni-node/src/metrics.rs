@@ -36,6 +36,12 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut r = Response::new(Full::new(Bytes::new()));
+    // This server starts once the agent has applied the host half and
+    // reconciled, so answering at all means ready.
+    if req.uri().path() == "/healthz/ready" {
+        *r.body_mut() = Full::new(Bytes::from_static(b"ready\n"));
+        return Ok(r);
+    }
     if req.uri().path() != "/metrics" {
         *r.status_mut() = StatusCode::NOT_FOUND;
         return Ok(r);

@@ -146,7 +146,8 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
     let source = match (&a.local_xds_path, &a.xds_address) {
         (Some(path), _) => Source::Local(Config::from_file(path)?),
         (None, Some(addr)) => {
-            let node = ambit_xds::NodeIdentity::from_env();
+            // istiod knows waypoints as Envoy routers, not as ztunnels.
+            let node = ambit_xds::NodeIdentity::from_env().with_proxy_type("router");
             let mut c = ambit_xds::AdsConfig::new(addr.clone(), node);
             c.token_path = a
                 .auth_token_path
@@ -168,6 +169,9 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
         (Some(addr), _, _) => {
             let mut c = IstioCaConfig::default();
             c.address = addr.clone();
+            // The waypoint asks for its own identity (the token's service
+            // account); only node proxies impersonate workloads.
+            c.impersonate = false;
             c.token_path = a
                 .auth_token_path
                 .exists()

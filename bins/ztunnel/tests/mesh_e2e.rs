@@ -274,8 +274,20 @@ fn inpod_mode_carries_l4_and_l7() {
 fn cni_node_restart_reconciles_pods_changed_while_it_was_down() {
     let mut m = mesh(Mode::Node);
     let vip: SocketAddr = VIP.parse().expect("vip");
-    // A plain restart: everything stays enrolled, traffic flows.
+    // A plain restart: everything stays enrolled, traffic flows, and the
+    // agent reports ready.
     m.restart_agent(0).expect("restart");
+    let mut s = m
+        .cluster
+        .node(0)
+        .ns()
+        .tcp_connect("127.0.0.1:15014".parse().expect("addr"))
+        .expect("connect");
+    s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut ready = String::new();
+    s.read_to_string(&mut ready).expect("read");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert_eq!(
         localmesh::drive(m.sleep(), vip, 10, 0)
             .expect("drive")

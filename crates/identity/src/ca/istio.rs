@@ -81,7 +81,11 @@ fn config_err(reason: impl Into<String>) -> CaError {
 impl IstioCaClient {
     /// Prepares a client; the connection is made on first use. Must be
     /// called within a tokio runtime.
-    pub fn new(config: IstioCaConfig) -> Result<Self, CaError> {
+    pub fn new(mut config: IstioCaConfig) -> Result<Self, CaError> {
+        // Istio's charts give `host:port`; like ztunnel, take that as TLS.
+        if !config.address.contains("://") {
+            config.address = format!("https://{}", config.address);
+        }
         let mut endpoint = Endpoint::from_shared(config.address.clone())
             .map_err(|e| config_err(format!("bad ca address {:?}: {e}", config.address)))?
             .timeout(config.timeout)

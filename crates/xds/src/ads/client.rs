@@ -303,7 +303,11 @@ impl AdsClientBuilder {
     /// Checks the configuration and prepares the client (no connection
     /// yet).
     pub fn build(self) -> Result<AdsClient, AdsError> {
-        let config = self.config;
+        let mut config = self.config;
+        // Istio's charts give `host:port`; like ztunnel, take that as TLS.
+        if !config.address.contains("://") {
+            config.address = format!("https://{}", config.address);
+        }
         let bad = |reason: String| AdsError::Config { reason };
         if self.watches.is_empty() {
             return Err(bad("no type urls to watch".into()));

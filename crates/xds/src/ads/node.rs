@@ -26,6 +26,9 @@ pub struct NodeIdentity {
     pub node_name: String,
     /// Extra metadata: every `ISTIO_META_<KEY>` variable as `<KEY>`.
     pub metadata: BTreeMap<String, String>,
+    /// The node id's proxy type: empty means `ztunnel`; a waypoint (an
+    /// Envoy "router" to istiod) uses `router`.
+    pub proxy_type: String,
 }
 
 impl NodeIdentity {
@@ -42,6 +45,7 @@ impl NodeIdentity {
             pod_namespace: pod_namespace.into(),
             node_name: node_name.into(),
             metadata: BTreeMap::new(),
+            proxy_type: String::new(),
         }
     }
 
@@ -87,12 +91,25 @@ impl NodeIdentity {
         node
     }
 
+    /// The same identity with another proxy type in the node id
+    /// (`router` for a waypoint).
+    pub fn with_proxy_type(mut self, proxy_type: impl Into<String>) -> Self {
+        self.proxy_type = proxy_type.into();
+        self
+    }
+
     /// The node id:
-    /// `ztunnel~<INSTANCE_IP>~<POD_NAME>.<POD_NAMESPACE>~<POD_NAMESPACE>.svc.cluster.local`.
+    /// `<type>~<INSTANCE_IP>~<POD_NAME>.<POD_NAMESPACE>~<POD_NAMESPACE>.svc.cluster.local`,
+    /// type `ztunnel` unless [`NodeIdentity::with_proxy_type`] set another.
     pub fn node_id(&self) -> String {
         let ip = self.instance_ips.first().map(String::as_str).unwrap_or("");
+        let kind = if self.proxy_type.is_empty() {
+            "ztunnel"
+        } else {
+            &self.proxy_type
+        };
         format!(
-            "ztunnel~{ip}~{}.{}~{}.svc.cluster.local",
+            "{kind}~{ip}~{}.{}~{}.svc.cluster.local",
             self.pod_name, self.pod_namespace, self.pod_namespace
         )
     }
@@ -174,5 +191,11 @@ mod tests {
         assert_eq!(node.instance_ips, ["10.0.0.7", "fd00::7"]);
         assert_eq!(node.metadata_map()["INSTANCE_IPS"], "10.0.0.7,fd00::7");
         assert!(node.node_id().starts_with("ztunnel~10.0.0.7~"));
+        let wp = node.clone().with_proxy_type("router");
+        assert!(
+            wp.node_id().starts_with("router~10.0.0.7~"),
+            "{}",
+            wp.node_id()
+        );
     }
 }
