@@ -1,0 +1,508 @@
+//! The waypoint's HTTP engine versus nginx as a plain reverse proxy, with
+//! `wrk`, in one run: requests/s, p50 and p99 at fixed concurrency.
+//!
+//! `cargo run --release -p ambit-l7proxy --example vs-nginx [-- --rounds 3
+//! --seconds 5 --connections 64 --threads 2]`
+//!
+//! Needs `wrk` and `nginx` (Debian: `apt-get install -y wrk nginx-light`);
+//! when either is missing and this runs as root, it tries that line once,
+//! and otherwise fails saying so. Nothing else leaves the machine.
+//!
+//! What runs, all on loopback: a backend (hyper HTTP/1.1, 1 KiB answers)
+//! on plain TCP, and an HBONE terminator in front of the same handler
+//! (standing in for the destination ztunnel); nginx (generated config in a
+//! temp dir, `-p` prefix, `daemon off`, 2 workers, upstream keep-alive,
+//! killed at exit); waypoint engines with the same route table as nginx
+//! (prefix `/api` → backend, everything else 404, `DELETE` denied with 403);
+//! a forwarder standing in for the source ztunnel. Each path gets the same
+//! wrk command (`-t THREADS -c CONNECTIONS -d SECONDS --latency GET
+//! /api/bench`), paths alternate round by round, and the table shows the
+//! median of the rounds. The paths:
+//!
+//! - `backend direct`: wrk → backend.
+//! - `nginx`: wrk → nginx → backend (plain HTTP/1.1 both sides).
+//! - `waypoint plaintext`: wrk → [`Waypoint::serve_plaintext`] → backend
+//!   over plain TCP (`plaintext_upstreams`): the same work as nginx.
+//! - `waypoint plain→HBONE`: wrk → `serve_plaintext` → HBONE (mTLS,
+//!   HTTP/2 CONNECT) → terminator → handler: the engine as deployed
+//!   upstream-side.
+//! - `waypoint HBONE`: wrk → forwarder (plain TCP in, one HBONE CONNECT per
+//!   wrk connection to the waypoint, like a source ztunnel) → waypoint
+//!   15008 → HBONE → terminator → handler: the full mesh path.
+//! - `... unpooled`: the last two with pooling off
+//!   (`max_idle_per_endpoint: 0`: one upstream connection per request, as
+//!   before pooling).
+//!
+//! Each of backend, waypoints and forwarder has its own 2-thread tokio
+//! runtime; nginx has 2 workers; everything shares the machine's cores
+//! with wrk, so absolute figures depend on the host: compare rows.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ambit_hbone::{
+    Client, ClientConfig, ConnectHeaders, ConnectRequest, Decision, Forwarded, HboneStream,
+    InboundRequest, Server, ServerConfig, copy_bidirectional, handler_fn,
+};
+use ambit_identity::{CertManager, Identity, LocalCa, ManagerConfig};
+use ambit_l7proxy::{PoolConfig, RouteConfig, Waypoint, WaypointConfig};
+use ambit_mesh::MeshState;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const VIP: &str = "10.96.0.50:8080";
+const INSTALL: &str = "apt-get install -y wrk nginx-light";
+
+struct Opts {
+    rounds: usize,
+    seconds: u64,
+    connections: usize,
+    threads: usize,
+}
+
+fn opts() -> Result<Opts, BoxError> {
+    let mut o = Opts {
+        rounds: 3,
+        seconds: 5,
+        connections: 64,
+        threads: 2,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || -> Result<usize, BoxError> {
+            let v = args.next().ok_or(format!("{a} needs a value"))?;
+            Ok(v.parse().map_err(|e| format!("{a} {v}: {e}"))?)
+        };
+        match a.as_str() {
+            "--rounds" => o.rounds = val()?.max(1),
+            "--seconds" => o.seconds = val()? as u64,
+            "--connections" => o.connections = val()?,
+            "--threads" => o.threads = val()?,
+            "-h" | "--help" => {
+                println!(
+                    "vs-nginx [--rounds N] [--seconds S] [--connections C] [--threads T]\n\
+                     needs wrk and nginx ({INSTALL})"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other} (see --help)").into()),
+        }
+    }
+    Ok(o)
+}
+
+async fn serve_app<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) {
+    let svc = service_fn(|req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(&[b'x'; 1024]))))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+fn runtime(name: &str) -> Result<Runtime, BoxError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// wrk and nginx, installed from Debian when missing and possible.
+fn tools() -> Result<(), BoxError> {
+    if have("wrk") && have("nginx") {
+        return Ok(());
+    }
+    eprintln!("wrk or nginx missing; trying `{INSTALL}`");
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "wrk", "nginx-light"])
+        .stdout(Stdio::null())
+        .status();
+    if have("wrk") && have("nginx") {
+        Ok(())
+    } else {
+        Err(format!(
+            "this benchmark needs wrk and nginx on PATH; install them with `{INSTALL}` (as root)"
+        )
+        .into())
+    }
+}
+
+/// A free loopback port (bound, then released for nginx to take).
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// nginx as a child process, killed on drop, with its prefix directory.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx_conf(dir: &Path, port: u16, backend: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes 2;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    upstream backend {{
+        server {backend};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        # The waypoint's policy: DENY DELETE (403).
+        if ($request_method = DELETE) {{ return 403 "RBAC: access denied\n"; }}
+        # The waypoint's route table: prefix /api -> backend; else 404.
+        location /api {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header Forwarded "for=\"$remote_addr:$remote_port\"";
+        }}
+        location / {{ return 404 "no route\n"; }}
+    }}
+}}
+"#
+    )
+}
+
+fn start_nginx(backend: SocketAddr) -> Result<(Nginx, SocketAddr), BoxError> {
+    let dir = std::env::temp_dir().join(format!("ambit-vs-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, port, backend))?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting nginx: {e}"))?;
+    let mut n = Nginx { child, dir };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let t = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = n.child.try_wait()? {
+            let log = std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default();
+            return Err(format!("nginx exited ({status}): {log}").into());
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            return Err("nginx did not listen within 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((n, addr))
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `123.45us` / `1.2ms` / `2.00s` → milliseconds.
+fn parse_ms(s: &str) -> Option<f64> {
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1e-3)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e3)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+fn parse_wrk(out: &str) -> Option<Run> {
+    let mut rps = None;
+    let (mut p50, mut p99) = (None, None);
+    for line in out.lines() {
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next()) {
+            (Some("Requests/sec:"), Some(v)) => rps = v.parse().ok(),
+            (Some("50%"), Some(v)) => p50 = parse_ms(v),
+            (Some("99%"), Some(v)) => p99 = parse_ms(v),
+            _ => {}
+        }
+    }
+    Some(Run {
+        rps: rps?,
+        p50_ms: p50?,
+        p99_ms: p99?,
+    })
+}
+
+fn wrk(o: &Opts, addr: SocketAddr, seconds: u64) -> Result<Run, BoxError> {
+    let out = Command::new("wrk")
+        .arg(format!("-t{}", o.threads))
+        .arg(format!("-c{}", o.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg(format!("http://{addr}/api/bench"))
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(format!("wrk against {addr} saw errors:\n{text}").into());
+    }
+    parse_wrk(&text).ok_or_else(|| format!("could not read wrk's output:\n{text}").into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), BoxError> {
+    let o = opts()?;
+    tools()?;
+    let backend_rt = runtime("backend")?;
+    let waypoint_rt = runtime("waypoint")?;
+    let forwarder_rt = runtime("forwarder")?;
+
+    let ca = Arc::new(LocalCa::generate("cluster.local")?);
+    let certs = Arc::new(CertManager::new(ca, ManagerConfig::default()));
+    let app_id: Identity = "spiffe://cluster.local/ns/default/sa/app".parse()?;
+    let wp_id: Identity = "spiffe://cluster.local/ns/default/sa/waypoint".parse()?;
+    let client_id: Identity = "spiffe://cluster.local/ns/default/sa/client".parse()?;
+    let vip: SocketAddr = VIP.parse()?;
+
+    // The backend: plain HTTP, and an HBONE terminator in front of the
+    // same handler.
+    let (backend, hbone_port) = backend_rt.block_on(async {
+        let plain = TcpListener::bind("127.0.0.1:0").await?;
+        let backend = plain.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((s, _)) = plain.accept().await {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(serve_app(s));
+            }
+        });
+        let hbone = TcpListener::bind("127.0.0.1:0").await?;
+        let hbone_port = hbone.local_addr()?.port();
+        let tls = Arc::new(certs.server_config(&app_id).await?);
+        let server = Server::new(
+            tls,
+            ServerConfig::default(),
+            handler_fn(|_r: InboundRequest| async {
+                Decision::accept(|s: HboneStream| serve_app(s))
+            }),
+        );
+        tokio::spawn(async move { server.run(hbone, std::future::pending()).await });
+        Ok::<_, BoxError>((backend, hbone_port))
+    })?;
+
+    let (_nginx, nginx_addr) = start_nginx(backend)?;
+
+    // Waypoints: same mesh and routes; the app's target port is the plain
+    // backend's, its HBONE port the terminator's.
+    let mesh_yaml = format!(
+        "workloads:\n- uid: app\n  name: app\n  namespace: default\n  serviceAccount: app\n  workloadIps: [\"127.0.0.1\"]\n  protocol: HBONE\n  services: {{\"default/bench.default.svc.cluster.local\": {{8080: {port}}}}}\nservices:\n- name: bench\n  namespace: default\n  hostname: bench.default.svc.cluster.local\n  vips: [\"/10.96.0.50\"]\n  ports: {{8080: {port}}}\n",
+        port = backend.port()
+    );
+    let routes_yaml = format!(
+        "hbonePort: {hbone_port}\nservices:\n- host: bench.default.svc.cluster.local\n  ports: {{8080: http}}\n  routes:\n  - match: [{{path: {{prefix: /api}}}}]\n    backends: [{{weight: 1}}]\n  policies:\n  - name: deny-delete\n    action: DENY\n    rules: [{{to: [{{operation: {{methods: [DELETE]}}}}]}}]\n"
+    );
+    // (label, pooled, plaintext upstreams, serve HBONE too)
+    let variants = [
+        ("waypoint plaintext", true, true),
+        ("waypoint plain→HBONE", true, false),
+        ("waypoint plain→HBONE unpooled", false, false),
+    ];
+    let mut waypoints = Vec::new();
+    for (label, pooled, plain_up) in variants {
+        let (plain_addr, hbone_addr) = waypoint_rt.block_on(async {
+            let mesh = ambit_mesh::Config::parse(&mesh_yaml, "bench")?;
+            let routes = RouteConfig::parse(&routes_yaml, "bench")?;
+            let mut cfg = WaypointConfig::new(wp_id.clone());
+            cfg.plaintext_upstreams = plain_up;
+            if !pooled {
+                cfg.pool = PoolConfig {
+                    max_idle_per_endpoint: 0,
+                    ..PoolConfig::default()
+                };
+            }
+            let state = Arc::new(RwLock::new(MeshState::from_config(mesh)));
+            let w = Waypoint::new(cfg, state, routes, certs.clone());
+            let pl = TcpListener::bind("127.0.0.1:0").await?;
+            let plain_addr = pl.local_addr()?;
+            let hl = TcpListener::bind("127.0.0.1:0").await?;
+            let hbone_addr = hl.local_addr()?;
+            let w2 = w.clone();
+            let peer = client_id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = w2
+                    .serve_plaintext(pl, vip, peer, std::future::pending())
+                    .await
+                {
+                    eprintln!("plaintext listener: {e}");
+                }
+            });
+            tokio::spawn(async move { w.serve(hl, std::future::pending()).await });
+            Ok::<_, BoxError>((plain_addr, hbone_addr))
+        })?;
+        waypoints.push((label, plain_addr, hbone_addr));
+    }
+
+    // The forwarder (source ztunnel stand-in): plain TCP in, one HBONE
+    // CONNECT per connection to a waypoint's 15008.
+    let mut forwarders = Vec::new();
+    for (label, _, hbone_addr) in &waypoints[1..] {
+        let addr = forwarder_rt.block_on(async {
+            let client = Client::new(ClientConfig::default(), certs.as_ref().clone());
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = l.local_addr()?;
+            let (src, wp, to) = (client_id.clone(), wp_id.clone(), *hbone_addr);
+            tokio::spawn(async move {
+                while let Ok((mut tcp, peer)) = l.accept().await {
+                    let _ = tcp.set_nodelay(true);
+                    let req = ConnectRequest::new(src.clone(), vec![wp.clone()], to, vip)
+                        .with_headers(ConnectHeaders {
+                            forwarded: Some(Forwarded::new(peer)),
+                            ..ConnectHeaders::default()
+                        });
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        match client.connect(req).await {
+                            Ok(mut up) => {
+                                let _ = copy_bidirectional(&mut tcp, &mut up).await;
+                            }
+                            Err(e) => eprintln!("forwarder: {e}"),
+                        }
+                    });
+                }
+            });
+            Ok::<_, BoxError>(addr)
+        })?;
+        let label = label.replace("plain→HBONE", "HBONE");
+        forwarders.push((label, addr));
+    }
+
+    let mut targets: Vec<(String, SocketAddr)> = vec![
+        ("backend direct".into(), backend),
+        ("nginx".into(), nginx_addr),
+    ];
+    for (label, plain, _) in &waypoints {
+        targets.push(((*label).into(), *plain));
+    }
+    targets.extend(forwarders);
+
+    println!(
+        "wrk -t{} -c{} -d{}s --latency, GET /api/bench (1 KiB answers), {} rounds, alternating; medians",
+        o.threads, o.connections, o.seconds, o.rounds
+    );
+    for (label, addr) in &targets {
+        wrk(&o, *addr, 1).map_err(|e| format!("warm-up of {label}: {e}"))?;
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    for round in 0..o.rounds {
+        for (i, (label, addr)) in targets.iter().enumerate() {
+            let r = wrk(&o, *addr, o.seconds)?;
+            eprintln!(
+                "round {} {label:<32} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
+                round + 1,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms
+            );
+            runs[i].push(r);
+        }
+    }
+    let med: Vec<Run> = runs
+        .iter()
+        .map(|v| Run {
+            rps: median(v.iter().map(|r| r.rps).collect()),
+            p50_ms: median(v.iter().map(|r| r.p50_ms).collect()),
+            p99_ms: median(v.iter().map(|r| r.p99_ms).collect()),
+        })
+        .collect();
+    let nginx_rps = med[1].rps.max(1.0);
+    println!();
+    println!("| path | requests/s | p50 | p99 | vs nginx |");
+    println!("|---|---|---|---|---|");
+    for ((label, _), r) in targets.iter().zip(&med) {
+        println!(
+            "| {label} | {:.0} | {:.3} ms | {:.3} ms | {:.2}x |",
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.rps / nginx_rps
+        );
+    }
+    let wp = med[2];
+    let ng = med[1];
+    let met = wp.rps >= ng.rps && wp.p50_ms <= ng.p50_ms * 1.05;
+    println!(
+        "\ngoal (waypoint plaintext >= nginx requests/s at equal latency): {}",
+        if met { "met" } else { "not met" }
+    );
+    drop(forwarder_rt);
+    drop(waypoint_rt);
+    drop(backend_rt);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 5s test @ http://127.0.0.1:1/api/bench\n  Latency Distribution\n     50%  412.00us\n     75%    1.20ms\n     90%    2.00ms\n     99%    1.50s\n  100 requests in 5.00s, 1.00MB read\nRequests/sec:  20000.50\nTransfer/sec:      2.00MB\n";
+        let r = parse_wrk(out).expect("parsed");
+        assert!((r.rps - 20000.5).abs() < 1e-6);
+        assert!((r.p50_ms - 0.412).abs() < 1e-9);
+        assert!((r.p99_ms - 1500.0).abs() < 1e-6);
+        assert!(parse_wrk("garbage").is_none());
+    }
+}
