@@ -102,7 +102,7 @@ pub enum RunAs {
 const HTTP_PATHS: &[(&str, &[&str])] = &[
     ("readiness_addr", &["/healthz/ready"]),
     ("stats_addr", &["/metrics", "/stats/prometheus"]),
-    ("metrics_addr", &["/metrics"]),
+    ("metrics_addr", &["/metrics", "/healthz/ready"]),
     ("admin_addr", &["/config_dump", "/quitquitquit"]),
 ];
 
