@@ -20,6 +20,8 @@ use ambit_mesh::{Config, MeshState};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+mod privileges;
+
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -202,6 +204,20 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format);
+    // Before any thread exists: threads inherit their creator's capabilities.
+    let binds = [
+        args.admin_addr,
+        args.stats_addr,
+        args.readiness_addr,
+        args.socks5_address,
+    ];
+    match privileges::drop_all_but(&privileges::needed(args.inpod, &binds)) {
+        Ok(kept) => tracing::info!(?kept, "dropped every other capability"),
+        Err(e) => {
+            eprintln!("ztunnel: dropping capabilities: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

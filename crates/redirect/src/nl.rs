@@ -415,7 +415,8 @@ mod tests {
 
     #[test]
     fn dump_done_with_the_most_negative_code_does_not_overflow() {
-        // Found by the `netlink_reply` fuzz target: `-code` overflowed.
+        // Seen while writing the `rtnetlink_reply`/`ipset_reply` fuzz targets:
+        // `-code` overflowed (a panic in debug builds).
         let mut done = header(NLMSG_DONE, NLM_F_MULTI, 4);
         done.extend_from_slice(&i32::MIN.to_ne_bytes());
         let mut out = Vec::new();
