@@ -6,8 +6,9 @@
 //! - direct: HTTP/1.1 keep-alive over plain TCP to the upstream server.
 //! - waypoint: HTTP/1.1 keep-alive inside one HBONE stream per client to
 //!   the waypoint, which routes (one prefix route, L7 policy evaluated) and
-//!   opens an HBONE stream per request to the upstream's HBONE terminator
-//!   (standing in for ztunnel), which serves the same HTTP handler.
+//!   forwards on pooled HTTP/1.1 connections, each over its own HBONE
+//!   stream, to the upstream's HBONE terminator (standing in for ztunnel),
+//!   which serves the same HTTP handler. `vs-nginx` compares with nginx.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
