@@ -11,6 +11,9 @@ run: deps
 	$(CARGO) run --release -p ambit-examples --example local-mesh
 
 test: deps
+	# The end-to-end tests run the three binaries as child processes: build
+	# them all first (cargo test alone only builds binaries with tests).
+	$(CARGO) build --workspace --all-features --bins
 	$(CARGO) test --workspace --all-features
 
 deps:
