@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ambit_hbone::{Client, ClientConfig, ConnectRequest};
@@ -151,40 +152,37 @@ impl Proxy {
             .ns
             .spawn_async(move || async move {
                 let tls = Arc::new(rustls_config::Tls::new(ca).await);
-                let stop = Arc::new(tokio::sync::Notify::new());
+                // Set once the attack is over; both loops below check it.
+                let stop = Arc::new(AtomicBool::new(false));
                 let legit = tokio::spawn({
                     let (tls, stop) = (tls.clone(), stop.clone());
                     async move {
                         let (mut ok, mut total) = (0u32, 0u32);
-                        loop {
+                        while !stop.load(Ordering::Acquire) {
                             total += 1;
                             if legit_echo(&tls).await {
                                 ok += 1;
                             }
-                            tokio::select! {
-                                _ = stop.notified() => return (ok, total),
-                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
+                        (ok, total)
                     }
                 });
                 let sampler = tokio::spawn({
                     let stop = stop.clone();
                     async move {
                         let mut peak = 0;
-                        loop {
+                        while !stop.load(Ordering::Acquire) {
                             peak = peak.max(rss_kb(pid));
-                            tokio::select! {
-                                _ = stop.notified() => return peak,
-                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
+                        peak
                     }
                 });
                 let summary = attack(tls.clone()).await;
                 // Let the proxy settle, still serving, then stop sampling.
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                stop.notify_waiters();
+                stop.store(true, Ordering::Release);
                 let (ok, total) = legit.await.unwrap_or((0, 0));
                 let peak = sampler.await.unwrap_or(0);
                 (summary, ok, total, peak)
@@ -692,7 +690,7 @@ fn control_plane_sends_100_mb_of_garbage() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             // 2. The server goes away; a garbage speaker takes its port and
             //    writes random bytes to every connection ztunnel makes.
-            stop.notify_waiters();
+            stop.notify_one();
             tokio::time::sleep(Duration::from_millis(500)).await;
             let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:15010").await else {
                 return "could not take over the xDS port".into();
