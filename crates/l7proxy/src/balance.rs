@@ -78,10 +78,16 @@ impl Balancer {
             Ok(a) => a,
             Err(p) => p.into_inner(),
         };
-        *a.entry(key.to_owned()).or_default() += 1;
+        let key = key.to_owned();
+        match a.get_mut(&key) {
+            Some(n) => *n += 1,
+            None => {
+                a.insert(key.clone(), 1);
+            }
+        }
         InFlight {
             active: Arc::clone(&self.active),
-            key: key.to_owned(),
+            key,
         }
     }
 

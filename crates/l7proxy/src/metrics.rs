@@ -1,6 +1,6 @@
 //! Prometheus metrics with Istio's HTTP names and labels.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -93,6 +93,55 @@ impl Metrics {
             .observe(elapsed.as_secs_f64() * 1000.0);
     }
 
+    /// Records one finished request through `cache`: the label set is
+    /// built and hashed only the first time a connection sees a
+    /// combination of the per-request values (`key`); `base` gives the
+    /// labels that are fixed for the connection. Same series as
+    /// [`Metrics::record`].
+    pub(crate) fn record_cached(
+        &self,
+        cache: &SeriesCache,
+        key: &SeriesKey<'_>,
+        base: impl FnOnce() -> HttpLabels,
+        elapsed: Duration,
+    ) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let mut entries = match cache.entries.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(c) = entries.iter().find(|c| c.is(key)) {
+            c.requests.inc();
+            c.duration.observe(ms);
+            return;
+        }
+        let labels = HttpLabels {
+            source_workload: key.source_workload.to_owned(),
+            destination_workload: key.destination_workload.to_owned(),
+            destination_workload_namespace: key.destination_workload_namespace.to_owned(),
+            destination_version: key.destination_version.to_owned(),
+            response_code: key.response_code.to_string(),
+            response_flags: key.response_flags.to_owned(),
+            ..base()
+        };
+        let requests = self.requests.get_or_create(&labels).clone();
+        let duration = self.duration.get_or_create(&labels).clone();
+        requests.inc();
+        duration.observe(ms);
+        if entries.len() < SERIES_CACHE_MAX {
+            entries.push(CachedSeries {
+                source_workload: labels.source_workload,
+                destination_workload: labels.destination_workload,
+                destination_workload_namespace: labels.destination_workload_namespace,
+                destination_version: labels.destination_version,
+                response_code: key.response_code,
+                response_flags: key.response_flags,
+                requests,
+                duration,
+            });
+        }
+    }
+
     /// The count of requests with `labels`.
     pub fn requests(&self, labels: &HttpLabels) -> u64 {
         self.requests.get_or_create(labels).get()
@@ -105,5 +154,50 @@ impl Metrics {
             tracing::warn!(%error, "encoding metrics failed");
         }
         s
+    }
+}
+
+/// The most series one connection caches handles for; more are recorded
+/// through the families directly.
+const SERIES_CACHE_MAX: usize = 32;
+
+/// The label values that vary from request to request on one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeriesKey<'a> {
+    pub(crate) source_workload: &'a str,
+    pub(crate) destination_workload: &'a str,
+    pub(crate) destination_workload_namespace: &'a str,
+    pub(crate) destination_version: &'a str,
+    pub(crate) response_code: u16,
+    pub(crate) response_flags: &'static str,
+}
+
+/// Handles to the series one connection has recorded, by the values that
+/// vary per request (the other labels are fixed per connection).
+#[derive(Debug, Default)]
+pub(crate) struct SeriesCache {
+    entries: Mutex<Vec<CachedSeries>>,
+}
+
+#[derive(Debug)]
+struct CachedSeries {
+    source_workload: String,
+    destination_workload: String,
+    destination_workload_namespace: String,
+    destination_version: String,
+    response_code: u16,
+    response_flags: &'static str,
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl CachedSeries {
+    fn is(&self, k: &SeriesKey<'_>) -> bool {
+        self.response_code == k.response_code
+            && self.response_flags == k.response_flags
+            && self.destination_workload == k.destination_workload
+            && self.source_workload == k.source_workload
+            && self.destination_workload_namespace == k.destination_workload_namespace
+            && self.destination_version == k.destination_version
     }
 }

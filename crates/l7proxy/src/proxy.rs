@@ -20,9 +20,9 @@ use ambit_hbone::{
     HboneStream, InboundRequest, Rejection, Server, ServerConfig, copy_bidirectional,
 };
 use ambit_identity::{CertManager, Identity};
-use ambit_mesh::{Endpoint, MeshState, Service};
+use ambit_mesh::{Endpoint, MeshState, Service, Workload};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::authz::{self, AuthzFacts};
 use crate::balance::Balancer;
 use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig};
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::{HttpLabels, Metrics, SeriesCache, SeriesKey};
 use crate::pool::{HttpPool, PoolConfig, PoolKey, PoolStats, PooledBody};
 use crate::route::{self, Outcome, RequestFacts};
 use crate::sniff::{Rewind, Sniffed, sniff};
@@ -45,14 +45,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Headers that apply to one hop only (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
 ];
 
 /// Why the waypoint could not start.
@@ -166,6 +166,31 @@ struct Conn {
     client: SocketAddr,
     service: Arc<Service>,
     port: u16,
+    /// `forwarded: for="client"`, added to every upstream request.
+    forwarded: Option<HeaderValue>,
+    /// Metric handles for the label sets this connection has used.
+    series: SeriesCache,
+}
+
+impl Conn {
+    fn new(peer: Identity, client: SocketAddr, service: Arc<Service>, port: u16) -> Self {
+        Self {
+            forwarded: HeaderValue::from_str(&format!("for=\"{client}\"")).ok(),
+            peer,
+            client,
+            service,
+            port,
+            series: SeriesCache::default(),
+        }
+    }
+}
+
+/// What a request's handling settles that the metrics and access log need.
+struct Meta {
+    /// `-`, or the Envoy-style response flags.
+    flags: &'static str,
+    /// The workload of the last endpoint tried.
+    destination: Option<Arc<Workload>>,
 }
 
 impl Waypoint {
@@ -274,12 +299,7 @@ impl Waypoint {
                 r = listener.accept() => r.map_err(Error::Accept)?,
             };
             let _ = tcp.set_nodelay(true);
-            let conn = Arc::new(Conn {
-                peer: peer.clone(),
-                client,
-                service: Arc::clone(&service),
-                port,
-            });
+            let conn = Arc::new(Conn::new(peer.clone(), client, Arc::clone(&service), port));
             tokio::spawn(self.clone().serve_http(conn, tcp));
         }
     }
@@ -346,7 +366,7 @@ impl Waypoint {
     }
 
     async fn forward_tcp(self, conn: Conn, mut io: Rewind<HboneStream>) {
-        let Some(ep) = self.pick(
+        let Some((ep, key)) = self.pick(
             &conn.service,
             conn.port,
             &Backend::default_for(),
@@ -359,9 +379,7 @@ impl Waypoint {
         let mut up = match self.connect(&ep, conn.client).await {
             Ok(s) => s,
             Err(error) => {
-                self.inner
-                    .balancer
-                    .report(&ep_key(&ep), true, Instant::now());
+                self.inner.balancer.report(&key, true, Instant::now());
                 tracing::info!(%error, service = %conn.service.hostname, "tcp: upstream connect failed");
                 return;
             }
@@ -369,7 +387,7 @@ impl Waypoint {
         match copy_bidirectional(&mut io, &mut up).await {
             Ok(stats) => tracing::info!(
                 service = %conn.service.hostname,
-                endpoint = %ep_key(&ep),
+                endpoint = %key,
                 sent = stats.a_to_b,
                 received = stats.b_to_a,
                 "tcp connection closed"
@@ -387,7 +405,7 @@ impl Waypoint {
         backend: &Backend,
         tried: &[String],
         policy: LoadBalancer,
-    ) -> Option<Endpoint> {
+    ) -> Option<(Endpoint, String)> {
         let state = self.inner.state.read().ok()?;
         let target = match &backend.host {
             Some(h) if *h != svc.hostname => {
@@ -395,23 +413,29 @@ impl Waypoint {
             }
             _ => state.service(&svc.key())?,
         };
-        let eps: Vec<Endpoint> = state
-            .endpoints(&target, backend.port.unwrap_or(port))
+        let eps = state.endpoints(&target, backend.port.unwrap_or(port));
+        drop(state);
+        let mut eps: Vec<(Endpoint, String)> = eps
             .into_iter()
             .filter(|e| backend.subset.contains(&e.workload))
             .filter(|e| !e.workload.addresses.is_empty())
+            .map(|e| {
+                let k = ep_key(&e);
+                (e, k)
+            })
             .collect();
-        drop(state);
-        let fresh: Vec<Endpoint> = eps
-            .iter()
-            .filter(|e| !tried.contains(&ep_key(e)))
-            .cloned()
-            .collect();
-        let eps = if fresh.is_empty() { eps } else { fresh };
-        let keys: Vec<String> = eps.iter().map(ep_key).collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let i = self.inner.balancer.pick(&refs, policy, Instant::now())?;
-        eps.into_iter().nth(i)
+        if !tried.is_empty() && eps.iter().any(|(_, k)| !tried.contains(k)) {
+            eps.retain(|(_, k)| !tried.contains(k));
+        }
+        let i = if let [(_, k)] = eps.as_slice() {
+            self.inner
+                .balancer
+                .pick(&[k.as_str()], policy, Instant::now())?
+        } else {
+            let refs: Vec<&str> = eps.iter().map(|(_, k)| k.as_str()).collect();
+            self.inner.balancer.pick(&refs, policy, Instant::now())?
+        };
+        Some(eps.swap_remove(i))
     }
 
     async fn connect(
@@ -439,33 +463,34 @@ impl Waypoint {
         let start = Instant::now();
         let routes = self.routes();
         let svc_cfg = routes.service(&conn.service.hostname);
-        let mut labels = HttpLabels {
-            reporter: "waypoint".into(),
-            source_workload: "unknown".into(),
-            source_workload_namespace: conn.peer.namespace().to_owned(),
-            source_principal: conn.peer.to_string(),
-            destination_service: conn.service.hostname.clone(),
-            destination_service_name: conn.service.name.clone(),
-            request_protocol: "http".into(),
-            response_flags: "-".into(),
-            connection_security_policy: "mutual_tls".into(),
-            ..HttpLabels::default()
-        };
-        if let Ok(state) = self.inner.state.read()
-            && let Some(w) = state.workload_by_ip(&self.inner.cfg.network, conn.client.ip())
-        {
-            labels.source_workload = if w.workload_name.is_empty() {
-                w.name.clone()
-            } else {
-                w.workload_name.clone()
-            };
-        }
+        let source = self
+            .inner
+            .state
+            .read()
+            .ok()
+            .and_then(|state| state.workload_by_ip(&self.inner.cfg.network, conn.client.ip()));
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let (resp, route_name) = self.route_request(conn, svc_cfg, req, &mut labels).await;
-        labels.response_code = resp.status().as_u16().to_string();
+        let mut meta = Meta {
+            flags: "-",
+            destination: None,
+        };
+        let (resp, route_name) = self
+            .route_request(conn, &routes, svc_cfg, req, &mut meta)
+            .await;
         let elapsed = start.elapsed();
-        self.inner.metrics.record(&labels, elapsed);
+        let destination = meta.destination.as_deref();
+        let key = SeriesKey {
+            source_workload: source.as_deref().map_or("unknown", workload_name),
+            destination_workload: destination.map_or("", workload_name),
+            destination_workload_namespace: destination.map_or("", |w| w.namespace.as_str()),
+            destination_version: destination.map_or("", |w| w.canonical_revision.as_str()),
+            response_code: resp.status().as_u16(),
+            response_flags: meta.flags,
+        };
+        self.inner
+            .metrics
+            .record_cached(&conn.series, &key, || base_labels(conn), elapsed);
         tracing::info!(
             target: "access",
             src = %conn.client,
@@ -473,23 +498,24 @@ impl Waypoint {
             %method,
             %path,
             service = %conn.service.hostname,
-            route = route_name.as_deref().unwrap_or("-"),
-            endpoint = %labels.destination_workload,
+            route = route_name.unwrap_or("-"),
+            endpoint = %key.destination_workload,
             status = resp.status().as_u16(),
-            flags = %labels.response_flags,
+            flags = %meta.flags,
             duration_ms = elapsed.as_millis() as u64,
             "request"
         );
         resp
     }
 
-    async fn route_request(
+    async fn route_request<'r>(
         &self,
         conn: &Conn,
-        svc_cfg: Option<&ServiceConfig>,
+        routes: &RouteConfig,
+        svc_cfg: Option<&'r ServiceConfig>,
         mut req: Request<Incoming>,
-        labels: &mut HttpLabels,
-    ) -> (Response<Body>, Option<String>) {
+        meta: &mut Meta,
+    ) -> (Response<Body>, Option<&'r str>) {
         let authority = req
             .headers()
             .get(header::HOST)
@@ -510,23 +536,22 @@ impl Waypoint {
             let verdict = authz::authorize(&cfg.policies, &facts);
             if !verdict.allowed() {
                 tracing::debug!(?verdict, "request denied");
-                labels.response_flags = "DENY".into();
+                meta.flags = "DENY";
                 return (local(StatusCode::FORBIDDEN, "RBAC: access denied\n"), None);
             }
         }
         // Route selection.
         let default_route = Route::default();
-        let (route, matched) = match svc_cfg.filter(|c| !c.routes.is_empty()) {
+        let (route, matched, name) = match svc_cfg.filter(|c| !c.routes.is_empty()) {
             Some(cfg) => match route::select(&cfg.routes, &RequestFacts::of(&req)) {
-                Some(hit) => hit,
+                Some((r, m)) => (r, m, r.name.as_deref()),
                 None => {
-                    labels.response_flags = "NR".into();
+                    meta.flags = "NR";
                     return (local(StatusCode::NOT_FOUND, "no route\n"), None);
                 }
             },
-            None => (&default_route, None),
+            None => (&default_route, None, None),
         };
-        let name = route.name.clone();
         if let Some(r) = &route.redirect {
             let (status, location) =
                 route::redirect(r, &authority, req.uri().path(), req.uri().query());
@@ -547,7 +572,7 @@ impl Waypoint {
             if let Some(a) = &f.abort
                 && route::fires(a.percentage, fastrand::f64() * 100.0)
             {
-                labels.response_flags = "FI".into();
+                meta.flags = "FI";
                 let status =
                     StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 return (local(status, "fault filter abort\n"), name);
@@ -580,16 +605,15 @@ impl Waypoint {
             parts.uri = uri;
         }
         parts.version = http::Version::HTTP_11;
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
+        for h in &HOP_BY_HOP {
+            parts.headers.remove(h);
         }
         route.request_headers.apply(&mut parts.headers);
-        let fwd = format!("for=\"{}\"", conn.client);
-        if let Ok(v) = HeaderValue::from_str(&fwd) {
-            parts.headers.append(header::FORWARDED, v);
+        if let Some(v) = &conn.forwarded {
+            parts.headers.append(header::FORWARDED, v.clone());
         }
         // Body: buffered (retriable) when small and known, else streamed once.
-        let retries = route.retries.clone();
+        let retries = route.retries.as_ref();
         let small = body.is_end_stream()
             || body
                 .size_hint()
@@ -611,19 +635,24 @@ impl Waypoint {
         let attempts = if streamed.is_some() {
             1
         } else {
-            1 + retries.as_ref().map_or(0, |r| r.attempts)
+            1 + retries.map_or(0, |r| r.attempts)
         };
-        let per_try = retries.as_ref().and_then(|r| r.per_try_timeout);
-        let retry_on = retries.map(|r| r.retry_on).unwrap_or_default();
-        let policy = routes_load_balancer(svc_cfg, &self.routes(), &conn.service.hostname);
+        let per_try = retries.and_then(|r| r.per_try_timeout);
+        let retry_on = retries.map_or(&[][..], |r| r.retry_on.as_slice());
+        let policy = routes_load_balancer(svc_cfg, routes, &conn.service.hostname);
         // Backend.
-        let backend = if route.backends.is_empty() {
-            Backend::default_for()
-        } else {
-            let total = route::total_weight(&route.backends);
-            match route::pick_backend(&route.backends, fastrand::u32(0..total.max(1))) {
-                Some(b) => b.clone(),
-                None => Backend::default_for(),
+        let default_backend;
+        let backend = match (!route.backends.is_empty())
+            .then(|| {
+                let total = route::total_weight(&route.backends);
+                route::pick_backend(&route.backends, fastrand::u32(0..total.max(1)))
+            })
+            .flatten()
+        {
+            Some(b) => b,
+            None => {
+                default_backend = Backend::default_for();
+                &default_backend
             }
         };
         // Set when the client's own body turns out malformed mid-stream
@@ -634,18 +663,13 @@ impl Waypoint {
             let mut tried: Vec<String> = Vec::new();
             let mut last = Outcome::ConnectFailure;
             for attempt in 0..attempts {
-                let Some(ep) = self.pick(&conn.service, conn.port, &backend, &tried, policy) else {
-                    labels.response_flags = "UH".into();
+                let Some((ep, key)) = self.pick(&conn.service, conn.port, backend, &tried, policy)
+                else {
+                    meta.flags = "UH";
                     return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
                 };
-                let key = ep_key(&ep);
                 let in_flight = self.inner.balancer.begin(&key);
-                labels.destination_workload = ep.workload.workload_name.clone();
-                if labels.destination_workload.is_empty() {
-                    labels.destination_workload = ep.workload.name.clone();
-                }
-                labels.destination_workload_namespace = ep.workload.namespace.clone();
-                labels.destination_version = ep.workload.canonical_revision.clone();
+                meta.destination = Some(Arc::clone(&ep.workload));
                 let body: Body = match streamed.take() {
                     Some(b) => {
                         let failed = client_body_failed.clone();
@@ -661,10 +685,12 @@ impl Waypoint {
                 };
                 let up_req = Request::from_parts(parts.clone(), body);
                 let result = match per_try {
-                    Some(t) => tokio::time::timeout(t, self.send(&ep, conn.client, up_req))
-                        .await
-                        .unwrap_or(Err(Outcome::Timeout)),
-                    None => self.send(&ep, conn.client, up_req).await,
+                    Some(t) => {
+                        tokio::time::timeout(t, self.send(&ep, &key, conn.client, routes, up_req))
+                            .await
+                            .unwrap_or(Err(Outcome::Timeout))
+                    }
+                    None => self.send(&ep, &key, conn.client, routes, up_req).await,
                 };
                 let outcome = match &result {
                     Ok(r) => Outcome::Status(r.status()),
@@ -674,12 +700,12 @@ impl Waypoint {
                     .balancer
                     .report(&key, outcome.is_failure(), Instant::now());
                 tried.push(key);
-                let more = attempt + 1 < attempts && route::retriable(&retry_on, outcome);
+                let more = attempt + 1 < attempts && route::retriable(retry_on, outcome);
                 match result {
                     Ok(resp) if !more => {
                         let (mut rp, body) = resp.into_parts();
-                        for h in HOP_BY_HOP {
-                            rp.headers.remove(*h);
+                        for h in &HOP_BY_HOP {
+                            rp.headers.remove(h);
                         }
                         route.response_headers.apply(&mut rp.headers);
                         return Response::from_parts(
@@ -700,7 +726,7 @@ impl Waypoint {
                 }
             }
             if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) {
-                labels.response_flags = "DPE".into();
+                meta.flags = "DPE";
                 let mut r = local(StatusCode::BAD_REQUEST, "bad request body\n");
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -719,14 +745,14 @@ impl Waypoint {
                     "upstream connect error\n",
                 ),
             };
-            labels.response_flags = flags.into();
+            meta.flags = flags;
             local(status, msg)
         };
         let resp = match route.timeout {
             Some(t) => match tokio::time::timeout(t, work).await {
                 Ok(r) => r,
                 Err(_) => {
-                    labels.response_flags = "UT".into();
+                    meta.flags = "UT";
                     local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
                 }
             },
@@ -741,10 +767,12 @@ impl Waypoint {
     async fn send(
         &self,
         ep: &Endpoint,
+        ep_key: &str,
         client: SocketAddr,
+        routes: &RouteConfig,
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, Outcome> {
-        let key = self.pool_key(ep, client);
+        let key = self.pool_key(ep, client, routes);
         let pool = &self.inner.pool;
         while let Some(mut sender) = pool.checkout(&key) {
             match sender.try_send_request(req).await {
@@ -755,7 +783,7 @@ impl Waypoint {
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => {
-                        tracing::debug!(error = %e.error(), endpoint = %ep_key(ep), "upstream request failed on a pooled connection");
+                        tracing::debug!(error = %e.error(), endpoint = %ep_key, "upstream request failed on a pooled connection");
                         return Err(Outcome::Reset);
                     }
                 },
@@ -763,14 +791,14 @@ impl Waypoint {
         }
         let mut sender = if self.inner.cfg.plaintext_upstreams {
             let tcp = TcpStream::connect(key.target).await.map_err(|error| {
-                tracing::debug!(%error, endpoint = %ep_key(ep), "upstream connect failed");
+                tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
                 Outcome::ConnectFailure
             })?;
             let _ = tcp.set_nodelay(true);
             handshake(tcp).await?
         } else {
             let stream = self.connect(ep, client).await.map_err(|error| {
-                tracing::debug!(%error, endpoint = %ep_key(ep), "upstream connect failed");
+                tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
                 Outcome::ConnectFailure
             })?;
             handshake(stream).await?
@@ -779,20 +807,20 @@ impl Waypoint {
         match sender.send_request(req).await {
             Ok(resp) => Ok(pool.wrap(key, sender, resp)),
             Err(error) => {
-                tracing::debug!(%error, endpoint = %ep_key(ep), "upstream request failed");
+                tracing::debug!(%error, endpoint = %ep_key, "upstream request failed");
                 Err(Outcome::Reset)
             }
         }
     }
 
-    fn pool_key(&self, ep: &Endpoint, client: SocketAddr) -> PoolKey {
+    fn pool_key(&self, ep: &Endpoint, client: SocketAddr, routes: &RouteConfig) -> PoolKey {
         let ip = ep_ip(ep, client);
         let (hbone, identities) = if self.inner.cfg.plaintext_upstreams {
             (None, Vec::new())
         } else {
             let mut ids: Vec<Identity> = ep.workload.identity().into_iter().collect();
             ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            (Some(SocketAddr::new(ip, self.routes().hbone_port)), ids)
+            (Some(SocketAddr::new(ip, routes.hbone_port)), ids)
         };
         PoolKey {
             hbone,
@@ -852,6 +880,32 @@ impl Backend {
     }
 }
 
+/// The name a workload's metrics and logs use.
+fn workload_name(w: &Workload) -> &str {
+    if w.workload_name.is_empty() {
+        &w.name
+    } else {
+        &w.workload_name
+    }
+}
+
+/// The metric labels that are fixed for `conn` (the rest are filled per
+/// request).
+fn base_labels(conn: &Conn) -> HttpLabels {
+    HttpLabels {
+        reporter: "waypoint".into(),
+        source_workload: "unknown".into(),
+        source_workload_namespace: conn.peer.namespace().to_owned(),
+        source_principal: conn.peer.to_string(),
+        destination_service: conn.service.hostname.clone(),
+        destination_service_name: conn.service.name.clone(),
+        request_protocol: "http".into(),
+        response_flags: "-".into(),
+        connection_security_policy: "mutual_tls".into(),
+        ..HttpLabels::default()
+    }
+}
+
 fn ep_key(e: &Endpoint) -> String {
     format!("{}:{}", e.workload.uid, e.port)
 }
@@ -884,16 +938,16 @@ impl Handler for Waypoint {
             .service(&service.hostname)
             .and_then(|s| s.ports.get(&port).copied())
             .unwrap_or_default();
-        let conn = Conn {
-            peer: request.peer_identity.clone(),
-            client: request
+        let conn = Conn::new(
+            request.peer_identity.clone(),
+            request
                 .connect_headers
                 .forwarded
                 .and_then(|f| f.for_addr)
                 .unwrap_or(request.peer_addr),
             service,
             port,
-        };
+        );
         let this = self.clone();
         Decision::accept(move |stream| this.serve_stream(conn, protocol, stream))
     }
