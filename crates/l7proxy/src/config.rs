@@ -108,10 +108,17 @@ impl RouteConfig {
                     r.name.as_deref().unwrap_or(&i.to_string())
                 );
                 if r.redirect.is_none()
-                    && r.backends.iter().map(|b| b.weight).sum::<u32>() == 0
+                    && r.backends.iter().all(|b| b.weight == 0)
                     && !r.backends.is_empty()
                 {
                     return Err(invalid(item, "backend weights sum to zero"));
+                }
+                if r.backends
+                    .iter()
+                    .try_fold(0u32, |acc, b| acc.checked_add(b.weight))
+                    .is_none()
+                {
+                    return Err(invalid(item, "backend weights sum past 4294967295"));
                 }
                 if r.redirect.is_some() && !r.backends.is_empty() {
                     return Err(invalid(item, "a route has either a redirect or backends"));
@@ -723,5 +730,15 @@ mod tests {
         ] {
             assert!(RouteConfig::parse(text, "t").is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn weights_that_overflow_are_refused() {
+        let e = RouteConfig::parse(
+            "services: [{host: a, routes: [{backends: [{weight: 4294967295}, {weight: 1}]}]}]\n",
+            "t",
+        )
+        .expect_err("must be refused");
+        assert!(e.to_string().contains("sum past"), "{e}");
     }
 }

@@ -77,7 +77,11 @@ pub fn select<'r>(
 
 /// The total weight of `backends`.
 pub fn total_weight(backends: &[Backend]) -> u32 {
-    backends.iter().map(|b| b.weight).sum()
+    // Saturating: weights are validated to fit, but this must not panic
+    // on a config that skipped validation.
+    backends
+        .iter()
+        .fold(0u32, |acc, b| acc.saturating_add(b.weight))
 }
 
 /// The backend that `roll` (in `0..total_weight`) lands on.
