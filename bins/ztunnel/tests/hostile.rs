@@ -347,7 +347,13 @@ async fn h2_start<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &m
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out.extend(frame(SETTINGS, 1, 0, &[]));
-    let _ = s.write_all(&out).await;
+    send(s, &out).await;
+}
+
+/// Writes `bytes`, giving up after 10 s: a server that stops reading (after
+/// a GOAWAY, say) must not hang the attacker.
+async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.write_all(bytes)).await;
 }
 
 /// Frame counts read from the server until it closes or `limit` passes.
@@ -414,7 +420,7 @@ fn ten_thousand_streams_at_once() {
             ));
         }
         let started = Instant::now();
-        let _ = s.write_all(&out).await;
+        send(&mut s, &out).await;
         let seen = read_frames(&mut s, Duration::from_secs(10)).await;
         assert!(
             seen.headers <= 200,
@@ -447,7 +453,7 @@ fn ten_thousand_streams_at_once() {
                         &connect_block(&format!("127.0.0.1:{ECHO}")),
                     ));
                 }
-                let _ = s.write_all(&out).await;
+                send(&mut s, &out).await;
                 let seen = read_frames(&mut s, Duration::from_secs(8)).await;
                 (seen, Some(s))
             }));
@@ -518,7 +524,7 @@ fn connect_flood_to_closed_ports() {
                         &connect_block(&format!("127.0.0.1:{CLOSED}")),
                     ));
                 }
-                let _ = s.write_all(&out).await;
+                send(&mut s, &out).await;
                 read_frames(&mut s, Duration::from_secs(8)).await
             }));
         }
