@@ -299,18 +299,13 @@ impl Binaries {
             cni_node: dir.join("cni-node"),
             waypoint: dir.join("waypoint"),
         };
-        for (name, p) in [
-            ("ztunnel", &b.ztunnel),
-            ("cni-node", &b.cni_node),
-            ("waypoint", &b.waypoint),
-        ] {
+        for p in [&b.ztunnel, &b.cni_node, &b.waypoint] {
             if !p.is_file() {
                 bail!(
                     "{} not found: build it first (cargo build -p ztunnel -p cni-node -p waypoint, with --release if the others are)",
                     p.display()
                 );
             }
-            let _ = name;
         }
         Ok(b)
     }
@@ -391,7 +386,7 @@ impl LocalMesh {
         mut progress: impl FnMut(&str),
     ) -> anyhow::Result<Self> {
         let config = ambit_mesh::Config::parse(&opts.mesh_yaml, "mesh config")?;
-        ambit_l7proxy_routes_check(&opts.routes_yaml)?;
+        check_routes_yaml(&opts.routes_yaml)?;
         progress(&format!(
             "building 2 nodes x {PODS} bare pod namespaces (pod 3 of each stays outside the mesh)"
         ));
@@ -1017,14 +1012,10 @@ fn pod_uid(pod: &Pod) -> String {
     format!("uid-{}", pod.name())
 }
 
-fn ambit_l7proxy_routes_check(yaml: &str) -> anyhow::Result<()> {
-    // The waypoint rejects a bad file at start; parse it here for a
-    // clearer error before anything is built.
-    serde_yaml_check(yaml).context("the waypoint routes YAML")
-}
-
-fn serde_yaml_check(yaml: &str) -> anyhow::Result<()> {
-    let _: serde_json::Value = serde_yaml_ng::from_str(yaml)?;
+/// The waypoint rejects a bad routes file at start; checking that it is
+/// YAML here gives a clearer error before anything is built.
+fn check_routes_yaml(yaml: &str) -> anyhow::Result<()> {
+    serde_yaml_ng::from_str::<serde_json::Value>(yaml).context("the waypoint routes YAML")?;
     Ok(())
 }
 
