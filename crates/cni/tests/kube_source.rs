@@ -24,49 +24,59 @@ use tokio::sync::broadcast;
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Objects by resource ("pods", "namespaces") and name, with a resource
-/// version counter and a channel of watch events.
+/// version counter, the history of watch events (a watch from version N
+/// replays what came after N, as the API server does) and a channel of
+/// new ones.
 struct Api {
     objects: Mutex<BTreeMap<&'static str, BTreeMap<String, Value>>>,
     version: Mutex<u64>,
-    events: broadcast::Sender<(&'static str, Value)>,
+    history: Mutex<Vec<Event>>,
+    events: broadcast::Sender<Event>,
     requests: Mutex<Vec<String>>,
 }
+
+/// (resource version, resource, watch event).
+type Event = (u64, &'static str, Value);
 
 impl Api {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             objects: Mutex::new(BTreeMap::new()),
             version: Mutex::new(1),
+            history: Mutex::new(Vec::new()),
             events: broadcast::channel(64).0,
             requests: Mutex::new(Vec::new()),
         })
     }
 
-    fn bump(&self) -> String {
+    fn bump(&self) -> u64 {
         let mut v = self.version.lock().unwrap();
         *v += 1;
-        v.to_string()
+        *v
     }
 
     /// Adds, changes (`ADDED`/`MODIFIED`) or deletes (`DELETED`) an object
     /// and tells the watchers.
     fn put(&self, resource: &'static str, kind: &str, mut obj: Value) {
-        obj["metadata"]["resourceVersion"] = json!(self.bump());
+        // Under the objects lock, so lists and watches see a consistent
+        // (objects, version, history).
+        let mut all = self.objects.lock().unwrap();
+        let rv = self.bump();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let key = format!(
             "{}/{}",
             obj["metadata"]["namespace"].as_str().unwrap_or(""),
             obj["metadata"]["name"].as_str().unwrap()
         );
-        let mut all = self.objects.lock().unwrap();
         let map = all.entry(resource).or_default();
         if kind == "DELETED" {
             map.remove(&key);
         } else {
             map.insert(key, obj.clone());
         }
-        let _ = self
-            .events
-            .send((resource, json!({"type": kind, "object": obj})));
+        let event = (rv, resource, json!({"type": kind, "object": obj}));
+        self.history.lock().unwrap().push(event.clone());
+        let _ = self.events.send(event);
     }
 
     fn on_node(obj: &Value, selector: Option<&str>) -> bool {
@@ -115,10 +125,8 @@ impl Api {
             "NamespaceList"
         };
         if query.get("watch").map(String::as_str) != Some("true") {
-            let items: Vec<Value> = self
-                .objects
-                .lock()
-                .unwrap()
+            let all = self.objects.lock().unwrap();
+            let items: Vec<Value> = all
                 .get(resource)
                 .map(|m| {
                     m.values()
@@ -128,16 +136,41 @@ impl Api {
                 })
                 .unwrap_or_default();
             let version = self.version.lock().unwrap().to_string();
+            drop(all);
             let list = json!({"apiVersion": "v1", "kind": kind,
                               "metadata": {"resourceVersion": version}, "items": items});
             return Ok(hyper::Response::new(
                 Full::new(Bytes::from(list.to_string())).boxed(),
             ));
         }
-        // A watch: stream this resource's events, one JSON object a line.
-        let mut rx = self.events.subscribe();
+        // A watch: what came after the asked version, then new events; one
+        // JSON object a line.
+        let since: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (mut rx, backlog) = {
+            let _all = self.objects.lock().unwrap();
+            let backlog: Vec<Event> = self
+                .history
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(rv, _, _)| *rv > since)
+                .cloned()
+                .collect();
+            (self.events.subscribe(), backlog)
+        };
         let stream = async_stream(move |tx| async move {
-            while let Ok((r, ev)) = rx.recv().await {
+            let mut backlog = backlog.into_iter();
+            loop {
+                let (_, r, ev) = match backlog.next() {
+                    Some(e) => e,
+                    None => match rx.recv().await {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    },
+                };
                 if r == resource && Self::on_node(&ev["object"], node.as_deref()) {
                     let line = format!("{ev}\n");
                     if tx.send(Ok(Frame::data(Bytes::from(line)))).await.is_err() {
