@@ -16,10 +16,20 @@ use ambit_xds::{
     zds::SnapshotItem,
 };
 
-fn socket_path(name: &str) -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("ambit-xds-{}-{name}", std::process::id()))
-        .join("ztunnel.sock")
+/// A socket path in a directory of its own, removed (with the directory)
+/// when the guard drops — also when the test fails.
+fn socket_path(name: &str) -> (TempDir, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ambit-xds-{}-{name}", std::process::id()));
+    let path = dir.join("ztunnel.sock");
+    (TempDir(dir), path)
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Records what it receives; for adds, enters the received namespace and
@@ -71,7 +81,7 @@ async fn a_netns_crosses_the_socket_and_can_be_entered() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let path = socket_path("cross");
+    let (_dir, path) = socket_path("cross");
     let listener = ZdsListener::bind(&path).expect("bind");
     let recorder = Recorder::default();
     let mut handler = recorder.clone();
@@ -129,7 +139,7 @@ async fn a_netns_crosses_the_socket_and_can_be_entered() {
 
 #[tokio::test]
 async fn bind_refuses_a_regular_file_and_replaces_a_stale_socket() {
-    let path = socket_path("bind");
+    let (_dir, path) = socket_path("bind");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
     std::fs::write(&path, b"not a socket").expect("file");
     let err = ZdsListener::bind(&path).expect_err("regular file");

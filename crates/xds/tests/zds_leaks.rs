@@ -36,9 +36,16 @@ fn rejected(result: Result<(), ZdsError>) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn malformed_requests_are_rejected_without_leaks() {
-    let path = std::env::temp_dir()
-        .join(format!("ambit-xds-leaks-{}", std::process::id()))
-        .join("ztunnel.sock");
+    let dir = std::env::temp_dir().join(format!("ambit-xds-leaks-{}", std::process::id()));
+    // Removed when the test ends, also on failure.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let path = dir.join("ztunnel.sock");
     let listener = ZdsListener::bind(&path).expect("bind");
     let client_path = path.clone();
     let client = tokio::spawn(async move {
