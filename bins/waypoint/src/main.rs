@@ -18,6 +18,7 @@ use ambit_identity::{
 };
 use ambit_l7proxy::admin::{self, Responder, reply};
 use ambit_l7proxy::{RouteConfig, Waypoint, WaypointConfig};
+use ambit_mesh::xds::MeshSource;
 use ambit_mesh::{Config, MeshState};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -121,15 +122,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Where the mesh state comes from.
-enum Source {
-    Local(Config),
-    Xds(Box<ambit_xds::AdsConfig>),
-}
-
 /// Everything read and checked before serving.
 struct Setup {
-    source: Source,
+    source: MeshSource,
     routes: RouteConfig,
     ca: Arc<dyn CertificateAuthority>,
     identity: Identity,
@@ -144,7 +139,7 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
         None => RouteConfig::parse("", "<none>")?,
     };
     let source = match (&a.local_xds_path, &a.xds_address) {
-        (Some(path), _) => Source::Local(Config::from_file(path)?),
+        (Some(path), _) => MeshSource::Local(Config::from_file(path)?),
         (None, Some(addr)) => {
             // istiod knows waypoints as Envoy routers, not as ztunnels.
             let node = ambit_xds::NodeIdentity::from_env().with_proxy_type("router");
@@ -155,7 +150,7 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
                 .then(|| a.auth_token_path.clone());
             c.cluster_id = Some(a.cluster_id.clone());
             c.root_certs_pem = a.xds_root_cert.as_ref().map(read).transpose()?;
-            Source::Xds(Box::new(c))
+            MeshSource::Xds(Box::new(c))
         }
         (None, None) => anyhow::bail!("no mesh configuration: set XDS_ADDRESS or LOCAL_XDS_PATH"),
     };
@@ -234,34 +229,10 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    match s.source {
-        Source::Local(config) => state
-            .write()
-            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
-            .load(config),
-        Source::Xds(ads) => {
-            use ambit_mesh::xds::{AddressHandler, AuthorizationHandler};
-            use ambit_xds::proto::istio::{security::Authorization, workload::Address};
-            let address = ads.address.clone();
-            let client = ambit_xds::AdsClient::builder(*ads)
-                .watch::<Address, _>(
-                    ambit_xds::Subscription::Wildcard,
-                    AddressHandler(state.clone()),
-                )
-                .watch::<Authorization, _>(
-                    ambit_xds::Subscription::Wildcard,
-                    AuthorizationHandler(state.clone()),
-                )
-                .build()?;
-            let mut ready = client.ready();
-            tokio::spawn(client.run(stopped(stop_rx.clone())));
-            tracing::info!(%address, "waiting for the first xDS push");
-            ready
-                .wait_for(|r| *r)
-                .await
-                .context("xDS client stopped before it was ready")?;
-        }
-    }
+    s.source
+        .start(state.clone(), stopped(stop_rx.clone()))
+        .await
+        .context("loading the mesh configuration")?;
     let mut mc = ManagerConfig::default();
     mc.ttl = Duration::from_secs(a.secret_ttl);
     let certs = Arc::new(CertManager::new(s.ca, mc));

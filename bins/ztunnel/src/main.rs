@@ -15,6 +15,7 @@ use ambit_identity::{
     CertManager, CertificateAuthority, IstioCaClient, IstioCaConfig, LocalCa, ManagerConfig,
 };
 use ambit_l4proxy::{Capture, Listeners, Local, Proxy, ProxyConfig, Sockets, admin};
+use ambit_mesh::xds::MeshSource;
 use ambit_mesh::{Config, MeshState};
 
 use anyhow::Context;
@@ -143,17 +144,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Where the mesh configuration comes from.
-enum Source {
-    /// A local file, loaded once.
-    Local(Config),
-    /// Delta ADS.
-    Xds(Box<ambit_xds::AdsConfig>),
-}
-
 /// Everything read and checked before the runtime starts.
 struct Setup {
-    source: Source,
+    source: MeshSource,
     ca: Arc<dyn CertificateAuthority>,
 }
 
@@ -162,7 +155,7 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
     let source = match (&a.local_xds_path, &a.xds_address) {
-        (Some(path), _) => Source::Local(Config::from_file(path)?),
+        (Some(path), _) => MeshSource::Local(Config::from_file(path)?),
         (None, Some(addr)) => {
             let node = ambit_xds::NodeIdentity::from_env();
             let mut c = ambit_xds::AdsConfig::new(addr.clone(), node);
@@ -172,7 +165,7 @@ fn setup(a: &Args) -> anyhow::Result<Setup> {
                 .then(|| a.auth_token_path.clone());
             c.cluster_id = Some(a.cluster_id.clone());
             c.root_certs_pem = a.xds_root_cert.as_ref().map(read).transpose()?;
-            Source::Xds(Box::new(c))
+            MeshSource::Xds(Box::new(c))
         }
         (None, None) => anyhow::bail!("no mesh configuration: set XDS_ADDRESS or LOCAL_XDS_PATH"),
     };
@@ -256,38 +249,17 @@ async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    match s.source {
-        Source::Local(config) => state
-            .write()
+    let from_xds = matches!(s.source, MeshSource::Xds(_));
+    s.source
+        .start(state.clone(), stopped(stop_rx.clone()))
+        .await
+        .context("loading the mesh configuration")?;
+    if from_xds {
+        let (w, sv, p) = state
+            .read()
             .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
-            .load(config),
-        Source::Xds(ads) => {
-            use ambit_mesh::xds::{AddressHandler, AuthorizationHandler};
-            use ambit_xds::proto::istio::{security::Authorization, workload::Address};
-            let address = ads.address.clone();
-            let client = ambit_xds::AdsClient::builder(*ads)
-                .watch::<Address, _>(
-                    ambit_xds::Subscription::Wildcard,
-                    AddressHandler(state.clone()),
-                )
-                .watch::<Authorization, _>(
-                    ambit_xds::Subscription::Wildcard,
-                    AuthorizationHandler(state.clone()),
-                )
-                .build()?;
-            let mut ready = client.ready();
-            tokio::spawn(client.run(stopped(stop_rx.clone())));
-            tracing::info!(%address, "waiting for the first xDS push");
-            ready
-                .wait_for(|r| *r)
-                .await
-                .context("xDS client stopped before it was ready")?;
-            let (w, s, p) = state
-                .read()
-                .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
-                .counts();
-            tracing::info!(workloads = w, services = s, policies = p, "xDS ready");
-        }
+            .counts();
+        tracing::info!(workloads = w, services = sv, policies = p, "xDS ready");
     }
     let mut mc = ManagerConfig::default();
     mc.ttl = Duration::from_secs(a.secret_ttl);

@@ -562,6 +562,74 @@ pub mod encode {
     }
 }
 
+/// Where a proxy's mesh state comes from: ztunnel's local YAML, or delta
+/// ADS (istiod) with wildcard subscriptions to Istio's `Address` and
+/// `Authorization` resources.
+#[derive(Debug)]
+pub enum MeshSource {
+    /// A local config, loaded once.
+    Local(crate::Config),
+    /// A control plane.
+    Xds(Box<ambit_xds::AdsConfig>),
+}
+
+/// Why a [`MeshSource`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The mesh state's lock was poisoned by a panic.
+    #[error("the mesh state lock is poisoned")]
+    Poisoned,
+    /// The ADS client could not be built.
+    #[error(transparent)]
+    Ads(#[from] ambit_xds::AdsError),
+    /// The ADS client stopped before the first push was applied.
+    #[error("the xDS client stopped before it was ready")]
+    Stopped,
+}
+
+impl MeshSource {
+    /// Fills `state`: a local config now; for xDS, spawns the client on the
+    /// current Tokio runtime (it runs until `shutdown`, keeping `state` in
+    /// step) and returns once the first push has been applied.
+    pub async fn start(
+        self,
+        state: Arc<RwLock<MeshState>>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SourceError> {
+        match self {
+            Self::Local(config) => {
+                state
+                    .write()
+                    .map_err(|_| SourceError::Poisoned)?
+                    .load(config);
+                Ok(())
+            }
+            Self::Xds(ads) => {
+                let address = ads.address.clone();
+                let client = ambit_xds::AdsClient::builder(*ads)
+                    .watch::<pb::Address, _>(
+                        ambit_xds::Subscription::Wildcard,
+                        AddressHandler(state.clone()),
+                    )
+                    .watch::<sec::Authorization, _>(
+                        ambit_xds::Subscription::Wildcard,
+                        AuthorizationHandler(state),
+                    )
+                    .build()?;
+                let mut ready = client.ready();
+                tokio::spawn(client.run(shutdown));
+                tracing::info!(%address, "waiting for the first xDS push");
+                ready
+                    .wait_for(|r| *r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| SourceError::Stopped)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,5 +745,30 @@ policies:
         assert_eq!(st.read().expect("lock").counts().0, 1);
         h.apply(vec![], vec!["a".into()]).expect("remove");
         assert_eq!(st.read().expect("lock").counts().0, 0);
+    }
+
+    #[test]
+    fn a_local_source_loads_at_once_and_a_bad_xds_one_fails_to_build() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let st = Arc::new(RwLock::new(MeshState::new()));
+        let config = crate::Config::parse(
+            "workloads:\n- {uid: a, name: a, namespace: ns, workloadIps: [10.0.0.1]}\n",
+            "t",
+        )
+        .expect("config");
+        rt.block_on(MeshSource::Local(config).start(st.clone(), async {}))
+            .expect("local");
+        assert_eq!(st.read().expect("lock").counts().0, 1);
+        let bad = ambit_xds::AdsConfig::new(
+            "ftp://nowhere:1",
+            ambit_xds::NodeIdentity::new("10.0.0.1", "p", "ns", "n"),
+        );
+        let e = rt
+            .block_on(MeshSource::Xds(Box::new(bad)).start(st, async {}))
+            .expect_err("ftp is no xds address");
+        assert!(matches!(e, SourceError::Ads(_)), "{e}");
     }
 }
