@@ -19,7 +19,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// - `CAP_SYS_ADMIN` (in-pod mode only): `setns` into the pod netns
 ///   received over ZDS, for each pod's listeners and connections.
 /// - `CAP_NET_BIND_SERVICE` only if one of `binds` is below 1024.
-pub(crate) fn needed(inpod: bool, binds: &[SocketAddr]) -> CapsHashSet {
+pub fn needed(inpod: bool, binds: &[SocketAddr]) -> CapsHashSet {
     let mut keep = CapsHashSet::new();
     keep.insert(Capability::CAP_NET_ADMIN);
     if inpod {
@@ -36,7 +36,7 @@ pub(crate) fn needed(inpod: bool, binds: &[SocketAddr]) -> CapsHashSet {
 /// inheritable and ambient sets are cleared, and, when `CAP_SETPCAP` allows
 /// it, the bounding set loses everything else so nothing can come back.
 /// Returns what is kept.
-pub(crate) fn drop_all_but(keep: &CapsHashSet) -> Result<CapsHashSet, caps::errors::CapsError> {
+pub fn drop_all_but(keep: &CapsHashSet) -> Result<CapsHashSet, caps::errors::CapsError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
     // The bounding set first, while CAP_SETPCAP is still effective.

@@ -66,6 +66,18 @@ pub trait TlsProvider: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Arc<rustls::ClientConfig>, BoxError>>;
 }
 
+/// A shared provider: a `CertManager` (or any provider) held in an `Arc`
+/// by the rest of the process serves the client too.
+impl<T: TlsProvider + ?Sized> TlsProvider for Arc<T> {
+    fn client_config<'a>(
+        &'a self,
+        source: &'a Identity,
+        expected: &'a [Identity],
+    ) -> BoxFuture<'a, Result<Arc<rustls::ClientConfig>, BoxError>> {
+        T::client_config(self, source, expected)
+    }
+}
+
 /// Certificates from ambit-identity's manager: each connection presents
 /// the source's current (rotating) certificate.
 impl TlsProvider for CertManager {

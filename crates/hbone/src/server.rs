@@ -24,7 +24,6 @@ use std::{
     net::SocketAddr,
     pin::{Pin, pin},
     sync::Arc,
-    time::Duration,
 };
 
 use ambit_identity::{CertError, HandshakeError, Identity, peer_identity};
@@ -34,8 +33,6 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
-    sync::watch,
-    task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -247,56 +244,27 @@ impl<H: Handler> Server<H> {
     /// finish (at most [`ServerConfig::drain_timeout`], after which the
     /// remaining connections are closed).
     pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        // `true` once shutdown has begun; each connection task watches it
-        // and lives until its streams are done (or it is aborted).
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let mut conns = JoinSet::new();
-        let mut shutdown = pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer_addr)) => {
-                        tune_tcp(&tcp, self.inner.config.tcp_keepalive);
-                        let local_addr = match tcp.local_addr() {
-                            Ok(addr) => addr,
-                            Err(error) => {
-                                tracing::debug!(%peer_addr, %error, "dropping a connection without a local address");
-                                continue;
-                            }
-                        };
-                        let server = self.clone();
-                        let mut drain = drain_rx.clone();
-                        conns.spawn(async move {
-                            let signal = async move {
-                                let _ = drain.wait_for(|draining| *draining).await;
-                            };
-                            server.serve_connection(tcp, local_addr, peer_addr, signal).await;
-                        });
-                    }
+        let limits = ambit_server::Limits {
+            drain_deadline: self.inner.config.drain_timeout,
+            max_connections: usize::MAX,
+        };
+        ambit_server::run(listener, shutdown, limits, |tcp, peer_addr, drain| {
+            let server = self.clone();
+            async move {
+                tune_tcp(&tcp, server.inner.config.tcp_keepalive);
+                let local_addr = match tcp.local_addr() {
+                    Ok(addr) => addr,
                     Err(error) => {
-                        // Usually EMFILE/ENFILE: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tracing::debug!(%peer_addr, %error, "dropping a connection without a local address");
+                        return;
                     }
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                };
+                server
+                    .serve_connection(tcp, local_addr, peer_addr, drain.signaled())
+                    .await;
             }
-        }
-        drop(listener);
-        let _ = drain_tx.send(true);
-        tracing::debug!(connections = conns.len(), "hbone server draining");
-        let drained = tokio::time::timeout(self.inner.config.drain_timeout, async {
-            while conns.join_next().await.is_some() {}
         })
         .await;
-        if drained.is_err() {
-            tracing::warn!(
-                connections = conns.len(),
-                "drain timeout: closing remaining connections"
-            );
-            conns.shutdown().await;
-        }
     }
 
     /// Serves one connection that has already been accepted: TLS, HTTP/2

@@ -12,7 +12,7 @@ use ambit_xds::{HandlerError, ZdsHandler, ZdsMessage};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::proxy::{Capture, Listeners, Local, Proxy};
+use crate::{Capture, Listeners, Local, Proxy};
 use crate::sockets::Sockets;
 
 /// ztunnel's mark in in-pod mode (Istio's 1337).

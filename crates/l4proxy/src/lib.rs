@@ -1,30 +1,44 @@
 //! The ztunnel engine.
 //!
 //! `ambit-l4proxy` carries a node's (or a pod's) captured TCP through the
-//! mesh: outbound connections on 15001 are resolved against the mesh state
-//! ([`route::outbound`]: workload, service VIP → endpoint, or waypoint) and
-//! tunnelled over HBONE as the source workload's SPIFFE identity, or passed
-//! through; inbound HBONE on 15008 is terminated with the destination
-//! workload's certificate, authorized ([`route::inbound`]) and connected to
-//! the pod, spoofing the original source; plaintext on 15006 from outside
-//! the mesh is authorized the same way. Decisions are plain values made
-//! without I/O; [`Proxy`] carries them out. Admin (15000), metrics (15020,
-//! Istio's metric names) and readiness (15021) are in [`admin`]. The
-//! opt-in SOCKS5 front door (15080, [`socks5`]) feeds the same outbound
-//! path as capture.
+//! mesh. Deciding is separate from moving:
+//!
+//! - [`plan`] and [`route`] decide, from the mesh state and a connection's
+//!   facts alone (no I/O, tested as tables): an outbound connection's
+//!   complete [`OutboundPlan`] (source workload, destination, the hop —
+//!   HBONE as the source's SPIFFE identity to a remote ztunnel or a
+//!   waypoint, same-node with its inbound authorization, passthrough, or a
+//!   refusal), and an inbound stream's verdict ([`route::inbound`]).
+//! - `serve` binds and accepts: outbound capture (15001), plaintext
+//!   inbound (15006), HBONE (15008, one server per local identity), the
+//!   opt-in SOCKS5 front door (15080, [`socks5`]); every loop is
+//!   [`ambit_server::run`] with its drain.
+//! - `outbound` and `inbound` carry plans out: dial, copy both ways,
+//!   spoof the original source where configured; one per-connection
+//!   record writes Istio's metrics and the access log.
+//! - [`admin`]: `/config_dump` and the admin/metrics responders (the HTTP
+//!   server is [`ambit_server::admin`]); [`InPod`] serves pods handed over
+//!   by the node agent through ZDS.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod conn;
+mod inbound;
 mod inpod;
 pub mod metrics;
+mod outbound;
+pub mod plan;
 mod proxy;
 pub mod route;
+mod serve;
 mod sockets;
 pub mod socks5;
 
 pub use self::{
     inpod::{INPOD_MARK, InPod},
     metrics::Metrics,
-    proxy::{Capture, Listeners, Local, Proxy, ProxyConfig},
+    plan::{Entry, Hop, Local, OutboundPlan, Refusal, plan_outbound},
+    proxy::{Proxy, ProxyConfig},
+    serve::{Capture, Listeners},
     sockets::{Sockets, original_dst},
 };

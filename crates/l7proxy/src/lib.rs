@@ -16,10 +16,11 @@
 
 /// The small HTTP/1 server behind the admin, metrics and readiness ports,
 /// shared with ztunnel.
-pub use ambit_l4proxy::admin;
+pub use ambit_server::admin;
 pub mod authz;
 pub mod balance;
 pub mod config;
+mod forward;
 pub mod metrics;
 pub mod pool;
 mod proxy;

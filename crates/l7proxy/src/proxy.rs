@@ -11,31 +11,29 @@
 //! identity.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ambit_hbone::{
-    Authority, Client, ClientConfig, ConnectHeaders, ConnectRequest, Decision, Forwarded, Handler,
+    Authority, Client, ClientConfig, Decision, Handler,
     HboneStream, InboundRequest, Rejection, Server, ServerConfig, copy_bidirectional,
 };
 use ambit_identity::{CertManager, Identity};
-use ambit_mesh::{Endpoint, MeshState, Service, Workload};
+use ambit_mesh::{MeshState, Service, Workload};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use hyper::body::{Body as _, Incoming};
+use http::{HeaderValue, Request};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::authz::{self, AuthzFacts};
 use crate::balance::Balancer;
-use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig};
-use crate::metrics::{HttpLabels, Metrics, SeriesCache, SeriesKey};
-use crate::pool::{HttpPool, PoolConfig, PoolKey, PoolStats, PooledBody};
-use crate::route::{self, Outcome, RequestFacts};
+use crate::config::{Backend, LoadBalancer, Protocol, RouteConfig};
+use crate::metrics::{Metrics, SeriesCache};
+use crate::pool::{HttpPool, PoolConfig, PoolStats};
 use crate::sniff::{Rewind, Sniffed, sniff};
 
 /// A boxed error.
@@ -43,17 +41,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every request and response the waypoint sends.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Headers that apply to one hop only (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-];
 
 /// Why the waypoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +109,7 @@ impl WaypointConfig {
 /// The waypoint engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Waypoint {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Waypoint {
@@ -133,43 +120,30 @@ impl std::fmt::Debug for Waypoint {
     }
 }
 
-struct Inner {
-    cfg: WaypointConfig,
-    state: Arc<RwLock<MeshState>>,
+pub(crate) struct Inner {
+    pub(crate) cfg: WaypointConfig,
+    pub(crate) state: Arc<RwLock<MeshState>>,
     /// Replaced whole on reload; requests keep the snapshot they started with.
-    routes: RwLock<Arc<RouteConfig>>,
-    certs: Arc<CertManager>,
-    client: Client,
+    pub(crate) routes: RwLock<Arc<RouteConfig>>,
+    pub(crate) certs: Arc<CertManager>,
+    pub(crate) client: Client,
     /// Idle upstream HTTP connections; lives as long as the waypoint.
-    pool: Arc<HttpPool>,
-    balancer: Balancer,
-    metrics: Metrics,
-}
-
-/// Certificates from the manager for the HBONE client.
-struct ManagerTls(Arc<CertManager>);
-
-impl ambit_hbone::TlsProvider for ManagerTls {
-    fn client_config<'a>(
-        &'a self,
-        source: &'a Identity,
-        expected: &'a [Identity],
-    ) -> ambit_hbone::BoxFuture<'a, Result<Arc<rustls::ClientConfig>, ambit_hbone::BoxError>> {
-        ambit_hbone::TlsProvider::client_config(self.0.as_ref(), source, expected)
-    }
+    pub(crate) pool: Arc<HttpPool>,
+    pub(crate) balancer: Balancer,
+    pub(crate) metrics: Metrics,
 }
 
 /// What is known about one accepted CONNECT.
-struct Conn {
-    peer: Identity,
+pub(crate) struct Conn {
+    pub(crate) peer: Identity,
     /// The original client (`forwarded`), else the HBONE peer.
-    client: SocketAddr,
-    service: Arc<Service>,
-    port: u16,
+    pub(crate) client: SocketAddr,
+    pub(crate) service: Arc<Service>,
+    pub(crate) port: u16,
     /// `forwarded: for="client"`, added to every upstream request.
-    forwarded: Option<HeaderValue>,
+    pub(crate) forwarded: Option<HeaderValue>,
     /// Metric handles for the label sets this connection has used.
-    series: SeriesCache,
+    pub(crate) series: SeriesCache,
 }
 
 impl Conn {
@@ -186,11 +160,11 @@ impl Conn {
 }
 
 /// What a request's handling settles that the metrics and access log need.
-struct Meta {
+pub(crate) struct Meta {
     /// `-`, or the Envoy-style response flags.
-    flags: &'static str,
+    pub(crate) flags: &'static str,
     /// The workload of the last endpoint tried.
-    destination: Option<Arc<Workload>>,
+    pub(crate) destination: Option<Arc<Workload>>,
 }
 
 impl Waypoint {
@@ -202,7 +176,7 @@ impl Waypoint {
         routes: RouteConfig,
         certs: Arc<CertManager>,
     ) -> Self {
-        let client = Client::new(cfg.hbone_client.clone(), ManagerTls(Arc::clone(&certs)));
+        let client = Client::new(cfg.hbone_client.clone(), Arc::clone(&certs));
         let pool = HttpPool::new(cfg.pool);
         Self {
             inner: Arc::new(Inner {
@@ -396,532 +370,6 @@ impl Waypoint {
         }
     }
 
-    /// Healthy endpoints of `backend` (relative to `svc`), one picked by
-    /// the balancer under `policy`, preferring endpoints not in `tried`.
-    fn pick(
-        &self,
-        svc: &Service,
-        port: u16,
-        backend: &Backend,
-        tried: &[String],
-        policy: LoadBalancer,
-    ) -> Option<(Endpoint, String)> {
-        let state = self.inner.state.read().ok()?;
-        let target = match &backend.host {
-            Some(h) if *h != svc.hostname => {
-                state.services().find(|s| s.hostname == *h).cloned()?
-            }
-            _ => state.service(&svc.key())?,
-        };
-        let eps = state.endpoints(&target, backend.port.unwrap_or(port));
-        drop(state);
-        let mut eps: Vec<(Endpoint, String)> = eps
-            .into_iter()
-            .filter(|e| backend.subset.contains(&e.workload))
-            .filter(|e| !e.workload.addresses.is_empty())
-            .map(|e| {
-                let k = ep_key(&e);
-                (e, k)
-            })
-            .collect();
-        if !tried.is_empty() && eps.iter().any(|(_, k)| !tried.contains(k)) {
-            eps.retain(|(_, k)| !tried.contains(k));
-        }
-        let i = if let [(_, k)] = eps.as_slice() {
-            self.inner
-                .balancer
-                .pick(&[k.as_str()], policy, Instant::now())?
-        } else {
-            let refs: Vec<&str> = eps.iter().map(|(_, k)| k.as_str()).collect();
-            self.inner.balancer.pick(&refs, policy, Instant::now())?
-        };
-        Some(eps.swap_remove(i))
-    }
-
-    async fn connect(
-        &self,
-        ep: &Endpoint,
-        client: SocketAddr,
-    ) -> Result<HboneStream, ambit_hbone::ClientError> {
-        let ip = ep_ip(ep, client);
-        let routes = self.routes();
-        let headers = ConnectHeaders {
-            forwarded: Some(Forwarded::new(client)),
-            ..ConnectHeaders::default()
-        };
-        let req = ConnectRequest::new(
-            self.inner.cfg.identity.clone(),
-            ep.workload.identity().into_iter().collect(),
-            SocketAddr::new(ip, routes.hbone_port),
-            SocketAddr::new(ip, ep.port),
-        )
-        .with_headers(headers);
-        self.inner.client.connect(req).await
-    }
-
-    async fn handle_request(&self, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
-        let start = Instant::now();
-        let routes = self.routes();
-        let svc_cfg = routes.service(&conn.service.hostname);
-        let source = self
-            .inner
-            .state
-            .read()
-            .ok()
-            .and_then(|state| state.workload_by_ip(&self.inner.cfg.network, conn.client.ip()));
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let mut meta = Meta {
-            flags: "-",
-            destination: None,
-        };
-        let (resp, route_name) = self
-            .route_request(conn, &routes, svc_cfg, req, &mut meta)
-            .await;
-        let elapsed = start.elapsed();
-        let destination = meta.destination.as_deref();
-        let key = SeriesKey {
-            source_workload: source.as_deref().map_or("unknown", workload_name),
-            destination_workload: destination.map_or("", workload_name),
-            destination_workload_namespace: destination.map_or("", |w| w.namespace.as_str()),
-            destination_version: destination.map_or("", |w| w.canonical_revision.as_str()),
-            response_code: resp.status().as_u16(),
-            response_flags: meta.flags,
-        };
-        self.inner
-            .metrics
-            .record_cached(&conn.series, &key, || base_labels(conn), elapsed);
-        tracing::info!(
-            target: "access",
-            src = %conn.client,
-            peer = %conn.peer,
-            %method,
-            %path,
-            service = %conn.service.hostname,
-            route = route_name.unwrap_or("-"),
-            endpoint = %key.destination_workload,
-            status = resp.status().as_u16(),
-            flags = %meta.flags,
-            duration_ms = elapsed.as_millis() as u64,
-            "request"
-        );
-        resp
-    }
-
-    async fn route_request<'r>(
-        &self,
-        conn: &Conn,
-        routes: &RouteConfig,
-        svc_cfg: Option<&'r ServiceConfig>,
-        mut req: Request<Incoming>,
-        meta: &mut Meta,
-    ) -> (Response<Body>, Option<&'r str>) {
-        let authority = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| format!("{}:{}", conn.service.hostname, conn.port));
-        // L7 authorization.
-        if let Some(cfg) = svc_cfg {
-            let facts = AuthzFacts {
-                peer: Some(&conn.peer),
-                method: req.method().as_str(),
-                path: req.uri().path(),
-                host: &authority,
-                port: conn.port,
-                headers: req.headers(),
-            };
-            let verdict = authz::authorize(&cfg.policies, &facts);
-            if !verdict.allowed() {
-                tracing::debug!(?verdict, "request denied");
-                meta.flags = "DENY";
-                return (local(StatusCode::FORBIDDEN, "RBAC: access denied\n"), None);
-            }
-        }
-        // Route selection.
-        let default_route = Route::default();
-        let (route, matched, name) = match svc_cfg.filter(|c| !c.routes.is_empty()) {
-            Some(cfg) => match route::select(&cfg.routes, &RequestFacts::of(&req)) {
-                Some((r, m)) => (r, m, r.name.as_deref()),
-                None => {
-                    meta.flags = "NR";
-                    return (local(StatusCode::NOT_FOUND, "no route\n"), None);
-                }
-            },
-            None => (&default_route, None, None),
-        };
-        if let Some(r) = &route.redirect {
-            let (status, location) =
-                route::redirect(r, &authority, req.uri().path(), req.uri().query());
-            let mut resp = local(status, "");
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            route.response_headers.apply(resp.headers_mut());
-            return (resp, name);
-        }
-        // Faults.
-        if let Some(f) = &route.fault {
-            if let Some(d) = &f.delay
-                && route::fires(d.percentage, fastrand::f64() * 100.0)
-            {
-                tokio::time::sleep(d.fixed_delay).await;
-            }
-            if let Some(a) = &f.abort
-                && route::fires(a.percentage, fastrand::f64() * 100.0)
-            {
-                meta.flags = "FI";
-                let status =
-                    StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                return (local(status, "fault filter abort\n"), name);
-            }
-        }
-        // Request edits.
-        if let Some(rw) = &route.rewrite {
-            if let Some(prefix) = &rw.prefix {
-                let p = route::rewrite_path(req.uri().path(), req.uri().query(), matched, prefix);
-                if let Ok(uri) = p.parse() {
-                    *req.uri_mut() = uri;
-                }
-            }
-            if let Some(h) = &rw.host
-                && let Ok(v) = HeaderValue::from_str(h)
-            {
-                req.headers_mut().insert(header::HOST, v);
-            }
-        }
-        let (mut parts, body) = req.into_parts();
-        // Origin-form for the HTTP/1.1 upstream, with a `host` header.
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&authority)
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        if let Some(pq) = parts.uri.path_and_query()
-            && let Ok(uri) = pq.as_str().parse()
-        {
-            parts.uri = uri;
-        }
-        parts.version = http::Version::HTTP_11;
-        for h in &HOP_BY_HOP {
-            parts.headers.remove(h);
-        }
-        route.request_headers.apply(&mut parts.headers);
-        if let Some(v) = &conn.forwarded {
-            parts.headers.append(header::FORWARDED, v.clone());
-        }
-        // Body: buffered (retriable) when small and known, else streamed once.
-        let retries = route.retries.as_ref();
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= self.inner.cfg.max_retry_body as u64);
-        let mut streamed = None;
-        let mut buffered = Bytes::new();
-        if retries.is_some() && small {
-            match http_body_util::Limited::new(body, self.inner.cfg.max_retry_body)
-                .collect()
-                .await
-            {
-                Ok(b) => buffered = b.to_bytes(),
-                Err(_) => return (local(StatusCode::BAD_REQUEST, "bad request body\n"), name),
-            }
-        } else {
-            streamed = Some(body);
-        }
-        let attempts = if streamed.is_some() {
-            1
-        } else {
-            1 + retries.map_or(0, |r| r.attempts)
-        };
-        let per_try = retries.and_then(|r| r.per_try_timeout);
-        let retry_on = retries.map_or(&[][..], |r| r.retry_on.as_slice());
-        let policy = routes_load_balancer(svc_cfg, routes, &conn.service.hostname);
-        // Backend.
-        let default_backend;
-        let backend = match (!route.backends.is_empty())
-            .then(|| {
-                let total = route::total_weight(&route.backends);
-                route::pick_backend(&route.backends, fastrand::u32(0..total.max(1)))
-            })
-            .flatten()
-        {
-            Some(b) => b,
-            None => {
-                default_backend = Backend::default_for();
-                &default_backend
-            }
-        };
-        // Set when the client's own body turns out malformed mid-stream
-        // (bad chunking, early EOF): that is the client's fault (400), not
-        // the upstream's.
-        let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let work = async {
-            let mut tried: Vec<String> = Vec::new();
-            let mut last = Outcome::ConnectFailure;
-            for attempt in 0..attempts {
-                let Some((ep, key)) = self.pick(&conn.service, conn.port, backend, &tried, policy)
-                else {
-                    meta.flags = "UH";
-                    return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
-                };
-                let in_flight = self.inner.balancer.begin(&key);
-                meta.destination = Some(Arc::clone(&ep.workload));
-                let body: Body = match streamed.take() {
-                    Some(b) => {
-                        let failed = client_body_failed.clone();
-                        b.map_err(move |e| {
-                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                            BoxError::from(e)
-                        })
-                        .boxed_unsync()
-                    }
-                    None => Full::new(buffered.clone())
-                        .map_err(|e| match e {})
-                        .boxed_unsync(),
-                };
-                let up_req = Request::from_parts(parts.clone(), body);
-                let result = match per_try {
-                    Some(t) => {
-                        tokio::time::timeout(t, self.send(&ep, &key, conn.client, routes, up_req))
-                            .await
-                            .unwrap_or(Err(Outcome::Timeout))
-                    }
-                    None => self.send(&ep, &key, conn.client, routes, up_req).await,
-                };
-                let outcome = match &result {
-                    Ok(r) => Outcome::Status(r.status()),
-                    Err(o) => *o,
-                };
-                self.inner
-                    .balancer
-                    .report(&key, outcome.is_failure(), Instant::now());
-                tried.push(key);
-                let more = attempt + 1 < attempts && route::retriable(retry_on, outcome);
-                match result {
-                    Ok(resp) if !more => {
-                        let (mut rp, body) = resp.into_parts();
-                        for h in &HOP_BY_HOP {
-                            rp.headers.remove(h);
-                        }
-                        route.response_headers.apply(&mut rp.headers);
-                        return Response::from_parts(
-                            rp,
-                            body.with_in_flight(in_flight)
-                                .map_err(BoxError::from)
-                                .boxed_unsync(),
-                        );
-                    }
-                    _ if more => {
-                        tracing::debug!(attempt, ?outcome, "retrying");
-                        last = outcome;
-                    }
-                    _ => {
-                        last = outcome;
-                        break;
-                    }
-                }
-            }
-            if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) {
-                meta.flags = "DPE";
-                let mut r = local(StatusCode::BAD_REQUEST, "bad request body\n");
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
-            }
-            let (status, flags, msg) = match last {
-                Outcome::Timeout => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "UT",
-                    "upstream request timeout\n",
-                ),
-                Outcome::Reset => (StatusCode::SERVICE_UNAVAILABLE, "UC", "upstream reset\n"),
-                _ => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UF",
-                    "upstream connect error\n",
-                ),
-            };
-            meta.flags = flags;
-            local(status, msg)
-        };
-        let resp = match route.timeout {
-            Some(t) => match tokio::time::timeout(t, work).await {
-                Ok(r) => r,
-                Err(_) => {
-                    meta.flags = "UT";
-                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
-                }
-            },
-            None => work.await,
-        };
-        (resp, name)
-    }
-
-    /// One attempt: on a pooled connection to `ep` for `client`, or a new
-    /// one. A request a pooled connection hands back unsent (it was closed
-    /// while idle) moves on to the next; that is not an attempt.
-    async fn send(
-        &self,
-        ep: &Endpoint,
-        ep_key: &str,
-        client: SocketAddr,
-        routes: &RouteConfig,
-        mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, Outcome> {
-        let key = self.pool_key(ep, client, routes);
-        let pool = &self.inner.pool;
-        while let Some(mut sender) = pool.checkout(&key) {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    pool.note_reused();
-                    return Ok(pool.wrap(key, sender, resp));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => {
-                        tracing::debug!(error = %e.error(), endpoint = %ep_key, "upstream request failed on a pooled connection");
-                        return Err(Outcome::Reset);
-                    }
-                },
-            }
-        }
-        let mut sender = if self.inner.cfg.plaintext_upstreams {
-            let tcp = TcpStream::connect(key.target).await.map_err(|error| {
-                tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
-                Outcome::ConnectFailure
-            })?;
-            let _ = tcp.set_nodelay(true);
-            handshake(tcp).await?
-        } else {
-            let stream = self.connect(ep, client).await.map_err(|error| {
-                tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
-                Outcome::ConnectFailure
-            })?;
-            handshake(stream).await?
-        };
-        pool.note_opened();
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(pool.wrap(key, sender, resp)),
-            Err(error) => {
-                tracing::debug!(%error, endpoint = %ep_key, "upstream request failed");
-                Err(Outcome::Reset)
-            }
-        }
-    }
-
-    fn pool_key(&self, ep: &Endpoint, client: SocketAddr, routes: &RouteConfig) -> PoolKey {
-        let ip = ep_ip(ep, client);
-        let (hbone, identities) = if self.inner.cfg.plaintext_upstreams {
-            (None, Vec::new())
-        } else {
-            let mut ids: Vec<Identity> = ep.workload.identity().into_iter().collect();
-            ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            (Some(SocketAddr::new(ip, routes.hbone_port)), ids)
-        };
-        PoolKey {
-            hbone,
-            target: SocketAddr::new(ip, ep.port),
-            identities,
-            client_ip: client.ip(),
-        }
-    }
-}
-
-/// An HTTP/1.1 client connection over `io`, its driver spawned.
-async fn handshake<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Body>, Outcome>
-where
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|_| Outcome::ConnectFailure)?;
-    tokio::spawn(async move {
-        if let Err(error) = driver.await {
-            tracing::debug!(%error, "upstream http connection failed");
-        }
-    });
-    Ok(sender)
-}
-
-/// The balancing policy of the service being routed.
-fn routes_load_balancer(
-    svc_cfg: Option<&ServiceConfig>,
-    routes: &RouteConfig,
-    hostname: &str,
-) -> LoadBalancer {
-    svc_cfg
-        .and_then(|c| c.load_balancer)
-        .unwrap_or_else(|| routes.load_balancer(hostname))
-}
-
-/// The endpoint's first address (the client's when it has none, which
-/// `pick` rules out).
-fn ep_ip(ep: &Endpoint, client: SocketAddr) -> IpAddr {
-    ep.workload
-        .addresses
-        .first()
-        .copied()
-        .unwrap_or(client.ip())
-}
-
-impl Backend {
-    /// The service being routed, every endpoint, weight 1.
-    pub fn default_for() -> Self {
-        Self {
-            host: None,
-            port: None,
-            subset: Default::default(),
-            weight: 1,
-        }
-    }
-}
-
-/// The name a workload's metrics and logs use.
-fn workload_name(w: &Workload) -> &str {
-    if w.workload_name.is_empty() {
-        &w.name
-    } else {
-        &w.workload_name
-    }
-}
-
-/// The metric labels that are fixed for `conn` (the rest are filled per
-/// request).
-fn base_labels(conn: &Conn) -> HttpLabels {
-    HttpLabels {
-        reporter: "waypoint".into(),
-        source_workload: "unknown".into(),
-        source_workload_namespace: conn.peer.namespace().to_owned(),
-        source_principal: conn.peer.to_string(),
-        destination_service: conn.service.hostname.clone(),
-        destination_service_name: conn.service.name.clone(),
-        request_protocol: "http".into(),
-        response_flags: "-".into(),
-        connection_security_policy: "mutual_tls".into(),
-        ..HttpLabels::default()
-    }
-}
-
-fn ep_key(e: &Endpoint) -> String {
-    format!("{}:{}", e.workload.uid, e.port)
-}
-
-fn local(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *r.status_mut() = status;
-    if !body.is_empty() {
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    r
 }
 
 impl Handler for Waypoint {

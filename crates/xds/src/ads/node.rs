@@ -32,6 +32,10 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// The environment variables [`NodeIdentity::from_env`] reads by name
+    /// (besides every `ISTIO_META_*`, see [`ISTIO_META_PREFIX`]).
+    pub const ENV: [&'static str; 4] = ["INSTANCE_IP", "POD_NAME", "POD_NAMESPACE", "NODE_NAME"];
+
     /// Builds an identity from explicit values, with no extra metadata.
     pub fn new(
         instance_ip: impl Into<String>,

@@ -19,6 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod front;
+
 /// The protocol version byte.
 pub const VERSION: u8 = 0x05;
 /// The "no authentication required" method.

@@ -1,0 +1,143 @@
+//! The wiring: configuration to a running waypoint.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ambit_app::{Signals, Stop, bind};
+use ambit_identity::{CertificateAuthority, Identity};
+use ambit_l7proxy::{RouteConfig, Waypoint, WaypointConfig};
+use ambit_mesh::MeshState;
+use ambit_mesh::xds::MeshSource;
+use ambit_server::admin::{self, Responder, not_found, reply};
+use anyhow::Context;
+use http::{Method, StatusCode};
+
+use crate::Args;
+
+/// Everything read and checked before serving.
+pub struct Setup {
+    source: MeshSource,
+    routes: RouteConfig,
+    ca: Arc<dyn CertificateAuthority>,
+    identity: Identity,
+}
+
+/// Reads and checks the configuration (inside the runtime: the xDS and CA
+/// clients are built here).
+pub fn setup(a: &Args) -> anyhow::Result<Setup> {
+    let routes = match &a.config {
+        Some(path) => RouteConfig::from_file(path)?,
+        None => RouteConfig::parse("", "<none>")?,
+    };
+    // istiod knows waypoints as Envoy routers, not as ztunnels.
+    let node = ambit_xds::NodeIdentity::from_env().with_proxy_type("router");
+    let identity = Identity::new(&a.ca.trust_domain, &a.pod_namespace, &a.service_account)
+        .context("the waypoint's identity (TRUST_DOMAIN, POD_NAMESPACE, SERVICE_ACCOUNT)")?;
+    Ok(Setup {
+        source: a.mesh.source(&a.ca, node)?,
+        routes,
+        // The waypoint asks for its own identity (the token's service
+        // account); only node proxies impersonate workloads.
+        ca: a.ca.authority(false)?,
+        identity,
+    })
+}
+
+/// Runs the waypoint until a signal or `/quitquitquit`, then drains.
+pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    let state = Arc::new(RwLock::new(MeshState::new()));
+    let stop = Stop::new();
+    s.source
+        .start(state.clone(), stop.wait())
+        .await
+        .context("loading the mesh configuration")?;
+    let certs = a.ca.manager(s.ca);
+    certs
+        .fetch(&s.identity)
+        .await
+        .with_context(|| format!("certificate for {}", s.identity))?;
+    let mut wc = WaypointConfig::new(s.identity.clone());
+    wc.network = a.network.clone();
+    let waypoint = Waypoint::new(wc, state.clone(), s.routes, certs);
+
+    let (hbone_l, admin_l, stats_l, ready_l) = (
+        bind(a.hbone_addr).await?,
+        bind(a.admin.admin_addr).await?,
+        bind(a.admin.stats_addr).await?,
+        bind(a.admin.readiness_addr).await?,
+    );
+    let quit = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = admin_responder(waypoint.clone(), quit.clone());
+    tokio::spawn(admin::serve(admin_l, admin, stop.wait()));
+    let metrics = waypoint.metrics().clone();
+    let stats = admin::prometheus(move || metrics.encode());
+    tokio::spawn(admin::serve(stats_l, stats, stop.wait()));
+    let readiness = admin::readiness(ready.clone());
+    tokio::spawn(admin::serve(ready_l, readiness, stop.wait()));
+
+    let serve = waypoint.serve(hbone_l, stop.wait());
+    tokio::pin!(serve);
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        identity = %s.identity,
+        pod = %a.pod_name,
+        instance_ip = ?a.instance_ip,
+        hbone = %a.hbone_addr,
+        admin = %a.admin.admin_addr,
+        stats = %a.admin.stats_addr,
+        readiness = %a.admin.readiness_addr,
+        "waypoint ready"
+    );
+    tokio::select! {
+        () = signals.wait(Some(&quit), "draining") => {}
+        r = &mut serve => return r.context("hbone server"),
+    }
+    ready.store(false, Ordering::Release);
+    stop.trigger();
+    let deadline = Duration::from_secs(a.admin.drain_seconds + 1);
+    match tokio::time::timeout(deadline, serve).await {
+        Ok(r) => r.context("hbone server")?,
+        Err(_) => tracing::warn!("drain deadline passed"),
+    }
+    tracing::info!("waypoint stopped");
+    Ok(())
+}
+
+/// The admin endpoint (15000): `/config_dump` (counts and routing per
+/// host), `/quitquitquit`.
+fn admin_responder(w: Waypoint, quit: Arc<tokio::sync::Notify>) -> Responder {
+    Arc::new(move |method: &Method, path: &str| match (method, path) {
+        (&Method::POST, "/quitquitquit") => {
+            quit.notify_one();
+            reply(StatusCode::OK, "text/plain", "OK\n")
+        }
+        (_, "/config_dump") => {
+            let routes = w.routes();
+            let counts = w.state().read().map(|s| s.counts()).unwrap_or((0, 0, 0));
+            let hosts: Vec<String> = routes
+                .services
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{{\"host\":{:?},\"routes\":{},\"policies\":{}}}",
+                        s.host,
+                        s.routes.len(),
+                        s.policies.len()
+                    )
+                })
+                .collect();
+            let body = format!(
+                "{{\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
+                counts.0,
+                counts.1,
+                counts.2,
+                hosts.join(",")
+            );
+            reply(StatusCode::OK, "application/json", body)
+        }
+        _ => not_found(),
+    })
+}

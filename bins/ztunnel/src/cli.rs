@@ -1,0 +1,80 @@
+//! ztunnel's command line: Istio's environment names, each also a flag.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ambit_app::{AdminArgs, CaArgs, LogArgs, MeshSourceArgs};
+use clap::Parser;
+
+/// The ztunnel L4 proxy.
+#[derive(Debug, Parser)]
+#[command(name = "ztunnel", version, about)]
+pub struct Args {
+    /// Where the mesh state comes from.
+    #[command(flatten)]
+    pub mesh: MeshSourceArgs,
+    /// Where certificates come from.
+    #[command(flatten)]
+    pub ca: CaArgs,
+    /// Admin, metrics and readiness endpoints.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// This node's name: workloads with this `node` are served inbound.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// This pod's name (logs and xDS node id).
+    #[arg(long, env = "POD_NAME", default_value = "ztunnel")]
+    pub pod_name: String,
+    /// This pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub pod_namespace: String,
+    /// This pod's IP.
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: Option<IpAddr>,
+    /// The network this node's addresses belong to.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
+    /// Address the capture listeners (15001, 15006, 15008) bind.
+    #[arg(long, env = "ZTUNNEL_LISTEN_IP", default_value = "0.0.0.0")]
+    pub listen_ip: IpAddr,
+    /// Connect to local pods with the original source address (node mode).
+    #[arg(long, env = "ZTUNNEL_SPOOF_SOURCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub spoof_source: bool,
+    /// In-pod mode: pods' network namespaces arrive over ZDS and each pod
+    /// gets its own listeners inside its netns (Istio 1.21+). Off: node mode.
+    #[arg(long, env = "INPOD_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub inpod: bool,
+    /// The node agent's ZDS socket (in-pod mode).
+    #[arg(
+        long,
+        env = "INPOD_UDS",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
+    pub inpod_uds: PathBuf,
+    /// SO_MARK of every in-pod socket, so the pod's rules let it pass.
+    #[arg(long, env = "INPOD_MARK", default_value_t = ambit_l4proxy::INPOD_MARK)]
+    pub inpod_mark: u32,
+    /// Open istio/ztunnel's SOCKS5 listener (RFC 1928, no authentication,
+    /// CONNECT): local apps reach the mesh without capture (node mode).
+    #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_socks5: bool,
+    /// Where the SOCKS5 listener binds (keep it on localhost: it has no
+    /// authentication).
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    pub socks5_address: SocketAddr,
+}
+
+impl Args {
+    /// Every address ztunnel binds outside the capture listeners.
+    pub fn binds(&self) -> [SocketAddr; 4] {
+        [
+            self.admin.admin_addr,
+            self.admin.stats_addr,
+            self.admin.readiness_addr,
+            self.socks5_address,
+        ]
+    }
+}

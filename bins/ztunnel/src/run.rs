@@ -1,0 +1,197 @@
+//! The wiring: configuration to a running proxy.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ambit_app::{Signals, Stop, bind};
+use ambit_identity::CertificateAuthority;
+use ambit_l4proxy::{Capture, InPod, Listeners, Local, Proxy, ProxyConfig, Sockets};
+use ambit_mesh::MeshState;
+use ambit_mesh::xds::MeshSource;
+use ambit_server::admin;
+use anyhow::Context;
+
+use crate::Args;
+
+/// Everything read and checked before serving.
+pub struct Setup {
+    source: MeshSource,
+    ca: Arc<dyn CertificateAuthority>,
+}
+
+/// Reads and checks the configuration (inside the runtime: the xDS and CA
+/// clients are built here).
+pub fn setup(a: &Args) -> anyhow::Result<Setup> {
+    Ok(Setup {
+        source: a.mesh.source(&a.ca, ambit_xds::NodeIdentity::from_env())?,
+        ca: a.ca.authority(true)?,
+    })
+}
+
+/// Runs ztunnel until a signal or `/quitquitquit`, then drains.
+pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    let state = Arc::new(RwLock::new(MeshState::new()));
+    let stop = Stop::new();
+    let from_xds = matches!(s.source, MeshSource::Xds(_));
+    s.source
+        .start(state.clone(), stop.wait())
+        .await
+        .context("loading the mesh configuration")?;
+    if from_xds {
+        let (w, sv, p) = state
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+            .counts();
+        tracing::info!(workloads = w, services = sv, policies = p, "xDS ready");
+    }
+    let certs = a.ca.manager(s.ca);
+    let proxy = Proxy::new(
+        ProxyConfig {
+            network: a.network.clone(),
+            node_name: a.node_name.clone(),
+            spoof_source: a.spoof_source,
+            drain_deadline: Duration::from_secs(a.admin.drain_seconds),
+            ..ProxyConfig::default()
+        },
+        state.clone(),
+        certs.clone(),
+    );
+    // Node mode binds the capture listeners now (fail fast on privileges).
+    let sockets = Sockets::new();
+    let listeners = if a.inpod {
+        None
+    } else {
+        let l = Listeners::bind(&sockets, a.listen_ip, Default::default(), Capture::Tproxy);
+        Some(l.with_context(|| {
+            format!(
+                "binding 15001/15006/15008 on {} (needs CAP_NET_ADMIN for IP_TRANSPARENT)",
+                a.listen_ip
+            )
+        })?)
+    };
+    let (admin_l, stats_l, ready_l) = (
+        bind(a.admin.admin_addr).await?,
+        bind(a.admin.stats_addr).await?,
+        bind(a.admin.readiness_addr).await?,
+    );
+    let socks5 = match (a.enable_socks5, a.inpod) {
+        (false, _) => None,
+        (true, true) => {
+            tracing::warn!("UNSTABLE_ENABLE_SOCKS5 is ignored in in-pod mode");
+            None
+        }
+        (true, false) => {
+            let l = bind(a.socks5_address).await?;
+            let (proxy, sockets) = (proxy.clone(), sockets.clone());
+            let local = Local::Node(a.node_name.clone());
+            let stopped = stop.wait();
+            Some(tokio::spawn(async move {
+                proxy.serve_socks5(l, local, sockets, stopped).await
+            }))
+        }
+    };
+    let quit = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = proxy.admin_responder(quit.clone());
+    tokio::spawn(admin::serve(admin_l, admin, stop.wait()));
+    tokio::spawn(admin::serve(stats_l, proxy.metrics_responder(), stop.wait()));
+    let readiness = admin::readiness(ready.clone());
+    tokio::spawn(admin::serve(ready_l, readiness, stop.wait()));
+
+    // Certificates for every local workload before declaring readiness.
+    let local: Vec<_> = {
+        let st = state
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+        st.workloads()
+            .filter(|w| w.node == a.node_name)
+            .filter_map(|w| w.identity())
+            .collect()
+    };
+    for id in &local {
+        certs
+            .fetch(id)
+            .await
+            .with_context(|| format!("certificate for {id}"))?;
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        node = %a.node_name,
+        local_workloads = local.len(),
+        listen = %a.listen_ip,
+        admin = %a.admin.admin_addr,
+        stats = %a.admin.stats_addr,
+        readiness = %a.admin.readiness_addr,
+        socks5 = %if a.enable_socks5 { a.socks5_address.to_string() } else { "off".into() },
+        "ztunnel ready"
+    );
+
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match listeners {
+        Some(l) => {
+            let local = Local::Node(a.node_name.clone());
+            Box::pin(proxy.serve(l, Capture::Tproxy, local, sockets, stop.wait()))
+        }
+        None => Box::pin(serve_inpod(
+            proxy.clone(),
+            a.inpod_uds.clone(),
+            a.inpod_mark,
+            stop.wait(),
+        )),
+    };
+    tokio::pin!(serve);
+    tokio::select! {
+        () = signals.wait(Some(&quit), "draining") => {}
+        () = &mut serve => {}
+    }
+    ready.store(false, Ordering::Release);
+    stop.trigger();
+    serve.await;
+    if let Some(s) = socks5 {
+        let _ = s.await;
+    }
+    tracing::info!("ztunnel stopped");
+    Ok(())
+}
+
+/// In-pod mode: keeps a ZDS connection to the node agent (reconnecting
+/// with backoff while it is away) and serves the pods it hands over. Each
+/// new connection starts with a snapshot, so pods are never lost.
+async fn serve_inpod(
+    proxy: Proxy,
+    uds: PathBuf,
+    mark: u32,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut inpod = InPod::new(proxy, mark);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let conn = tokio::select! {
+            _ = &mut shutdown => return,
+            c = ambit_xds::ZdsClient::connect(&uds) => c,
+        };
+        match conn {
+            Ok(client) => {
+                tracing::info!(socket = %uds.display(), "connected to the node agent");
+                backoff = Duration::from_millis(100);
+                inpod.new_connection();
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    r = client.run(&mut inpod) => match r {
+                        Ok(()) => tracing::warn!("node agent closed the ZDS connection"),
+                        Err(e) => tracing::warn!(error = %e, "ZDS connection failed"),
+                    },
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "node agent not reachable yet"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,27 @@
+//! What Ambit's binaries share.
+//!
+//! `cni-node`, `ztunnel` and `waypoint` are thin wiring of configuration to
+//! the library crates. This crate holds what the three would otherwise each
+//! write again:
+//!
+//! - clap argument groups with Istio's environment names, flattened into
+//!   each binary's `Args` ([`LogArgs`], [`AdminArgs`], and with the `mesh`
+//!   feature [`MeshSourceArgs`] and [`CaArgs`], which also turn the flags
+//!   into a mesh source and a certificate authority);
+//! - [`init_tracing`]: text or JSON logs filtered by `RUST_LOG`;
+//! - [`run_main`]: the main skeleton — build the runtime, check the
+//!   configuration inside it (a bad one exits 64, `EX_USAGE`), run, and map
+//!   the outcome to an exit code; [`Stop`] fans one stop signal out to
+//!   every server, and [`Signals`] waits for SIGINT, SIGTERM or an
+//!   admin `/quitquitquit`.
+#![forbid(unsafe_code)]
+
+mod args;
+mod skeleton;
+#[cfg(feature = "mesh")]
+mod mesh;
+
+pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing};
+pub use self::skeleton::{EXIT_CONFIG, Signals, Stop, bind, run_main};
+#[cfg(feature = "mesh")]
+pub use self::mesh::{CaArgs, MeshSourceArgs};

@@ -1,0 +1,132 @@
+//! The main skeleton: runtime, configuration check, run, exit code; the
+//! stop signal and the listeners every binary binds.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio::sync::{Notify, watch};
+
+/// Exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Runs a binary: builds a multi-threaded runtime, calls `check(&args)`
+/// inside it (clients built there run on it; an error is bad
+/// configuration: printed as `NAME: invalid configuration: …`, exit 64),
+/// then blocks on `run(args, checked)` (an error is logged and printed,
+/// exit 1).
+pub fn run_main<A, C, F, Fut>(
+    name: &str,
+    args: A,
+    check: impl FnOnce(&A) -> anyhow::Result<C>,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(A, C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checked = {
+        let _enter = rt.enter();
+        check(&args)
+    };
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match rt.block_on(run(args, checked)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One stop signal for every server of a process: each takes
+/// [`Stop::wait`] as its shutdown future; [`Stop::trigger`] ends them all.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    tx: watch::Sender<bool>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stop {
+    /// A stop not yet triggered.
+    pub fn new() -> Self {
+        Self {
+            tx: watch::Sender::new(false),
+        }
+    }
+
+    /// Resolves once [`Stop::trigger`] is called.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Stops every server waiting on this.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// SIGINT and SIGTERM, installed before serving so a failure to install
+/// them is an error at start rather than a process that cannot be stopped.
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        Ok(Self { term })
+    }
+
+    /// Waits for SIGINT, SIGTERM or `quit` (an admin `/quitquitquit`) and
+    /// logs which, followed by `what` ("draining", "stopping").
+    pub async fn wait(mut self, quit: Option<&Notify>, what: &str) {
+        let quit = async {
+            match quit {
+                Some(q) => q.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: {what}"),
+            _ = self.term.recv() => tracing::info!("SIGTERM: {what}"),
+            () = quit => tracing::info!("/quitquitquit: {what}"),
+        }
+    }
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}

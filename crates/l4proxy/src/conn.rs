@@ -1,0 +1,192 @@
+//! One record per proxied connection: its Istio metric labels, the
+//! opened/closed counters and the access-log line, written in one place.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ambit_mesh::Workload;
+
+use crate::metrics::{AccessLog, Metrics, TcpLabels};
+
+const UNKNOWN: &str = "unknown";
+
+/// Which proxy reports, in Istio's `reporter` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reporter {
+    /// The source side (outbound).
+    Source,
+    /// The destination side (inbound).
+    Destination,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// Who talks to whom, as the metric labels see it.
+pub(crate) struct Peers<'a> {
+    pub(crate) reporter: Reporter,
+    pub(crate) source: Option<&'a Workload>,
+    pub(crate) source_principal: Option<&'a str>,
+    pub(crate) destination: Option<&'a Workload>,
+    pub(crate) service: Option<&'a str>,
+    pub(crate) mtls: bool,
+}
+
+impl Peers<'_> {
+    /// Istio's TCP label set.
+    pub(crate) fn labels(&self) -> TcpLabels {
+        let name = |w: Option<&Workload>| {
+            w.map(|w| {
+                if w.workload_name.is_empty() {
+                    w.name.clone()
+                } else {
+                    w.workload_name.clone()
+                }
+            })
+            .unwrap_or_else(|| UNKNOWN.into())
+        };
+        let namespace =
+            |w: Option<&Workload>| w.map_or_else(|| UNKNOWN.into(), |w| w.namespace.clone());
+        TcpLabels {
+            reporter: self.reporter.as_str().into(),
+            source_workload: name(self.source),
+            source_workload_namespace: namespace(self.source),
+            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
+            destination_workload: name(self.destination),
+            destination_workload_namespace: namespace(self.destination),
+            destination_principal: self
+                .destination
+                .and_then(|w| w.identity())
+                .map_or_else(|| UNKNOWN.into(), |i| i.as_str().to_owned()),
+            destination_service: self.service.unwrap_or(UNKNOWN).into(),
+            request_protocol: "tcp".into(),
+            response_flags: "-".into(),
+            connection_security_policy: if self.mtls { "mutual_tls" } else { "none" }.into(),
+        }
+    }
+}
+
+/// The record of one connection, from its decision to its end. Metrics
+/// count it only once [`ConnRecord::open`] is called (a connection refused
+/// by the route decision without a policy verdict is only logged); the
+/// access-log line is written by [`ConnRecord::close`], exactly once.
+pub(crate) struct ConnRecord {
+    metrics: Metrics,
+    labels: Option<TcpLabels>,
+    opened: bool,
+    direction: &'static str,
+    src: SocketAddr,
+    dst: SocketAddr,
+    via: Option<SocketAddr>,
+    src_identity: Option<String>,
+    started: Instant,
+}
+
+impl ConnRecord {
+    /// A record for a connection from `src` to `dst`.
+    pub(crate) fn new(
+        metrics: &Metrics,
+        direction: &'static str,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            labels: None,
+            opened: false,
+            direction,
+            src,
+            dst,
+            via: None,
+            src_identity: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Sets the metric labels (and the identities the log shows).
+    pub(crate) fn with_peers(mut self, peers: &Peers<'_>) -> Self {
+        self.src_identity = peers.source_principal.map(str::to_owned);
+        self.labels = Some(peers.labels());
+        self
+    }
+
+    /// Sets the source identity the log shows, without metric labels.
+    pub(crate) fn with_source_identity(mut self, id: Option<&str>) -> Self {
+        self.src_identity = id.map(str::to_owned);
+        self
+    }
+
+    /// Sets the hop actually dialled.
+    pub(crate) fn with_via(mut self, via: Option<SocketAddr>) -> Self {
+        self.via = via;
+        self
+    }
+
+    /// Counts the connection as opened.
+    pub(crate) fn open(&mut self) {
+        if let Some(l) = &self.labels
+            && !self.opened
+        {
+            self.metrics.opened(l);
+            self.opened = true;
+        }
+    }
+
+    /// Sets Istio's `response_flags` (`REJECT`, `DENY`, `CONNECT`).
+    pub(crate) fn flag(&mut self, flag: &str) {
+        if let Some(l) = &mut self.labels {
+            l.response_flags = flag.into();
+        }
+    }
+
+    /// Refused by a decision: counted (opened and closed at once) with
+    /// `flag`, and logged with `reason`.
+    pub(crate) fn refuse(mut self, flag: &str, reason: &str) {
+        self.flag(flag);
+        self.open();
+        self.close(0, 0, reason);
+    }
+
+    /// Failed after it was accepted (dialling the upstream): `CONNECT`.
+    pub(crate) fn fail(mut self, reason: &str) {
+        if self.labels.is_some() {
+            self.flag("CONNECT");
+            self.open();
+        }
+        self.close(0, 0, reason);
+    }
+
+    /// The connection ended after moving these bytes (`received` from the
+    /// source, `sent` to it); `reason` is empty on a clean end.
+    pub(crate) fn close(self, received: u64, sent: u64, reason: &str) {
+        if self.opened
+            && let Some(l) = &self.labels
+        {
+            self.metrics.closed(l, received, sent);
+        }
+        let dst_identity = self
+            .labels
+            .as_ref()
+            .map(|l| l.destination_principal.as_str())
+            .filter(|p| *p != UNKNOWN);
+        AccessLog {
+            direction: self.direction,
+            src: self.src,
+            dst: self.dst,
+            via: self.via,
+            src_identity: self.src_identity.as_deref(),
+            dst_identity,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration: self.started.elapsed(),
+            reason,
+        }
+        .emit();
+    }
+}

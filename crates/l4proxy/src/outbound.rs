@@ -1,0 +1,191 @@
+//! Carrying out an [`OutboundPlan`]: dial the hop it names, answer a SOCKS5
+//! client, copy both ways, and close the connection's record.
+
+use std::net::SocketAddr;
+
+use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, copy_bidirectional};
+use tokio::net::TcpStream;
+
+use crate::conn::{ConnRecord, Peers, Reporter};
+use crate::plan::{Entry, Hop, OutboundPlan, Refusal, plan_outbound};
+use crate::proxy::Proxy;
+use crate::serve::Scope;
+use crate::socks5::{self, Reply};
+
+/// The far side of an outbound connection, once connected.
+enum Upstream {
+    Tcp(TcpStream),
+    Hbone(Box<ambit_hbone::HboneStream>),
+}
+
+impl Upstream {
+    /// The local address of the hop (SOCKS5's BND.ADDR).
+    fn bound(&self) -> SocketAddr {
+        match self {
+            Self::Tcp(s) => s.local_addr().unwrap_or_else(|_| socks5::unspecified()),
+            Self::Hbone(_) => socks5::unspecified(),
+        }
+    }
+
+    /// Copies both ways between the client and this upstream: bytes
+    /// received from the client, bytes sent to it.
+    async fn copy_with(self, client: &mut TcpStream) -> Result<(u64, u64), String> {
+        let r = match self {
+            Self::Tcp(mut up) => copy_bidirectional(client, &mut up).await,
+            Self::Hbone(mut up) => copy_bidirectional(client, &mut *up).await,
+        };
+        r.map(|s| (s.a_to_b, s.b_to_a)).map_err(|e| e.to_string())
+    }
+}
+
+/// Why dialling failed: for the access log, and the SOCKS5 reply.
+struct Failure {
+    reason: String,
+    reply: Reply,
+}
+
+impl Failure {
+    fn io(what: String, e: &std::io::Error) -> Self {
+        Self {
+            reason: format!("{what}: {e}"),
+            reply: Reply::for_io(e),
+        }
+    }
+
+    /// An HBONE failure: the far ztunnel's 401 is a policy refusal, its
+    /// 503 a refused or unknown upstream.
+    fn hbone(address: SocketAddr, e: &ambit_hbone::ClientError) -> Self {
+        use ambit_hbone::ClientError as E;
+        let reply = match e {
+            E::Status { status, .. } if status.as_u16() == 401 || status.as_u16() == 403 => {
+                Reply::NotAllowed
+            }
+            E::Status { status, .. } if status.as_u16() == 503 => Reply::ConnectionRefused,
+            E::Connect { source, .. } => Reply::for_io(source),
+            E::ConnectTimeout { .. } => Reply::TtlExpired,
+            E::Tls { .. } | E::TlsConfig { .. } => Reply::NotAllowed,
+            _ => Reply::GeneralFailure,
+        };
+        Self {
+            reason: format!("hbone connect {address}: {e}"),
+            reply,
+        }
+    }
+}
+
+impl Refusal {
+    fn reply(self) -> Reply {
+        match self {
+            Self::Policy => Reply::NotAllowed,
+            Self::Unreachable => Reply::HostUnreachable,
+        }
+    }
+}
+
+impl Proxy {
+    /// One outbound connection from `peer` to `dst`, captured or over
+    /// SOCKS5: plan it, then carry the plan out.
+    pub(crate) async fn outbound(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        entry: Entry,
+        scope: &Scope,
+    ) {
+        let plan = {
+            let Ok(st) = self.inner.state.read() else {
+                return;
+            };
+            let cfg = &self.inner.cfg;
+            plan_outbound(&st, &cfg.network, &cfg.ports, &scope.local, entry, peer, dst)
+        };
+        self.carry(tcp, peer, plan, entry, scope).await;
+    }
+
+    /// Carries out `plan` for the client `tcp` at `peer`.
+    pub(crate) async fn carry(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        plan: OutboundPlan,
+        entry: Entry,
+        scope: &Scope,
+    ) {
+        let src_id = plan.source_identity();
+        let peers = Peers {
+            reporter: Reporter::Source,
+            source: plan.source.as_deref(),
+            source_principal: src_id.as_ref().map(|i| i.as_str()),
+            destination: plan.workload.as_deref(),
+            service: plan.service.as_ref().map(|s| s.hostname.as_str()),
+            mtls: plan.mtls,
+        };
+        let mut record = ConnRecord::new(&self.inner.metrics, "outbound", peer, plan.dst)
+            .with_peers(&peers)
+            .with_via(plan.via);
+        let connected = match plan.hop {
+            Hop::Refuse { reason, refusal } => {
+                if entry == Entry::Socks5 {
+                    let _ = socks5::send_reply(&mut tcp, refusal.reply(), socks5::unspecified())
+                        .await;
+                }
+                record.refuse("REJECT", &reason);
+                return;
+            }
+            Hop::Passthrough { address } => {
+                record.open();
+                match scope.sockets.connect(address, None).await {
+                    Ok(up) => Ok(Upstream::Tcp(up)),
+                    Err(e) => Err(Failure::io(format!("connect {address}"), &e)),
+                }
+            }
+            Hop::SameNode { target } => {
+                record.open();
+                let spoof = self.inner.cfg.spoof_source.then_some(peer.ip());
+                match scope.sockets.connect(target, spoof).await {
+                    Ok(up) => Ok(Upstream::Tcp(up)),
+                    Err(e) => Err(Failure::io(format!("connect {target}"), &e)),
+                }
+            }
+            Hop::Hbone {
+                address,
+                authority,
+                source_identity,
+                identities,
+            } => {
+                record.open();
+                let headers = ConnectHeaders {
+                    forwarded: Some(Forwarded::new(peer)),
+                    ..ConnectHeaders::default()
+                };
+                let req = ConnectRequest::new(source_identity, identities, address, authority)
+                    .with_headers(headers);
+                match self.inner.client.connect(req).await {
+                    Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
+                    Err(e) => Err(Failure::hbone(address, &e)),
+                }
+            }
+        };
+        let up = match connected {
+            Ok(up) => up,
+            Err(f) => {
+                if entry == Entry::Socks5 {
+                    let _ = socks5::send_reply(&mut tcp, f.reply, socks5::unspecified()).await;
+                }
+                record.fail(&f.reason);
+                return;
+            }
+        };
+        if entry == Entry::Socks5
+            && let Err(e) = socks5::send_reply(&mut tcp, Reply::Succeeded, up.bound()).await
+        {
+            record.fail(&format!("socks5 reply: {e}"));
+            return;
+        }
+        match up.copy_with(&mut tcp).await {
+            Ok((rx, tx)) => record.close(rx, tx, ""),
+            Err(e) => record.fail(&e),
+        }
+    }
+}

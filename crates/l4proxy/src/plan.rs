@@ -1,0 +1,386 @@
+//! The complete plan for one outbound connection: who the source is, where
+//! the bytes go and how, and — for a workload on this node reached without
+//! a tunnel — the inbound authorization verdict. Made from the mesh state
+//! and the connection's facts alone (no I/O), so it is tested as tables;
+//! [`crate::outbound`] only carries plans out.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_identity::Identity;
+use ambit_mesh::{MeshState, Service, Workload};
+
+use crate::route::{self, Inbound, Outbound, Ports};
+
+/// Which workloads a listener serves inbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// Every workload on this node (node mode).
+    Node(String),
+    /// One pod (in-pod mode): by workload uid, or by name and namespace
+    /// (ZDS carries the pod's UID, xDS a workload uid; the names match).
+    Pod {
+        /// The uid ZDS gave.
+        uid: String,
+        /// The pod name.
+        name: String,
+        /// The pod namespace.
+        namespace: String,
+    },
+}
+
+impl Local {
+    /// Whether this proxy serves `w` inbound.
+    pub fn contains(&self, w: &Workload) -> bool {
+        match self {
+            Self::Node(n) => w.node == *n,
+            Self::Pod {
+                uid,
+                name,
+                namespace,
+            } => {
+                w.uid == *uid || (!name.is_empty() && w.name == *name && w.namespace == *namespace)
+            }
+        }
+    }
+
+    /// The pod's uid in in-pod mode.
+    pub fn pod_uid(&self) -> Option<&str> {
+        match self {
+            Self::Pod { uid, .. } => Some(uid),
+            Self::Node(_) => None,
+        }
+    }
+}
+
+/// How an outbound connection reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Captured on 15001: the app does not know the proxy is there.
+    Captured,
+    /// Through the SOCKS5 listener: the app waits for a reply before its
+    /// bytes flow, and asked for the mesh path explicitly.
+    Socks5,
+}
+
+/// Why a connection is refused before anything is dialled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Policy: authorization, a ztunnel port, a source without identity
+    /// (SOCKS5 "not allowed").
+    Policy,
+    /// Nowhere to go: no endpoint, not local (SOCKS5 "host unreachable").
+    Unreachable,
+}
+
+/// The hop an outbound connection takes.
+#[derive(Debug, Clone)]
+pub enum Hop {
+    /// HBONE to a remote ztunnel or a waypoint, as the source identity.
+    Hbone {
+        /// Where to connect (`endpoint:15008` or `waypoint:15008`).
+        address: SocketAddr,
+        /// The CONNECT `:authority`.
+        authority: SocketAddr,
+        /// The source's identity, presented to the far side.
+        source_identity: Identity,
+        /// Identities the server may present.
+        identities: Vec<Identity>,
+    },
+    /// A workload on this node, captured: no wire to cross, so no tunnel;
+    /// the inbound checks already allowed it, and the workload is dialled
+    /// directly (from the original source address when spoofing).
+    SameNode {
+        /// The workload's `ip:port`.
+        target: SocketAddr,
+    },
+    /// Plain TCP (outside the mesh, or protocol TCP).
+    Passthrough {
+        /// Where to connect.
+        address: SocketAddr,
+    },
+    /// Refused: nothing is dialled.
+    Refuse {
+        /// Why, for the access log.
+        reason: String,
+        /// What kind of refusal (the SOCKS5 reply).
+        refusal: Refusal,
+    },
+}
+
+/// Everything needed to carry one outbound connection.
+#[derive(Debug, Clone)]
+pub struct OutboundPlan {
+    /// The source workload, when the peer is one.
+    pub source: Option<Arc<Workload>>,
+    /// The original destination.
+    pub dst: SocketAddr,
+    /// The destination workload, when known (metrics, logs).
+    pub workload: Option<Arc<Workload>>,
+    /// The service, when the destination was a VIP (metrics, logs).
+    pub service: Option<Arc<Service>>,
+    /// Whether the hop is mutually authenticated (HBONE, or a same-node
+    /// hop inside the mesh).
+    pub mtls: bool,
+    /// The address actually dialled, when there is one (access log).
+    pub via: Option<SocketAddr>,
+    /// The hop.
+    pub hop: Hop,
+}
+
+impl OutboundPlan {
+    /// The source workload's SPIFFE id.
+    pub fn source_identity(&self) -> Option<Identity> {
+        self.source.as_ref().and_then(|w| w.identity())
+    }
+}
+
+/// The source workload of a connection captured from `peer_ip`: in node
+/// mode the local workload at that address; in-pod, the pod itself (by uid,
+/// or by address within the pod).
+pub fn captured_source(
+    state: &MeshState,
+    network: &str,
+    local: &Local,
+    peer_ip: IpAddr,
+) -> Option<Arc<Workload>> {
+    match local {
+        Local::Node(_) => state.workload_by_ip(network, peer_ip),
+        Local::Pod { uid, .. } => state.workload(uid).or_else(|| {
+            state
+                .workload_by_ip(network, peer_ip)
+                .filter(|w| local.contains(w))
+        }),
+    }
+}
+
+/// Plans the connection from `peer` to `dst` that arrived by `entry` on a
+/// listener serving `local`. The source workload is found as the entry
+/// implies ([`captured_source`], or [`route::socks5_source`]); the path is
+/// [`route::outbound`]'s; a captured connection to a workload this proxy
+/// serves skips the tunnel and is authorized here as its inbound side
+/// would ([`route::inbound`]). A SOCKS5 client asked for the mesh path, so
+/// it gets HBONE even to a workload on this node (as istio/ztunnel does).
+pub fn plan_outbound(
+    state: &MeshState,
+    network: &str,
+    ports: &Ports,
+    local: &Local,
+    entry: Entry,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> OutboundPlan {
+    let source = match entry {
+        Entry::Captured => captured_source(state, network, local, peer.ip()),
+        Entry::Socks5 => route::socks5_source(
+            state,
+            network,
+            &|w| local.contains(w),
+            local.pod_uid(),
+            peer.ip(),
+        ),
+    };
+    let src_id = source.as_ref().and_then(|w| w.identity());
+    let mut plan = OutboundPlan {
+        source,
+        dst,
+        workload: None,
+        service: None,
+        mtls: false,
+        via: None,
+        hop: Hop::Refuse {
+            reason: String::new(),
+            refusal: Refusal::Unreachable,
+        },
+    };
+    let refuse = |reason: String, refusal| Hop::Refuse { reason, refusal };
+    match route::outbound(state, network, ports, plan.source.as_deref(), dst) {
+        Outbound::Reject(why) => {
+            let refusal = if why.contains("ztunnel port") {
+                Refusal::Policy
+            } else {
+                Refusal::Unreachable
+            };
+            plan.hop = refuse(why.to_owned(), refusal);
+        }
+        Outbound::Passthrough {
+            address,
+            workload,
+            service,
+        } => {
+            plan.workload = workload;
+            plan.service = service;
+            plan.via = Some(address);
+            plan.hop = Hop::Passthrough { address };
+        }
+        Outbound::Hbone {
+            authority,
+            workload: Some(w),
+            service,
+            waypoint: false,
+            ..
+        } if entry == Entry::Captured && local.contains(&w) => {
+            plan.mtls = true;
+            plan.via = Some(authority);
+            plan.service = service;
+            let verdict = route::inbound(
+                state,
+                network,
+                ports,
+                authority,
+                src_id.as_ref(),
+                peer.ip(),
+                &|x| local.contains(x),
+            );
+            plan.hop = match verdict {
+                Inbound::Accept { target, .. } => Hop::SameNode { target },
+                Inbound::Denied(reason) => refuse(format!("DENY {reason:?}"), Refusal::Policy),
+                Inbound::NotLocal(why) => refuse(why.to_owned(), Refusal::Unreachable),
+            };
+            plan.workload = Some(w);
+        }
+        Outbound::Hbone {
+            address,
+            authority,
+            identities,
+            workload,
+            service,
+            ..
+        } => {
+            plan.mtls = true;
+            plan.via = Some(address);
+            plan.workload = workload;
+            plan.service = service;
+            plan.hop = match src_id {
+                Some(source_identity) => Hop::Hbone {
+                    address,
+                    authority,
+                    source_identity,
+                    identities,
+                },
+                None => refuse(
+                    "source workload has no identity".to_owned(),
+                    Refusal::Policy,
+                ),
+            };
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambit_mesh::Config;
+
+    const MESH: &str = r#"
+workloads:
+- {uid: sleep, name: sleep, namespace: default, serviceAccount: sleep, workloadIps: ["10.244.0.3"], protocol: HBONE, node: a}
+- {uid: anon, name: anon, namespace: default, workloadIps: ["10.244.0.4"], protocol: TCP, node: a}
+- {uid: echo, name: echo, namespace: default, serviceAccount: echo, workloadIps: ["10.244.0.5"], protocol: HBONE, node: a}
+- {uid: remote, name: remote, namespace: default, serviceAccount: remote, workloadIps: ["10.244.1.2"], protocol: HBONE, node: b}
+policies:
+- {name: deny-9999, namespace: default, action: Deny, rules: [[[{destinationPorts: [9999]}]]]}
+"#;
+
+    fn state() -> MeshState {
+        MeshState::from_config(Config::parse(MESH, "test").expect("mesh"))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    fn plan(entry: Entry, local: &Local, peer: &str, dst: &str) -> OutboundPlan {
+        plan_outbound(
+            &state(),
+            "",
+            &Ports::default(),
+            local,
+            entry,
+            addr(peer),
+            addr(dst),
+        )
+    }
+
+    #[test]
+    fn outbound_plans() {
+        let node_a = Local::Node("a".into());
+        let sleep = "10.244.0.3:40000";
+        // (entry, peer, dst) -> (source uid, hop kind, refusal, mtls, via)
+        let cases: &[(Entry, &str, &str, Option<&str>, &str, Option<Refusal>, bool, Option<&str>)] = &[
+            // Remote HBONE workload: tunnel as sleep.
+            (Entry::Captured, sleep, "10.244.1.2:80", Some("sleep"), "hbone", None, true, Some("10.244.1.2:15008")),
+            // Same node, allowed: dialled directly, authorized here.
+            (Entry::Captured, sleep, "10.244.0.5:80", Some("sleep"), "same-node", None, true, Some("10.244.0.5:80")),
+            // Same node, denied by policy: refused as policy.
+            (Entry::Captured, sleep, "10.244.0.5:9999", Some("sleep"), "refuse", Some(Refusal::Policy), true, Some("10.244.0.5:9999")),
+            // SOCKS5 asked for the mesh: HBONE even on the same node.
+            (Entry::Socks5, sleep, "10.244.0.5:80", Some("sleep"), "hbone", None, true, Some("10.244.0.5:15008")),
+            // Outside the mesh: passthrough.
+            (Entry::Captured, sleep, "192.0.2.1:443", Some("sleep"), "passthrough", None, false, Some("192.0.2.1:443")),
+            // A ztunnel port of a mesh workload: a policy refusal.
+            (Entry::Captured, sleep, "10.244.1.2:15008", Some("sleep"), "refuse", Some(Refusal::Policy), false, None),
+            // A workload without a service account tunnels as `default`.
+            (Entry::Captured, "10.244.0.4:1", "10.244.1.2:80", Some("anon"), "hbone", None, true, Some("10.244.1.2:15008")),
+            // A source that is no workload has no identity: it cannot tunnel.
+            (Entry::Captured, "10.9.9.9:1", "10.244.1.2:80", None, "refuse", Some(Refusal::Policy), true, Some("10.244.1.2:15008")),
+        ];
+        for (entry, peer, dst, src, kind, refusal, mtls, via) in cases {
+            let p = plan(*entry, &node_a, peer, dst);
+            let case = format!("{entry:?} {peer} -> {dst}");
+            assert_eq!(p.source.as_ref().map(|w| w.uid.as_str()), *src, "{case}");
+            let (k, r) = match &p.hop {
+                Hop::Hbone { .. } => ("hbone", None),
+                Hop::SameNode { .. } => ("same-node", None),
+                Hop::Passthrough { .. } => ("passthrough", None),
+                Hop::Refuse { refusal, .. } => ("refuse", Some(*refusal)),
+            };
+            assert_eq!((k, r), (*kind, *refusal), "{case}: {:?}", p.hop);
+            assert_eq!(p.mtls, *mtls, "{case}");
+            assert_eq!(p.via, via.map(addr), "{case}");
+            assert_eq!(p.dst, addr(dst), "{case}");
+        }
+    }
+
+    #[test]
+    fn hbone_hops_carry_both_identities() {
+        let p = plan(Entry::Captured, &Local::Node("a".into()), "10.244.0.3:1", "10.244.1.2:80");
+        let Hop::Hbone {
+            source_identity,
+            identities,
+            authority,
+            ..
+        } = &p.hop
+        else {
+            panic!("{:?}", p.hop)
+        };
+        assert_eq!(source_identity.as_str(), "spiffe://cluster.local/ns/default/sa/sleep");
+        assert_eq!(identities[0].as_str(), "spiffe://cluster.local/ns/default/sa/remote");
+        assert_eq!(*authority, addr("10.244.1.2:80"));
+        assert_eq!(p.workload.as_ref().map(|w| w.uid.as_str()), Some("remote"));
+    }
+
+    #[test]
+    fn in_pod_sources_are_the_pod() {
+        let pod = Local::Pod {
+            uid: "sleep".into(),
+            name: "sleep".into(),
+            namespace: "default".into(),
+        };
+        // In-pod, the peer address does not matter: the pod is the source.
+        let p = plan(Entry::Captured, &pod, "127.0.0.6:1", "10.244.1.2:80");
+        assert_eq!(p.source.as_ref().map(|w| w.uid.as_str()), Some("sleep"));
+        // Another pod's workload is not local to this pod's listeners.
+        let p = plan(Entry::Captured, &pod, "10.244.0.3:1", "10.244.0.5:80");
+        assert!(matches!(p.hop, Hop::Hbone { .. }), "{:?}", p.hop);
+        let s = state();
+        assert!(captured_source(&s, "", &pod, "10.244.0.5".parse().expect("ip")).is_some());
+        let other = Local::Pod {
+            uid: "gone".into(),
+            name: "gone".into(),
+            namespace: "default".into(),
+        };
+        assert!(captured_source(&s, "", &other, "10.244.0.5".parse().expect("ip")).is_none());
+    }
+}
