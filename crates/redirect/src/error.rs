@@ -160,11 +160,49 @@ fn ext_text(ext: Option<&str>) -> String {
 }
 
 impl Error {
+    /// The kernel's refusal of the request `op` (which names the item) in
+    /// the namespace labelled `ns`.
+    pub(crate) fn nack(nack: ambit_netlink::Nack, op: impl Into<String>, ns: &str) -> Self {
+        Self::Netlink {
+            op: op.into(),
+            ns: ns.to_owned(),
+            errno: nack.errno,
+            ext: nack.ext,
+        }
+    }
+
     /// The errno of a netlink failure, if this is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::Netlink { errno, .. } => Some(*errno),
             _ => None,
+        }
+    }
+}
+
+/// The transport's failures, in this crate's words: the operation with its
+/// namespace, and the socket error or the reason the reply did not parse.
+impl From<ambit_netlink::Error> for Error {
+    fn from(e: ambit_netlink::Error) -> Self {
+        use ambit_netlink::Error as Nl;
+        match e {
+            Nl::Netns { source, .. } => Self::Netns(source),
+            Nl::Open {
+                protocol,
+                ns,
+                source,
+            } => Self::Io {
+                op: format!("opening netlink socket (protocol {protocol}) in {ns}"),
+                source,
+            },
+            Nl::Io { op, ns, source } => Self::Io {
+                op: format!("{op} in {ns}"),
+                source,
+            },
+            Nl::Decode { op, ns, reason } => Self::Decode {
+                op: format!("{op} in {ns}"),
+                reason,
+            },
         }
     }
 }

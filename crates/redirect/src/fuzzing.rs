@@ -5,8 +5,9 @@
 //! A datagram is read as one `recv` of a dump; its first message's sequence
 //! number is taken as the dump's, so any input can reach the decoders.
 
+use ambit_netlink::{DumpProgress, Messages};
+
 use crate::ipset::{IpSetInfo, codec::IpsetMessage};
-use crate::nl::{self, DumpProgress, Messages};
 use crate::route::{self, IpRule, Route};
 
 /// What an ipset dump datagram decodes to.
@@ -76,7 +77,7 @@ fn dump(data: &[u8]) -> Result<(Vec<Vec<u8>>, Option<i32>), String> {
         .get(8..12)
         .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     let mut out = Vec::new();
-    let errno = match nl::dump_datagram(data, seq, &mut out)? {
+    let errno = match ambit_netlink::dump_datagram(data, seq, &mut out)? {
         DumpProgress::Done(Err(e)) => Some(e.errno),
         DumpProgress::Done(Ok(())) | DumpProgress::More => None,
     };

@@ -24,7 +24,6 @@ pub mod mark;
 pub mod netfilter;
 #[cfg(feature = "nftnl")]
 mod nftnl_backend;
-mod nl;
 mod plan;
 pub mod profiles;
 pub mod route;

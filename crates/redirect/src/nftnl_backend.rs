@@ -15,6 +15,7 @@ use std::ffi::{CStr, CString};
 use std::net::IpAddr;
 use std::ptr::NonNull;
 
+use ambit_netlink::{NETLINK_NETFILTER, Socket as NlSocket};
 use ambit_netns::NetNs;
 use nftnl::expr::Expression;
 use nftnl::nftnl_sys as sys;
@@ -26,10 +27,8 @@ use nftnl::{
 use crate::error::{Error, Result};
 use crate::mark::Mark;
 use crate::netfilter::{Dir, Hook, Match, Proto, Rule, Ruleset, Table, Target};
-use crate::nl::NlSocket;
 use crate::route::Family;
 
-const NETLINK_NETFILTER: isize = 12;
 const ENOENT: i32 = 2;
 
 // Registers, verdicts and keys from linux/netfilter/nf_tables.h.
@@ -677,7 +676,8 @@ fn send(ns: &NetNs, b: Described, op: &str) -> Result<()> {
             .and_then(|i| b.what.get(i))
             .cloned()
             .unwrap_or_else(|| format!("message {seq}"));
-        return Err(e.into_error(
+        return Err(Error::nack(
+            e,
             format!("{op}: the kernel refused {what}; nothing was applied"),
             sock.ns(),
         ));

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use ambit_netlink::{NETLINK_ROUTE, Socket as NlSocket};
 use ambit_netns::NetNs;
 use ipnet::IpNet;
 use netlink_packet_core::{
@@ -23,9 +24,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Error, Result};
 use crate::mark::Mark;
-use crate::nl::NlSocket;
 
-const NETLINK_ROUTE: isize = 0;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const EEXIST: i32 = 17;
@@ -456,7 +455,7 @@ impl Rtnl {
         let raw = self
             .sock
             .dump(frame(msg, flags))?
-            .map_err(|e| e.into_error(op, &self.ns()))?;
+            .map_err(|e| Error::nack(e, op, &self.ns()))?;
         decode_replies(&raw).map_err(|reason| Error::Decode {
             op: op.to_owned(),
             reason,
@@ -522,7 +521,7 @@ impl Rtnl {
             match res {
                 Ok(()) => {}
                 Err(e) if e.errno == EEXIST => {}
-                Err(e) => return Err(e.into_error(format!("adding rule `{r}`"), &ns)),
+                Err(e) => return Err(Error::nack(e, format!("adding rule `{r}`"), &ns)),
             }
         }
         Ok(())
@@ -544,7 +543,7 @@ impl Rtnl {
             match res {
                 Ok(()) => {}
                 Err(e) if e.errno == ENOENT => {}
-                Err(e) => return Err(e.into_error(format!("deleting rule `{r}`"), &ns)),
+                Err(e) => return Err(Error::nack(e, format!("deleting rule `{r}`"), &ns)),
             }
         }
         Ok(())
@@ -580,7 +579,7 @@ impl Rtnl {
         }
         let ns = self.ns();
         for (r, res) in routes.iter().zip(self.sock.transact(&mut msgs)?) {
-            res.map_err(|e| e.into_error(format!("adding route `{r}`"), &ns))?;
+            res.map_err(|e| Error::nack(e, format!("adding route `{r}`"), &ns))?;
         }
         Ok(())
     }
@@ -611,7 +610,7 @@ impl Rtnl {
             match res {
                 Ok(()) => {}
                 Err(e) if e.errno == ESRCH || e.errno == ENOENT => {}
-                Err(e) => return Err(e.into_error(format!("deleting route `{r}`"), &ns)),
+                Err(e) => return Err(Error::nack(e, format!("deleting route `{r}`"), &ns)),
             }
         }
         Ok(())

@@ -2,8 +2,9 @@
 //!
 //! Every request here is what the matching `ip` command sends, attribute for
 //! attribute and in the same order, so the golden tests in `tests/golden.rs`
-//! can compare our bytes with iproute2 6.1's. The socket side lives in
-//! the private `netlink` module; nothing in this module needs root.
+//! can compare our bytes with iproute2 6.1's. The socket side is
+//! [`ambit_netlink::Socket`], driven by [`crate::Links`]; nothing in this
+//! module needs root.
 
 use std::net::IpAddr;
 use std::os::fd::RawFd;
@@ -40,6 +41,25 @@ pub fn netlink_request(
     let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
     nl.finalize();
     nl
+}
+
+/// [`netlink_request`] as bytes, ready for [`ambit_netlink::Socket`].
+pub fn encode_request(msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
+    let nl = netlink_request(msg, flags);
+    let mut buf = vec![0u8; nl.buffer_len()];
+    nl.serialize(&mut buf);
+    buf
+}
+
+/// Decodes one reply message (header included, as [`ambit_netlink::Socket`]
+/// returns them): its route message, or `None` for a netlink control
+/// message (done, error, noop, overrun).
+pub fn decode_reply(raw: &[u8]) -> Result<Option<RouteNetlinkMessage>, String> {
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).map_err(|e| e.to_string())?;
+    Ok(match msg.payload {
+        NetlinkPayload::InnerMessage(m) => Some(m),
+        _ => None,
+    })
 }
 
 /// The `IFLA_INFO_DATA` of a tunnel, in iproute2 6.1's attribute order.

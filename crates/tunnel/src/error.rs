@@ -110,5 +110,53 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A failure of the netlink transport while doing `op` to `link`.
+    pub(crate) fn transport(e: ambit_netlink::Error, link: &str, op: &str) -> Self {
+        use ambit_netlink::Error as Nl;
+        match e {
+            Nl::Netns { source, .. } => Self::Netns {
+                link: link.to_owned(),
+                op: "opening a netlink socket",
+                source,
+            },
+            Nl::Open { ns, source, .. } => Self::Netlink {
+                link: link.to_owned(),
+                ns,
+                op: "opening a netlink socket for".into(),
+                source,
+            },
+            Nl::Io { ns, source, .. } => Self::Netlink {
+                link: link.to_owned(),
+                ns,
+                op: op.to_owned(),
+                source,
+            },
+            Nl::Decode { ns, reason, .. } => Self::decode(link, &ns, op, reason),
+        }
+    }
+
+    /// The kernel's refusal of `op` on `link` in the namespace labelled `ns`;
+    /// the errno is the source.
+    pub(crate) fn nack(nack: &ambit_netlink::Nack, link: &str, ns: &str, op: &str) -> Self {
+        Self::Netlink {
+            link: link.to_owned(),
+            ns: ns.to_owned(),
+            op: op.to_owned(),
+            source: nack.to_io(),
+        }
+    }
+
+    /// A reply to `op` on `link` that does not decode.
+    pub(crate) fn decode(link: &str, ns: &str, op: &str, reason: String) -> Self {
+        Self::Decode {
+            link: link.to_owned(),
+            ns: ns.to_owned(),
+            op: op.to_owned(),
+            reason,
+        }
+    }
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,10 +9,10 @@
 //! tunnel on kernels built without `CONFIG_GENEVE`.
 //!
 //! The layers are separate: [`codec`] builds and parses the rtnetlink
-//! messages (tested against iproute2's bytes, no root needed); a small
-//! synchronous request/ACK client sends them on a socket opened inside the
-//! target namespace through [`ambit_netns::NetNs::run`]; [`Links`] and
-//! [`reconcile`] carry out a plan. No `ip` subprocess is run.
+//! messages (tested against iproute2's bytes, no root needed); the shared
+//! synchronous transport of [`ambit_netlink`] sends them on a socket opened
+//! inside the target namespace through [`ambit_netns::NetNs::run`]; [`Links`]
+//! and [`reconcile`] carry out a plan. No `ip` subprocess is run.
 //!
 //! ```no_run
 //! use ambit_netns::NetNs;
@@ -38,7 +38,6 @@ pub mod codec;
 mod error;
 mod istio;
 mod links;
-mod netlink;
 mod spec;
 
 pub use self::{

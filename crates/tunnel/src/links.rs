@@ -2,13 +2,13 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
+use ambit_netlink::{NETLINK_ROUTE, Socket};
 use ambit_netns::NetNs;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::AddressAttribute;
 
 use crate::codec::{self, CHANGE_FLAGS, CREATE_FLAGS, DUMP_FLAGS, LinkState};
 use crate::error::{Error, Result};
-use crate::netlink::{Ctx, RtSocket};
 use crate::spec::{IfAddr, Tunnel, TunnelKind, validate_name};
 
 /// `EOPNOTSUPP`: the kernel has no `rtnl_link_ops` for the requested kind.
@@ -41,10 +41,19 @@ pub struct Outcome {
     pub action: Action,
 }
 
+/// What a request is about, for error messages.
+#[derive(Debug, Clone, Copy)]
+struct Ctx<'a> {
+    /// The link name, or `*`.
+    link: &'a str,
+    /// The operation, e.g. `creating link`.
+    op: &'a str,
+}
+
 /// An rtnetlink connection inside one network namespace, with the link and
 /// address operations a tunnel needs. Each method is one `ip` command.
 pub struct Links {
-    sock: RtSocket,
+    sock: Socket,
 }
 
 impl std::fmt::Debug for Links {
@@ -59,8 +68,34 @@ impl Links {
     /// Opens a netlink socket inside `ns`.
     pub fn open(ns: &NetNs) -> Result<Self> {
         Ok(Self {
-            sock: RtSocket::open(ns, "*")?,
+            sock: Socket::open(Some(ns), NETLINK_ROUTE)
+                .map_err(|e| Error::transport(e, "*", "opening a netlink socket for"))?,
         })
+    }
+
+    /// Sends one acknowledged request; a kernel refusal becomes an
+    /// [`Error::Netlink`] whose source carries the errno.
+    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16, ctx: Ctx<'_>) -> Result<()> {
+        self.sock
+            .request(codec::encode_request(msg, flags))
+            .map_err(|e| Error::transport(e, ctx.link, ctx.op))?
+            .map_err(|nack| Error::nack(&nack, ctx.link, self.sock.ns(), ctx.op))
+    }
+
+    /// Sends one dump request and decodes every route message of the reply.
+    fn dump(&mut self, msg: RouteNetlinkMessage, ctx: Ctx<'_>) -> Result<Vec<RouteNetlinkMessage>> {
+        let raw = self
+            .sock
+            .dump(codec::encode_request(msg, DUMP_FLAGS))
+            .map_err(|e| Error::transport(e, ctx.link, ctx.op))?
+            .map_err(|nack| Error::nack(&nack, ctx.link, self.sock.ns(), ctx.op))?;
+        let mut out = Vec::with_capacity(raw.len());
+        for m in &raw {
+            let decoded = codec::decode_reply(m)
+                .map_err(|reason| Error::decode(ctx.link, self.sock.ns(), ctx.op, reason))?;
+            out.extend(decoded);
+        }
+        Ok(out)
     }
 
     /// The namespace label, as used in errors.
@@ -74,11 +109,7 @@ impl Links {
             link: "*",
             op: "listing links",
         };
-        let msgs = self.sock.request(
-            RouteNetlinkMessage::GetLink(codec::dump_links()),
-            DUMP_FLAGS,
-            ctx,
-        )?;
+        let msgs = self.dump(RouteNetlinkMessage::GetLink(codec::dump_links()), ctx)?;
         let mut links: Vec<LinkState> = msgs
             .iter()
             .filter_map(|m| match m {
@@ -90,9 +121,8 @@ impl Links {
             link: "*",
             op: "listing addresses",
         };
-        let addrs = self.sock.request(
+        let addrs = self.dump(
             RouteNetlinkMessage::GetAddress(codec::dump_addresses()),
-            DUMP_FLAGS,
             ctx,
         )?;
         for m in addrs {
@@ -135,10 +165,7 @@ impl Links {
             link: &t.name,
             op: "creating link",
         };
-        match self
-            .sock
-            .request(RouteNetlinkMessage::NewLink(msg), CREATE_FLAGS, ctx)
-        {
+        match self.ack(RouteNetlinkMessage::NewLink(msg), CREATE_FLAGS, ctx) {
             Err(Error::Netlink {
                 source, link, ns, ..
             }) if t.params.kind == TunnelKind::Geneve
@@ -146,7 +173,7 @@ impl Links {
             {
                 Err(Error::GeneveUnsupported { link, ns, source })
             }
-            r => r.map(drop),
+            r => r,
         }
     }
 
@@ -162,12 +189,11 @@ impl Links {
             link: name,
             op: "changing mtu/state of link",
         };
-        self.sock.request(
+        self.ack(
             RouteNetlinkMessage::SetLink(codec::set_link(index, mtu, up)),
             CHANGE_FLAGS,
             ctx,
-        )?;
-        Ok(())
+        )
     }
 
     /// Adds an address: `ip addr add ADDR/LEN dev NAME`.
@@ -177,12 +203,11 @@ impl Links {
             link: name,
             op: &op,
         };
-        self.sock.request(
+        self.ack(
             RouteNetlinkMessage::NewAddress(codec::address(index, a)),
             CREATE_FLAGS,
             ctx,
-        )?;
-        Ok(())
+        )
     }
 
     /// Removes an address: `ip addr del ADDR/LEN dev NAME`.
@@ -192,12 +217,11 @@ impl Links {
             link: name,
             op: &op,
         };
-        self.sock.request(
+        self.ack(
             RouteNetlinkMessage::DelAddress(codec::address(index, a)),
             CHANGE_FLAGS,
             ctx,
-        )?;
-        Ok(())
+        )
     }
 
     /// Deletes the link called `name`: `ip link del NAME`. Returns whether
@@ -215,12 +239,12 @@ impl Links {
             link: name,
             op: "deleting link",
         };
-        match self.sock.request(
+        match self.ack(
             RouteNetlinkMessage::DelLink(codec::del_link(index)),
             CHANGE_FLAGS,
             ctx,
         ) {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(ENODEV) => {
                 Ok(false)
             }

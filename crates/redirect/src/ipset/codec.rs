@@ -325,7 +325,7 @@ fn put_nla(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(data);
-    out.resize(out.len() + (crate::nl::align4(len) - len), 0);
+    out.resize(out.len() + (ambit_netlink::align4(len) - len), 0);
 }
 
 fn put_nested(out: &mut Vec<u8>, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
@@ -435,7 +435,7 @@ impl<'a> Iterator for Nlas<'a> {
                 d.len()
             )));
         }
-        self.data = &d[crate::nl::align4(len).min(d.len())..];
+        self.data = &d[ambit_netlink::align4(len).min(d.len())..];
         Some(Ok((kind, &d[4..len])))
     }
 }

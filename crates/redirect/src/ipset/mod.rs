@@ -13,10 +13,9 @@ use ambit_netns::NetNs;
 
 use self::codec::{Attr, Command, EntryAttr, FLAG_WITH_COMMENT, HeaderAttr, IpsetMessage};
 use crate::error::{Error, Result};
-use crate::nl::{self, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlSocket};
 use crate::route::Family;
+use ambit_netlink::{NETLINK_NETFILTER, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket as NlSocket};
 
-const NETLINK_NETFILTER: isize = 12;
 const NLM_F_CREATE: u16 = 0x400;
 const ENOENT: i32 = 2;
 /// `IPSET_ERR_EXIST`: a TEST miss, or an element that already exists.
@@ -158,7 +157,7 @@ impl fmt::Debug for Ipset {
 fn frame(m: &IpsetMessage, flags: u16) -> Vec<u8> {
     let mut payload = Vec::with_capacity(64);
     m.emit_payload(&mut payload);
-    let mut msg = nl::header(m.command.message_type(), flags, payload.len());
+    let mut msg = ambit_netlink::header(m.command.message_type(), flags, payload.len());
     msg.extend_from_slice(&payload);
     msg
 }
@@ -195,7 +194,7 @@ impl Ipset {
         {
             Ok(()) => Ok(Ok(())),
             Err(e) if matches!(e.errno, ENOENT | IPSET_ERR_EXIST) => Ok(Err(e.errno)),
-            Err(e) => Err(e.into_error(op, &self.ns())),
+            Err(e) => Err(Error::nack(e, op, &self.ns())),
         }
     }
 
@@ -210,7 +209,7 @@ impl Ipset {
         let replies = self
             .sock
             .dump(frame(&m, NLM_F_REQUEST))?
-            .map_err(|e| e.into_error("asking the kernel for hash:ip revisions", &self.ns()))?;
+            .map_err(|e| Error::nack(e, "asking the kernel for hash:ip revisions", &self.ns()))?;
         let rev = replies
             .iter()
             .filter_map(|raw| parse_reply(raw).ok())
@@ -349,7 +348,8 @@ impl Ipset {
             if let Err(e) = r {
                 let first = i * ENTRIES_PER_MESSAGE;
                 let last = (first + ENTRIES_PER_MESSAGE).min(entries.len()) - 1;
-                return Err(e.into_error(
+                return Err(Error::nack(
+                    e,
                     format!(
                         "ipset {verb} {} (entries {first}..={last}: {} ... {})",
                         set.name, entries[first].ip, entries[last].ip
@@ -380,7 +380,11 @@ impl Ipset {
         match self.sock.request(frame(&m, NLM_F_REQUEST | NLM_F_ACK))? {
             Ok(()) => Ok(true),
             Err(e) if e.errno == IPSET_ERR_EXIST => Ok(false),
-            Err(e) => Err(e.into_error(format!("ipset test {name} {ip}"), &self.ns())),
+            Err(e) => Err(Error::nack(
+                e,
+                format!("ipset test {name} {ip}"),
+                &self.ns(),
+            )),
         }
     }
 
@@ -391,7 +395,7 @@ impl Ipset {
         let replies = match self.sock.dump(frame(&m, NLM_F_REQUEST | NLM_F_DUMP))? {
             Ok(r) => r,
             Err(e) if e.errno == ENOENT => return Ok(None),
-            Err(e) => return Err(e.into_error(format!("ipset list {name}"), &self.ns())),
+            Err(e) => return Err(Error::nack(e, format!("ipset list {name}"), &self.ns())),
         };
         list_from_replies(name, &replies).map_err(|reason| Error::Decode {
             op: format!("ipset list {name}"),
@@ -405,7 +409,7 @@ impl Ipset {
         let replies = self
             .sock
             .dump(frame(&m, NLM_F_REQUEST | NLM_F_DUMP))?
-            .map_err(|e| e.into_error("ipset list -n", &self.ns()))?;
+            .map_err(|e| Error::nack(e, "ipset list -n", &self.ns()))?;
         names_from_replies(&replies).map_err(|reason| Error::Decode {
             op: "ipset list -n".into(),
             reason,
@@ -423,7 +427,7 @@ impl IpSetSpec {
 }
 
 fn parse_reply(raw: &[u8]) -> std::result::Result<IpsetMessage, String> {
-    let m = nl::Messages::new(raw)
+    let m = ambit_netlink::Messages::new(raw)
         .next()
         .ok_or_else(|| "empty reply".to_owned())??;
     IpsetMessage::parse(m.ty, m.payload).map_err(|e| e.to_string())

@@ -1,0 +1,214 @@
+//! The socket: opened inside a namespace, then used from any thread.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+use ambit_netns::NetNs;
+use netlink_sys::{Socket as SysSocket, SocketAddr};
+
+use crate::error::{Error, Nack, Result};
+use crate::message::{DumpProgress, Messages, NLMSG_ERROR, dump_datagram, set_seq};
+
+/// Most bytes put in one `sendmsg`; acks are read after each chunk so the
+/// receive buffer never overflows.
+const CHUNK: usize = 64 * 1024;
+
+/// How long [`Socket::send_batch`] waits for the kernel's answers.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A synchronous netlink socket opened inside one network namespace.
+///
+/// A netlink socket talks to the namespace it was created in for its whole
+/// life, so it is created on a thread that [`NetNs::run`] moved there and
+/// then used from the caller's thread. It deals in whole messages as bytes
+/// (see [`header`](crate::header)); codecs build and parse the payloads.
+/// Each request is stamped with a fresh sequence number, and replies to
+/// other sequence numbers (a request given up on) are skipped.
+#[derive(Debug)]
+pub struct Socket {
+    sock: SysSocket,
+    seq: u32,
+    ns: String,
+}
+
+impl Socket {
+    /// Opens a socket of `protocol` ([`NETLINK_ROUTE`](crate::NETLINK_ROUTE),
+    /// [`NETLINK_NETFILTER`](crate::NETLINK_NETFILTER), ...) inside `ns`, or
+    /// in the caller's namespace (labelled `current` in errors). It is
+    /// connected to the kernel, asks for capped acks, and for extended acks
+    /// where the kernel has them.
+    pub fn open(ns: Option<&NetNs>, protocol: isize) -> Result<Self> {
+        let label = ns.map_or_else(|| "current".to_owned(), |n| n.label().to_owned());
+        let make = move || -> io::Result<SysSocket> {
+            let mut s = SysSocket::new(protocol)?;
+            s.bind_auto()?;
+            s.connect(&SocketAddr::new(0, 0))?;
+            s.set_cap_ack(true)?;
+            // Extended acks carry the kernel's reason; older kernels lack them.
+            let _ = s.set_ext_ack(true);
+            Ok(s)
+        };
+        let made = match ns {
+            Some(ns) => ns
+                .run(make)
+                .map_err(|source| Error::Netns { protocol, source })?,
+            None => make(),
+        };
+        let sock = made.map_err(|source| Error::Open {
+            protocol,
+            ns: label.clone(),
+            source,
+        })?;
+        let seq = std::process::id().wrapping_mul(2_654_435_761);
+        Ok(Self {
+            sock,
+            seq,
+            ns: label,
+        })
+    }
+
+    /// The namespace label, as used in errors.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends every message (each must ask for an ack, `NLM_F_ACK`) and
+    /// returns the kernel's answer to each, in order. Messages are stamped
+    /// with fresh sequence numbers and sent many per `sendmsg` (at most
+    /// 64 KiB), the acks of one chunk read before the next is sent.
+    pub fn transact(&mut self, msgs: &mut [Vec<u8>]) -> Result<Vec<Result<(), Nack>>> {
+        let mut results = vec![Ok(()); msgs.len()];
+        let mut i = 0;
+        while i < msgs.len() {
+            let mut buf = Vec::with_capacity(CHUNK);
+            let mut pending: HashMap<u32, usize> = HashMap::new();
+            while i < msgs.len() && (buf.is_empty() || buf.len() + msgs[i].len() <= CHUNK) {
+                let seq = self.next_seq();
+                set_seq(&mut msgs[i], seq);
+                buf.extend_from_slice(&msgs[i]);
+                pending.insert(seq, i);
+                i += 1;
+            }
+            self.send(&buf)?;
+            while !pending.is_empty() {
+                let data = self.recv()?;
+                for msg in Messages::new(&data) {
+                    let msg = msg.map_err(|reason| self.decode("acks", reason))?;
+                    if msg.ty != NLMSG_ERROR {
+                        continue;
+                    }
+                    if let Some(idx) = pending.remove(&msg.seq) {
+                        results[idx] = msg.ack();
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Sends one request that asks for an ack and returns the kernel's answer.
+    pub fn request(&mut self, mut msg: Vec<u8>) -> Result<Result<(), Nack>> {
+        let mut v = self.transact(std::slice::from_mut(&mut msg))?;
+        Ok(v.pop().unwrap_or(Ok(())))
+    }
+
+    /// Sends a request and collects every reply message (header included)
+    /// until the reply ends: `NLMSG_DONE` after a dump (`NLM_F_DUMP`), the
+    /// ack of an acknowledged request, a single-part reply to a get, or the
+    /// kernel's error.
+    pub fn dump(&mut self, mut msg: Vec<u8>) -> Result<Result<Vec<Vec<u8>>, Nack>> {
+        let seq = self.next_seq();
+        set_seq(&mut msg, seq);
+        self.send(&msg)?;
+        let mut out = Vec::new();
+        loop {
+            let data = self.recv()?;
+            match dump_datagram(&data, seq, &mut out).map_err(|r| self.decode("dump", r))? {
+                DumpProgress::More => {}
+                DumpProgress::Done(r) => return Ok(r.map(|()| out)),
+            }
+        }
+    }
+
+    /// Sends a prepared nfnetlink batch (begin, messages, end, with their
+    /// own sequence numbers) in one `sendmsg` and collects the errors of the
+    /// messages whose sequence numbers are in `expect`. The kernel applies
+    /// the batch all or nothing; after a failure it may not answer every
+    /// message, so a read that times out (5 s) ends the wait.
+    pub fn send_batch(&mut self, bytes: &[u8], expect: Range<u32>) -> Result<Vec<(u32, Nack)>> {
+        self.set_timeout(Some(BATCH_TIMEOUT))?;
+        self.send(bytes)?;
+        let mut pending: HashSet<u32> = expect.collect();
+        let mut errors = Vec::new();
+        while !pending.is_empty() {
+            let data = match self.sock.recv_from_full() {
+                Ok((d, _)) => d,
+                // After a failure the kernel may not answer every message.
+                Err(_) if !errors.is_empty() => break,
+                Err(source) => {
+                    return Err(self.io("waiting for nftables batch acks", source));
+                }
+            };
+            for m in Messages::new(&data) {
+                let m = m.map_err(|reason| self.decode("batch acks", reason))?;
+                if m.ty == NLMSG_ERROR
+                    && pending.remove(&m.seq)
+                    && let Err(e) = m.ack()
+                {
+                    errors.push((m.seq, e));
+                }
+            }
+        }
+        self.set_timeout(None)?;
+        Ok(errors)
+    }
+
+    fn set_timeout(&self, d: Option<Duration>) -> Result<()> {
+        socket2::SockRef::from(&self.sock)
+            .set_read_timeout(d)
+            .map_err(|source| self.io("setting a netlink timeout", source))
+    }
+
+    fn send(&self, buf: &[u8]) -> Result<()> {
+        let op = "sending netlink request";
+        let n = self
+            .sock
+            .send(buf, 0)
+            .map_err(|source| self.io(op, source))?;
+        if n != buf.len() {
+            let short = io::Error::other(format!("short send: {n} of {} bytes", buf.len()));
+            return Err(self.io(op, short));
+        }
+        Ok(())
+    }
+
+    fn recv(&self) -> Result<Vec<u8>> {
+        self.sock
+            .recv_from_full()
+            .map(|(data, _)| data)
+            .map_err(|source| self.io("reading netlink reply", source))
+    }
+
+    fn io(&self, op: &'static str, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            ns: self.ns.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, op: &'static str, reason: String) -> Error {
+        Error::Decode {
+            op,
+            ns: self.ns.clone(),
+            reason,
+        }
+    }
+}
