@@ -12,7 +12,7 @@
 //! the servers themselves.
 //!
 //! `--capture`: the same measurements over the two-node capture topology of
-//! `ambit_examples::localmesh` (client pod → captured → ztunnel A → HBONE →
+//! `ambit_testbed` (client pod → captured → ztunnel A → HBONE →
 //! ztunnel B → server pod; direct: a pod outside the mesh to a server
 //! outside the mesh on the other node). There the servers are the local
 //! mesh's apps (a greeting line, then echo), so bulk is an echo: the
@@ -32,8 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ambit_examples::localmesh::{self, DEFAULT_MESH, DIRECT_SERVER, LocalMesh};
 use ambit_netns::NetNs;
+use ambit_testbed::serve::{accept_each, echo};
+use ambit_testbed::{DEFAULT_MESH, DIRECT_SERVER, LocalMesh, rss_kib, tcpapp};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
@@ -95,7 +96,7 @@ trait Client {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    localmesh::preflight()?;
+    ambit_testbed::preflight()?;
     let bin = ztunnel_bin(args.ztunnel.clone())?;
     let results = if args.capture {
         run_capture(&args, &bin)?
@@ -262,7 +263,7 @@ fn measure(
         ..Results::default()
     };
     std::thread::sleep(Duration::from_millis(300));
-    r.rss_idle_kib = pids.iter().filter_map(|p| localmesh::rss_kib(*p)).sum();
+    r.rss_idle_kib = pids.iter().filter_map(|p| rss_kib(*p)).sum();
     let bytes = (args.bulk_mib as u64) << 20;
     // Warm up: certificates, pooled HBONE connection, caches.
     meshed.rtt(100)?;
@@ -333,7 +334,7 @@ impl RssSampler {
         let (s, p) = (stop.clone(), peak.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let now: u64 = pids.iter().filter_map(|p| localmesh::rss_kib(*p)).sum();
+                let now: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
                 p.fetch_max(now, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -594,42 +595,30 @@ fn wait_ready(ns: &NetNs, zt: &mut Child) -> anyhow::Result<()> {
 }
 
 async fn serve_echo(l: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    while let Ok((mut s, _)) = l.accept().await {
-        tokio::spawn(async move {
-            let _ = s.set_nodelay(true);
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if s.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    accept_each(l, |mut s, _| async move {
+        let _ = s.set_nodelay(true);
+        echo(&mut s, 16 * 1024).await;
+    })
+    .await;
 }
 
 /// Reads to EOF and answers the byte count (8 bytes, big endian).
 async fn serve_bulk(l: tokio::net::TcpListener) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    while let Ok((mut s, _)) = l.accept().await {
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut got = 0u64;
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => got += n as u64,
-                    Err(_) => return,
-                }
+    accept_each(l, |mut s, _| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got += n as u64,
+                Err(_) => return,
             }
-            let _ = s.write_all(&got.to_be_bytes()).await;
-            let _ = s.shutdown().await;
-        });
-    }
+        }
+        let _ = s.write_all(&got.to_be_bytes()).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
 }
 
 // ----------------------------------------------------------------- capture
@@ -642,7 +631,7 @@ struct Captured<'a> {
 
 impl Client for Captured<'_> {
     fn bulk(&self, bytes: u64) -> anyhow::Result<f64> {
-        let f = localmesh::drive(self.pod, self.to, 0, bytes as usize)?;
+        let f = tcpapp::drive(self.pod, self.to, 0, bytes as usize)?;
         if f.errors > 0 {
             bail!("bulk echo to {} failed", self.to);
         }
@@ -650,7 +639,7 @@ impl Client for Captured<'_> {
     }
 
     fn rtt(&self, n: usize) -> anyhow::Result<Vec<f64>> {
-        Ok(localmesh::rtt_1byte(self.pod, self.to, n)?
+        Ok(tcpapp::rtt_1byte(self.pod, self.to, n)?
             .iter()
             .map(|d| d.as_secs_f64() * 1e6)
             .collect())
@@ -659,7 +648,7 @@ impl Client for Captured<'_> {
     fn conn_rate(&self, secs: f64, threads: usize) -> anyhow::Result<f64> {
         std::thread::scope(|scope| {
             let hs: Vec<_> = (0..threads)
-                .map(|_| scope.spawn(|| localmesh::conn_rate(self.pod, self.to, secs)))
+                .map(|_| scope.spawn(|| tcpapp::conn_rate(self.pod, self.to, secs)))
                 .collect();
             let mut total = 0.0;
             for h in hs {

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ambit_examples::httpapp::{self, Req, Version};
-use ambit_examples::localmesh::{
-    self, Binaries, DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, Figures, LocalMesh, Mode, NODES,
-    Options, REVIEWS_VIP, VIP,
+use ambit_testbed::httpapp::{self, Req, Version};
+use ambit_testbed::{
+    Binaries, DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, Figures, HostSnapshot, LocalMesh, Mode,
+    NODES, Options, REVIEWS_VIP, VIP, tcpapp,
 };
 use anyhow::Context;
 use clap::Parser;
@@ -62,24 +62,6 @@ enum ModeArg {
     Inpod,
 }
 
-/// What the host looks like from outside the mesh's namespaces.
-fn host_snapshot() -> Vec<(&'static str, String)> {
-    let run = |cmd: &[&str]| {
-        std::process::Command::new(cmd[0])
-            .args(&cmd[1..])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_else(|e| format!("({} failed: {e})", cmd[0]))
-    };
-    vec![
-        ("ip netns list", run(&["ip", "netns", "list"])),
-        ("nft list ruleset", run(&["nft", "list", "ruleset"])),
-        ("ipset list", run(&["ipset", "list"])),
-        ("ip rule", run(&["ip", "rule"])),
-        ("ip link", run(&["ip", "-o", "link"])),
-    ]
-}
-
 fn ztunnel_path(a: &Args) -> anyhow::Result<PathBuf> {
     if let Some(p) = &a.ztunnel {
         return Ok(p.clone());
@@ -99,48 +81,14 @@ fn ztunnel_path(a: &Args) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn row(name: &str, f: &Figures) {
-    println!(
-        "  {name:<24} {:>8} {:>7} {:>10.0} {:>10.0} {:>10.0}",
-        f.requests,
-        f.errors,
-        f.p50.as_secs_f64() * 1e6,
-        f.p99.as_secs_f64() * 1e6,
-        f.mbps
-    );
-}
-
 /// A JSON string without its quotes (other values as JSON).
 fn txt(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
-/// Requests, errors and latency of HTTP responses (bulk not measured).
-fn http_figures(rs: &[httpapp::Resp]) -> Figures {
-    let mut lat: Vec<Duration> = rs
-        .iter()
-        .filter(|r| r.status == 200)
-        .map(|r| r.elapsed)
-        .collect();
-    lat.sort();
-    let pick = |p: usize| {
-        lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Figures {
-        requests: rs.len(),
-        errors: rs.iter().filter(|r| r.status != 200).count(),
-        p50: pick(50),
-        p99: pick(99),
-        mbps: 0.0,
-        greetings: Vec::new(),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    localmesh::preflight()?;
+    ambit_testbed::preflight()?;
     let bin = ztunnel_path(&a)?;
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
@@ -165,7 +113,7 @@ fn main() -> anyhow::Result<()> {
         ..Options::default()
     };
     let bins = Binaries::beside(&bin)?;
-    let host_before = host_snapshot();
+    let host_before = HostSnapshot::take();
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -190,11 +138,11 @@ fn main() -> anyhow::Result<()> {
 
     println!("[local-mesh] driving traffic from sleep ({})", sleep.ip());
     // Meshed: the pods are enrolled, so every connection is captured.
-    let meshed_pod = localmesh::drive(sleep, pp_v1, a.requests, bulk)?;
-    let meshed_vip = localmesh::drive(sleep, vip, a.requests, bulk)?;
+    let meshed_pod = tcpapp::drive(sleep, pp_v1, a.requests, bulk)?;
+    let meshed_vip = tcpapp::drive(sleep, vip, a.requests, bulk)?;
     // Direct: a client and a server outside the mesh on the same two nodes
     // (the same routed hops, no capture, no ztunnel).
-    let direct = localmesh::drive(
+    let direct = tcpapp::drive(
         mesh.direct_client(),
         DIRECT_SERVER.parse()?,
         a.requests,
@@ -223,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         ],
         Duration::from_secs(10),
     )?;
-    let l7_figures = http_figures(&l7);
+    let l7_figures = Figures::of_http(&l7);
 
     println!("\nPath of a request (from the ztunnels' access logs):");
     let logs = mesh.access_logs();
@@ -350,14 +298,13 @@ fn main() -> anyhow::Result<()> {
         l7.len()
     );
 
-    println!(
-        "\n  {:<24} {:>8} {:>7} {:>10} {:>10} {:>10}",
-        "path", "requests", "errors", "p50 µs", "p99 µs", "MB/s"
-    );
-    row("direct (no mesh)", &direct);
-    row("meshed, pod IP", &meshed_pod);
-    row("meshed, service VIP", &meshed_vip);
-    row("HTTP via the waypoint", &l7_figures);
+    let table = ambit_testbed::table(&[
+        ("direct (no mesh)", &direct),
+        ("meshed, pod IP", &meshed_pod),
+        ("meshed, service VIP", &meshed_vip),
+        ("HTTP via the waypoint", &l7_figures),
+    ]);
+    println!("\n{table}");
     if direct.p50 > Duration::ZERO && direct.mbps > 0.0 {
         println!(
             "  meshed/direct: latency p50 {:.2}x, throughput {:.2}x (each connection is a new HBONE stream)",
@@ -401,21 +348,11 @@ fn main() -> anyhow::Result<()> {
     }
     println!("[local-mesh] tearing down");
     drop(mesh);
-    let host_after = host_snapshot();
-    let mut changed = Vec::new();
-    for ((what, before), (_, after)) in host_before.iter().zip(&host_after) {
-        if before != after {
-            changed.push(*what);
-        }
-    }
+    let changed = host_before.changed(&HostSnapshot::take());
     if changed.is_empty() {
         println!(
             "[local-mesh] done: host unchanged ({})",
-            host_before
-                .iter()
-                .map(|(w, _)| *w)
-                .collect::<Vec<_>>()
-                .join(", ")
+            host_before.what().join(", ")
         );
     } else {
         println!(

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ambit_examples::localmesh::{self, DEFAULT_MESH, DIRECT_SERVER, LocalMesh};
+use ambit_testbed::{DEFAULT_MESH, DIRECT_SERVER, LocalMesh, rss_kib, tcpapp};
 
 fn pct(v: &[Duration], p: usize) -> f64 {
     if v.is_empty() {
@@ -22,7 +22,7 @@ fn pct(v: &[Duration], p: usize) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    localmesh::preflight()?;
+    ambit_testbed::preflight()?;
     let exe = std::env::current_exe()?;
     let bin: PathBuf = std::env::var_os("AMBIT_ZTUNNEL")
         .map(PathBuf::from)
@@ -47,26 +47,22 @@ fn main() -> anyhow::Result<()> {
 
     let mut t = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        t.0.push(localmesh::drive(dc, direct, 0, bulk)?.mbps);
-        t.1.push(localmesh::drive(mc, meshed, 0, bulk)?.mbps);
+        t.0.push(tcpapp::drive(dc, direct, 0, bulk)?.mbps);
+        t.1.push(tcpapp::drive(mc, meshed, 0, bulk)?.mbps);
     }
     t.0.sort_by(f64::total_cmp);
     t.1.sort_by(f64::total_cmp);
     let (td, tm) = (t.0[rounds / 2], t.1[rounds / 2]);
 
-    let rd = localmesh::rtt_1byte(dc, direct, 5000)?;
-    let rm = localmesh::rtt_1byte(mc, meshed, 5000)?;
-    let cd = localmesh::conn_rate(dc, direct, 2.0)?;
-    let cm = localmesh::conn_rate(mc, meshed, 2.0)?;
+    let rd = tcpapp::rtt_1byte(dc, direct, 5000)?;
+    let rm = tcpapp::rtt_1byte(mc, meshed, 5000)?;
+    let cd = tcpapp::conn_rate(dc, direct, 2.0)?;
+    let cm = tcpapp::conn_rate(mc, meshed, 2.0)?;
 
-    let rss = |pids: &[u32]| {
-        pids.iter()
-            .filter_map(|p| localmesh::rss_kib(*p))
-            .sum::<u64>()
-    };
+    let rss = |pids: &[u32]| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>();
     std::thread::sleep(Duration::from_millis(300));
     let before = rss(&pids);
-    let (hold, opened) = localmesh::hold_idle(mc, meshed, 1000)?;
+    let (hold, opened) = tcpapp::hold_idle(mc, meshed, 1000)?;
     std::thread::sleep(Duration::from_millis(500));
     let after = rss(&pids);
     drop(hold);

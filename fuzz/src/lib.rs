@@ -2,7 +2,7 @@
 //!
 //! Each `fuzz_targets/<name>.rs` is a one-liner calling [`<name>`](TARGETS),
 //! and the workspace replays every file of `corpus/<name>/` through the
-//! same function on stable (`crates/cni/tests/fuzz_corpus.rs` includes this
+//! same function on stable (`crates/fuzz-replay/tests/fuzz_corpus.rs` includes this
 //! file), so the seeds and every crash input added to them are checked by
 //! `cargo test`. A body may panic only when an invariant of the code under
 //! test is broken: bad input must come back as an error.

@@ -654,7 +654,7 @@ fn control_plane_sends_100_mb_of_garbage() {
         .expect("lo up");
     let config = ambit_mesh::Config::parse(MESH, "mesh").expect("mesh");
     let store = Store::new();
-    ambit_examples::localmesh::publish(&store, &config);
+    ambit_testbed::publish(&store, &config);
     let xds_l = ns
         .tcp_listener("127.0.0.1:15010".parse().expect("a"))
         .expect("xds listener");

@@ -5,10 +5,10 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use ambit_examples::localmesh::{self, DEFAULT_MESH, LocalMesh, VIP};
 use ambit_hbone::{Client, ClientConfig, ConnectRequest};
 use ambit_identity::{CertManager, Identity, LocalCa, ManagerConfig};
 use ambit_netns::NetNs;
+use ambit_testbed::{DEFAULT_MESH, LocalMesh, VIP, tcpapp};
 
 fn mesh() -> LocalMesh {
     LocalMesh::start(
@@ -37,7 +37,7 @@ fn http_get(ns: &NetNs, addr: &str, path: &str) -> String {
 fn traffic_identities_and_endpoints() {
     let m = mesh();
     let vip: SocketAddr = VIP.parse().expect("vip");
-    let f = localmesh::drive(m.sleep(), vip, 20, 1 << 20).expect("drive");
+    let f = tcpapp::drive(m.sleep(), vip, 20, 1 << 20).expect("drive");
     assert_eq!(f.errors, 0, "{f:?}");
     // Both backends answered, and both saw the client's own address.
     assert!(
@@ -226,10 +226,7 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
     // The control plane goes away: existing and new connections still work.
     m.stop_control_plane();
     ping(&tx, &rx, b"control plane down");
-    assert_eq!(
-        localmesh::drive(m.sleep(), pp, 5, 0).expect("drive").errors,
-        0
-    );
+    assert_eq!(tcpapp::drive(m.sleep(), pp, 5, 0).expect("drive").errors, 0);
 
     // It comes back empty-handed; the ztunnels resync, and a change pushed
     // now (a DENY for sleep) takes effect for new connections.
@@ -241,10 +238,10 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
     )
     .expect("policy");
     let cp = m.control_plane.as_ref().expect("control plane");
-    localmesh::publish(&cp.store, &deny);
+    ambit_testbed::publish(&cp.store, &deny);
     let mut denied = false;
     for _ in 0..50 {
-        if localmesh::drive(m.sleep(), pp, 1, 0).expect("drive").errors == 1 {
+        if tcpapp::drive(m.sleep(), pp, 1, 0).expect("drive").errors == 1 {
             denied = true;
             break;
         }
@@ -260,7 +257,7 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
     );
     let mut allowed = false;
     for _ in 0..50 {
-        if localmesh::drive(m.sleep(), pp, 1, 0).expect("drive").errors == 0 {
+        if tcpapp::drive(m.sleep(), pp, 1, 0).expect("drive").errors == 0 {
             allowed = true;
             break;
         }
@@ -274,7 +271,7 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
     while start.elapsed() < std::time::Duration::from_secs(9) {
         ping(&tx, &rx, format!("tick {n}").as_bytes());
         assert_eq!(
-            localmesh::drive(m.sleep(), pp, 2, 0).expect("drive").errors,
+            tcpapp::drive(m.sleep(), pp, 2, 0).expect("drive").errors,
             0,
             "new connections during rotation"
         );
@@ -288,15 +285,12 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
 fn ztunnel_restart_reestablishes_traffic() {
     let mut m = mesh();
     let pp: SocketAddr = "10.244.1.3:9080".parse().expect("addr");
-    assert_eq!(
-        localmesh::drive(m.sleep(), pp, 3, 0).expect("drive").errors,
-        0
-    );
+    assert_eq!(tcpapp::drive(m.sleep(), pp, 3, 0).expect("drive").errors, 0);
     // A crash: node b's ztunnel is killed without draining, then replaced.
     // Its rules stay in place and point at the new process, which binds the
     // same transparent listeners; new connections work again.
     m.restart_ztunnel(1).expect("restart");
-    let f = localmesh::drive(m.sleep(), pp, 10, 1 << 20).expect("drive");
+    let f = tcpapp::drive(m.sleep(), pp, 10, 1 << 20).expect("drive");
     assert_eq!(f.errors, 0, "{f:?}");
     assert!(
         f.greetings

@@ -13,12 +13,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ambit_examples::httpapp::{self, Req, Version};
-use ambit_examples::localmesh::{self, LocalMesh, Mode, Options, REVIEWS_VIP, VIP};
+use ambit_testbed::httpapp::{self, Req, Version};
+use ambit_testbed::{Binaries, LocalMesh, Mode, Options, REVIEWS_VIP, VIP, rss_kib, tcpapp};
 
 fn mesh(mode: Mode) -> LocalMesh {
-    let bins =
-        localmesh::Binaries::beside(Path::new(env!("CARGO_BIN_EXE_ztunnel"))).expect("binaries");
+    let bins = Binaries::beside(Path::new(env!("CARGO_BIN_EXE_ztunnel"))).expect("binaries");
     LocalMesh::start_opts(
         &bins,
         Options {
@@ -138,14 +137,14 @@ fn waypoint_path_routes_splits_denies_retries_and_times_out() {
     // A 100 MiB upload streams through: the app counts every byte, and the
     // waypoint's memory does not grow by anything like the body.
     let pid = m.waypoint_pid().expect("waypoint");
-    let before = localmesh::rss_kib(pid).expect("rss");
+    let before = rss_kib(pid).expect("rss");
     let r = send(
         &m,
         Version::Http1,
         vec![Req::get("/v1/upload").method("POST").body(100 << 20)],
     )
     .remove(0);
-    let after = localmesh::rss_kib(pid).expect("rss");
+    let after = rss_kib(pid).expect("rss");
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         r.body.ends_with(&format!(" {}\n", 100u64 << 20)),
@@ -233,7 +232,7 @@ fn inpod_mode_carries_l4_and_l7() {
     let m = mesh(Mode::InPod);
     assert_eq!(m.mode(), Mode::InPod);
     let vip: SocketAddr = VIP.parse().expect("vip");
-    let f = localmesh::drive(m.sleep(), vip, 20, 1 << 20).expect("drive");
+    let f = tcpapp::drive(m.sleep(), vip, 20, 1 << 20).expect("drive");
     assert_eq!(f.errors, 0, "{f:?}");
     let backends: Vec<_> = f
         .greetings
@@ -289,9 +288,7 @@ fn cni_node_restart_reconciles_pods_changed_while_it_was_down() {
     s.read_to_string(&mut ready).expect("read");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert_eq!(
-        localmesh::drive(m.sleep(), vip, 10, 0)
-            .expect("drive")
-            .errors,
+        tcpapp::drive(m.sleep(), vip, 10, 0).expect("drive").errors,
         0
     );
 

@@ -11,7 +11,7 @@
 //! - a path starting with `/hang` → no answer until the client gives up.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,30 +23,23 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::serve::serve_in_pod;
+
 /// Header naming the app that answered.
 pub const SERVED_BY: &str = "x-served-by";
 
 /// Serves HTTP/1.1 on `pod`'s address, `port`, as `name`.
 pub fn serve(pod: &Pod, port: u16, name: String) -> anyhow::Result<NsTask<()>> {
-    let listener = pod
-        .ns()
-        .tcp_listener(SocketAddr::new(IpAddr::V4(pod.ip()), port))?;
     let name = Arc::new(name);
-    Ok(pod.spawn_async(move || async move {
-        let _ = listener.set_nonblocking(true);
-        let Ok(l) = tokio::net::TcpListener::from_std(listener) else {
-            return;
-        };
-        while let Ok((s, _)) = l.accept().await {
-            let name = name.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
+    serve_in_pod(pod, port, move |s, _| {
+        let name = name.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         }
-    })?)
+    })
 }
 
 async fn answer(

@@ -1,0 +1,232 @@
+//! The child processes: the `cni-node` agents, the `ztunnel`s and the
+//! `waypoint`, each started with its log in the mesh's directory and
+//! stopped or restarted on demand.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ambit_netns::harness::{ChildGuard, Pod};
+use anyhow::{Context, bail};
+
+use super::{LocalMesh, Mode};
+use crate::config::NODES;
+use crate::probe::{wait_metric, wait_ready};
+
+/// The binaries the mesh runs: `ztunnel`, and beside it `cni-node` and
+/// `waypoint` (same build directory).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// ztunnel.
+    pub ztunnel: PathBuf,
+    /// cni-node (the CNI plugin and node agent).
+    pub cni_node: PathBuf,
+    /// waypoint.
+    pub waypoint: PathBuf,
+}
+
+impl Binaries {
+    /// `ztunnel` and its siblings; fails naming what to build if one is
+    /// missing.
+    pub fn beside(ztunnel: &Path) -> anyhow::Result<Self> {
+        let dir = ztunnel.parent().unwrap_or(Path::new("."));
+        let b = Self {
+            ztunnel: ztunnel.to_path_buf(),
+            cni_node: dir.join("cni-node"),
+            waypoint: dir.join("waypoint"),
+        };
+        for p in [&b.ztunnel, &b.cni_node, &b.waypoint] {
+            if !p.is_file() {
+                bail!(
+                    "{} not found: build it first (cargo build -p ztunnel -p cni-node -p waypoint, with --release if the others are)",
+                    p.display()
+                );
+            }
+        }
+        Ok(b)
+    }
+}
+
+impl LocalMesh {
+    /// The waypoint's log.
+    pub fn waypoint_log_path(&self) -> PathBuf {
+        self.dir.join("waypoint.log")
+    }
+
+    /// The waypoint process's pid.
+    pub fn waypoint_pid(&mut self) -> Option<u32> {
+        self.waypoint.as_mut().map(|w| w.child().id())
+    }
+
+    pub(super) fn spawn_agent(&self, i: usize) -> anyhow::Result<ChildGuard> {
+        let cni = self.cni.get(i).context("cni not installed")?;
+        let node = self.cluster.node(i);
+        let zt = self.cluster.pod(i, 0);
+        let log = std::fs::File::create(self.agent_log_path(i))?;
+        let mut cmd = Command::new(&self.bins.cni_node);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .args(["run", "--mode", self.opts.mode.flag()])
+            .args(["--pod-source", "dir", "--node-name", NODES[i]])
+            .arg("--pod-dir")
+            .arg(&cni.pod_dir)
+            .arg("--run-dir")
+            .arg(&cni.run_dir)
+            .args(["--poll-ms", "100", "--metrics-addr", "127.0.0.1:15014"]);
+        match self.opts.mode {
+            Mode::Node => {
+                cmd.args(["--tunnel", "vxlan"])
+                    .arg("--ztunnel-netns")
+                    .arg(format!("/run/netns/{}", zt.name()))
+                    .args(["--ztunnel-ip", &zt.ip().to_string()])
+                    .args(["--host-ip", &node.pod_gateway().to_string()]);
+            }
+            Mode::InPod => {
+                cmd.arg("--zds-socket").arg(self.zds_socket(i));
+            }
+        }
+        cmd.stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        Ok(ChildGuard::new(node.ns().spawn_command(&mut cmd)?))
+    }
+
+    pub(super) fn wait_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let socket = self.cni[i].run_dir.join("pluginevent.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Some(Some(a)) = self.agents.get_mut(i)
+                && let Ok(Some(status)) = a.child().try_wait()
+            {
+                bail!(
+                    "cni-node on {} exited ({status}); see {}",
+                    NODES[i],
+                    self.agent_log_path(i).display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("cni-node on {} did not start", NODES[i]);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The cni-node agent log of node `i`.
+    pub fn agent_log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("cni-node-{}.log", NODES[i]))
+    }
+
+    fn zds_socket(&self, i: usize) -> PathBuf {
+        self.dir.join(NODES[i]).join("ztunnel.sock")
+    }
+
+    /// Kills node `i`'s cni-node agent (SIGKILL: no cleanup) and starts a
+    /// new one, returning once it has reconciled every pod again.
+    pub fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_agent(i);
+        self.start_agent(i)?;
+        let want = self.expected_enrolled(i);
+        wait_metric(
+            self.cluster.node(i).ns(),
+            "ambit_cni_pods_enrolled",
+            want as f64,
+        )
+        .with_context(|| format!("restarted cni-node on {} did not reconcile", NODES[i]))
+    }
+
+    /// Kills node `i`'s cni-node agent with SIGKILL (what it applied stays).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(a) = self.agents.get_mut(i) {
+            *a = None;
+        }
+        let _ = std::fs::remove_file(self.cni[i].run_dir.join("pluginevent.sock"));
+    }
+
+    /// Starts node `i`'s cni-node agent; returns once it accepts plugin
+    /// events (its start-up reconcile is done by then).
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let agent = self.spawn_agent(i)?;
+        self.agents[i] = Some(agent);
+        self.wait_agent(i)
+    }
+
+    /// The ztunnel log of node `i`.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("ztunnel-{}.log", NODES[i]))
+    }
+
+    pub(super) fn spawn_ztunnel(&self, i: usize, node: &str) -> anyhow::Result<ChildGuard> {
+        let log = std::fs::File::create(self.log_path(i))?;
+        let pod = self.cluster.pod(i, 0);
+        let mut cmd = self.proxy_command(&self.bins.ztunnel, pod)?;
+        cmd.env("NODE_NAME", node)
+            .env("POD_NAME", format!("ztunnel-{node}"))
+            .env("POD_NAMESPACE", "istio-system")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.opts.mode == Mode::InPod {
+            cmd.env("INPOD_ENABLED", "true")
+                .env("INPOD_UDS", self.zds_socket(i));
+        }
+        Ok(pod.spawn(&mut cmd)?)
+    }
+
+    pub(super) fn spawn_waypoint(&self, i: usize, j: usize) -> anyhow::Result<ChildGuard> {
+        let log = std::fs::File::create(self.waypoint_log_path())?;
+        let pod = self.cluster.pod(i, j);
+        let w = self
+            .config
+            .workloads
+            .iter()
+            .find(|w| w.addresses.contains(&IpAddr::V4(pod.ip())))
+            .context("the waypoint has no workload entry")?;
+        let mut cmd = self.proxy_command(&self.bins.waypoint, pod)?;
+        cmd.env("NODE_NAME", NODES[i])
+            .env("POD_NAME", &w.name)
+            .env("POD_NAMESPACE", &w.namespace)
+            .env("SERVICE_ACCOUNT", &w.service_account)
+            .env("WAYPOINT_CONFIG", self.dir.join("waypoint.yaml"))
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(pod.spawn(&mut cmd)?)
+    }
+
+    /// The environment both proxies share: control plane, identity, logs.
+    fn proxy_command(&self, bin: &Path, pod: &Pod) -> anyhow::Result<Command> {
+        let cp = self
+            .control_plane
+            .as_ref()
+            .context("control plane not started")?;
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("INSTANCE_IP", pod.ip().to_string())
+            .env("XDS_ADDRESS", &cp.xds_address)
+            .env("CA_ADDRESS", &cp.ca_address)
+            .env("LOG_FORMAT", "json")
+            .env("DRAIN_DURATION", "1")
+            .env("RUST_LOG", "info")
+            .env("SECRET_TTL", self.opts.secret_ttl.to_string())
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Kills node `i`'s ztunnel (SIGKILL: no drain) and starts a new one,
+    /// returning once it is ready again.
+    pub fn restart_ztunnel(&mut self, i: usize) -> anyhow::Result<()> {
+        // The old process goes first: the new one binds the same ports.
+        drop(self.ztunnels.remove(i));
+        let new = self.spawn_ztunnel(i, NODES[i])?;
+        self.ztunnels.insert(i, new);
+        wait_ready(self.cluster.pod(i, 0).ns(), Duration::from_secs(20))
+            .with_context(|| format!("restarted ztunnel on {} did not become ready", NODES[i]))
+    }
+
+    /// The ztunnel processes' pids, in node order.
+    pub fn ztunnel_pids(&mut self) -> Vec<u32> {
+        self.ztunnels.iter_mut().map(|z| z.child().id()).collect()
+    }
+}

@@ -1,0 +1,206 @@
+//! The TCP side of the local mesh: the request/response app the
+//! `productpage` pods and the no-mesh baseline server run, and the clients
+//! that measure through it from a pod (round trips, bulk throughput,
+//! connection rate, idle connections).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_netns::NsTask;
+use ambit_netns::harness::Pod;
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::report::Figures;
+use crate::serve::{echo, serve_in_pod};
+
+/// A request/response server: each connection gets a greeting line
+/// `<name> saw source <peer ip>` (who answered, and whether the original
+/// source survived the mesh), then an echo of whatever it sends until EOF.
+pub fn app_server(pod: &Pod, port: u16, name: String) -> anyhow::Result<NsTask<()>> {
+    let name = Arc::new(name);
+    serve_in_pod(pod, port, move |mut s, peer| {
+        let name = name.clone();
+        async move {
+            let _ = s.set_nodelay(true);
+            // Greeting: who answered and who it saw (the original source?).
+            let hello = format!("{name} saw source {}\n", peer.ip());
+            if s.write_all(hello.as_bytes()).await.is_err() {
+                return;
+            }
+            echo(&mut s, 64 * 1024).await;
+        }
+    })
+}
+
+/// From `pod`: `n` new connections to `to`, each reading the greeting and
+/// echoing 1 KiB (latency per connection), then one bulk transfer of
+/// `bulk` bytes (throughput).
+pub fn drive(pod: &Pod, to: SocketAddr, n: usize, bulk: usize) -> anyhow::Result<Figures> {
+    let task = pod.spawn_async(move || async move {
+        let mut f = Figures::default();
+        let mut lat = Vec::with_capacity(n);
+        let msg = vec![7u8; 1024];
+        for _ in 0..n {
+            f.requests += 1;
+            let t = Instant::now();
+            let r: std::io::Result<String> = async {
+                let mut s = tokio::net::TcpStream::connect(to).await?;
+                s.set_nodelay(true)?;
+                let greeting = read_line(&mut s).await?;
+                s.write_all(&msg).await?;
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).await?;
+                if back != msg {
+                    return Err(std::io::Error::other("echo differs"));
+                }
+                Ok(greeting)
+            }
+            .await;
+            match tokio::time::timeout(Duration::from_secs(5), async { r }).await {
+                Ok(Ok(g)) => {
+                    lat.push(t.elapsed());
+                    if !f.greetings.contains(&g) {
+                        f.greetings.push(g);
+                    }
+                }
+                _ => f.errors += 1,
+            }
+        }
+        lat.sort();
+        if !lat.is_empty() {
+            f.p50 = lat[lat.len() / 2];
+            f.p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+        }
+        if bulk > 0 {
+            let t = Instant::now();
+            let r: std::io::Result<()> = async {
+                let s = tokio::net::TcpStream::connect(to).await?;
+                let (mut rd, mut wr) = s.into_split();
+                let _ = read_line(&mut rd).await?;
+                let writer = tokio::spawn(async move {
+                    let chunk = vec![1u8; 256 * 1024];
+                    let mut left = bulk;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        wr.write_all(&chunk[..n]).await?;
+                        left -= n;
+                    }
+                    wr.shutdown().await
+                });
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let k = rd.read(&mut buf).await?;
+                    if k == 0 {
+                        break;
+                    }
+                    got += k;
+                }
+                writer.await.map_err(std::io::Error::other)??;
+                if got != bulk {
+                    return Err(std::io::Error::other(format!(
+                        "echoed {got} of {bulk} bytes"
+                    )));
+                }
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => f.mbps = bulk as f64 / t.elapsed().as_secs_f64() / 1e6,
+                Err(_) => f.errors += 1,
+            }
+        }
+        f
+    })?;
+    Ok(task.join())
+}
+
+async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if r.read(&mut b).await? == 0 {
+            return Err(std::io::Error::other("closed before greeting"));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+        if line.len() > 256 {
+            return Err(std::io::Error::other("greeting too long"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// 1-byte request/response round trips on one open connection: sorted.
+pub fn rtt_1byte(pod: &Pod, to: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let task = pod.spawn_async(move || async move {
+        let mut s = tokio::net::TcpStream::connect(to).await?;
+        s.set_nodelay(true)?;
+        read_line(&mut s).await?;
+        let mut v = Vec::with_capacity(n);
+        let mut b = [0u8; 1];
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(b"x").await?;
+            s.read_exact(&mut b).await?;
+            v.push(t.elapsed());
+        }
+        v.sort();
+        std::io::Result::Ok(v)
+    })?;
+    Ok(task.join()?)
+}
+
+/// New connections per second, each with a greeting read and a 1-byte echo,
+/// for `secs` seconds from one client.
+pub fn conn_rate(pod: &Pod, to: SocketAddr, secs: f64) -> anyhow::Result<f64> {
+    let task = pod.spawn_async(move || async move {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let mut s = tokio::net::TcpStream::connect(to).await?;
+            s.set_nodelay(true)?;
+            read_line(&mut s).await?;
+            s.write_all(b"x").await?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            n += 1;
+        }
+        std::io::Result::Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?;
+    Ok(task.join()?)
+}
+
+/// Opens `n` connections from `pod` to `to` that stay idle until the
+/// returned sender is dropped.
+pub fn hold_idle(
+    pod: &Pod,
+    to: SocketAddr,
+    n: usize,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, usize)> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (otx, orx) = std::sync::mpsc::channel::<usize>();
+    let task = pod.spawn_async(move || async move {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(to).await
+                && read_line(&mut s).await.is_ok()
+            {
+                conns.push(s);
+            }
+        }
+        let _ = otx.send(conns.len());
+        // Idle until told to stop (this thread runs only this task).
+        let _ = rx.recv();
+        drop(conns);
+    })?;
+    std::mem::forget(task);
+    let opened = orx
+        .recv_timeout(Duration::from_secs(60))
+        .context("opening idle connections")?;
+    Ok((tx, opened))
+}
