@@ -152,7 +152,11 @@ pub async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
         .await
         .context("starting the agent")??;
     let stop = Stop::new();
-    tokio::spawn(admin::serve(stats, metrics_responder(registry), stop.wait()));
+    tokio::spawn(admin::serve(
+        stats,
+        metrics_responder(registry),
+        stop.wait(),
+    ));
     tracing::info!(
         mode = ?a.mode,
         run_dir = %a.run_dir.display(),
@@ -189,7 +193,11 @@ fn metrics_responder(registry: prometheus_client::registry::Registry) -> admin::
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, &registry) {
                 Ok(()) => reply(StatusCode::OK, OPENMETRICS, text),
-                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n"),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n",
+                ),
             }
         }
         _ => not_found(),

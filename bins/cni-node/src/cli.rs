@@ -186,4 +186,3 @@ pub enum PodSourceArg {
     /// Plugin events only.
     None,
 }
-

@@ -60,4 +60,3 @@ pub fn install_main(a: &InstallArgs, remove: bool) -> ExitCode {
         }
     }
 }
-

@@ -97,7 +97,11 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let admin = proxy.admin_responder(quit.clone());
     tokio::spawn(admin::serve(admin_l, admin, stop.wait()));
-    tokio::spawn(admin::serve(stats_l, proxy.metrics_responder(), stop.wait()));
+    tokio::spawn(admin::serve(
+        stats_l,
+        proxy.metrics_responder(),
+        stop.wait(),
+    ));
     let readiness = admin::readiness(ready.clone());
     tokio::spawn(admin::serve(ready_l, readiness, stop.wait()));
 

@@ -17,11 +17,11 @@
 #![forbid(unsafe_code)]
 
 mod args;
-mod skeleton;
 #[cfg(feature = "mesh")]
 mod mesh;
+mod skeleton;
 
 pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing};
-pub use self::skeleton::{EXIT_CONFIG, Signals, Stop, bind, run_main};
 #[cfg(feature = "mesh")]
 pub use self::mesh::{CaArgs, MeshSourceArgs};
+pub use self::skeleton::{EXIT_CONFIG, Signals, Stop, bind, run_main};

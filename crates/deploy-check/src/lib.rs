@@ -3,10 +3,11 @@
 //! it broken copies of the manifests and see it fail.
 //!
 //! Three layers, each usable alone:
-//! - [`Binaries`] reads the three binaries' clap definitions from their
-//!   `main.rs` (every `#[arg(...)]`: flag, `env = "…"`, default, whether it
-//!   is required) and the environment variables they read outside clap, so
-//!   the manifests are compared with the code, not with a copy of it.
+//! - [`Binaries`] reads the three binaries' clap definitions through
+//!   `clap::CommandFactory` (every argument: flag, environment name,
+//!   default, whether it is required) and the environment variables they
+//!   read outside clap, so the manifests are compared with the code, not
+//!   with a copy of it.
 //! - [`parse_files`] splits every YAML file into documents and deserializes
 //!   each into its typed Kubernetes struct from k8s-openapi by `apiVersion`
 //!   and `kind`; since k8s-openapi ignores unknown fields, the typed object

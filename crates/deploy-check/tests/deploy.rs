@@ -12,7 +12,7 @@ fn root() -> PathBuf {
 
 fn load() -> (Vec<SourceFile>, Binaries) {
     let files = load_dir(&root().join("deploy")).expect("reading deploy/");
-    let bins = Binaries::from_workspace(&root()).expect("reading the binaries' clap definitions");
+    let bins = Binaries::introspect();
     (files, bins)
 }
 

@@ -12,8 +12,8 @@ use ambit_xds::{HandlerError, ZdsHandler, ZdsMessage};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::{Capture, Listeners, Local, Proxy};
 use crate::sockets::Sockets;
+use crate::{Capture, Listeners, Local, Proxy};
 
 /// ztunnel's mark in in-pod mode (Istio's 1337).
 pub const INPOD_MARK: u32 = 1337;

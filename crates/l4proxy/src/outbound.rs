@@ -98,7 +98,15 @@ impl Proxy {
                 return;
             };
             let cfg = &self.inner.cfg;
-            plan_outbound(&st, &cfg.network, &cfg.ports, &scope.local, entry, peer, dst)
+            plan_outbound(
+                &st,
+                &cfg.network,
+                &cfg.ports,
+                &scope.local,
+                entry,
+                peer,
+                dst,
+            )
         };
         self.carry(tcp, peer, plan, entry, scope).await;
     }
@@ -127,8 +135,8 @@ impl Proxy {
         let connected = match plan.hop {
             Hop::Refuse { reason, refusal } => {
                 if entry == Entry::Socks5 {
-                    let _ = socks5::send_reply(&mut tcp, refusal.reply(), socks5::unspecified())
-                        .await;
+                    let _ =
+                        socks5::send_reply(&mut tcp, refusal.reply(), socks5::unspecified()).await;
                 }
                 record.refuse("REJECT", &reason);
                 return;

@@ -308,23 +308,104 @@ policies:
         let node_a = Local::Node("a".into());
         let sleep = "10.244.0.3:40000";
         // (entry, peer, dst) -> (source uid, hop kind, refusal, mtls, via)
-        let cases: &[(Entry, &str, &str, Option<&str>, &str, Option<Refusal>, bool, Option<&str>)] = &[
+        let cases: &[(
+            Entry,
+            &str,
+            &str,
+            Option<&str>,
+            &str,
+            Option<Refusal>,
+            bool,
+            Option<&str>,
+        )] = &[
             // Remote HBONE workload: tunnel as sleep.
-            (Entry::Captured, sleep, "10.244.1.2:80", Some("sleep"), "hbone", None, true, Some("10.244.1.2:15008")),
+            (
+                Entry::Captured,
+                sleep,
+                "10.244.1.2:80",
+                Some("sleep"),
+                "hbone",
+                None,
+                true,
+                Some("10.244.1.2:15008"),
+            ),
             // Same node, allowed: dialled directly, authorized here.
-            (Entry::Captured, sleep, "10.244.0.5:80", Some("sleep"), "same-node", None, true, Some("10.244.0.5:80")),
+            (
+                Entry::Captured,
+                sleep,
+                "10.244.0.5:80",
+                Some("sleep"),
+                "same-node",
+                None,
+                true,
+                Some("10.244.0.5:80"),
+            ),
             // Same node, denied by policy: refused as policy.
-            (Entry::Captured, sleep, "10.244.0.5:9999", Some("sleep"), "refuse", Some(Refusal::Policy), true, Some("10.244.0.5:9999")),
+            (
+                Entry::Captured,
+                sleep,
+                "10.244.0.5:9999",
+                Some("sleep"),
+                "refuse",
+                Some(Refusal::Policy),
+                true,
+                Some("10.244.0.5:9999"),
+            ),
             // SOCKS5 asked for the mesh: HBONE even on the same node.
-            (Entry::Socks5, sleep, "10.244.0.5:80", Some("sleep"), "hbone", None, true, Some("10.244.0.5:15008")),
+            (
+                Entry::Socks5,
+                sleep,
+                "10.244.0.5:80",
+                Some("sleep"),
+                "hbone",
+                None,
+                true,
+                Some("10.244.0.5:15008"),
+            ),
             // Outside the mesh: passthrough.
-            (Entry::Captured, sleep, "192.0.2.1:443", Some("sleep"), "passthrough", None, false, Some("192.0.2.1:443")),
+            (
+                Entry::Captured,
+                sleep,
+                "192.0.2.1:443",
+                Some("sleep"),
+                "passthrough",
+                None,
+                false,
+                Some("192.0.2.1:443"),
+            ),
             // A ztunnel port of a mesh workload: a policy refusal.
-            (Entry::Captured, sleep, "10.244.1.2:15008", Some("sleep"), "refuse", Some(Refusal::Policy), false, None),
+            (
+                Entry::Captured,
+                sleep,
+                "10.244.1.2:15008",
+                Some("sleep"),
+                "refuse",
+                Some(Refusal::Policy),
+                false,
+                None,
+            ),
             // A workload without a service account tunnels as `default`.
-            (Entry::Captured, "10.244.0.4:1", "10.244.1.2:80", Some("anon"), "hbone", None, true, Some("10.244.1.2:15008")),
+            (
+                Entry::Captured,
+                "10.244.0.4:1",
+                "10.244.1.2:80",
+                Some("anon"),
+                "hbone",
+                None,
+                true,
+                Some("10.244.1.2:15008"),
+            ),
             // A source that is no workload has no identity: it cannot tunnel.
-            (Entry::Captured, "10.9.9.9:1", "10.244.1.2:80", None, "refuse", Some(Refusal::Policy), true, Some("10.244.1.2:15008")),
+            (
+                Entry::Captured,
+                "10.9.9.9:1",
+                "10.244.1.2:80",
+                None,
+                "refuse",
+                Some(Refusal::Policy),
+                true,
+                Some("10.244.1.2:15008"),
+            ),
         ];
         for (entry, peer, dst, src, kind, refusal, mtls, via) in cases {
             let p = plan(*entry, &node_a, peer, dst);
@@ -345,7 +426,12 @@ policies:
 
     #[test]
     fn hbone_hops_carry_both_identities() {
-        let p = plan(Entry::Captured, &Local::Node("a".into()), "10.244.0.3:1", "10.244.1.2:80");
+        let p = plan(
+            Entry::Captured,
+            &Local::Node("a".into()),
+            "10.244.0.3:1",
+            "10.244.1.2:80",
+        );
         let Hop::Hbone {
             source_identity,
             identities,
@@ -355,8 +441,14 @@ policies:
         else {
             panic!("{:?}", p.hop)
         };
-        assert_eq!(source_identity.as_str(), "spiffe://cluster.local/ns/default/sa/sleep");
-        assert_eq!(identities[0].as_str(), "spiffe://cluster.local/ns/default/sa/remote");
+        assert_eq!(
+            source_identity.as_str(),
+            "spiffe://cluster.local/ns/default/sa/sleep"
+        );
+        assert_eq!(
+            identities[0].as_str(),
+            "spiffe://cluster.local/ns/default/sa/remote"
+        );
         assert_eq!(*authority, addr("10.244.1.2:80"));
         assert_eq!(p.workload.as_ref().map(|w| w.uid.as_str()), Some("remote"));
     }

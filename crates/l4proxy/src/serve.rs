@@ -116,21 +116,28 @@ impl Proxy {
                 async move { me.inbound_plain(tcp, peer, capture, &scope).await }
             },
         );
-        let hbone = ambit_server::run(listeners.hbone, stopped(stop_rx), limits, |tcp, peer, drain| {
-            let (me, scope) = (self.clone(), scope.clone());
-            async move {
-                // Small HBONE frames must not wait for delayed ACKs.
-                let _ = tcp.set_nodelay(true);
-                let Ok(local_addr) = tcp.local_addr() else { return };
-                let Some(server) = me.server_for(local_addr, &scope).await else {
-                    tracing::debug!(%peer, %local_addr, "hbone connection to an address with no local workload");
-                    return;
-                };
-                server
-                    .serve_connection(tcp, local_addr, peer, drain.signaled())
-                    .await;
-            }
-        });
+        let hbone = ambit_server::run(
+            listeners.hbone,
+            stopped(stop_rx),
+            limits,
+            |tcp, peer, drain| {
+                let (me, scope) = (self.clone(), scope.clone());
+                async move {
+                    // Small HBONE frames must not wait for delayed ACKs.
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(local_addr) = tcp.local_addr() else {
+                        return;
+                    };
+                    let Some(server) = me.server_for(local_addr, &scope).await else {
+                        tracing::debug!(%peer, %local_addr, "hbone connection to an address with no local workload");
+                        return;
+                    };
+                    server
+                        .serve_connection(tcp, local_addr, peer, drain.signaled())
+                        .await;
+                }
+            },
+        );
         let stop = async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -175,7 +182,11 @@ impl Proxy {
 
     /// The HBONE server presenting the identity of the workload at
     /// `local_addr`.
-    async fn server_for(&self, local_addr: SocketAddr, scope: &Scope) -> Option<Server<InboundHandler>> {
+    async fn server_for(
+        &self,
+        local_addr: SocketAddr,
+        scope: &Scope,
+    ) -> Option<Server<InboundHandler>> {
         let w = {
             let st = self.inner.state.read().ok()?;
             st.workload_by_ip(&self.inner.cfg.network, local_addr.ip())

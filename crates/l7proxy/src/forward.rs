@@ -99,7 +99,11 @@ impl Waypoint {
         self.inner.client.connect(req).await
     }
 
-    pub(crate) async fn handle_request(&self, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle_request(
+        &self,
+        conn: &Conn,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let start = Instant::now();
         let routes = self.routes();
         let svc_cfg = routes.service(&conn.service.hostname);

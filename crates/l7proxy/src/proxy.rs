@@ -16,8 +16,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ambit_hbone::{
-    Authority, Client, ClientConfig, Decision, Handler,
-    HboneStream, InboundRequest, Rejection, Server, ServerConfig, copy_bidirectional,
+    Authority, Client, ClientConfig, Decision, Handler, HboneStream, InboundRequest, Rejection,
+    Server, ServerConfig, copy_bidirectional,
 };
 use ambit_identity::{CertManager, Identity};
 use ambit_mesh::{MeshState, Service, Workload};
@@ -369,7 +369,6 @@ impl Waypoint {
             Err(error) => tracing::debug!(%error, "tcp copy failed"),
         }
     }
-
 }
 
 impl Handler for Waypoint {

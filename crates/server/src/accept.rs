@@ -100,8 +100,12 @@ impl Drain {
 ///
 /// A failed `accept` (out of descriptors, say) is logged and retried after
 /// a pause that doubles from 5 ms up to 1 s, reset by the next success.
-pub async fn run<L, F, Fut>(listener: L, shutdown: impl Future<Output = ()>, limits: Limits, mut each: F)
-where
+pub async fn run<L, F, Fut>(
+    listener: L,
+    shutdown: impl Future<Output = ()>,
+    limits: Limits,
+    mut each: F,
+) where
     L: Listener,
     F: FnMut(L::Stream, L::Addr, Drain) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

@@ -65,11 +65,27 @@ async fn drain_signals_connections_then_aborts_at_the_deadline() {
     stop_tx.send(()).expect("stop");
     server.await.expect("server task");
     let took = started.elapsed();
-    assert_eq!(signaled.load(Ordering::SeqCst), 1, "the connection saw the drain");
-    assert!(took >= Duration::from_millis(250), "waited for the deadline: {took:?}");
-    assert!(took < Duration::from_secs(3), "aborted at the deadline: {took:?}");
-    assert!(closed_within(&mut c, Duration::from_secs(2)).await, "aborted connection closed");
-    assert!(TcpStream::connect(addr).await.is_err(), "listener closed after shutdown");
+    assert_eq!(
+        signaled.load(Ordering::SeqCst),
+        1,
+        "the connection saw the drain"
+    );
+    assert!(
+        took >= Duration::from_millis(250),
+        "waited for the deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "aborted at the deadline: {took:?}"
+    );
+    assert!(
+        closed_within(&mut c, Duration::from_secs(2)).await,
+        "aborted connection closed"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener closed after shutdown"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +130,10 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     let mut again = TcpStream::connect(addr).await.expect("connect");
     again.write_all(b"y").await.expect("write");
     let mut b = [0u8; 1];
-    again.read_exact(&mut b).await.expect("served after a slot freed");
+    again
+        .read_exact(&mut b)
+        .await
+        .expect("served after a slot freed");
     assert_eq!(&b, b"y");
     stop_tx.send(()).expect("stop");
     server.await.expect("server task");
@@ -166,7 +185,9 @@ async fn unix_listeners_are_served_too() {
             let _ = s.write_all(b"hi").await;
         },
     ));
-    let mut c = tokio::net::UnixStream::connect(&path).await.expect("connect");
+    let mut c = tokio::net::UnixStream::connect(&path)
+        .await
+        .expect("connect");
     let mut got = Vec::new();
     c.read_to_end(&mut got).await.expect("read");
     assert_eq!(got, b"hi");
@@ -189,12 +210,24 @@ async fn admin_answers_readiness_and_metrics() {
     let (l, addr) = loopback().await;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    tokio::spawn(admin::serve(l, admin::readiness(ready.clone()), async move {
-        let _ = stop_rx.await;
-    }));
-    assert!(get(addr, "/healthz/ready").await.starts_with("HTTP/1.1 503"));
+    tokio::spawn(admin::serve(
+        l,
+        admin::readiness(ready.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    assert!(
+        get(addr, "/healthz/ready")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
     ready.store(true, Ordering::Release);
-    assert!(get(addr, "/healthz/ready").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        get(addr, "/healthz/ready")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     let _ = stop_tx.send(());
 
@@ -248,8 +281,15 @@ async fn admin_closes_clients_that_never_finish_their_headers() {
     ];
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut third = TcpStream::connect(addr).await.expect("connect");
-    assert!(closed_within(&mut third, Duration::from_secs(1)).await, "over the cap");
+    assert!(
+        closed_within(&mut third, Duration::from_secs(1)).await,
+        "over the cap"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(get(addr, "/healthz/ready").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        get(addr, "/healthz/ready")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     drop(idle);
 }

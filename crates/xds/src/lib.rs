@@ -54,7 +54,8 @@ pub mod zds;
 pub use self::{
     ads::{
         AdsClient, AdsClientBuilder, AdsConfig, AdsError, AdsServer, Backoff, Handler,
-        HandlerError, NodeIdentity, ServerStats, Store, Subscription, XdsResource,
+        HandlerError, ISTIO_META_PREFIX, NodeIdentity, ServerStats, Store, Subscription,
+        XdsResource,
     },
     resource::{
         ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, DecodeError, decode_address, decode_any,

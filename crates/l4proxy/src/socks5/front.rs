@@ -44,7 +44,15 @@ impl Proxy {
                     .map(|ip| SocketAddr::new(ip, *port)),
             };
             dst.map(|dst| {
-                plan_outbound(&st, &cfg.network, &cfg.ports, &scope.local, Entry::Socks5, peer, dst)
+                plan_outbound(
+                    &st,
+                    &cfg.network,
+                    &cfg.ports,
+                    &scope.local,
+                    Entry::Socks5,
+                    peer,
+                    dst,
+                )
             })
         });
         let Ok(plan) = planned else {
