@@ -401,6 +401,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))
 }
 
+/// Plugin connections served at once (each is one short request).
+const PLUGIN_CONNECTIONS: usize = 256;
+
 /// Serves plugin events on `<run_dir>/pluginevent.sock`, polls the pod
 /// source every `poll`, reconciles with the kernel every `resync`, until
 /// `shutdown` completes. The socket file is removed on return.
@@ -437,20 +440,25 @@ pub async fn serve(
     };
     let mut resync_tick = tokio::time::interval(resync);
     resync_tick.tick().await;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a plugin connection");
-                        continue;
-                    }
-                };
+    // Plugin connections: one short HTTP/1 exchange each, from the local
+    // plugin binary; the shared accept loop bounds them and backs off when
+    // accept fails (out of descriptors, say).
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = ambit_server::Limits {
+        drain_deadline: Duration::from_secs(1),
+        max_connections: PLUGIN_CONNECTIONS,
+    };
+    let plugin_server = {
+        let agent = agent.clone();
+        ambit_server::run(
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            limits,
+            move |stream, _, _| {
                 let agent = agent.clone();
-                tokio::spawn(async move {
+                async move {
                     let svc = hyper::service::service_fn(move |req| handle(agent.clone(), req));
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -458,8 +466,20 @@ pub async fn serve(
                     {
                         debug!(error = %e, "plugin connection");
                     }
-                });
+                }
+            },
+        )
+    };
+    tokio::pin!(plugin_server);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop.send(());
+                plugin_server.await;
+                return Ok(());
             }
+            () = &mut plugin_server => return Ok(()),
             _ = poll_tick.tick() => {
                 let a = agent.clone();
                 if let Err(e) = blocking(move || a.poll_source()).await {

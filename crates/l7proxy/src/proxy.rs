@@ -61,9 +61,6 @@ pub enum Error {
         /// The VIP and port.
         vip: SocketAddr,
     },
-    /// Accepting a plaintext connection failed.
-    #[error("accepting on the plaintext listener")]
-    Accept(#[source] std::io::Error),
 }
 
 /// The waypoint's settings.
@@ -266,16 +263,14 @@ impl Waypoint {
         let (service, port) = self
             .service_for(&Authority::from(vip))
             .map_err(|_| Error::UnknownService { vip })?;
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, client) = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                r = listener.accept() => r.map_err(Error::Accept)?,
-            };
+        let this = self.clone();
+        let each = move |tcp: tokio::net::TcpStream, client, _| {
             let _ = tcp.set_nodelay(true);
             let conn = Arc::new(Conn::new(peer.clone(), client, Arc::clone(&service), port));
-            tokio::spawn(self.clone().serve_http(conn, tcp));
-        }
+            this.clone().serve_http(conn, tcp)
+        };
+        ambit_server::run(listener, shutdown, ambit_server::Limits::default(), each).await;
+        Ok(())
     }
 
     fn service_for(&self, authority: &Authority) -> Result<(Arc<Service>, u16), Rejection> {
