@@ -303,21 +303,24 @@ policies:
         )
     }
 
+    /// (entry, peer, dst) -> (source uid, hop kind, refusal, mtls, via).
+    type Case = (
+        Entry,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        Option<Refusal>,
+        bool,
+        Option<&'static str>,
+    );
+
     #[test]
     fn outbound_plans() {
         let node_a = Local::Node("a".into());
         let sleep = "10.244.0.3:40000";
         // (entry, peer, dst) -> (source uid, hop kind, refusal, mtls, via)
-        let cases: &[(
-            Entry,
-            &str,
-            &str,
-            Option<&str>,
-            &str,
-            Option<Refusal>,
-            bool,
-            Option<&str>,
-        )] = &[
+        let cases: &[Case] = &[
             // Remote HBONE workload: tunnel as sleep.
             (
                 Entry::Captured,
