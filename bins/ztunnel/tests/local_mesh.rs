@@ -145,6 +145,61 @@ fn bad_hbone_requests_are_refused() {
     assert_eq!(statuses, vec![200, 400, 400, 400]);
 }
 
+/// Security: a peer holding a valid certificate cannot claim another
+/// source address with `forwarded`. Only a waypoint that mesh state names
+/// for the destination is believed; here the peer is ztunnel a's namespace
+/// claiming to be sleep (10.244.0.3), and productpage must see the real
+/// TCP peer instead.
+#[test]
+fn forged_forwarded_source_is_not_believed() {
+    use tokio::io::AsyncReadExt;
+    let m = mesh();
+    let ca = LocalCa::from_pem(
+        &std::fs::read_to_string(m.dir.join("ca.pem")).expect("ca"),
+        &std::fs::read_to_string(m.dir.join("ca-key.pem")).expect("key"),
+        "cluster.local",
+    )
+    .expect("ca");
+    let zt_a = m.cluster.pod(0, 0);
+    let real = zt_a.ip().to_string();
+    let pp: Identity = "spiffe://cluster.local/ns/default/sa/productpage"
+        .parse()
+        .expect("id");
+    let sleep: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
+        .parse()
+        .expect("id");
+    let greeting = zt_a
+        .spawn_async(move || async move {
+            let client = Client::new(
+                ClientConfig::default(),
+                CertManager::new(ca, ManagerConfig::default()),
+            );
+            let forged = ambit_hbone::ConnectHeaders {
+                forwarded: Some(ambit_hbone::Forwarded::new(
+                    "10.244.0.3:40000".parse().expect("addr"),
+                )),
+                ..Default::default()
+            };
+            let req = ConnectRequest::new(
+                sleep,
+                vec![pp],
+                "10.244.1.3:15008".parse().expect("addr"),
+                "10.244.1.3:9080".parse::<SocketAddr>().expect("a"),
+            )
+            .with_headers(forged);
+            let mut s = client.connect(req).await.expect("connect");
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).await.expect("read") == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            String::from_utf8_lossy(&line).into_owned()
+        })
+        .expect("client")
+        .join();
+    assert_eq!(greeting, format!("productpage-v1 saw source {real}"));
+}
+
 /// One long-lived connection from sleep to productpage-v1: returns a
 /// sender of messages and a receiver of their echoes.
 fn long_lived(

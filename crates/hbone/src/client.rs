@@ -3,9 +3,15 @@
 //!
 //! Invariants of the pool:
 //! - Connections are pooled per [`PoolKey`]: source identity, expected
-//!   destination identities (sorted) and destination address. Streams of
-//!   different keys never share a connection, so a connection's TLS
-//!   identities always match the streams it carries.
+//!   destination identities (sorted), destination address, and where the
+//!   TCP connection is dialled from ([`Origin`]: its scope and source
+//!   address). Streams of different keys never share a connection, so a
+//!   connection's TLS identities and source address always match the
+//!   streams it carries.
+//! - Every wait of [`Client::connect`] (the per-key lock, dialling, TLS,
+//!   the CONNECT response) shares one deadline,
+//!   [`ClientConfig::connect_timeout`]: callers queued behind a slow
+//!   connection setup never wait N × the timeout.
 //! - A connection carries at most
 //!   [`ClientConfig::max_streams_per_connection`] open streams; the next
 //!   stream goes to another connection of the key, or a new one. New
@@ -25,13 +31,15 @@
 use std::{
     collections::HashMap,
     fmt, io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use ambit_identity::{CertManager, HandshakeError, Identity, tls::placeholder_server_name};
 use bytes::Bytes;
@@ -111,6 +119,43 @@ impl TlsProvider for StaticTls {
     }
 }
 
+/// Opens the TCP connection under an HBONE connection. ztunnel dials
+/// from the source workload's own address (node mode: a transparent socket
+/// bound to the pod IP) or from inside the pod's network namespace (in-pod
+/// mode), so the peer sees the real source and NetworkPolicy applies.
+pub trait Dialer: Send + Sync + 'static {
+    /// Connects to `address`, from `source` when given.
+    fn dial(
+        &self,
+        source: Option<IpAddr>,
+        address: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<TcpStream>>;
+}
+
+/// Where an HBONE connection is dialled from. Part of the pool key: two
+/// requests share a connection only if they have the same origin scope and
+/// source address.
+#[derive(Clone)]
+pub struct Origin {
+    /// Distinguishes dialers (a pod's network namespace, say); `0` is the
+    /// process's own namespace. Callers choose it, and must not reuse one
+    /// for a different dialer.
+    pub scope: u64,
+    /// The source address to dial from, if any.
+    pub source: Option<IpAddr>,
+    /// What opens the socket.
+    pub dialer: Arc<dyn Dialer>,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("scope", &self.scope)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A CONNECT to open.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -130,6 +175,9 @@ pub struct ConnectRequest {
     /// Double HBONE: the CONNECT above goes to an east-west gateway, and
     /// this one is sent inside it, over TLS to the final destination.
     pub inner: Option<InnerConnect>,
+    /// Where the TCP connection is dialled from; `None`: a plain connect
+    /// from the process's namespace.
+    pub origin: Option<Origin>,
 }
 
 /// The inner CONNECT of double HBONE.
@@ -173,7 +221,14 @@ impl ConnectRequest {
             headers: ConnectHeaders::default(),
             extra_headers: http::HeaderMap::new(),
             inner: None,
+            origin: None,
         }
+    }
+
+    /// Dials the connection from `origin` (see [`Origin`]).
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = Some(origin);
+        self
     }
 
     /// Sets the HBONE headers.
@@ -197,6 +252,8 @@ impl ConnectRequest {
             source: self.source.clone(),
             destination_identities,
             address: self.address,
+            origin_scope: self.origin.as_ref().map_or(0, |o| o.scope),
+            source_address: self.origin.as_ref().and_then(|o| o.source),
         }
     }
 }
@@ -210,6 +267,10 @@ pub struct PoolKey {
     pub destination_identities: Vec<Identity>,
     /// The server's address.
     pub address: SocketAddr,
+    /// [`Origin::scope`] (`0` without an origin).
+    pub origin_scope: u64,
+    /// [`Origin::source`].
+    pub source_address: Option<IpAddr>,
 }
 
 /// Why a CONNECT failed.
@@ -414,12 +475,21 @@ impl Client {
         let address = request.address;
         let http_request =
             build_request(&request.authority, &request.headers, &request.extra_headers)?;
+        let deadline = Instant::now() + self.pool.config.connect_timeout;
+        let timed_out = |_| ClientError::ConnectTimeout { address };
         // One retry: the first connection may have been told GOAWAY.
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (conn, slot) = self.pool.checkout(&key).await?;
-            match send_connect(conn.send.clone(), http_request.clone()).await {
+            let (conn, slot) = self
+                .pool
+                .checkout(&key, request.origin.as_ref(), deadline)
+                .await?;
+            let sent = send_connect(conn.send.clone(), http_request.clone());
+            match tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(timed_out)?
+            {
                 Ok((send, recv)) => return Ok(HboneStream::new(send, recv).keep(slot)),
                 Err(SendError::Refused(e)) if attempts < 3 => {
                     tracing::debug!(conn = conn.id, error = %e, "connection refuses new streams; retrying on another");
@@ -486,9 +556,18 @@ impl Pool {
 
     /// A connection of `key` with a free stream slot, opening one if
     /// needed; the slot is taken.
-    async fn checkout(&self, key: &PoolKey) -> Result<(Arc<Conn>, Slot), ClientError> {
+    async fn checkout(
+        &self,
+        key: &PoolKey,
+        origin: Option<&Origin>,
+        deadline: Instant,
+    ) -> Result<(Arc<Conn>, Slot), ClientError> {
         let entry = self.keys().entry(key.clone()).or_default().clone();
-        let mut conns = entry.lock().await;
+        let mut conns = tokio::time::timeout_at(deadline, entry.lock())
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                address: key.address,
+            })?;
         conns.retain(|c| !c.unusable.load(Ordering::Acquire));
         let limit = self.config.max_streams_per_connection.max(1);
         for conn in conns.iter() {
@@ -501,30 +580,37 @@ impl Pool {
                 return Ok((conn.clone(), Slot { conn: conn.clone() }));
             }
         }
-        let conn = self.open(key).await?;
+        let conn = self.open(key, origin, deadline).await?;
         conn.streams.store(1, Ordering::Release);
         conns.push(conn.clone());
         Ok((conn.clone(), Slot { conn }))
     }
 
-    async fn open(&self, key: &PoolKey) -> Result<Arc<Conn>, ClientError> {
+    async fn open(
+        &self,
+        key: &PoolKey,
+        origin: Option<&Origin>,
+        deadline: Instant,
+    ) -> Result<Arc<Conn>, ClientError> {
         let address = key.address;
-        let tls = self
-            .tls
-            .client_config(&key.source, &key.destination_identities)
-            .await
-            .map_err(|source| ClientError::TlsConfig {
-                identity: key.source.clone(),
-                source,
-            })?;
         let setup = async {
-            let tcp = TcpStream::connect(address)
+            let tls = self
+                .tls
+                .client_config(&key.source, &key.destination_identities)
                 .await
-                .map_err(|source| ClientError::Connect { address, source })?;
+                .map_err(|source| ClientError::TlsConfig {
+                    identity: key.source.clone(),
+                    source,
+                })?;
+            let tcp = match origin {
+                Some(o) => o.dialer.dial(o.source, address).await,
+                None => TcpStream::connect(address).await,
+            }
+            .map_err(|source| ClientError::Connect { address, source })?;
             tune_tcp(&tcp, self.config.tcp_keepalive);
             handshake(&self.h2, tls, tcp, address, Some(&self.config)).await
         };
-        let (send, driver) = tokio::time::timeout(self.config.connect_timeout, setup)
+        let (send, driver) = tokio::time::timeout_at(deadline, setup)
             .await
             .map_err(|_| ClientError::ConnectTimeout { address })??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -32,8 +32,8 @@ mod stream;
 
 pub use self::{
     client::{
-        BoxError, Client, ClientError, ConnectRequest, InnerConnect, PoolKey, StaticTls,
-        TlsProvider,
+        BoxError, Client, ClientError, ConnectRequest, Dialer, InnerConnect, Origin, PoolKey,
+        StaticTls, TlsProvider,
     },
     config::{ClientConfig, H2Settings, ServerConfig},
     copy::{

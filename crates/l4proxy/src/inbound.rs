@@ -70,6 +70,38 @@ impl Proxy {
     }
 }
 
+/// The connection's source: the TCP peer (the source ztunnel dials from the
+/// source workload's own address), or the `forwarded` client when the peer
+/// is a waypoint that mesh state names for the destination. A header from
+/// any other peer is ignored: it could claim any address.
+fn source_of(
+    st: &ambit_mesh::MeshState,
+    network: &str,
+    req: &InboundRequest,
+    target: SocketAddr,
+) -> SocketAddr {
+    let Some(claimed) = req
+        .connect_headers
+        .forwarded
+        .as_ref()
+        .and_then(|f| f.for_addr)
+    else {
+        return req.peer_addr;
+    };
+    if claimed.ip() == req.peer_addr.ip() {
+        return req.peer_addr;
+    }
+    let trusted = st.workload_by_ip(network, target.ip()).is_some_and(|dst| {
+        route::is_waypoint_for(st, network, &dst, req.peer_addr.ip(), &req.peer_identity)
+    });
+    if trusted {
+        claimed
+    } else {
+        tracing::debug!(peer = %req.peer_addr, %claimed, "ignoring forwarded from a peer that is not the destination's waypoint");
+        req.peer_addr
+    }
+}
+
 /// Decides each inbound HBONE stream and carries it to the workload.
 #[derive(Clone)]
 pub(crate) struct InboundHandler {
@@ -86,17 +118,13 @@ impl Handler for InboundHandler {
             let Some(target) = req.authority.socket_addr() else {
                 return Decision::reject(Rejection::BadRequest);
             };
-            let src = req
-                .connect_headers
-                .forwarded
-                .as_ref()
-                .and_then(|f| f.for_addr)
-                .unwrap_or(req.peer_addr);
             let peer_id = req.peer_identity.as_str().to_owned();
-            let (plan, src_wl, dst_wl) = {
+            let (plan, src, src_wl, dst_wl) = {
                 let Ok(st) = inner.state.read() else {
                     return Decision::reject(Rejection::Unavailable);
                 };
+                let net = &inner.cfg.network;
+                let src = source_of(&st, net, &req, target);
                 let plan = route::inbound(
                     &st,
                     &inner.cfg.network,
@@ -106,9 +134,9 @@ impl Handler for InboundHandler {
                     src.ip(),
                     &|w| me.local.contains(w),
                 );
-                let net = &inner.cfg.network;
                 (
                     plan,
+                    src,
                     st.workload_by_ip(net, src.ip()),
                     st.workload_by_ip(net, target.ip()),
                 )

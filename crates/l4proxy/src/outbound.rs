@@ -167,8 +167,16 @@ impl Proxy {
                     forwarded: Some(Forwarded::new(peer)),
                     ..ConnectHeaders::default()
                 };
+                // Dial from the source workload's own address, so the far
+                // side (and NetworkPolicy) sees the real source; in-pod the
+                // scope's sockets are already in the pod's namespace.
+                let source = (entry == Entry::Captured
+                    && plan.source.is_some()
+                    && self.inner.cfg.spoof_source)
+                    .then_some(peer.ip());
                 let req = ConnectRequest::new(source_identity, identities, address, authority)
-                    .with_headers(headers);
+                    .with_headers(headers)
+                    .with_origin(scope.origin(source));
                 match self.inner.client.connect(req).await {
                     Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
                     Err(e) => Err(Failure::hbone(address, &e)),

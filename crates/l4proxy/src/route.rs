@@ -114,6 +114,51 @@ fn waypoint(
     }
 }
 
+/// Whether the HBONE peer at `peer_ip`, presenting `identity`, is a
+/// waypoint that mesh state puts in front of `dst` (the workload's own
+/// waypoint, or the waypoint of a service it backs). Only such a peer's
+/// `forwarded` header (the original client) is believed: any other peer
+/// could claim any source address.
+pub fn is_waypoint_for(
+    state: &MeshState,
+    network: &str,
+    dst: &Workload,
+    peer_ip: std::net::IpAddr,
+    identity: &Identity,
+) -> bool {
+    let Some(peer) = state.workload_by_ip(network, peer_ip) else {
+        return false;
+    };
+    if peer.identity().as_ref() != Some(identity) {
+        return false;
+    }
+    let is_peer = |gw: &GatewayAddress| match gw {
+        GatewayAddress::Address {
+            ip, network: net, ..
+        } => {
+            let net = if net.is_empty() { network } else { net };
+            peer.addresses.contains(ip)
+                || state
+                    .service_by_vip(net, *ip)
+                    .is_some_and(|s| peer.services.contains_key(&s.key()))
+        }
+        GatewayAddress::Hostname {
+            namespace,
+            hostname,
+            ..
+        } => peer
+            .services
+            .contains_key(&format!("{namespace}/{hostname}")),
+    };
+    dst.waypoint.as_ref().is_some_and(is_peer)
+        || dst.services.keys().any(|key| {
+            state
+                .service(key)
+                .and_then(|s| s.waypoint.clone())
+                .is_some_and(|gw| is_peer(&gw))
+        })
+}
+
 /// Decides the path of a connection from `source` to `dst` (the original
 /// destination). `source` is None for traffic whose source is not a known
 /// workload (it is passed through untouched).

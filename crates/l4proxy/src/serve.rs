@@ -66,10 +66,44 @@ impl Listeners {
 
 /// Which workloads a set of listeners serves, and how its sockets are
 /// made.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Scope {
     pub(crate) local: Local,
     pub(crate) sockets: Sockets,
+    /// This scope's HBONE origin scope (see [`ambit_hbone::Origin`]).
+    id: u64,
+    dialer: Arc<dyn ambit_hbone::Dialer>,
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("local", &self.local)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scope {
+    pub(crate) fn new(local: Local, sockets: Sockets) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            local,
+            dialer: Arc::new(sockets.clone()),
+            sockets,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Where this scope's HBONE connections are dialled from: its sockets
+    /// (the pod's namespace in in-pod mode), from `source` when given.
+    pub(crate) fn origin(&self, source: Option<IpAddr>) -> ambit_hbone::Origin {
+        ambit_hbone::Origin {
+            scope: self.id,
+            source,
+            dialer: self.dialer.clone(),
+        }
+    }
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
@@ -95,7 +129,7 @@ impl Proxy {
         sockets: Sockets,
         shutdown: impl Future<Output = ()> + Send,
     ) {
-        let scope = Arc::new(Scope { local, sockets });
+        let scope = Arc::new(Scope::new(local, sockets));
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = self.limits();
         let outbound = ambit_server::run(
@@ -161,7 +195,7 @@ impl Proxy {
         sockets: Sockets,
         shutdown: impl Future<Output = ()> + Send,
     ) {
-        let scope = Arc::new(Scope { local, sockets });
+        let scope = Arc::new(Scope::new(local, sockets));
         ambit_server::run(listener, shutdown, self.limits(), |tcp, peer, _| {
             let (me, scope) = (self.clone(), scope.clone());
             async move { me.socks5(tcp, peer, &scope).await }

@@ -88,3 +88,14 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     addr.as_socket()
         .ok_or_else(|| io::Error::other("original destination is not an inet address"))
 }
+
+impl ambit_hbone::Dialer for Sockets {
+    fn dial(
+        &self,
+        source: Option<IpAddr>,
+        address: SocketAddr,
+    ) -> ambit_hbone::BoxFuture<'static, io::Result<TcpStream>> {
+        let me = self.clone();
+        Box::pin(async move { me.connect(address, source).await })
+    }
+}

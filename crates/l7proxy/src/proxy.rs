@@ -133,7 +133,7 @@ pub(crate) struct Inner {
 /// What is known about one accepted CONNECT.
 pub(crate) struct Conn {
     pub(crate) peer: Identity,
-    /// The original client (`forwarded`), else the HBONE peer.
+    /// The client: the HBONE peer's address.
     pub(crate) client: SocketAddr,
     pub(crate) service: Arc<Service>,
     pub(crate) port: u16,
@@ -380,13 +380,12 @@ impl Handler for Waypoint {
             .service(&service.hostname)
             .and_then(|s| s.ports.get(&port).copied())
             .unwrap_or_default();
+        // The client is the TCP peer: the source ztunnel dials from the
+        // source workload's own address. A `forwarded` header from the peer
+        // is never believed (any workload could claim any address).
         let conn = Conn::new(
             request.peer_identity.clone(),
-            request
-                .connect_headers
-                .forwarded
-                .and_then(|f| f.for_addr)
-                .unwrap_or(request.peer_addr),
+            request.peer_addr,
             service,
             port,
         );
