@@ -200,6 +200,58 @@ fn forged_forwarded_source_is_not_believed() {
     assert_eq!(greeting, format!("productpage-v1 saw source {real}"));
 }
 
+/// Security: an app that dials ztunnel's own address on its capture port
+/// is refused at once instead of being passed back into ztunnel again (a
+/// loop that chains until descriptors run out).
+#[test]
+fn connection_to_ztunnel_itself_is_refused_not_looped() {
+    use std::time::{Duration, Instant};
+    let m = mesh();
+    let zt_a = m.cluster.pod(0, 0).ip();
+    let to = SocketAddr::new(zt_a.into(), 15001);
+    let started = Instant::now();
+    let got = (|| -> std::io::Result<usize> {
+        let mut s = m
+            .sleep()
+            .ns()
+            .tcp_connect(to)
+            .map_err(std::io::Error::other)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let _ = s.write_all(b"hello");
+        let mut buf = [0u8; 16];
+        s.read(&mut buf)
+    })();
+    // Closed (EOF or reset) well before the 5 s read timeout.
+    assert!(
+        matches!(got, Ok(0))
+            || matches!(&got, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut),
+        "{got:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let mut refused = None;
+    for _ in 0..40 {
+        refused = m.access_logs().into_iter().find(|(n, v)| {
+            n == "node-a"
+                && v["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("self-loop"))
+        });
+        if refused.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, log) = refused.expect("a self-loop refusal in ztunnel a's access log");
+    assert_eq!(log["fields"]["dst"], to.to_string());
+    // Exactly one connection was seen: no chain.
+    let outbound = m
+        .access_logs()
+        .into_iter()
+        .filter(|(n, v)| n == "node-a" && v["fields"]["dst"] == to.to_string())
+        .count();
+    assert_eq!(outbound, 1);
+}
+
 /// One long-lived connection from sleep to productpage-v1: returns a
 /// sender of messages and a receiver of their echoes.
 fn long_lived(

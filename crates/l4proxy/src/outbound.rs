@@ -98,15 +98,7 @@ impl Proxy {
                 return;
             };
             let cfg = &self.inner.cfg;
-            plan_outbound(
-                &st,
-                &cfg.network,
-                &cfg.ports,
-                &scope.local,
-                entry,
-                peer,
-                dst,
-            )
+            plan_outbound(&st, cfg, &scope.local, entry, peer, dst)
         };
         self.carry(tcp, peer, plan, entry, scope).await;
     }

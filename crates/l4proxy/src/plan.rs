@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ambit_identity::Identity;
 use ambit_mesh::{MeshState, Service, Workload};
 
+use crate::proxy::ProxyConfig;
 use crate::route::{self, Inbound, Outbound, Ports};
 
 /// Which workloads a listener serves inbound.
@@ -154,6 +155,38 @@ pub fn captured_source(
     }
 }
 
+/// ztunnel's other well-known ports: admin 15000, metrics 15020,
+/// readiness 15021, DNS 15053, SOCKS5 15080.
+const OTHER_ZTUNNEL_PORTS: [u16; 5] = [15000, 15020, 15021, 15053, 15080];
+
+/// Why a connection to `dst` would come back to ztunnel itself: one of
+/// ztunnel's own addresses (`own`, which includes its loopback) on a port
+/// it listens on, or any loopback or unspecified address that the mesh
+/// does not name as a workload or service (`known`: only a local-mode
+/// configuration, such as a benchmark on one host, puts workloads on
+/// loopback; ztunnel's loopback is never the app's). Without this an app
+/// dialling `127.0.0.1:15001` chains through ztunnel until descriptors run
+/// out.
+pub fn self_loop(
+    dst: SocketAddr,
+    ports: &Ports,
+    own: &[IpAddr],
+    known: bool,
+) -> Option<&'static str> {
+    let ip = match dst.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let ztunnel_port = ports.is_proxy_port(dst.port()) || OTHER_ZTUNNEL_PORTS.contains(&dst.port());
+    if ztunnel_port && (own.contains(&ip) || ip.is_loopback() || ip.is_unspecified()) {
+        return Some("destination is ztunnel itself (self-loop)");
+    }
+    if (ip.is_loopback() || ip.is_unspecified()) && !known {
+        return Some("destination is a loopback address outside the mesh (self-loop)");
+    }
+    None
+}
+
 /// Plans the connection from `peer` to `dst` that arrived by `entry` on a
 /// listener serving `local`. The source workload is found as the entry
 /// implies ([`captured_source`], or [`route::socks5_source`]); the path is
@@ -163,13 +196,13 @@ pub fn captured_source(
 /// it gets HBONE even to a workload on this node (as istio/ztunnel does).
 pub fn plan_outbound(
     state: &MeshState,
-    network: &str,
-    ports: &Ports,
+    cfg: &ProxyConfig,
     local: &Local,
     entry: Entry,
     peer: SocketAddr,
     dst: SocketAddr,
 ) -> OutboundPlan {
+    let (network, ports) = (cfg.network.as_str(), &cfg.ports);
     let source = match entry {
         Entry::Captured => captured_source(state, network, local, peer.ip()),
         Entry::Socks5 => route::socks5_source(
@@ -194,6 +227,11 @@ pub fn plan_outbound(
         },
     };
     let refuse = |reason: String, refusal| Hop::Refuse { reason, refusal };
+    let known = state.lookup(network, dst.ip()).is_some();
+    if let Some(why) = self_loop(dst, ports, &cfg.own_addresses, known) {
+        plan.hop = refuse(why.to_owned(), Refusal::Policy);
+        return plan;
+    }
     match route::outbound(state, network, ports, plan.source.as_deref(), dst) {
         Outbound::Reject(why) => {
             let refusal = if why.contains("ztunnel port") {
@@ -292,15 +330,11 @@ policies:
     }
 
     fn plan(entry: Entry, local: &Local, peer: &str, dst: &str) -> OutboundPlan {
-        plan_outbound(
-            &state(),
-            "",
-            &Ports::default(),
-            local,
-            entry,
-            addr(peer),
-            addr(dst),
-        )
+        let cfg = ProxyConfig {
+            own_addresses: vec!["10.244.0.2".parse().expect("ip")],
+            ..ProxyConfig::default()
+        };
+        plan_outbound(&state(), &cfg, local, entry, addr(peer), addr(dst))
     }
 
     /// (entry, peer, dst) -> (source uid, hop kind, refusal, mtls, via).
@@ -425,6 +459,33 @@ policies:
             assert_eq!(p.via, via.map(addr), "{case}");
             assert_eq!(p.dst, addr(dst), "{case}");
         }
+    }
+
+    #[test]
+    fn self_loops_are_refused() {
+        let node_a = Local::Node("a".into());
+        for (entry, dst) in [
+            (Entry::Captured, "127.0.0.1:15001"),
+            (Entry::Captured, "127.0.0.53:53"),
+            (Entry::Socks5, "127.0.0.1:15080"),
+            (Entry::Socks5, "[::1]:15001"),
+            (Entry::Socks5, "[::ffff:127.0.0.1]:15006"),
+            (Entry::Captured, "0.0.0.0:15008"),
+            // ztunnel's own address on its ports.
+            (Entry::Captured, "10.244.0.2:15001"),
+            (Entry::Captured, "10.244.0.2:15006"),
+            (Entry::Socks5, "10.244.0.2:15000"),
+        ] {
+            let p = plan(entry, &node_a, "10.244.0.3:1", dst);
+            let Hop::Refuse { reason, refusal } = &p.hop else {
+                panic!("{entry:?} -> {dst}: {:?}", p.hop);
+            };
+            assert_eq!(*refusal, Refusal::Policy, "{dst}");
+            assert!(reason.contains("self-loop"), "{dst}: {reason}");
+        }
+        // ztunnel's address on another port is an ordinary destination.
+        let p = plan(Entry::Captured, &node_a, "10.244.0.3:1", "10.244.0.2:8080");
+        assert!(matches!(p.hop, Hop::Passthrough { .. }), "{:?}", p.hop);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and metrics, shared by every listener and connection.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,6 +31,15 @@ pub struct ProxyConfig {
     pub hbone_client: ambit_hbone::ClientConfig,
     /// HBONE server settings.
     pub hbone_server: ambit_hbone::ServerConfig,
+    /// ztunnel's own addresses: an outbound connection to one of them on
+    /// a ztunnel port is a self-loop and refused (as is any loopback or
+    /// unspecified destination). Empty: [`Proxy::new`] reads the
+    /// addresses of the interfaces in the namespace it is created in.
+    pub own_addresses: Vec<IpAddr>,
+    /// Most connections served at once per listener (outbound, inbound
+    /// plaintext, HBONE, SOCKS5); a connection beyond it is closed at once
+    /// and a warning logged. `usize::MAX`: no cap.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -42,6 +52,8 @@ impl Default for ProxyConfig {
             drain_deadline: Duration::from_secs(5),
             hbone_client: ambit_hbone::ClientConfig::default(),
             hbone_server: ambit_hbone::ServerConfig::default(),
+            own_addresses: Vec::new(),
+            max_connections: usize::MAX,
         }
     }
 }
@@ -75,7 +87,14 @@ pub(crate) struct Inner {
 
 impl Proxy {
     /// A proxy over `state`, with certificates from `certs`.
-    pub fn new(cfg: ProxyConfig, state: Arc<RwLock<MeshState>>, certs: Arc<CertManager>) -> Self {
+    pub fn new(
+        mut cfg: ProxyConfig,
+        state: Arc<RwLock<MeshState>>,
+        certs: Arc<CertManager>,
+    ) -> Self {
+        if cfg.own_addresses.is_empty() {
+            cfg.own_addresses = interface_addresses();
+        }
         let client = Client::new(cfg.hbone_client.clone(), Arc::clone(&certs));
         Self {
             inner: Arc::new(Inner {
@@ -103,4 +122,24 @@ impl Proxy {
     pub fn client(&self) -> &Client {
         &self.inner.client
     }
+}
+
+/// The addresses of this namespace's interfaces (empty if they cannot be
+/// read; loopback destinations are refused regardless).
+fn interface_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        tracing::warn!("cannot list interface addresses: self-loop guard covers loopback only");
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

@@ -212,14 +212,15 @@ fn socks5_connections_take_the_mesh_path() {
                 .unwrap_or(0);
             assert_eq!(n, 0, "no reply to a non-SOCKS5 client");
 
-            // IPv6: ::1 is not a mesh address, so it passes through.
+            // IPv6: ::1 is not a mesh address. ztunnel's loopback is not the
+            // client's, and dialling it could loop back into ztunnel: refused
+            // (the self-loop guard), although something listens there.
             if have_v6 {
                 let mut r = vec![1, 0, 4];
                 r.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
                 r.extend_from_slice(&ECHO.to_be_bytes());
-                let (code, mut s) = socks(&r).await;
-                assert_eq!(code, Reply::Succeeded as u8);
-                echoes(&mut s, b"v6").await;
+                let (code, _) = socks(&r).await;
+                assert_eq!(code, Reply::NotAllowed as u8);
             }
 
             // Both ends of the tunnel counted the meshed connection.

@@ -43,17 +43,7 @@ impl Proxy {
                 Address::Domain(host, port) => route::resolve_host(&st, &cfg.network, host)
                     .map(|ip| SocketAddr::new(ip, *port)),
             };
-            dst.map(|dst| {
-                plan_outbound(
-                    &st,
-                    &cfg.network,
-                    &cfg.ports,
-                    &scope.local,
-                    Entry::Socks5,
-                    peer,
-                    dst,
-                )
-            })
+            dst.map(|dst| plan_outbound(&st, cfg, &scope.local, Entry::Socks5, peer, dst))
         });
         let Ok(plan) = planned else {
             let _ = send_reply(&mut tcp, Reply::GeneralFailure, unspecified()).await;
