@@ -61,6 +61,11 @@ pub struct Args {
     /// CONNECT): local apps reach the mesh without capture (node mode).
     #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_socks5: bool,
+    /// Most connections served at once on each capture listener (15001,
+    /// 15006, 15008, SOCKS5); one beyond it is closed at once and a warning
+    /// logged. 0: no cap.
+    #[arg(long, env = "ZTUNNEL_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
     /// Where the SOCKS5 listener binds (keep it on localhost: it has no
     /// authentication).
     #[arg(long, default_value = "127.0.0.1:15080")]

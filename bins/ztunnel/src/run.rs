@@ -54,6 +54,10 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             node_name: a.node_name.clone(),
             spoof_source: a.spoof_source,
             drain_deadline: Duration::from_secs(a.admin.drain_seconds),
+            max_connections: match a.max_connections {
+                0 => usize::MAX,
+                n => n,
+            },
             ..ProxyConfig::default()
         },
         state.clone(),

@@ -371,6 +371,10 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(allowed, "removing the policy did not restore traffic");
+    // The DENY closed the long-lived connection (the policy watcher; see
+    // `a_new_deny_cuts_an_established_connection`): open another one.
+    let (tx, rx) = long_lived(&m);
+    ping(&tx, &rx, b"after the policy");
 
     // Run past two certificate lifetimes with traffic throughout.
     let start = std::time::Instant::now();
@@ -386,6 +390,47 @@ fn control_plane_restart_and_certificate_rotation_lose_nothing() {
     }
     ping(&tx, &rx, b"after rotation");
     drop(tx);
+}
+
+/// Security: authorization is not only checked at connect time. A DENY
+/// pushed while a connection is open closes it within a second, on the
+/// destination's ztunnel (Istio's policy watcher); removing the policy lets
+/// new connections in again.
+#[test]
+fn a_new_deny_cuts_an_established_connection() {
+    use std::time::{Duration, Instant};
+    let m = mesh();
+    let (tx, rx) = long_lived(&m);
+    ping(&tx, &rx, b"before the policy");
+    let deny = ambit_mesh::Config::parse(
+        "policies:\n- {name: deny-sleep, namespace: default, action: Deny, rules: [[[{principals: [{Exact: cluster.local/ns/default/sa/sleep}]}]]]}\n",
+        "deny",
+    )
+    .expect("policy");
+    let cp = m.control_plane.as_ref().expect("control plane");
+    let pushed = Instant::now();
+    ambit_testbed::publish(&cp.store, &deny);
+    // Ping until the connection fails; it must within 1 s of the push.
+    let mut cut = None;
+    while pushed.elapsed() < Duration::from_secs(5) {
+        tx.send(b"still there?".to_vec()).expect("send");
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(_)) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(Err(_)) | Err(_) => {
+                cut = Some(pushed.elapsed());
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("the established connection was never closed");
+    assert!(cut < Duration::from_secs(1), "closed after {cut:?}");
+    let logged = m.access_logs().into_iter().any(|(n, v)| {
+        n == "node-b"
+            && v["fields"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("policy change"))
+    });
+    assert!(logged, "node b's access log names the policy change");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use crate::proxy::Proxy;
 use crate::route::{self, Inbound};
 use crate::serve::{Capture, Scope};
 use crate::sockets::Sockets;
+use crate::watch::{Facts, REVOKED, until_revoked};
 
 impl Proxy {
     /// A plaintext inbound connection from outside the mesh (15006).
@@ -58,14 +59,21 @@ impl Proxy {
             mtls: false,
         });
         record.open();
+        let tracked = inner.registry.track(Facts {
+            workload: workload.uid.clone(),
+            src_identity: None,
+            src_ip: peer.ip(),
+            dst: target,
+        });
         let spoof = inner.cfg.spoof_source.then_some(peer.ip());
         let mut up = match scope.sockets.connect(target, spoof).await {
             Ok(up) => up,
             Err(e) => return record.fail(&format!("connect {target}: {e}")),
         };
-        match copy_bidirectional(&mut tcp, &mut up).await {
-            Ok(s) => record.close(s.a_to_b, s.b_to_a, ""),
-            Err(e) => record.close(0, 0, &e.to_string()),
+        match until_revoked(&tracked, copy_bidirectional(&mut tcp, &mut up)).await {
+            Some(Ok(s)) => record.close(s.a_to_b, s.b_to_a, ""),
+            Some(Err(e)) => record.close(0, 0, &e.to_string()),
+            None => record.close(0, 0, REVOKED),
         }
     }
 }
@@ -168,6 +176,12 @@ impl Handler for InboundHandler {
             };
             let mut record = record.with_peers(&peers(Some(&workload)));
             record.open();
+            let tracked = inner.registry.track(Facts {
+                workload: workload.uid.clone(),
+                src_identity: Some(req.peer_identity.clone()),
+                src_ip: src.ip(),
+                dst: target,
+            });
             let spoof = inner.cfg.spoof_source.then_some(src.ip());
             let mut upstream = match me.sockets.connect(target, spoof).await {
                 Ok(u) => u,
@@ -177,9 +191,11 @@ impl Handler for InboundHandler {
                 }
             };
             Decision::accept(move |mut stream| async move {
-                match copy_bidirectional(&mut stream, &mut upstream).await {
-                    Ok(s) => record.close(s.a_to_b, s.b_to_a, ""),
-                    Err(e) => record.close(e.stats.a_to_b, e.stats.b_to_a, &e.to_string()),
+                let copy = copy_bidirectional(&mut stream, &mut upstream);
+                match until_revoked(&tracked, copy).await {
+                    Some(Ok(s)) => record.close(s.a_to_b, s.b_to_a, ""),
+                    Some(Err(e)) => record.close(e.stats.a_to_b, e.stats.b_to_a, &e.to_string()),
+                    None => record.close(0, 0, REVOKED),
                 }
             })
         }

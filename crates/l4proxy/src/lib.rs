@@ -33,6 +33,7 @@ pub mod route;
 mod serve;
 mod sockets;
 pub mod socks5;
+mod watch;
 
 pub use self::{
     inpod::{INPOD_MARK, InPod},

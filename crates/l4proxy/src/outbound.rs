@@ -11,6 +11,7 @@ use crate::plan::{Entry, Hop, OutboundPlan, Refusal, plan_outbound};
 use crate::proxy::Proxy;
 use crate::serve::Scope;
 use crate::socks5::{self, Reply};
+use crate::watch::{Facts, REVOKED, until_revoked};
 
 /// The far side of an outbound connection, once connected.
 enum Upstream {
@@ -124,6 +125,17 @@ impl Proxy {
         let mut record = ConnRecord::new(&self.inner.metrics, "outbound", peer, plan.dst)
             .with_peers(&peers)
             .with_via(plan.via);
+        // A same-node delivery is authorized here, as its inbound side
+        // would be: the policy watcher re-checks it like an inbound one.
+        let tracked = match (&plan.hop, &plan.workload) {
+            (Hop::SameNode { target }, Some(w)) => Some(self.inner.registry.track(Facts {
+                workload: w.uid.clone(),
+                src_identity: src_id.clone(),
+                src_ip: peer.ip(),
+                dst: *target,
+            })),
+            _ => None,
+        };
         let connected = match plan.hop {
             Hop::Refuse { reason, refusal } => {
                 if entry == Entry::Socks5 {
@@ -191,9 +203,14 @@ impl Proxy {
             record.fail(&format!("socks5 reply: {e}"));
             return;
         }
-        match up.copy_with(&mut tcp).await {
-            Ok((rx, tx)) => record.close(rx, tx, ""),
-            Err(e) => record.fail(&e),
+        let copied = match &tracked {
+            Some(t) => until_revoked(t, up.copy_with(&mut tcp)).await,
+            None => Some(up.copy_with(&mut tcp).await),
+        };
+        match copied {
+            Some(Ok((rx, tx))) => record.close(rx, tx, ""),
+            Some(Err(e)) => record.fail(&e),
+            None => record.close(0, 0, REVOKED),
         }
     }
 }

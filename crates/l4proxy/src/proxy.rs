@@ -13,6 +13,7 @@ use ambit_mesh::MeshState;
 use crate::inbound::InboundHandler;
 use crate::metrics::Metrics;
 use crate::route::Ports;
+use crate::watch::Registry;
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -83,6 +84,8 @@ pub(crate) struct Inner {
     /// presents its own certificate; built on first use and kept for the
     /// process.
     pub(crate) servers: tokio::sync::Mutex<HashMap<String, Server<InboundHandler>>>,
+    /// Open inbound connections, re-authorized on every mesh change.
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl Proxy {
@@ -96,6 +99,11 @@ impl Proxy {
             cfg.own_addresses = interface_addresses();
         }
         let client = Client::new(cfg.hbone_client.clone(), Arc::clone(&certs));
+        let registry = Arc::new(Registry::default());
+        tokio::spawn(crate::watch::run(
+            Arc::downgrade(&registry),
+            Arc::downgrade(&state),
+        ));
         Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -104,6 +112,7 @@ impl Proxy {
                 client,
                 metrics: Metrics::new(),
                 servers: tokio::sync::Mutex::new(HashMap::new()),
+                registry,
             }),
         }
     }

@@ -115,7 +115,7 @@ impl Proxy {
     fn limits(&self) -> ambit_server::Limits {
         ambit_server::Limits {
             drain_deadline: self.inner.cfg.drain_deadline,
-            max_connections: usize::MAX,
+            max_connections: self.inner.cfg.max_connections,
         }
     }
 

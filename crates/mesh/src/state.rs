@@ -26,6 +26,8 @@ pub struct MeshState {
     policies: HashMap<String, Arc<Policy>>,
     /// Round-robin cursor for endpoint selection.
     rr: AtomicUsize,
+    /// Bumped by every change; see [`MeshState::revision`].
+    revision: u64,
 }
 
 /// What an address refers to.
@@ -74,6 +76,7 @@ impl MeshState {
 
     /// Adds or replaces a workload (by uid).
     pub fn insert_workload(&mut self, w: Workload) {
+        self.revision += 1;
         self.remove_workload(&w.uid);
         for a in &w.addresses {
             self.by_addr.insert((w.network.clone(), *a), w.uid.clone());
@@ -89,6 +92,7 @@ impl MeshState {
 
     /// Removes a workload; returns whether it existed.
     pub fn remove_workload(&mut self, uid: &str) -> bool {
+        self.revision += 1;
         let Some(old) = self.workloads.remove(uid) else {
             return false;
         };
@@ -111,6 +115,7 @@ impl MeshState {
 
     /// Adds or replaces a service (by `namespace/hostname`).
     pub fn insert_service(&mut self, s: Service) {
+        self.revision += 1;
         let key = s.key();
         self.remove_service(&key);
         for (net, ip) in &s.vips {
@@ -121,6 +126,7 @@ impl MeshState {
 
     /// Removes a service; returns whether it existed.
     pub fn remove_service(&mut self, key: &str) -> bool {
+        self.revision += 1;
         let Some(old) = self.services.remove(key) else {
             return false;
         };
@@ -141,12 +147,21 @@ impl MeshState {
 
     /// Adds or replaces a policy (by `namespace/name`).
     pub fn insert_policy(&mut self, p: Policy) {
+        self.revision += 1;
         self.policies.insert(p.key(), Arc::new(p));
     }
 
     /// Removes a policy; returns whether it existed.
     pub fn remove_policy(&mut self, key: &str) -> bool {
+        self.revision += 1;
         self.policies.remove(key).is_some()
+    }
+
+    /// A counter bumped by every change (workloads, services, policies):
+    /// a reader that remembers it knows cheaply whether anything changed,
+    /// e.g. to re-check open connections against the policies.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// A workload by uid.
