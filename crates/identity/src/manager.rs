@@ -214,17 +214,19 @@ impl CertManager {
         Ok(CertResolver::managed(self.watch(identity)))
     }
 
-    /// A server config for `identity`: its certificate (rotating), its
-    /// roots, and clients required to be in its trust domain.
+    /// A server config for `identity`: its certificate and its trust roots
+    /// both follow rotation (the roots are those of the current
+    /// certificate, read at each handshake), and clients must be in its
+    /// trust domain.
     pub async fn server_config(&self, identity: &Identity) -> Result<ServerConfig, ManagerError> {
-        let cert = self.fetch(identity).await?;
+        self.fetch(identity).await?;
         let resolver = CertResolver::managed(self.watch(identity));
-        let tls_err = |source| ManagerError::Tls {
-            identity: identity.clone(),
-            source,
-        };
-        let roots = tls::root_store(cert.roots()).map_err(tls_err)?;
-        tls::server_config(resolver, roots, identity.trust_domain()).map_err(tls_err)
+        tls::server_config_rotating(resolver, identity.trust_domain()).map_err(|source| {
+            ManagerError::Tls {
+                identity: identity.clone(),
+                source,
+            }
+        })
     }
 
     /// A client config that connects as `identity` (rotating certificate)

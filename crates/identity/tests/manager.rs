@@ -296,3 +296,87 @@ where
     tls.read_exact(&mut buf).await.expect("read");
     assert_eq!(buf, msg);
 }
+
+/// A CA whose signing root can be replaced (a root rotation).
+struct SwappableCa(Mutex<Arc<LocalCa>>);
+
+impl CertificateAuthority for SwappableCa {
+    fn issue(
+        &self,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<WorkloadCertificate, CaError>> {
+        let ca = self.0.lock().expect("lock").clone();
+        let identity = identity.clone();
+        Box::pin(async move { Ok(ca.issue_now(&identity, ttl)?) })
+    }
+}
+
+/// A server config built before a root rotation accepts clients whose
+/// certificates chain to the new root once the server's own certificate
+/// has rotated: the trust roots are read at each handshake, not when the
+/// config was built (ztunnel builds each HBONE server once).
+#[tokio::test]
+async fn root_rotation_reaches_a_server_built_before_it() {
+    let ca = Arc::new(SwappableCa(Mutex::new(Arc::new(
+        LocalCa::generate("cluster.local").expect("ca"),
+    ))));
+    let manager = CertManager::new(
+        ca.clone(),
+        config(Duration::from_secs(2), Duration::from_millis(100)),
+    );
+    let server_id = id("spiffe://cluster.local/ns/a/sa/server");
+    let client_id = id("spiffe://cluster.local/ns/a/sa/client");
+    let acceptor = TlsAcceptor::from(Arc::new(
+        manager
+            .server_config(&server_id)
+            .await
+            .expect("server config"),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let connect = |config: rustls::ClientConfig| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let mut tls = TlsConnector::from(Arc::new(config))
+            .connect(placeholder_server_name(), tcp)
+            .await?;
+        // TLS 1.3: a refused client certificate shows on the first read.
+        tls.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let before = manager
+        .client_config(&client_id, vec![server_id.clone()])
+        .await
+        .expect("client config");
+    connect(before).await.expect("before the rotation");
+
+    // The root changes; both identities refresh at half life (≈ 1 s).
+    *ca.0.lock().expect("lock") = Arc::new(LocalCa::generate("cluster.local").expect("new ca"));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let after = manager
+        .client_config(&client_id, vec![server_id.clone()])
+        .await
+        .expect("client config");
+    connect(after)
+        .await
+        .expect("a client of the new root reaches the server built before the rotation");
+}

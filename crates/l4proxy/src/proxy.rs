@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use ambit_hbone::{Client, Server};
@@ -81,11 +81,22 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) metrics: Metrics,
     /// One HBONE server per local identity and capture scope, so each
-    /// presents its own certificate; built on first use and kept for the
-    /// process.
-    pub(crate) servers: tokio::sync::Mutex<HashMap<String, Server<InboundHandler>>>,
+    /// presents its own certificate; built on first use, dropped when its
+    /// scope stops serving (in-pod: the pod is removed).
+    servers: Mutex<HashMap<(String, u64), Server<InboundHandler>>>,
     /// Open inbound connections, re-authorized on every mesh change.
     pub(crate) registry: Arc<Registry>,
+}
+
+impl Inner {
+    /// The HBONE servers, by (identity, capture scope). Never held across
+    /// an await.
+    pub(crate) fn servers(&self) -> MutexGuard<'_, HashMap<(String, u64), Server<InboundHandler>>> {
+        match self.servers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
 }
 
 impl Proxy {
@@ -111,7 +122,7 @@ impl Proxy {
                 certs,
                 client,
                 metrics: Metrics::new(),
-                servers: tokio::sync::Mutex::new(HashMap::new()),
+                servers: Mutex::new(HashMap::new()),
                 registry,
             }),
         }

@@ -177,6 +177,17 @@ impl Proxy {
             let _ = stop_tx.send(true);
         };
         tokio::join!(outbound, plain, hbone, stop);
+        // The scope is gone (in-pod: its pod was removed): so are its HBONE
+        // servers.
+        self.inner
+            .servers()
+            .retain(|(_, scope_id), _| *scope_id != scope.id);
+    }
+
+    /// HBONE servers cached now (one per local identity and capture
+    /// scope; a scope's go when it stops serving).
+    pub fn hbone_servers(&self) -> usize {
+        self.inner.servers().len()
     }
 
     /// Serves SOCKS5 on `listener` (istio/ztunnel's opt-in
@@ -229,11 +240,12 @@ impl Proxy {
             return None;
         }
         let id = w.identity()?;
-        let key = format!("{}|{:?}", id.as_str(), scope.local);
-        let mut servers = self.inner.servers.lock().await;
-        if let Some(s) = servers.get(&key) {
+        let key = (id.as_str().to_owned(), scope.id);
+        if let Some(s) = self.inner.servers().get(&key) {
             return Some(s.clone());
         }
+        // No lock is held across the CA call: other identities' connections
+        // go on meanwhile (two racing builds keep the first).
         let tls = match self.inner.certs.server_config(&id).await {
             Ok(c) => Arc::new(c),
             Err(error) => {
@@ -253,7 +265,6 @@ impl Proxy {
                 sockets: scope.sockets.clone(),
             },
         );
-        servers.insert(key, server.clone());
-        Some(server)
+        Some(self.inner.servers().entry(key).or_insert(server).clone())
     }
 }

@@ -103,6 +103,32 @@ pub fn server_config(
     Ok(config)
 }
 
+/// A server config for mTLS whose trust roots follow `resolver`: client
+/// chains are verified against the roots that came with the server's own
+/// current certificate, read at each handshake, so a server built once
+/// keeps working across a root rotation. Clients must be in
+/// `trust_domain`.
+pub fn server_config_rotating(
+    resolver: Arc<CertResolver>,
+    trust_domain: &str,
+) -> Result<ServerConfig, TlsConfigError> {
+    let provider = provider();
+    let verifier =
+        SpiffeClientVerifier::rotating(resolver.clone(), provider.clone(), trust_domain.to_owned());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13])
+        .map_err(|source| TlsConfigError::Rustls {
+            side: "server",
+            source,
+        })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
 /// A client config for mTLS: present `resolver`'s certificate, accept a
 /// server whose chain leads to `roots` and whose SPIFFE id is one of
 /// `expected`.

@@ -2,7 +2,7 @@
 //! against the mesh roots; names are checked as SPIFFE ids (DNS names and
 //! the TLS server name are ignored).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
@@ -14,11 +14,12 @@ use rustls::{
     crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
     pki_types::{CertificateDer, ServerName, UnixTime},
     server::{
-        ParsedCertificate,
+        ParsedCertificate, WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
     },
 };
 
+use super::CertResolver;
 use crate::{cert::identities_of, identity::Identity};
 
 /// Why a peer's otherwise valid certificate was refused on identity
@@ -163,15 +164,84 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// left to authorization policy afterwards.
 #[derive(Debug)]
 pub(crate) struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    roots: ClientRoots,
     trust_domain: String,
+}
+
+/// Where the client-chain verifier's roots come from.
+#[derive(Debug)]
+enum ClientRoots {
+    /// Fixed when the config was built.
+    Fixed(Arc<dyn ClientCertVerifier>),
+    /// The roots that came with the server's own current certificate, read
+    /// at each handshake: a server built once keeps accepting clients
+    /// across a root rotation.
+    Rotating(RotatingRoots),
+}
+
+/// A webpki verifier rebuilt whenever the current certificate's roots
+/// change.
+#[derive(Debug)]
+struct RotatingRoots {
+    resolver: Arc<CertResolver>,
+    provider: Arc<CryptoProvider>,
+    cache: Mutex<Option<(Vec<CertificateDer<'static>>, Arc<dyn ClientCertVerifier>)>>,
+}
+
+impl RotatingRoots {
+    fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let cert = self.resolver.current().ok_or_else(|| {
+            rustls::Error::General("no certificate to take trust roots from".into())
+        })?;
+        let mut cache = match self.cache.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((roots, verifier)) = cache.as_ref()
+            && roots.as_slice() == cert.roots()
+        {
+            return Ok(verifier.clone());
+        }
+        let store = super::root_store(cert.roots())
+            .map_err(|e| rustls::Error::General(format!("trust roots: {e}")))?;
+        let verifier: Arc<dyn ClientCertVerifier> =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+        *cache = Some((cert.roots().to_vec(), verifier.clone()));
+        Ok(verifier)
+    }
 }
 
 impl SpiffeClientVerifier {
     pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: String) -> Self {
         Self {
-            inner,
+            roots: ClientRoots::Fixed(inner),
             trust_domain,
+        }
+    }
+
+    /// Verifies client chains against the roots of `resolver`'s current
+    /// certificate, read at each handshake.
+    pub(crate) fn rotating(
+        resolver: Arc<CertResolver>,
+        provider: Arc<CryptoProvider>,
+        trust_domain: String,
+    ) -> Self {
+        Self {
+            roots: ClientRoots::Rotating(RotatingRoots {
+                resolver,
+                provider,
+                cache: Mutex::new(None),
+            }),
+            trust_domain,
+        }
+    }
+
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        match &self.roots {
+            ClientRoots::Fixed(v) => Ok(v.clone()),
+            ClientRoots::Rotating(r) => r.current(),
         }
     }
 }
@@ -186,7 +256,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        // Hints are optional; rotating roots cannot lend a stable slice.
+        match &self.roots {
+            ClientRoots::Fixed(v) => v.root_hint_subjects(),
+            ClientRoots::Rotating(_) => &[],
+        }
     }
 
     fn verify_client_cert(
@@ -195,7 +269,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
+        self.inner()?
             .verify_client_cert(end_entity, intermediates, now)?;
         let found = peer_identities(end_entity)?;
         match found
@@ -217,7 +291,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner()?.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -226,10 +300,16 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner()?.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        match &self.roots {
+            ClientRoots::Fixed(v) => v.supported_verify_schemes(),
+            ClientRoots::Rotating(r) => r
+                .provider
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }
     }
 }
