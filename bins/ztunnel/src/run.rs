@@ -65,6 +65,11 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     );
     // Node mode binds the capture listeners now (fail fast on privileges).
     let sockets = Sockets::new();
+    if !a.inpod {
+        // A replacement ztunnel takes over the listeners (SO_REUSEPORT)
+        // without resetting connections queued on this one's.
+        sockets.enable_request_migration();
+    }
     let listeners = if a.inpod {
         None
     } else {

@@ -433,6 +433,21 @@ fn a_new_deny_cuts_an_established_connection() {
     assert!(logged, "node b's access log names the policy change");
 }
 
+/// Lifecycle: a rolling upgrade of node b's ztunnel (the new process
+/// starts beside the old one, shares its listeners through SO_REUSEPORT,
+/// and the old one drains on SIGTERM) refuses or resets no connection
+/// under continuous new-connection load.
+#[test]
+fn node_mode_upgrade_refuses_no_connection() {
+    let mut m = mesh();
+    let c = m.churn_across_upgrade(1).expect("upgrade under load");
+    eprintln!("connections across the upgrade: {c:?}");
+    assert!(c.ok > 50, "load ran: {c:?}");
+    assert_eq!(c.failed, 0, "{c:?}");
+    let pp: SocketAddr = "10.244.1.3:9080".parse().expect("addr");
+    assert_eq!(tcpapp::drive(m.sleep(), pp, 5, 0).expect("drive").errors, 0);
+}
+
 #[test]
 fn ztunnel_restart_reestablishes_traffic() {
     let mut m = mesh();

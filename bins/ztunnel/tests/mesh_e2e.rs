@@ -336,3 +336,30 @@ fn cni_node_restart_reconciles_pods_changed_while_it_was_down() {
         "productpage-v2 not: {ruleset}"
     );
 }
+
+/// Lifecycle, in-pod mode: a rolling upgrade of node b's ztunnel (the new
+/// process gets every pod over ZDS and binds the pods' listeners beside the
+/// old ones through SO_REUSEPORT; the old one drains on SIGTERM) refuses or
+/// resets no connection under continuous new-connection load.
+#[test]
+fn inpod_mode_upgrade_refuses_no_connection() {
+    let mut m = mesh(Mode::InPod);
+    let c = m.churn_across_upgrade(1).expect("upgrade under load");
+    eprintln!("connections across the upgrade: {c:?}");
+    if c.failed > 0 {
+        for (n, v) in m.access_logs() {
+            if v["fields"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty() && r != "-")
+            {
+                eprintln!("{n}: {}", v["fields"]);
+            }
+        }
+    }
+    assert!(c.ok > 50, "load ran: {c:?}");
+    assert_eq!(c.failed, 0, "{c:?}");
+    // Only the new ztunnel is left, and it serves the pods.
+    let pp: SocketAddr = "10.244.1.3:9080".parse().expect("addr");
+    let after = ambit_testbed::tcpapp::drive(m.sleep(), pp, 5, 0).expect("drive");
+    assert_eq!(after.errors, 0, "{after:?}");
+}

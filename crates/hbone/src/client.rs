@@ -675,8 +675,10 @@ async fn send_connect(
     let (response, send) = send_request.send_request(request, false).map_err(refused)?;
     let response = response.await.map_err(|e| {
         // A stream refused by GOAWAY (id above last-stream-id) was never
-        // processed: safe to retry.
-        if e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() {
+        // processed: safe to retry. So is a CONNECT whose connection died
+        // before the answer (a peer that went away, an upgrade): no byte of
+        // the tunnel was sent yet, and the server drops what it started.
+        if e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() || e.is_io() {
             SendError::Refused(e)
         } else {
             SendError::Other(e)

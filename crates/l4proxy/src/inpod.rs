@@ -21,6 +21,18 @@ pub const INPOD_MARK: u32 = 1337;
 struct PodServer {
     stop: Arc<Notify>,
     task: JoinHandle<()>,
+    /// The pod's network namespace (device, inode): an Add for the same
+    /// pod and namespace is a keep; a new namespace (the sandbox was
+    /// recreated) gets fresh listeners.
+    netns: (u64, u64),
+}
+
+/// The identity of a network namespace file descriptor.
+fn netns_id(fd: &std::os::fd::OwnedFd) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::from(fd.try_clone()?);
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Serves pods as ZDS adds and removes them.
@@ -76,10 +88,22 @@ impl InPod {
         info: Option<ambit_xds::proto::istio::workload::zds::WorkloadInfo>,
         fd: std::os::fd::OwnedFd,
     ) -> Result<(), String> {
+        let netns = netns_id(&fd).map_err(|e| format!("reading pod {uid}'s netns: {e}"))?;
+        if let Some(p) = self.pods.get(&uid)
+            && p.netns == netns
+            && !p.task.is_finished()
+        {
+            // A restarted node agent re-announces pods ztunnel already
+            // serves: keep the listeners (binding again would fail).
+            tracing::info!(%uid, "already serving this pod in this netns: kept");
+            self.seen.insert(uid);
+            return Ok(());
+        }
         let ns = NetNs::from_fd(fd, format!("pod {uid}")).map_err(|e| e.to_string())?;
         let sockets = Sockets::new()
             .in_netns(Arc::new(ns))
             .with_mark(Some(self.mark));
+        sockets.enable_request_migration();
         let listeners = Listeners::bind(
             &sockets,
             IpAddr::from([0, 0, 0, 0]),
@@ -105,7 +129,8 @@ impl InPod {
                 .await;
         });
         tracing::info!(%uid, "serving pod");
-        self.pods.insert(uid.clone(), PodServer { stop, task });
+        self.pods
+            .insert(uid.clone(), PodServer { stop, task, netns });
         self.seen.insert(uid);
         Ok(())
     }

@@ -68,7 +68,10 @@ impl Failure {
             _ => Reply::GeneralFailure,
         };
         Self {
-            reason: format!("hbone connect {address}: {e}"),
+            reason: match std::error::Error::source(e) {
+                Some(why) => format!("hbone connect {address}: {e}: {why}"),
+                None => format!("hbone connect {address}: {e}"),
+            },
             reply,
         }
     }

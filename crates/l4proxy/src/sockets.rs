@@ -69,12 +69,35 @@ impl Sockets {
     pub fn listen(&self, addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
         let s = self.socket(Domain::for_address(addr))?;
         s.set_reuse_address(true)?;
+        // A new ztunnel binds the same listeners before the old one drains
+        // (Istio's INPOD_PORT_REUSE); see `enable_request_migration`.
+        s.set_reuse_port(true)?;
         if transparent {
             s.set_ip_transparent_v4(true)?;
         }
         s.bind(&SockAddr::from(addr))?;
         s.listen(1024)?;
         TcpListener::from_std(s.into())
+    }
+}
+
+impl Sockets {
+    /// Turns on `net.ipv4.tcp_migrate_req` in this factory's namespace: when
+    /// a listener of a `SO_REUSEPORT` group closes (the old ztunnel drains),
+    /// the connections waiting in its accept queue move to another listener
+    /// of the group instead of being reset. Best effort: without it (a
+    /// kernel before 5.14, no permission) an upgrade may reset the few
+    /// connections queued at the moment the old listener closes.
+    pub fn enable_request_migration(&self) {
+        const KNOB: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+        let write = || std::fs::write(KNOB, "1");
+        let r = match &self.netns {
+            Some(ns) => ns.run(write).map_err(io::Error::other).and_then(|r| r),
+            None => write(),
+        };
+        if let Err(error) = r {
+            tracing::debug!(%error, "cannot enable tcp_migrate_req; an upgrade may reset queued connections");
+        }
     }
 }
 

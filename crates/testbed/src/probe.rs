@@ -44,7 +44,12 @@ pub(crate) fn wait_metric(ns: &NetNs, name: &str, want: f64) -> anyhow::Result<(
 
 /// Polls a proxy's readiness endpoint from inside its namespace.
 pub(crate) fn wait_ready(ns: &NetNs, timeout: Duration) -> anyhow::Result<()> {
-    let addr: SocketAddr = "127.0.0.1:15021".parse()?;
+    wait_ready_at(ns, 15021, timeout)
+}
+
+/// Waits for `/healthz/ready` on `127.0.0.1:port` inside `ns`.
+pub(crate) fn wait_ready_at(ns: &NetNs, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     while start.elapsed() < timeout {
         if get(ns, addr, "/healthz/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {

@@ -204,3 +204,53 @@ pub fn hold_idle(
         .context("opening idle connections")?;
     Ok((tx, opened))
 }
+
+/// Counts of a [`churn`] run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Churn {
+    /// Connections that got their greeting.
+    pub ok: u64,
+    /// Connections refused, reset, or closed before the greeting.
+    pub failed: u64,
+    /// The first failure, for the report.
+    pub first_failure: Option<String>,
+}
+
+/// From `pod`: new connections to `to`, one after another (each reads the
+/// app's greeting line), until `stop` is set. Returns the counts.
+pub fn churn(
+    pod: &Pod,
+    to: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<NsTask<Churn>> {
+    use std::sync::atomic::Ordering;
+    Ok(pod.spawn_async(move || async move {
+        let mut c = Churn::default();
+        while !stop.load(Ordering::Relaxed) {
+            let greeted = async {
+                let mut s = tokio::net::TcpStream::connect(to).await?;
+                let mut b = [0u8; 1];
+                loop {
+                    match s.read(&mut b).await? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        _ if b[0] == b'\n' => return Ok::<_, std::io::Error>(()),
+                        _ => {}
+                    }
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(5), greeted).await {
+                Ok(Ok(())) => c.ok += 1,
+                other => {
+                    c.failed += 1;
+                    if c.first_failure.is_none() {
+                        c.first_failure = Some(match other {
+                            Ok(Err(e)) => format!("after {} ok: {e}", c.ok),
+                            _ => format!("after {} ok: no greeting within 5 s", c.ok),
+                        });
+                    }
+                }
+            }
+        }
+        c
+    })?)
+}

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 
 use super::{LocalMesh, Mode};
 use crate::config::NODES;
-use crate::probe::{wait_metric, wait_ready};
+use crate::probe::{wait_metric, wait_ready, wait_ready_at};
 
 /// The binaries the mesh runs: `ztunnel`, and beside it `cni-node` and
 /// `waypoint` (same build directory).
@@ -223,6 +223,67 @@ impl LocalMesh {
         self.ztunnels.insert(i, new);
         wait_ready(self.cluster.pod(i, 0).ns(), Duration::from_secs(20))
             .with_context(|| format!("restarted ztunnel on {} did not become ready", NODES[i]))
+    }
+
+    /// Replaces node `i`'s ztunnel as a rolling upgrade does: the new
+    /// process starts beside the old one (its admin, metrics and readiness
+    /// ports moved up by 100; the capture listeners shared through
+    /// `SO_REUSEPORT`; in-pod, it takes the pods over ZDS), and only once it
+    /// is ready does the old one get SIGTERM; this returns when the old one
+    /// has drained and exited. The new process logs to
+    /// `ztunnel-<node>.upgraded.log`.
+    pub fn upgrade_ztunnel(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = NODES[i];
+        let log = std::fs::File::create(self.dir.join(format!("ztunnel-{node}.upgraded.log")))?;
+        let pod = self.cluster.pod(i, 0);
+        let mut cmd = self.proxy_command(&self.bins.ztunnel, pod)?;
+        cmd.env("NODE_NAME", node)
+            .env("POD_NAME", format!("ztunnel-{node}-next"))
+            .env("POD_NAMESPACE", "istio-system")
+            .env("ADMIN_ADDRESS", "127.0.0.1:15100")
+            .env("STATS_ADDRESS", "0.0.0.0:15120")
+            .env("READINESS_ADDRESS", "0.0.0.0:15121")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.opts.mode == Mode::InPod {
+            cmd.env("INPOD_ENABLED", "true")
+                .env("INPOD_UDS", self.zds_socket(i));
+        }
+        let new = pod.spawn(&mut cmd)?;
+        wait_ready_at(pod.ns(), 15121, Duration::from_secs(20))
+            .with_context(|| format!("the new ztunnel on {node} did not become ready"))?;
+        let mut old = self.ztunnels.remove(i);
+        self.ztunnels.insert(i, new);
+        let pid = old.child().id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if old.child().try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("the old ztunnel on {node} did not exit after SIGTERM")
+    }
+
+    /// Connection churn from sleep to productpage-v1 (on node b) across
+    /// [`LocalMesh::upgrade_ztunnel`] of node `i`: the counts of
+    /// connections that got their greeting and of those that failed.
+    pub fn churn_across_upgrade(&mut self, i: usize) -> anyhow::Result<crate::tcpapp::Churn> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let pp = std::net::SocketAddr::from(([10, 244, 1, 3], 9080));
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = crate::tcpapp::churn(self.sleep(), pp, stop.clone())?;
+        std::thread::sleep(Duration::from_millis(300));
+        let upgraded = self.upgrade_ztunnel(i);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let counts = load.join();
+        upgraded.map(|()| counts)
     }
 
     /// The ztunnel processes' pids, in node order.
