@@ -179,13 +179,16 @@ enum ClientRoots {
     Rotating(RotatingRoots),
 }
 
+/// The roots a verifier was built from, and the verifier.
+type CachedVerifier = (Vec<CertificateDer<'static>>, Arc<dyn ClientCertVerifier>);
+
 /// A webpki verifier rebuilt whenever the current certificate's roots
 /// change.
 #[derive(Debug)]
 struct RotatingRoots {
     resolver: Arc<CertResolver>,
     provider: Arc<CryptoProvider>,
-    cache: Mutex<Option<(Vec<CertificateDer<'static>>, Arc<dyn ClientCertVerifier>)>>,
+    cache: Mutex<Option<CachedVerifier>>,
 }
 
 impl RotatingRoots {
