@@ -9,6 +9,11 @@ use ambit_netns::NetNs;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+/// How long a connect to a workload (or a passthrough destination) may
+/// take: a black-holed destination must not hold a connection slot for the
+/// kernel's two-minute SYN retry budget.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A socket factory: plain, marked (`SO_MARK`), transparent (original-source
 /// spoofing and TPROXY listeners), optionally inside another namespace
 /// (in-pod mode makes each pod's sockets inside the pod).
@@ -61,7 +66,15 @@ impl Sockets {
             s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
         }
         let std: std::net::TcpStream = s.into();
-        TcpSocket::from_std_stream(std).connect(dst).await
+        let connect = TcpSocket::from_std_stream(std).connect(dst);
+        tokio::time::timeout(DIAL_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from {dst} within {DIAL_TIMEOUT:?}"),
+                )
+            })?
     }
 
     /// Binds a listener. `transparent` accepts TPROXYed connections for

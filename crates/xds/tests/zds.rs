@@ -151,3 +151,28 @@ async fn bind_refuses_a_regular_file_and_replaces_a_stale_socket() {
     let second = ZdsListener::bind(&path).expect("rebind over a stale socket");
     drop(second);
 }
+
+/// A ztunnel that says hello and then never acks cannot block the agent:
+/// each request fails with a timeout after `ACK_TIMEOUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_ztunnel_times_out_instead_of_blocking_the_agent() {
+    let (_dir, path) = socket_path("silent");
+    let listener = ZdsListener::bind(&path).expect("bind");
+    let client_path = path.clone();
+    let client = tokio::spawn(async move {
+        let c = ZdsClient::connect(&client_path).await.expect("connect");
+        // Hold the connection open without ever reading or acking.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(c);
+    });
+    let mut conn = listener.accept().await.expect("accept");
+    let started = std::time::Instant::now();
+    let err = conn.del("pod-1").await.expect_err("no ack");
+    assert!(matches!(err, ZdsError::Timeout { .. }), "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= ambit_xds::zds::ACK_TIMEOUT && waited < ambit_xds::zds::ACK_TIMEOUT * 2,
+        "{waited:?}"
+    );
+    client.abort();
+}

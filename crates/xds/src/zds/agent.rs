@@ -10,7 +10,7 @@ use std::{
 use tracing::{debug, info};
 
 use super::{
-    MAX_PACKET, ZdsError,
+    ACK_TIMEOUT, MAX_PACKET, ZdsError,
     codec::{self, describe_request},
     socket::{SeqPacket, SeqPacketListener},
 };
@@ -64,7 +64,7 @@ impl ZdsListener {
             socket,
             version: Version::NotUsed,
         };
-        let packet = conn.recv_packet().await?;
+        let packet = conn.recv_packet_within("the hello").await?;
         conn.version = codec::decode_hello(&packet.0, packet.1)?;
         info!(version = ?conn.version, "ztunnel connected over zds");
         Ok(conn)
@@ -175,7 +175,9 @@ impl ZdsConnection {
             .send(bytes, fds)
             .await
             .map_err(|e| ZdsError::io(format!("sending {description}"), e))?;
-        let (bytes, fds) = self.recv_packet().await?;
+        let (bytes, fds) = self
+            .recv_packet_within(&format!("the ack of {description}"))
+            .await?;
         let ack = codec::decode_ack(&bytes, fds)?;
         if ack.error.is_empty() {
             Ok(())
@@ -185,6 +187,19 @@ impl ZdsConnection {
                 error: ack.error,
             })
         }
+    }
+
+    /// [`Self::recv_packet`] within [`ACK_TIMEOUT`].
+    async fn recv_packet_within(
+        &mut self,
+        what: &str,
+    ) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), ZdsError> {
+        tokio::time::timeout(ACK_TIMEOUT, self.recv_packet())
+            .await
+            .map_err(|_| ZdsError::Timeout {
+                what: what.to_owned(),
+                after: ACK_TIMEOUT,
+            })?
     }
 
     async fn recv_packet(&mut self) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), ZdsError> {

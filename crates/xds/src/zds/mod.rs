@@ -29,6 +29,11 @@ pub use self::{
 /// Where ztunnel looks for the node agent's socket (env `INPOD_UDS`).
 pub const DEFAULT_ZDS_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
 
+/// How long the agent waits for ztunnel's hello and for each ack: a
+/// ztunnel that stops answering must not block the agent (and with it
+/// every pod's enrolment) forever.
+pub const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest packet accepted; longer ones are truncated by the kernel and
 /// rejected.
 pub const MAX_PACKET: usize = 16 * 1024;
@@ -78,6 +83,14 @@ pub enum ZdsError {
     /// The peer closed the connection.
     #[error("zds peer closed the connection")]
     Closed,
+    /// The peer did not answer in time (see [`ACK_TIMEOUT`]).
+    #[error("ztunnel did not answer {what} within {after:?}")]
+    Timeout {
+        /// What was awaited, e.g. `the ack of add uid-1`.
+        what: String,
+        /// How long was waited.
+        after: std::time::Duration,
+    },
     /// The socket path is unusable.
     #[error("zds socket path {path:?}: {reason}")]
     Path {
