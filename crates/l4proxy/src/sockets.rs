@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// How long a connect to a workload (or a passthrough destination) may
 /// take: a black-holed destination must not hold a connection slot for the
 /// kernel's two-minute SYN retry budget.
-pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A socket factory: plain, marked (`SO_MARK`), transparent (original-source
 /// spoofing and TPROXY listeners), optionally inside another namespace
