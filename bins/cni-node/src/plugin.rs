@@ -12,7 +12,12 @@ use crate::cli::InstallArgs;
 pub fn plugin_main() -> ExitCode {
     let mut stdin = Vec::new();
     let out = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
-        Ok(_) => plugin::run(|k| std::env::var(k).ok(), &stdin, &UnixHttpSink::default()),
+        Ok(_) => plugin::run(
+            |k| std::env::var(k).ok(),
+            &stdin,
+            &UnixHttpSink::default(),
+            &ambit_cni::membership::from_conf,
+        ),
         Err(e) => {
             let err =
                 spec::CniError::new(spec::ErrorCode::IoFailure, "reading stdin", e.to_string());

@@ -419,12 +419,12 @@ impl Dataplane for Recorder {
     fn observed(&mut self) -> Result<BTreeSet<IpAddr>, Error> {
         Ok(self.0.lock().unwrap().clone())
     }
-    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error> {
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Vec<Result<(), Error>> {
         self.0
             .lock()
             .unwrap()
             .extend(pods.iter().flat_map(|p| p.ips.clone()));
-        Ok(())
+        pods.iter().map(|_| Ok(())).collect()
     }
     fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error> {
         let mut s = self.0.lock().unwrap();
