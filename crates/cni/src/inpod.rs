@@ -36,7 +36,7 @@ use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
 use ambit_xds::{ZdsConnection, ZdsListener};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::Dataplane;
 use crate::error::{Context, Error};
@@ -257,7 +257,8 @@ impl Dataplane for InpodDataplane {
         if drift.is_empty() {
             return Ok(false);
         }
-        warn!(pod = %format!("{}/{}", p.namespace, p.name), ?drift, "in-pod rules drifted; re-applying");
+        warn!(pod = %format!("{}/{}", p.namespace, p.name), differences = drift.len(), "in-pod rules drifted; re-applying");
+        debug!(?drift, "in-pod drift");
         self.pod_plan
             .apply(&ns, self.s.backend)
             .context(|| format!("re-applying in-pod rules in {ns}"))?;
