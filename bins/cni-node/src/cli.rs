@@ -172,6 +172,17 @@ pub struct InstallArgs {
         default_value = "kube-system"
     )]
     pub exclude_namespaces: Vec<String>,
+    /// Kubeconfig the plugin reads pods and namespaces with, to decide
+    /// ambient membership before it asks the agent (written as the entry's
+    /// `kubernetes.kubeconfig`, Istio's field). Without it (or
+    /// --plugin-pod-records-dir) the plugin leaves the decision to the
+    /// agent, so no pod starts while the agent is down.
+    #[arg(long)]
+    pub plugin_kubeconfig: Option<PathBuf>,
+    /// Outside a cluster: the pod-record directory the plugin decides
+    /// membership from (written as the entry's `pod_records_dir`).
+    #[arg(long)]
+    pub plugin_pod_records_dir: Option<PathBuf>,
 }
 
 /// `--pod-source` values.
