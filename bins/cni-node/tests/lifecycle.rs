@@ -234,7 +234,7 @@ impl PodProcess {
         let ctr = pod.join("0123456789abcdef");
         std::fs::create_dir_all(&ctr).expect("create the pod's cgroup (cgroup v1 pids)");
         let child = ns
-            .spawn_command(&mut Command::new("sleep").arg("300"))
+            .spawn_command(Command::new("sleep").arg("300"))
             .expect("sleep in the pod");
         let me = Self {
             child,

@@ -313,6 +313,63 @@ mod tests {
     }
 
     #[test]
+    fn a_recreated_sandbox_replaces_the_enrolment_and_a_repeat_is_a_no_op() {
+        let mut s = State {
+            require_netns: true,
+            ..State::default()
+        };
+        s.source.insert(key("a"), rec("a", None, true));
+        let mut first = ev("a", "10.0.0.5");
+        first.pod_uid = Some("uid-a".into());
+        first.netns_id = Some(NetnsId { dev: 4, ino: 100 });
+        s.sandboxes.insert(key("a"), first.clone());
+        let c = s.changes(None);
+        assert_eq!(c.add.len(), 1);
+        commit(&mut s, &c);
+        // The same sandbox again: nothing to do.
+        s.sandboxes.insert(key("a"), first.clone());
+        assert!(s.changes(None).is_empty());
+        // Same uid, same path, new namespace: the old enrolment goes (its
+        // namespace named with the old identity), the new one comes.
+        let mut second = first;
+        second.container_id = "c2".into();
+        second.netns_id = Some(NetnsId { dev: 4, ino: 200 });
+        s.sandboxes.insert(key("a"), second);
+        let c = s.changes(None);
+        assert_eq!(c.remove.len(), 1);
+        assert_eq!(c.remove[0].uid.as_deref(), Some("uid-a"));
+        assert_eq!(c.remove[0].netns_id, Some(NetnsId { dev: 4, ino: 100 }));
+        assert!(
+            c.remove[0].netns.is_some(),
+            "the old namespace's rules are removed"
+        );
+        assert_eq!(c.add.len(), 1);
+        assert_eq!(c.add[0].netns_id, Some(NetnsId { dev: 4, ino: 200 }));
+    }
+
+    #[test]
+    fn pods_without_a_netns_are_looked_up_until_found() {
+        let mut s = State {
+            require_netns: true,
+            ..State::default()
+        };
+        s.source.insert(key("a"), rec("a", Some("10.0.0.5"), true));
+        s.source.insert(key("b"), rec("b", Some("10.0.0.6"), false));
+        let wanted: Vec<_> = s.without_netns().iter().map(|r| r.uid.clone()).collect();
+        assert_eq!(wanted, ["uid-a"], "ambient pods only");
+        s.found.insert(
+            "uid-a".into(),
+            (PathBuf::from("/proc/1/ns/net"), NetnsId { dev: 4, ino: 7 }),
+        );
+        assert!(s.without_netns().is_empty());
+        let Decision::Enrol(p) = s.decide(&key("a")) else {
+            panic!("found pods enrol")
+        };
+        assert_eq!(p.netns, Some(PathBuf::from("/proc/1/ns/net")));
+        assert_eq!(p.netns_id, Some(NetnsId { dev: 4, ino: 7 }));
+    }
+
+    #[test]
     fn restart_reconcile_uses_the_kernel() {
         // A fresh agent: nothing applied in memory; the kernel has a (still
         // wanted, but missing its route) and z (deleted while down).
