@@ -141,7 +141,10 @@ pub struct RunArgs {
     /// Pod source poll interval, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
-    /// Full reconcile with the kernel every this many seconds.
+    /// Full reconcile with the kernel every this many seconds: missing
+    /// enrolments re-added, stale ones removed, in-pod rules verified and
+    /// repaired inside every enrolled pod, and (in-pod) `/proc` scanned for
+    /// ambient pods running before the agent.
     #[arg(long, default_value_t = 60)]
     pub resync_secs: u64,
 }
