@@ -141,7 +141,10 @@ pub struct RunArgs {
     /// Pod source poll interval, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
-    /// Full reconcile with the kernel every this many seconds.
+    /// Full reconcile with the kernel every this many seconds: missing
+    /// enrolments re-added, stale ones removed, in-pod rules verified and
+    /// repaired inside every enrolled pod, and (in-pod) `/proc` scanned for
+    /// ambient pods running before the agent.
     #[arg(long, default_value_t = 60)]
     pub resync_secs: u64,
 }
@@ -172,6 +175,17 @@ pub struct InstallArgs {
         default_value = "kube-system"
     )]
     pub exclude_namespaces: Vec<String>,
+    /// Kubeconfig the plugin reads pods and namespaces with, to decide
+    /// ambient membership before it asks the agent (written as the entry's
+    /// `kubernetes.kubeconfig`, Istio's field). Without it (or
+    /// --plugin-pod-records-dir) the plugin leaves the decision to the
+    /// agent, so no pod starts while the agent is down.
+    #[arg(long)]
+    pub plugin_kubeconfig: Option<PathBuf>,
+    /// Outside a cluster: the pod-record directory the plugin decides
+    /// membership from (written as the entry's `pod_records_dir`).
+    #[arg(long)]
+    pub plugin_pod_records_dir: Option<PathBuf>,
 }
 
 /// `--pod-source` values.

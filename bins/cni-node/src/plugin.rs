@@ -12,7 +12,12 @@ use crate::cli::InstallArgs;
 pub fn plugin_main() -> ExitCode {
     let mut stdin = Vec::new();
     let out = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
-        Ok(_) => plugin::run(|k| std::env::var(k).ok(), &stdin, &UnixHttpSink::default()),
+        Ok(_) => plugin::run(
+            |k| std::env::var(k).ok(),
+            &stdin,
+            &UnixHttpSink::default(),
+            &ambit_cni::membership::from_conf,
+        ),
         Err(e) => {
             let err =
                 spec::CniError::new(spec::ErrorCode::IoFailure, "reading stdin", e.to_string());
@@ -32,6 +37,18 @@ pub fn plugin_main() -> ExitCode {
     }
 }
 
+/// The chained entry, with where the plugin decides membership from.
+fn plugin_entry(a: &InstallArgs) -> serde_json::Value {
+    let mut entry = install::plugin_entry(&a.plugin_type, &a.run_dir, &a.exclude_namespaces);
+    if let Some(k) = &a.plugin_kubeconfig {
+        entry["kubernetes"] = serde_json::json!({ "kubeconfig": k });
+    }
+    if let Some(d) = &a.plugin_pod_records_dir {
+        entry["pod_records_dir"] = serde_json::json!(d);
+    }
+    entry
+}
+
 /// `install` (or `uninstall` when `remove`): chain the plugin into the
 /// host's CNI config and copy the binary, or undo exactly that.
 pub fn install_main(a: &InstallArgs, remove: bool) -> ExitCode {
@@ -41,7 +58,7 @@ pub fn install_main(a: &InstallArgs, remove: bool) -> ExitCode {
             bin_dir: a.cni_bin_dir.clone(),
             plugin_binary: std::env::current_exe().context("finding this binary")?,
             conf_name: a.cni_conf_name.clone(),
-            entry: install::plugin_entry(&a.plugin_type, &a.run_dir, &a.exclude_namespaces),
+            entry: plugin_entry(a),
         };
         if remove {
             let touched = install::uninstall(&cfg)?;

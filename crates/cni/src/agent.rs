@@ -7,10 +7,24 @@
 //!   interleave;
 //! - `State::enrolled` only ever lists what the data plane has confirmed;
 //!   a failed enrolment is retried by the next reconcile;
-//! - if starting fails part-way, what was applied is removed again before
-//!   the error is returned.
+//! - enrolment is per pod: one pod that cannot be enrolled (its netns is
+//!   gone, its rules do not apply) is logged, counted
+//!   (`ambit_cni_pod_enrol_failures_total`) and left out — rolled back by
+//!   the data plane — while every other pod is enrolled; it never stops the
+//!   agent from starting;
+//! - a remembered sandbox whose network namespace is gone (or is now
+//!   another namespace at the same path) is skipped at start with a log
+//!   line, counted (`ambit_cni_stale_records_total`) and its record
+//!   removed;
+//! - in-pod capture: ambient pods with no known netns (running before the
+//!   agent) are looked up in `/proc` ([`crate::netns_finder`]) at start,
+//!   at each resync and whenever the pod source changes; each resync also
+//!   verifies the rules inside every enrolled pod and repairs drift
+//!   (`ambit_cni_pod_rule_repairs_total`);
+//! - if starting the host half fails part-way, what was applied is removed
+//!   again before the error is returned.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -27,8 +41,8 @@ use prometheus_client::registry::Registry;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
-use crate::event::{ADD_PATH, DEL_PATH, EventKind, PodEvent};
-use crate::pod::EnrolledPod;
+use crate::event::{ADD_PATH, AddAnswer, DEL_PATH, EventKind, PodEvent};
+use crate::pod::{EnrolledPod, NetnsId};
 use crate::source::PodSource;
 use crate::state::{Changes, Decision, Removal, State};
 
@@ -48,10 +62,23 @@ pub trait Dataplane: Send {
     fn start(&mut self) -> Result<(), Error>;
     /// Pod addresses enrolled in the kernel now.
     fn observed(&mut self) -> Result<BTreeSet<IpAddr>, Error>;
-    /// Enrols pods (idempotent).
-    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error>;
+    /// Enrols pods (idempotent), each on its own: one result per pod, in
+    /// order. A pod that failed has nothing of its enrolment left applied;
+    /// the others are unaffected.
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Vec<Result<(), Error>>;
     /// Removes enrolments (absent ones are fine).
     fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error>;
+    /// The host namespace's identity, never taken for a pod's when
+    /// scanning `/proc` (in-pod capture).
+    fn host_netns(&self) -> Option<NetnsId> {
+        None
+    }
+    /// Checks an enrolled pod's kernel state and repairs drift; `Ok(true)`
+    /// when something had to be repaired. Data planes with nothing inside
+    /// pods have nothing to check.
+    fn repair(&mut self, _pod: &EnrolledPod) -> Result<bool, Error> {
+        Ok(false)
+    }
     /// Removes the host half, unless `keep_rules`.
     fn stop(&mut self, keep_rules: bool) -> Result<(), Error>;
 }
@@ -67,6 +94,18 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// `ambit_cni_reconcile_failures_total`.
     pub failures: Counter,
+    /// `ambit_cni_pod_enrol_failures_total`: pods whose enrolment failed
+    /// (rolled back, retried by the next reconcile).
+    pub enrol_failures: Counter,
+    /// `ambit_cni_stale_records_total`: remembered sandboxes skipped at
+    /// start because their network namespace is gone.
+    pub stale_records: Counter,
+    /// `ambit_cni_pods_found_running_total`: pods running before the
+    /// agent whose network namespace was found in `/proc`.
+    pub found_running: Counter,
+    /// `ambit_cni_pod_rule_repairs_total`: enrolled pods whose in-pod
+    /// rules had drifted and were put back.
+    pub rule_repairs: Counter,
 }
 
 impl Metrics {
@@ -92,6 +131,26 @@ impl Metrics {
             "Reconciles that failed (retried later)",
             self.failures.clone(),
         );
+        registry.register(
+            "ambit_cni_pod_enrol_failures",
+            "Pod enrolments that failed and were rolled back (retried later)",
+            self.enrol_failures.clone(),
+        );
+        registry.register(
+            "ambit_cni_stale_records",
+            "Remembered sandboxes skipped at start because their network namespace is gone",
+            self.stale_records.clone(),
+        );
+        registry.register(
+            "ambit_cni_pods_found_running",
+            "Pods running before the agent whose network namespace was found in /proc",
+            self.found_running.clone(),
+        );
+        registry.register(
+            "ambit_cni_pod_rule_repairs",
+            "Enrolled pods whose in-pod rules had drifted and were repaired",
+            self.rule_repairs.clone(),
+        );
     }
 }
 
@@ -106,11 +165,30 @@ pub enum EventOutcome {
     Removed,
 }
 
+impl EventOutcome {
+    /// The answer the plugin reads.
+    pub fn answer(&self) -> AddAnswer {
+        match self {
+            Self::Enrolled => AddAnswer::Enrolled,
+            Self::Skipped(Decision::NotAmbient) => AddAnswer::NotAmbient,
+            Self::Skipped(Decision::Unknown) => AddAnswer::Unknown,
+            Self::Skipped(Decision::NotReady | Decision::Enrol(_)) => AddAnswer::NotReady,
+            Self::Removed => AddAnswer::Removed,
+        }
+    }
+}
+
+/// Pods whose enrolment failed in one reconcile, by uid.
+type Failed = BTreeMap<String, Error>;
+
 struct Core {
     state: State,
     dataplane: Box<dyn Dataplane>,
     source: Option<Box<dyn PodSource>>,
     sandbox_dir: Option<PathBuf>,
+    metrics: Metrics,
+    /// The source changed since the last `/proc` scan.
+    source_dirty: bool,
 }
 
 /// The node agent. Share it as `Arc<Agent>`.
@@ -158,12 +236,15 @@ impl Agent {
             dataplane: cfg.dataplane,
             source: cfg.source,
             sandbox_dir: cfg.sandbox_dir,
+            metrics: cfg.metrics.clone(),
+            source_dirty: false,
         };
         core.dataplane.start()?;
         let started = (|| {
             core.load_sandboxes()?;
             core.scan_source()?;
-            core.reconcile(true, &cfg.metrics)
+            // Pods that fail are logged and retried; they do not stop the start.
+            core.reconcile(true).map(drop)
         })();
         if let Err(e) = started {
             if let Err(undo) = core.dataplane.stop(false) {
@@ -194,9 +275,19 @@ impl Agent {
     /// the enrolment unless the pod source still provides one.
     pub fn handle_event(&self, kind: EventKind, event: PodEvent) -> Result<EventOutcome, Error> {
         let mut core = self.lock()?;
+        let mut event = event;
         let key = (event.pod_namespace.clone(), event.pod_name.clone());
         let outcome = match kind {
             EventKind::Add => {
+                if !event.netns.is_empty() {
+                    let id = NetnsId::of_path(Path::new(&event.netns)).map_err(|e| {
+                        Error::io(
+                            format!("pod {}/{}: network namespace {}", key.0, key.1, event.netns),
+                            e,
+                        )
+                    })?;
+                    event.netns_id = Some(id);
+                }
                 core.remember(&event)?;
                 core.state.sandboxes.insert(key.clone(), event);
                 if matches!(core.state.decide(&key), Decision::Unknown) {
@@ -221,7 +312,16 @@ impl Agent {
                 EventOutcome::Removed
             }
         };
-        let result = core.reconcile(false, &self.metrics);
+        let result = core.reconcile(false).and_then(|mut failed| {
+            // Only this event's own pod failing fails the event.
+            match &outcome {
+                EventOutcome::Enrolled => match core.state.decide(&key) {
+                    Decision::Enrol(p) => failed.remove(&p.uid).map_or(Ok(()), Err),
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            }
+        });
         let label = |r: &str| {
             vec![
                 (
@@ -242,7 +342,7 @@ impl Agent {
     pub fn poll_source(&self) -> Result<(), Error> {
         let mut core = self.lock()?;
         if core.scan_source()? {
-            core.reconcile(false, &self.metrics)?;
+            core.reconcile(false)?;
         }
         Ok(())
     }
@@ -251,7 +351,7 @@ impl Agent {
     pub fn resync(&self) -> Result<(), Error> {
         let mut core = self.lock()?;
         core.scan_source()?;
-        core.reconcile(true, &self.metrics)
+        core.reconcile(true).map(drop)
     }
 
     /// The pods enrolled now.
@@ -285,57 +385,172 @@ impl Core {
             warn!(error = %e, "skipping a pod record");
         }
         self.state.source = scan.pods;
+        self.source_dirty = true;
         Ok(true)
     }
 
-    fn reconcile(&mut self, with_kernel: bool, metrics: &Metrics) -> Result<(), Error> {
-        let r = self.reconcile_kernel(with_kernel, metrics);
+    /// Brings the kernel to the desired state; the pods that could not be
+    /// enrolled come back (each was logged, counted and rolled back). `Err`
+    /// only when the kernel could not be read at all.
+    fn reconcile(&mut self, with_kernel: bool) -> Result<Failed, Error> {
+        let r = self.reconcile_kernel(with_kernel);
         if let Some(src) = self.source.as_mut() {
             src.enrolled(&self.state.enrolled.keys().cloned().collect());
         }
         r
     }
 
-    fn reconcile_kernel(&mut self, with_kernel: bool, metrics: &Metrics) -> Result<(), Error> {
+    fn reconcile_kernel(&mut self, with_kernel: bool) -> Result<Failed, Error> {
+        if with_kernel || self.source_dirty {
+            self.source_dirty = false;
+            self.find_running();
+        }
         let observed = if with_kernel {
             Some(self.dataplane.observed()?)
         } else {
             None
         };
         let changes = self.state.changes(observed.as_ref());
-        if changes.is_empty() {
-            return Ok(());
+        let mut failed = Failed::new();
+        if !changes.is_empty() {
+            failed = self.apply(&changes);
+            self.metrics.reconciles.inc();
+            if !failed.is_empty() {
+                self.metrics.failures.inc();
+            }
+            self.metrics
+                .pods_enrolled
+                .set(i64::try_from(self.state.enrolled.len()).unwrap_or(i64::MAX));
         }
-        let r = self.apply(&changes);
-        metrics.reconciles.inc();
-        if r.is_err() {
-            metrics.failures.inc();
+        if with_kernel {
+            self.repair_drift(&changes);
         }
-        metrics
-            .pods_enrolled
-            .set(i64::try_from(self.state.enrolled.len()).unwrap_or(i64::MAX));
-        r
+        Ok(failed)
     }
 
-    fn apply(&mut self, c: &Changes) -> Result<(), Error> {
-        if !c.remove.is_empty() {
-            self.dataplane.unenrol(&c.remove)?;
-            for r in &c.remove {
-                if let Some(uid) = &r.uid {
-                    self.state.enrolled.remove(uid);
+    /// Looks in `/proc` for the netns of ambient pods that have none yet
+    /// (running before the agent); forgets finds for pods that left.
+    fn find_running(&mut self) {
+        let uids: BTreeSet<&String> = self.state.source.values().map(|r| &r.uid).collect();
+        let found = std::mem::take(&mut self.state.found);
+        self.state.found = found
+            .into_iter()
+            .filter(|(uid, _)| uids.contains(uid))
+            .collect();
+        let wanted: BTreeMap<String, Vec<IpAddr>> = self
+            .state
+            .without_netns()
+            .into_iter()
+            .map(|r| (r.uid.clone(), r.ips.clone()))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut skip = BTreeSet::new();
+        skip.extend(self.dataplane.host_netns());
+        skip.extend(NetnsId::of_path(Path::new("/proc/self/ns/net")).ok());
+        let found = crate::netns_finder::find(
+            Path::new("/proc"),
+            &wanted,
+            &skip,
+            crate::netns_finder::holds_address,
+        );
+        for (uid, f) in found {
+            info!(%uid, netns = %f.path.display(), id = %f.id, "found the network namespace of a pod running before the agent");
+            self.metrics.found_running.inc();
+            self.state.found.insert(uid, (f.path, f.id));
+        }
+    }
+
+    /// Verifies every enrolled pod not (re)enrolled just now, repairing drift.
+    fn repair_drift(&mut self, changes: &Changes) {
+        let fresh: BTreeSet<&String> = changes.add.iter().map(|p| &p.uid).collect();
+        let pods: Vec<EnrolledPod> = self
+            .state
+            .enrolled
+            .values()
+            .filter(|p| !fresh.contains(&p.uid))
+            .cloned()
+            .collect();
+        for p in pods {
+            let pod = format!("{}/{}", p.namespace, p.name);
+            match self.dataplane.repair(&p) {
+                Ok(true) => {
+                    self.metrics.rule_repairs.inc();
+                    info!(%pod, "capture rules inside the pod had drifted; repaired");
                 }
-                info!(uid = r.uid.as_deref().unwrap_or("(stale)"), ips = ?r.ips, "unenrolled");
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(%pod, error = %e, "checking the pod's capture rules failed; retrying at the next resync")
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, c: &Changes) -> Failed {
+        let mut failed = Failed::new();
+        // One call for every removal; if it fails, one by one, so a bad
+        // one does not keep the others in place.
+        if !c.remove.is_empty() {
+            let results = match self.dataplane.unenrol(&c.remove) {
+                Ok(()) => c.remove.iter().map(|_| Ok(())).collect(),
+                Err(_) => c
+                    .remove
+                    .iter()
+                    .map(|r| self.dataplane.unenrol(std::slice::from_ref(r)))
+                    .collect::<Vec<_>>(),
+            };
+            for (r, result) in c.remove.iter().zip(results) {
+                let uid = r.uid.as_deref().unwrap_or("(stale)");
+                match result {
+                    Ok(()) => {
+                        if let Some(uid) = &r.uid {
+                            self.state.enrolled.remove(uid);
+                        }
+                        info!(uid, ips = ?r.ips, "unenrolled");
+                    }
+                    Err(e) => {
+                        warn!(uid, ips = ?r.ips, error = %e, "unenrolling failed; retrying at the next reconcile");
+                        if let Some(uid) = &r.uid {
+                            failed.insert(uid.clone(), e);
+                        }
+                    }
+                }
             }
         }
         if !c.add.is_empty() {
-            self.dataplane.enrol(&c.add)?;
+            let mut results = self.dataplane.enrol(&c.add).into_iter();
+            let mut ok = 0usize;
             for p in &c.add {
-                debug!(pod = %format!("{}/{}", p.namespace, p.name), ips = ?p.ips, "enrolled");
-                self.state.enrolled.insert(p.uid.clone(), p.clone());
+                let pod = format!("{}/{}", p.namespace, p.name);
+                let result = results.next().unwrap_or_else(|| {
+                    Err(Error::invalid(
+                        format!("pod {pod}"),
+                        "the data plane gave no result for it",
+                    ))
+                });
+                match result {
+                    Ok(()) => {
+                        debug!(%pod, ips = ?p.ips, "enrolled");
+                        failed.remove(&p.uid);
+                        self.state.enrolled.insert(p.uid.clone(), p.clone());
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        warn!(%pod, uid = %p.uid, error = %e, "enrolling the pod failed; it was rolled back and is retried at the next reconcile; other pods are not affected");
+                        self.metrics.enrol_failures.inc();
+                        self.state.enrolled.remove(&p.uid);
+                        // A namespace found in /proc may be stale: look again.
+                        self.state.found.remove(&p.uid);
+                        failed.insert(p.uid.clone(), e);
+                    }
+                }
             }
-            info!(count = c.add.len(), "pods enrolled");
+            if ok > 0 {
+                info!(count = ok, "pods enrolled");
+            }
         }
-        Ok(())
+        failed
     }
 
     fn sandbox_file(&self, key: &(String, String)) -> Option<PathBuf> {
@@ -381,14 +596,37 @@ impl Core {
             let parsed = std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<PodEvent>(&b).ok());
-            match parsed {
-                Some(e) => {
-                    self.state
-                        .sandboxes
-                        .insert((e.pod_namespace.clone(), e.pod_name.clone()), e);
+            let Some(mut e) = parsed else {
+                warn!(path = %path.display(), "ignoring an unreadable sandbox record");
+                continue;
+            };
+            if !e.netns.is_empty() {
+                let now = NetnsId::of_path(Path::new(&e.netns));
+                let stale = match (&now, e.netns_id) {
+                    (Err(err), _) => Some(format!("its network namespace is gone ({err})")),
+                    (Ok(id), Some(was)) if *id != was => Some(format!(
+                        "its network namespace path now names another namespace ({was} then, {id} now)"
+                    )),
+                    _ => None,
+                };
+                if let Some(why) = stale {
+                    warn!(
+                        pod = %format!("{}/{}", e.pod_namespace, e.pod_name),
+                        netns = %e.netns,
+                        record = %path.display(),
+                        "stale sandbox record skipped and removed: {why}"
+                    );
+                    self.metrics.stale_records.inc();
+                    if let Err(err) = std::fs::remove_file(&path) {
+                        warn!(path = %path.display(), error = %err, "removing a stale sandbox record");
+                    }
+                    continue;
                 }
-                None => warn!(path = %path.display(), "ignoring an unreadable sandbox record"),
+                e.netns_id = now.ok();
             }
+            self.state
+                .sandboxes
+                .insert((e.pod_namespace.clone(), e.pod_name.clone()), e);
         }
         Ok(())
     }
@@ -544,7 +782,7 @@ async fn handle(
     match blocking(move || agent.handle_event(kind, event)).await {
         Ok(outcome) => {
             debug!(%pod, ?outcome, "plugin event");
-            reply(StatusCode::OK, format!("{outcome:?}"))
+            reply(StatusCode::OK, outcome.answer().as_str().to_owned())
         }
         Err(e) => {
             warn!(%pod, error = %e, "plugin event failed");

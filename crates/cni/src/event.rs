@@ -38,6 +38,53 @@ pub struct PodEvent {
     /// The pod's addresses from `prevResult`.
     #[serde(default)]
     pub ips: Vec<IpAddr>,
+    /// The identity of `netns`, filled in by the agent when it takes the
+    /// event (the plugin leaves it empty) and kept in the sandbox record,
+    /// so a restarted agent can tell the same sandbox from a new one at
+    /// the same path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<crate::pod::NetnsId>,
+}
+
+/// What the agent says about an ADD it took (the body of its 200 answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddAnswer {
+    /// The pod is enrolled: its traffic is captured.
+    Enrolled,
+    /// The agent's pod source says the pod is not in the mesh.
+    NotAmbient,
+    /// The agent's pod source does not know the pod (yet).
+    Unknown,
+    /// The pod is ambient but cannot be enrolled yet (no address or netns).
+    NotReady,
+    /// A DEL was taken.
+    Removed,
+}
+
+impl AddAnswer {
+    /// The body text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enrolled => "enrolled",
+            Self::NotAmbient => "not-ambient",
+            Self::Unknown => "unknown",
+            Self::NotReady => "not-ready",
+            Self::Removed => "removed",
+        }
+    }
+
+    /// Parses a body text; `None` for anything else.
+    pub fn parse(body: &str) -> Option<Self> {
+        [
+            Self::Enrolled,
+            Self::NotAmbient,
+            Self::Unknown,
+            Self::NotReady,
+            Self::Removed,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == body.trim())
+    }
 }
 
 /// Which event.
@@ -97,9 +144,9 @@ pub enum PostError {
 /// Where events go. The plugin uses [`UnixHttpSink`]; tests substitute
 /// their own.
 pub trait EventSink {
-    /// Delivers one event to the agent of `run_dir`; `Ok` only on a 200
-    /// answer.
-    fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<(), PostError>;
+    /// Delivers one event to the agent of `run_dir`; `Ok` (with the
+    /// answer's body) only on a 200 answer.
+    fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<String, PostError>;
 }
 
 /// Posts events to `<run_dir>/pluginevent.sock`.
@@ -118,7 +165,7 @@ impl Default for UnixHttpSink {
 }
 
 impl EventSink for UnixHttpSink {
-    fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<(), PostError> {
+    fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<String, PostError> {
         let socket: PathBuf = run_dir.join(crate::spec::EVENT_SOCKET);
         let body = serde_json::to_vec(event).map_err(|e| PostError::Malformed(e.to_string()))?;
         let io = |source| PostError::Io {
@@ -142,7 +189,7 @@ impl EventSink for UnixHttpSink {
         s.read_to_end(&mut answer).map_err(io)?;
         let (status, body) = parse_response(&answer)?;
         if status == 200 {
-            Ok(())
+            Ok(body)
         } else {
             Err(PostError::Refused { status, body })
         }
@@ -206,6 +253,20 @@ mod tests {
     }
 
     #[test]
+    fn answers_round_trip() {
+        for a in [
+            AddAnswer::Enrolled,
+            AddAnswer::NotAmbient,
+            AddAnswer::Unknown,
+            AddAnswer::NotReady,
+            AddAnswer::Removed,
+        ] {
+            assert_eq!(AddAnswer::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(AddAnswer::parse("Enrolled(maybe)"), None);
+    }
+
+    #[test]
     fn event_json_round_trips() {
         let e = PodEvent {
             netns: "/run/netns/p".into(),
@@ -215,6 +276,10 @@ mod tests {
             pod_namespace: "b".into(),
             pod_uid: None,
             ips: vec!["10.0.0.1".parse().expect("ip")],
+            netns_id: Some(crate::pod::NetnsId {
+                dev: 4,
+                ino: 4026532000,
+            }),
         };
         let s = serde_json::to_string(&e).expect("json");
         assert_eq!(serde_json::from_str::<PodEvent>(&s).expect("back"), e);
@@ -231,6 +296,7 @@ mod tests {
             pod_namespace: "b".into(),
             pod_uid: None,
             ips: vec![],
+            netns_id: None,
         };
         assert!(matches!(
             sink.post(Path::new("/nonexistent-ambit-cni-dir"), EventKind::Add, &e),

@@ -14,6 +14,14 @@
 //! Enrolment completes (and the plugin's ADD succeeds) once the rules are
 //! in place and the pod is in the snapshot; delivery is retried by the
 //! next connection.
+//!
+//! Enrolment is per pod and idempotent on the kernel side: rules already
+//! in place (a restarted agent re-enrolling the pods it left enrolled) are
+//! verified, not re-applied; a pod whose enrolment fails part-way has its
+//! rules and probe-set entry removed again. The namespace is checked
+//! against the identity the agent recorded, so a sandbox recreated at the
+//! same path is never mistaken for the old one, and removing an old
+//! sandbox's rules never touches its replacement.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -28,11 +36,11 @@ use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
 use ambit_xds::{ZdsConnection, ZdsListener};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::Dataplane;
 use crate::error::{Context, Error};
-use crate::pod::EnrolledPod;
+use crate::pod::{EnrolledPod, NetnsId};
 use crate::state::Removal;
 
 /// The host set of enrolled pods whose kubelet probes are SNATed.
@@ -104,6 +112,82 @@ impl InpodDataplane {
         &self.host_plan
     }
 
+    /// Opens the pod's namespace, checking it is the one the agent recorded.
+    fn open_pod_netns(p: &EnrolledPod) -> Result<NetNs, Error> {
+        let path = p.netns.as_ref().ok_or_else(|| {
+            Error::invalid(
+                format!("pod {}/{}", p.namespace, p.name),
+                "no network namespace to enter",
+            )
+        })?;
+        let ns = NetNs::open(path).context(|| format!("opening {}", path.display()))?;
+        if let Some(want) = p.netns_id {
+            let have = netns_id(&ns)?;
+            if have != want {
+                return Err(Error::invalid(
+                    format!("pod {}/{}", p.namespace, p.name),
+                    format!(
+                        "{} is now another network namespace ({have}, the pod's was {want})",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(ns)
+    }
+
+    /// Enrols one pod; on failure, removes what this call put in place.
+    fn enrol_one(&mut self, p: &EnrolledPod) -> Result<(), Error> {
+        let ns = Self::open_pod_netns(p)?;
+        let where_ = || format!("pod {}/{} ({})", p.namespace, p.name, ns);
+        let drift = self
+            .pod_plan
+            .verify(&ns, self.s.backend)
+            .context(|| format!("checking in-pod rules in {}", where_()))?;
+        let entries: Vec<IpSetEntry> = p
+            .ips
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .map(|ip| IpSetEntry::new(*ip, p.uid.clone()))
+            .collect();
+        let rest = (|| {
+            if !drift.is_empty() {
+                self.pod_plan
+                    .apply(&ns, self.s.backend)
+                    .context(|| format!("applying in-pod rules in {}", where_()))?;
+            }
+            self.host_plan
+                .add_members(&self.s.host, self.s.backend, PROBE_SET, &entries)
+                .context(|| format!("adding {} to {PROBE_SET}", where_()))?;
+            let netns = ns
+                .try_clone()
+                .context(|| format!("duplicating the netns handle of {}", where_()))?;
+            self.send(ZdsCmd::Add {
+                uid: p.uid.clone(),
+                info: WorkloadInfo {
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    service_account: p.service_account.clone(),
+                },
+                netns,
+            })
+        })();
+        if rest.is_err() {
+            // Roll this pod back: it is not enrolled, so nothing of it stays.
+            if let Err(e) = self.pod_plan.remove(&ns, self.s.backend) {
+                warn!(pod = %where_(), error = %e, "rolling back in-pod rules");
+            }
+            let ips: Vec<IpAddr> = entries.iter().map(|e| e.ip).collect();
+            if let Err(e) =
+                self.host_plan
+                    .del_members(&self.s.host, self.s.backend, PROBE_SET, &ips)
+            {
+                warn!(pod = %where_(), error = %e, "rolling back the probe-set entry");
+            }
+        }
+        rest
+    }
+
     fn send(&self, cmd: ZdsCmd) -> Result<(), Error> {
         match &self.zds {
             Some((tx, _)) => tx.send(cmd).map_err(|_| Error::Stopped),
@@ -156,45 +240,43 @@ impl Dataplane for InpodDataplane {
             .collect())
     }
 
-    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error> {
-        let mut entries = Vec::new();
-        for p in pods {
-            let path = p.netns.as_ref().ok_or_else(|| {
-                Error::invalid(
-                    format!("pod {}/{}", p.namespace, p.name),
-                    "no network namespace to enter",
-                )
-            })?;
-            let ns = NetNs::open(path).context(|| format!("opening {}", path.display()))?;
-            self.pod_plan
-                .apply(&ns, self.s.backend)
-                .context(|| format!("applying in-pod rules in {}", path.display()))?;
-            entries.extend(
-                p.ips
-                    .iter()
-                    .filter(|ip| ip.is_ipv4())
-                    .map(|ip| IpSetEntry::new(*ip, p.uid.clone())),
-            );
-            self.send(ZdsCmd::Add {
-                uid: p.uid.clone(),
-                info: WorkloadInfo {
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    service_account: p.service_account.clone(),
-                },
-                netns: ns,
-            })?;
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Vec<Result<(), Error>> {
+        pods.iter().map(|p| self.enrol_one(p)).collect()
+    }
+
+    fn host_netns(&self) -> Option<NetnsId> {
+        netns_id(&self.s.host).ok()
+    }
+
+    fn repair(&mut self, p: &EnrolledPod) -> Result<bool, Error> {
+        let ns = Self::open_pod_netns(p)?;
+        let drift = self
+            .pod_plan
+            .verify(&ns, self.s.backend)
+            .context(|| format!("checking in-pod rules in {ns}"))?;
+        if drift.is_empty() {
+            return Ok(false);
         }
-        self.host_plan
-            .add_members(&self.s.host, self.s.backend, PROBE_SET, &entries)
-            .context(|| format!("adding {} address(es) to {PROBE_SET}", entries.len()))
+        warn!(pod = %format!("{}/{}", p.namespace, p.name), differences = drift.len(), "in-pod rules drifted; re-applying");
+        debug!(?drift, "in-pod drift");
+        self.pod_plan
+            .apply(&ns, self.s.backend)
+            .context(|| format!("re-applying in-pod rules in {ns}"))?;
+        Ok(true)
     }
 
     fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error> {
         for r in pods {
             if let Some(path) = &r.netns {
-                // A pod whose sandbox is gone took its rules with it.
+                // A pod whose sandbox is gone took its rules with it; a new
+                // namespace at the same path is someone else's.
                 match NetNs::open(path) {
+                    Ok(ns)
+                        if r.netns_id
+                            .is_some_and(|id| netns_id(&ns).is_ok_and(|now| now != id)) =>
+                    {
+                        info!(netns = %path.display(), "pod netns replaced; the old one took its rules with it");
+                    }
                     Ok(ns) => self
                         .pod_plan
                         .remove(&ns, self.s.backend)
@@ -228,6 +310,14 @@ impl Dataplane for InpodDataplane {
             .remove(&self.s.host, self.s.backend)
             .context(|| format!("removing the probe rules from {}", self.s.host))
     }
+}
+
+/// The identity of an open namespace (through `/proc/self/fd`).
+fn netns_id(ns: &NetNs) -> Result<NetnsId, Error> {
+    use std::os::fd::AsRawFd;
+    let link = format!("/proc/self/fd/{}", ns.as_fd().as_raw_fd());
+    NetnsId::of_path(std::path::Path::new(&link))
+        .map_err(|e| Error::io(format!("identifying {ns}"), e))
 }
 
 /// Owns the ZDS socket and the snapshot; see the module docs.

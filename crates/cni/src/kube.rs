@@ -377,6 +377,82 @@ async fn run_watch<K, T>(
     }
 }
 
+/// The plugin's membership source inside a cluster: reads the pod and its
+/// namespace through the API server with a kubeconfig, as Istio's plugin
+/// does with the kubeconfig its agent writes next to the CNI config. The
+/// plugin is a short-lived process, so each lookup runs on its own
+/// single-threaded runtime, bounded by a timeout.
+#[derive(Debug, Clone)]
+pub struct KubeMembership {
+    kubeconfig: std::path::PathBuf,
+    timeout: Duration,
+}
+
+impl KubeMembership {
+    /// Reads pods with the kubeconfig at `kubeconfig`; lookups give up
+    /// after five seconds.
+    pub fn new(kubeconfig: std::path::PathBuf) -> Self {
+        Self {
+            kubeconfig,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same, with another timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn fetch(&self, namespace: &str, name: &str) -> Result<Option<PodRecord>, String> {
+        let path = self.kubeconfig.display();
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| format!("reading {path}: {e}"))?;
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {path}: {e}"))?;
+        let client = Client::try_from(cfg).map_err(|e| format!("kubernetes client: {e}"))?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let Some(pod) = pods
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading pod {namespace}/{name}: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let Some(mut record) = pod_record(&pod) else {
+            return Ok(None);
+        };
+        let namespaces: Api<Namespace> = Api::all(client);
+        record.namespace_labels = namespaces
+            .get_opt(namespace)
+            .await
+            .map_err(|e| format!("reading namespace {namespace}: {e}"))?
+            .map(|ns| ns.labels().clone())
+            .unwrap_or_default();
+        Ok(Some(record))
+    }
+}
+
+impl crate::membership::Membership for KubeMembership {
+    fn describe(&self) -> String {
+        format!("kubernetes {}", self.kubeconfig.display())
+    }
+
+    fn lookup(&self, namespace: &str, name: &str) -> Result<Option<PodRecord>, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting a runtime: {e}"))?;
+        rt.block_on(async {
+            tokio::time::timeout(self.timeout, self.fetch(namespace, name))
+                .await
+                .map_err(|_| format!("no answer from the API server within {:?}", self.timeout))?
+        })
+    }
+}
+
 /// A pod object as a [`PodRecord`] (without its namespace's labels, which
 /// come from the namespace watch); `None` for pods the agent must ignore.
 pub fn pod_record(pod: &Pod) -> Option<PodRecord> {

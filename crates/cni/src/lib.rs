@@ -32,6 +32,8 @@ pub mod inpod;
 pub mod install;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod membership;
+pub mod netns_finder;
 pub mod node;
 pub mod plugin;
 pub mod pod;
@@ -43,8 +45,8 @@ pub mod state;
 pub use self::{
     agent::{Agent, AgentConfig, Dataplane, EventOutcome, Metrics},
     error::Error,
-    event::{EventKind, EventSink, PodEvent, PostError, UnixHttpSink},
-    pod::{EnrolledPod, PodRecord},
+    event::{AddAnswer, EventKind, EventSink, PodEvent, PostError, UnixHttpSink},
+    pod::{EnrolledPod, NetnsId, PodRecord},
     source::{DirSource, PodSource, Scan},
     spec::{CniError, ErrorCode},
     state::{Removal, State},

@@ -158,6 +158,35 @@ fn v4s(ips: &[IpAddr]) -> impl Iterator<Item = Ipv4Addr> + '_ {
     })
 }
 
+impl NodeDataplane {
+    /// Enrols pods in one batch.
+    fn enrol_batch(&mut self, pods: &[EnrolledPod]) -> Result<(), Error> {
+        let (cfg, host, _) = self.applied()?;
+        // Pods on a point-to-point veth (the `ptp` layout) have a /32 route
+        // in the main table; its device gets rp_filter off.
+        let main = Rtnl::open(Some(&self.s.host))
+            .and_then(|mut r| r.routes(Family::V4, MAIN_TABLE))
+            .context(|| "listing the main table".into())?;
+        let veth_of = |ip: Ipv4Addr| {
+            main.iter()
+                .find(|r| r.dst.prefix_len() == 32 && r.dst.addr() == IpAddr::V4(ip))
+                .and_then(|r| r.dev.clone())
+        };
+        let refs: Vec<PodRef> = pods
+            .iter()
+            .flat_map(|p| {
+                v4s(&p.ips).map(|ip| PodRef {
+                    ip,
+                    uid: p.uid.clone(),
+                    host_veth: veth_of(ip),
+                })
+            })
+            .collect();
+        profiles::enrol(&self.s.host, self.s.backend, host, cfg, &refs)
+            .context(|| format!("enrolling {} pod address(es)", refs.len()))
+    }
+}
+
 impl Dataplane for NodeDataplane {
     fn name(&self) -> &'static str {
         "node"
@@ -196,30 +225,29 @@ impl Dataplane for NodeDataplane {
         Ok(out)
     }
 
-    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error> {
-        let (cfg, host, _) = self.applied()?;
-        // Pods on a point-to-point veth (the `ptp` layout) have a /32 route
-        // in the main table; its device gets rp_filter off.
-        let main = Rtnl::open(Some(&self.s.host))
-            .and_then(|mut r| r.routes(Family::V4, MAIN_TABLE))
-            .context(|| "listing the main table".into())?;
-        let veth_of = |ip: Ipv4Addr| {
-            main.iter()
-                .find(|r| r.dst.prefix_len() == 32 && r.dst.addr() == IpAddr::V4(ip))
-                .and_then(|r| r.dev.clone())
-        };
-        let refs: Vec<PodRef> = pods
-            .iter()
-            .flat_map(|p| {
-                v4s(&p.ips).map(|ip| PodRef {
-                    ip,
-                    uid: p.uid.clone(),
-                    host_veth: veth_of(ip),
-                })
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Vec<Result<(), Error>> {
+        // One batch (one set update) first; if it fails, pod by pod, so a
+        // bad pod is rolled back alone.
+        if self.enrol_batch(pods).is_ok() {
+            return pods.iter().map(|_| Ok(())).collect();
+        }
+        pods.iter()
+            .map(|p| {
+                let r = self.enrol_batch(std::slice::from_ref(p));
+                if r.is_err() {
+                    let undo = Removal {
+                        uid: Some(p.uid.clone()),
+                        ips: p.ips.clone(),
+                        netns: None,
+                        netns_id: None,
+                    };
+                    if let Err(e) = self.unenrol(std::slice::from_ref(&undo)) {
+                        tracing::warn!(uid = %p.uid, error = %e, "rolling back a failed enrolment");
+                    }
+                }
+                r
             })
-            .collect();
-        profiles::enrol(&self.s.host, self.s.backend, host, cfg, &refs)
-            .context(|| format!("enrolling {} pod address(es)", refs.len()))
+            .collect()
     }
 
     fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error> {

@@ -1,14 +1,30 @@
 //! The plugin's commands, as Istio's `istio-cni` plugin behaves in ambient
-//! mode: ADD posts the pod event to the node agent and passes the primary
-//! plugin's result through unchanged; DEL and CHECK succeed without
-//! touching anything (DEL also notifies the agent, best effort, so a pod
-//! known only from plugin events is unenrolled promptly).
+//! mode: ADD decides ambient membership first (from the API server or a
+//! pod-record directory, see [`crate::membership`]); a pod outside the mesh
+//! starts without the agent; an ambient pod's event is posted to the node
+//! agent, and the ADD succeeds — passing the primary plugin's result
+//! through unchanged — only once the agent confirms the pod enrolled. DEL
+//! and CHECK succeed without touching anything (DEL also notifies the
+//! agent, best effort, so a pod known only from plugin events is unenrolled
+//! promptly).
 //!
-//! [`run`] is pure apart from the [`EventSink`]: it takes the environment
-//! through a closure and stdin as bytes, and returns what to print and
-//! whether the invocation succeeded.
+//! ADD's decision:
+//!
+//! | membership | agent | result |
+//! |---|---|---|
+//! | not ambient | (not asked) | prevResult |
+//! | ambient | enrolled / not ambient | prevResult |
+//! | ambient | unreachable, unknown pod, not ready | code 11, try again later |
+//! | unknown (no source, or it failed) | enrolled / not ambient / unknown | prevResult |
+//! | unknown | unreachable | code 11 |
+//! | any | answered an error | code 100 |
+//!
+//! [`run`] is pure apart from the [`EventSink`] and the membership source:
+//! it takes the environment through a closure and stdin as bytes, and
+//! returns what to print and whether the invocation succeeded.
 
-use crate::event::{EventKind, EventSink, PodEvent, PostError};
+use crate::event::{AddAnswer, EventKind, EventSink, PodEvent, PostError};
+use crate::membership::Membership;
 use crate::spec::{CniEnv, CniError, Command, ErrorCode, K8sArgs, NetConf, version_result};
 
 /// Pod name prefixes in the agent's namespace that are never enrolled:
@@ -66,9 +82,19 @@ pub fn skip_reason(conf: &NetConf, pod: &K8sArgs) -> Option<Skip> {
     }
 }
 
+/// Picks the membership source for a network configuration
+/// ([`crate::membership::from_conf`] in production).
+pub type MembershipFor<'a> = &'a dyn Fn(&NetConf) -> Option<Box<dyn Membership>>;
+
 /// Runs one invocation. `var` reads the environment; `sink` is where
-/// events go (the agent's socket in production).
-pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8], sink: &dyn EventSink) -> Outcome {
+/// events go (the agent's socket in production); `membership` picks where
+/// pod labels come from.
+pub fn run(
+    var: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    sink: &dyn EventSink,
+    membership: MembershipFor<'_>,
+) -> Outcome {
     let env = match CniEnv::from_vars(var) {
         Ok(e) => e,
         Err(e) => return Outcome::err(e.with_version(&lenient_version(stdin))),
@@ -81,15 +107,20 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8], sink: &dyn EventS
         Err(e) => return Outcome::err(e.with_version(&lenient_version(stdin))),
     };
     let version = conf.cni_version.clone();
-    match command(&env, &conf, sink) {
+    match command(&env, &conf, sink, membership) {
         Ok(out) => Outcome::ok(out),
         Err(e) => Outcome::err(e.with_version(&version)),
     }
 }
 
-fn command(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String, CniError> {
+fn command(
+    env: &CniEnv,
+    conf: &NetConf,
+    sink: &dyn EventSink,
+    membership: MembershipFor<'_>,
+) -> Result<String, CniError> {
     match env.command {
-        Command::Add => add(env, conf, sink),
+        Command::Add => add(env, conf, sink, membership),
         Command::Del => {
             // Never fails: the spec asks DEL to succeed when state is gone,
             // and Istio drives removal from its pod watch anyway.
@@ -109,7 +140,12 @@ fn command(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String,
     }
 }
 
-fn add(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String, CniError> {
+fn add(
+    env: &CniEnv,
+    conf: &NetConf,
+    sink: &dyn EventSink,
+    membership: MembershipFor<'_>,
+) -> Result<String, CniError> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             ErrorCode::InvalidNetworkConfig,
@@ -125,27 +161,59 @@ fn add(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Result<String, Cni
         return Ok(prev.get().to_owned());
     }
     let ips = conf.prev_ips()?;
-    sink.post(
-        &conf.cni_agent_run_dir,
-        EventKind::Add,
-        &event(env, &pod, ips),
-    )
-    .map_err(|e| {
-        let code = match e {
-            PostError::Unreachable { .. } => ErrorCode::TryAgainLater,
-            PostError::Refused { .. } => ErrorCode::AgentRejected,
-            _ => ErrorCode::AgentProtocol,
-        };
-        CniError::new(
-            code,
-            format!(
-                "pod {}/{}: the node agent did not take the event",
-                pod.namespace, pod.name
-            ),
-            e.to_string(),
+    let who = format!("pod {}/{}", pod.namespace, pod.name);
+    // Membership first: `Some(false)` starts the pod without the agent.
+    let ambient = membership(conf).and_then(|m| match m.lookup(&pod.namespace, &pod.name) {
+        Ok(Some(record)) => Some(record.wants_ambient()),
+        // Unknown to the source, or the source failed: the agent decides.
+        Ok(None) | Err(_) => None,
+    });
+    if ambient == Some(false) {
+        return Ok(prev.get().to_owned());
+    }
+    let answer = sink
+        .post(
+            &conf.cni_agent_run_dir,
+            EventKind::Add,
+            &event(env, &pod, ips),
         )
-    })?;
-    Ok(prev.get().to_owned())
+        .map_err(|e| {
+            let (code, msg) = match e {
+                PostError::Unreachable { .. } | PostError::Io { .. } => (
+                    ErrorCode::TryAgainLater,
+                    format!(
+                        "{who}: the node agent is not reachable, so the pod cannot be \
+                         captured yet; try again later"
+                    ),
+                ),
+                PostError::Refused { .. } => (
+                    ErrorCode::AgentRejected,
+                    format!("{who}: the node agent refused the pod"),
+                ),
+                _ => (
+                    ErrorCode::AgentProtocol,
+                    format!("{who}: the node agent's answer was not understood"),
+                ),
+            };
+            CniError::new(code, msg, e.to_string())
+        })?;
+    match (AddAnswer::parse(&answer), ambient) {
+        (Some(AddAnswer::Enrolled | AddAnswer::NotAmbient), _) | (Some(_), None) => {
+            Ok(prev.get().to_owned())
+        }
+        (Some(a), Some(_)) => Err(CniError::new(
+            ErrorCode::TryAgainLater,
+            format!(
+                "{who} is ambient but the node agent cannot confirm its capture yet; try again later"
+            ),
+            format!("agent answered {:?}", a.as_str()),
+        )),
+        (None, _) => Err(CniError::new(
+            ErrorCode::AgentProtocol,
+            format!("{who}: the node agent's answer was not understood"),
+            answer,
+        )),
+    }
 }
 
 fn event(env: &CniEnv, pod: &K8sArgs, ips: Vec<std::net::IpAddr>) -> PodEvent {
@@ -157,6 +225,7 @@ fn event(env: &CniEnv, pod: &K8sArgs, ips: Vec<std::net::IpAddr>) -> PodEvent {
         pod_namespace: pod.namespace.clone(),
         pod_uid: pod.uid.clone(),
         ips,
+        netns_id: None,
     }
 }
 
@@ -179,12 +248,12 @@ mod tests {
 
     /// Records events; answers with a canned result.
     struct Recorder {
-        answer: fn() -> Result<(), PostError>,
+        answer: fn() -> Result<String, PostError>,
         seen: RefCell<Vec<(EventKind, PodEvent)>>,
     }
 
     impl Recorder {
-        fn new(answer: fn() -> Result<(), PostError>) -> Self {
+        fn new(answer: fn() -> Result<String, PostError>) -> Self {
             Self {
                 answer,
                 seen: RefCell::new(Vec::new()),
@@ -198,7 +267,7 @@ mod tests {
             _run_dir: &std::path::Path,
             kind: EventKind,
             event: &PodEvent,
-        ) -> Result<(), PostError> {
+        ) -> Result<String, PostError> {
             self.seen.borrow_mut().push((kind, event.clone()));
             (self.answer)()
         }
@@ -231,12 +300,112 @@ mod tests {
     }
 
     fn invoke(vars: &BTreeMap<String, String>, stdin: &str, sink: &Recorder) -> Outcome {
-        run(|k| vars.get(k).cloned(), stdin.as_bytes(), sink)
+        run(|k| vars.get(k).cloned(), stdin.as_bytes(), sink, &|_| None)
+    }
+
+    /// A membership source that knows one answer for every pod.
+    struct Fixed(Result<Option<bool>, String>);
+
+    impl Membership for Fixed {
+        fn describe(&self) -> String {
+            "fixed".into()
+        }
+
+        fn lookup(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Option<crate::pod::PodRecord>, String> {
+            let ambient = match &self.0 {
+                Ok(Some(a)) => *a,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e.clone()),
+            };
+            let mode = if ambient { "ambient" } else { "none" };
+            Ok(Some(crate::pod::PodRecord {
+                name: name.into(),
+                namespace: namespace.into(),
+                uid: "uid-1".into(),
+                ips: vec![],
+                netns: None,
+                node: None,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                namespace_labels: [(crate::pod::DATAPLANE_MODE_LABEL.to_owned(), mode.to_owned())]
+                    .into(),
+                service_account: String::new(),
+            }))
+        }
+    }
+
+    fn invoke_with(membership: Result<Option<bool>, String>, sink: &Recorder) -> Outcome {
+        let vars = vars("ADD", "default", "web-0");
+        let fixed = std::cell::RefCell::new(Some(Fixed(membership)));
+        let pick = move |_: &NetConf| {
+            fixed
+                .borrow_mut()
+                .take()
+                .map(|f| Box::new(f) as Box<dyn Membership>)
+        };
+        run(|k| vars.get(k).cloned(), stdin("").as_bytes(), sink, &pick)
+    }
+
+    fn unreachable() -> Result<String, PostError> {
+        Err(PostError::Unreachable {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+
+    #[test]
+    fn membership_is_decided_before_the_agent_is_asked() {
+        // Not ambient: starts with the agent down, and the agent is not asked.
+        let away = Recorder::new(unreachable);
+        let out = invoke_with(Ok(Some(false)), &away);
+        assert_eq!(out, Outcome::ok(PREV));
+        assert!(away.seen.borrow().is_empty());
+        // Ambient, agent down: try again later.
+        let out = invoke_with(Ok(Some(true)), &away);
+        let e = out.error.expect("ambient pod must not start uncaptured");
+        assert_eq!(e.code, 11);
+        assert!(e.msg.contains("not reachable"), "{e:?}");
+        // Ambient, the agent answers that it cannot enrol the pod yet.
+        for body in ["not-ready", "unknown"] {
+            let sink = Recorder::new(match body {
+                "not-ready" => || Ok("not-ready".to_owned()),
+                _ => || Ok("unknown".to_owned()),
+            });
+            let e = invoke_with(Ok(Some(true)), &sink).error.expect(body);
+            assert_eq!(e.code, 11, "{body}");
+            assert!(e.msg.contains("cannot confirm"), "{e:?}");
+        }
+        // Ambient and enrolled; or the agent (fresher) says not ambient.
+        for answer in [
+            || Ok("enrolled".to_owned()),
+            || Ok("not-ambient".to_owned()),
+        ] {
+            let sink = Recorder::new(answer);
+            assert_eq!(invoke_with(Ok(Some(true)), &sink), Outcome::ok(PREV));
+        }
+        // Membership unknown (no record, or the source failed): the agent decides.
+        for m in [Ok(None), Err("api server down".to_owned())] {
+            let sink = Recorder::new(|| Ok("unknown".to_owned()));
+            assert_eq!(invoke_with(m.clone(), &sink), Outcome::ok(PREV));
+            assert_eq!(sink.seen.borrow().len(), 1);
+            let away = Recorder::new(unreachable);
+            assert_eq!(invoke_with(m, &away).error.map(|e| e.code), Some(11));
+        }
+        // A garbled answer is a protocol error.
+        let odd = Recorder::new(|| Ok("Enrolled(maybe)".to_owned()));
+        assert_eq!(
+            invoke_with(Ok(Some(true)), &odd).error.map(|e| e.code),
+            Some(101)
+        );
     }
 
     #[test]
     fn add_posts_the_event_and_returns_prev_result_byte_for_byte() {
-        let sink = Recorder::new(|| Ok(()));
+        let sink = Recorder::new(|| Ok("enrolled".into()));
         let out = invoke(&vars("ADD", "default", "web-0"), &stdin(""), &sink);
         assert_eq!(out.error, None);
         assert_eq!(out.stdout, PREV);
@@ -300,7 +469,7 @@ mod tests {
 
     #[test]
     fn bad_input_gives_spec_codes() {
-        let sink = Recorder::new(|| Ok(()));
+        let sink = Recorder::new(|| Ok("enrolled".into()));
         let add = vars("ADD", "default", "web-0");
         assert_eq!(invoke(&add, "{", &sink).error.map(|e| e.code), Some(6));
         let old = stdin("").replace(
@@ -348,7 +517,7 @@ mod tests {
 
     #[test]
     fn version_command() {
-        let sink = Recorder::new(|| Ok(()));
+        let sink = Recorder::new(|| Ok("enrolled".into()));
         let v: BTreeMap<String, String> = [("CNI_COMMAND".to_owned(), "VERSION".to_owned())].into();
         let out = invoke(&v, r#"{"cniVersion":"0.4.0"}"#, &sink);
         let j: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");

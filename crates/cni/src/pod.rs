@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,37 @@ impl PodRecord {
     }
 }
 
+/// A network namespace's identity: the device and inode of its nsfs file.
+/// Two paths (a bind mount under `/run/netns`, `/proc/PID/ns/net`) name
+/// the same namespace exactly when their identities are equal; a sandbox
+/// recreated at the same path has a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NetnsId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl NetnsId {
+    /// The identity of the namespace at `path` (following the bind mount
+    /// or the `/proc` magic link).
+    pub fn of_path(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+impl std::fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
 /// A pod the agent has decided to enrol, with everything a data plane
 /// needs: addresses for node-level capture, the netns for in-pod capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +136,10 @@ pub struct EnrolledPod {
     pub ips: Vec<IpAddr>,
     /// Network namespace path.
     pub netns: Option<PathBuf>,
+    /// The identity of that namespace when the agent last saw it (from the
+    /// sandbox's ADD or the `/proc` scan); a data plane refuses to act on a
+    /// different namespace found at the same path.
+    pub netns_id: Option<NetnsId>,
 }
 
 #[cfg(test)]

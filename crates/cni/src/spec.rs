@@ -289,6 +289,22 @@ pub struct NetConf {
     /// The previous plugin's result, kept byte for byte.
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Box<RawValue>>,
+    /// Istio's `kubernetes` block: the kubeconfig the plugin reads pods and
+    /// namespaces with, to decide ambient membership itself.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConf>,
+    /// A directory of pod records (as the agent's `dir` source reads) the
+    /// plugin decides membership from when there is no cluster.
+    #[serde(default)]
+    pub pod_records_dir: Option<PathBuf>,
+}
+
+/// The `kubernetes` block of the plugin's network configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KubernetesConf {
+    /// Path of the kubeconfig the plugin uses to read pods and namespaces.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn default_version() -> String {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::event::PodEvent;
-use crate::pod::{EnrolledPod, PodKey, PodRecord};
+use crate::pod::{EnrolledPod, NetnsId, PodKey, PodRecord};
 
 /// One enrolment to take away.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub struct Removal {
     pub ips: Vec<IpAddr>,
     /// The pod's netns, when known.
     pub netns: Option<PathBuf>,
+    /// That netns's identity when it was enrolled: a namespace now found at
+    /// the same path with another identity is someone else's.
+    pub netns_id: Option<NetnsId>,
 }
 
 /// What a reconcile must do.
@@ -63,6 +66,9 @@ pub struct State {
     /// The data plane acts inside pods (in-pod capture): a pod whose
     /// network namespace is not known yet is not ready.
     pub require_netns: bool,
+    /// Network namespaces found by scanning `/proc` for pods that were
+    /// running before the agent (no sandbox event), by pod uid.
+    pub found: BTreeMap<String, (PathBuf, NetnsId)>,
 }
 
 impl State {
@@ -83,10 +89,14 @@ impl State {
             Some(e) if !e.ips.is_empty() => e.ips.clone(),
             _ => record.ips.clone(),
         };
-        let netns = sandbox
-            .filter(|e| !e.netns.is_empty())
-            .map(|e| PathBuf::from(&e.netns))
-            .or_else(|| record.netns.clone());
+        let (netns, netns_id) = match sandbox.filter(|e| !e.netns.is_empty()) {
+            Some(e) => (Some(PathBuf::from(&e.netns)), e.netns_id),
+            None => match (&record.netns, self.found.get(&record.uid)) {
+                (Some(path), _) => (Some(path.clone()), None),
+                (None, Some((path, id))) => (Some(path.clone()), Some(*id)),
+                (None, None) => (None, None),
+            },
+        };
         if (ips.is_empty() && netns.is_none()) || (self.require_netns && netns.is_none()) {
             return Decision::NotReady;
         }
@@ -97,7 +107,29 @@ impl State {
             service_account: record.service_account.clone(),
             ips,
             netns,
+            netns_id,
         })
+    }
+
+    /// Ambient pods the data plane cannot act on yet only because their
+    /// network namespace is unknown (no sandbox event, no `netns` in the
+    /// record, not found yet): pods that were running before the agent.
+    pub fn without_netns(&self) -> Vec<&PodRecord> {
+        if !self.require_netns {
+            return Vec::new();
+        }
+        self.source
+            .iter()
+            .filter(|(k, r)| {
+                r.wants_ambient()
+                    && r.netns.is_none()
+                    && !self.found.contains_key(&r.uid)
+                    && !self.sandboxes.get(*k).is_some_and(|e| {
+                        !e.netns.is_empty() && e.pod_uid.as_ref().is_none_or(|u| *u == r.uid)
+                    })
+            })
+            .map(|(_, r)| r)
+            .collect()
     }
 
     /// Every pod that should be enrolled, by uid.
@@ -123,6 +155,7 @@ impl State {
                     uid: Some(uid.clone()),
                     ips: have.ips.clone(),
                     netns: have.netns.clone(),
+                    netns_id: have.netns_id,
                 }),
                 Some(want) if want != have => c.remove.push(Removal {
                     uid: Some(uid.clone()),
@@ -132,7 +165,13 @@ impl State {
                         .filter(|ip| !want.ips.contains(ip))
                         .copied()
                         .collect(),
-                    netns: have.netns.clone(),
+                    // The rules live in the old namespace only if it is
+                    // not the one the pod keeps.
+                    netns: have
+                        .netns
+                        .clone()
+                        .filter(|_| have.netns != want.netns || have.netns_id != want.netns_id),
+                    netns_id: have.netns_id,
                 }),
                 Some(_) => {}
             }
@@ -156,6 +195,7 @@ impl State {
                     uid: None,
                     ips: stale,
                     netns: None,
+                    netns_id: None,
                 });
             }
         }
@@ -196,6 +236,7 @@ mod tests {
             pod_namespace: "ns".into(),
             pod_uid: None,
             ips: vec![ip.parse().expect("ip")],
+            netns_id: None,
         }
     }
 
@@ -272,6 +313,63 @@ mod tests {
     }
 
     #[test]
+    fn a_recreated_sandbox_replaces_the_enrolment_and_a_repeat_is_a_no_op() {
+        let mut s = State {
+            require_netns: true,
+            ..State::default()
+        };
+        s.source.insert(key("a"), rec("a", None, true));
+        let mut first = ev("a", "10.0.0.5");
+        first.pod_uid = Some("uid-a".into());
+        first.netns_id = Some(NetnsId { dev: 4, ino: 100 });
+        s.sandboxes.insert(key("a"), first.clone());
+        let c = s.changes(None);
+        assert_eq!(c.add.len(), 1);
+        commit(&mut s, &c);
+        // The same sandbox again: nothing to do.
+        s.sandboxes.insert(key("a"), first.clone());
+        assert!(s.changes(None).is_empty());
+        // Same uid, same path, new namespace: the old enrolment goes (its
+        // namespace named with the old identity), the new one comes.
+        let mut second = first;
+        second.container_id = "c2".into();
+        second.netns_id = Some(NetnsId { dev: 4, ino: 200 });
+        s.sandboxes.insert(key("a"), second);
+        let c = s.changes(None);
+        assert_eq!(c.remove.len(), 1);
+        assert_eq!(c.remove[0].uid.as_deref(), Some("uid-a"));
+        assert_eq!(c.remove[0].netns_id, Some(NetnsId { dev: 4, ino: 100 }));
+        assert!(
+            c.remove[0].netns.is_some(),
+            "the old namespace's rules are removed"
+        );
+        assert_eq!(c.add.len(), 1);
+        assert_eq!(c.add[0].netns_id, Some(NetnsId { dev: 4, ino: 200 }));
+    }
+
+    #[test]
+    fn pods_without_a_netns_are_looked_up_until_found() {
+        let mut s = State {
+            require_netns: true,
+            ..State::default()
+        };
+        s.source.insert(key("a"), rec("a", Some("10.0.0.5"), true));
+        s.source.insert(key("b"), rec("b", Some("10.0.0.6"), false));
+        let wanted: Vec<_> = s.without_netns().iter().map(|r| r.uid.clone()).collect();
+        assert_eq!(wanted, ["uid-a"], "ambient pods only");
+        s.found.insert(
+            "uid-a".into(),
+            (PathBuf::from("/proc/1/ns/net"), NetnsId { dev: 4, ino: 7 }),
+        );
+        assert!(s.without_netns().is_empty());
+        let Decision::Enrol(p) = s.decide(&key("a")) else {
+            panic!("found pods enrol")
+        };
+        assert_eq!(p.netns, Some(PathBuf::from("/proc/1/ns/net")));
+        assert_eq!(p.netns_id, Some(NetnsId { dev: 4, ino: 7 }));
+    }
+
+    #[test]
     fn restart_reconcile_uses_the_kernel() {
         // A fresh agent: nothing applied in memory; the kernel has a (still
         // wanted, but missing its route) and z (deleted while down).
@@ -287,7 +385,8 @@ mod tests {
             vec![Removal {
                 uid: None,
                 ips: vec![ip("10.0.0.99")],
-                netns: None
+                netns: None,
+                netns_id: None,
             }]
         );
         commit(&mut s, &c);

@@ -98,6 +98,34 @@ impl Api {
         if req.method() == hyper::Method::PATCH {
             return Ok(self.patch(req).await);
         }
+        // A single object: /api/v1/namespaces/NS/pods/NAME or /api/v1/namespaces/NAME.
+        let parts: Vec<&str> = uri.path().split('/').collect();
+        let single = match parts.as_slice() {
+            ["", "api", "v1", "namespaces", ns, "pods", name] => {
+                Some(("pods", format!("{ns}/{name}")))
+            }
+            ["", "api", "v1", "namespaces", name] => Some(("namespaces", format!("/{name}"))),
+            _ => None,
+        };
+        if let Some((resource, key)) = single {
+            let found = self
+                .objects
+                .lock()
+                .unwrap()
+                .get(resource)
+                .and_then(|m| m.get(&key).cloned());
+            let (code, body) = match found {
+                Some(obj) => (200, obj),
+                None => (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "NotFound", "code": 404, "message": "not found"}),
+                ),
+            };
+            let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+            *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+            return Ok(r);
+        }
         let resource: &'static str = match uri.path() {
             "/api/v1/pods" => "pods",
             "/api/v1/namespaces" => "namespaces",
@@ -419,12 +447,12 @@ impl Dataplane for Recorder {
     fn observed(&mut self) -> Result<BTreeSet<IpAddr>, Error> {
         Ok(self.0.lock().unwrap().clone())
     }
-    fn enrol(&mut self, pods: &[EnrolledPod]) -> Result<(), Error> {
+    fn enrol(&mut self, pods: &[EnrolledPod]) -> Vec<Result<(), Error>> {
         self.0
             .lock()
             .unwrap()
             .extend(pods.iter().flat_map(|p| p.ips.clone()));
-        Ok(())
+        pods.iter().map(|_| Ok(())).collect()
     }
     fn unenrol(&mut self, pods: &[Removal]) -> Result<(), Error> {
         let mut s = self.0.lock().unwrap();
@@ -522,4 +550,53 @@ async fn the_agent_enrols_from_the_watch_alone() {
     served.await.unwrap().unwrap();
     agent.shutdown(false).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_reads_membership_from_the_api_server() {
+    use ambit_cni::kube::KubeMembership;
+    use ambit_cni::membership::Membership;
+    let api = Api::new();
+    api.put("namespaces", "ADDED", namespace("mesh", true));
+    api.put("namespaces", "ADDED", namespace("plain", false));
+    api.put("pods", "ADDED", pod("mesh", "a", "n1", "10.0.0.1"));
+    api.put("pods", "ADDED", pod("plain", "b", "n1", "10.0.0.2"));
+    let mut opted_out = pod("mesh", "w", "n1", "10.0.0.3");
+    opted_out["metadata"]["labels"] = json!({"istio.io/dataplane-mode": "none"});
+    api.put("pods", "ADDED", opted_out);
+    let addr = start_api(api).await;
+    let dir = std::env::temp_dir().join(format!("ambit-kube-membership-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: 'http://{addr}'}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\nusers:\n- name: t\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let m = KubeMembership::new(kubeconfig.clone());
+    // The plugin is a plain process: the lookup runs its own runtime.
+    let answers = tokio::task::spawn_blocking(move || {
+        ["a", "b", "w", "gone"]
+            .iter()
+            .zip(["mesh", "plain", "mesh", "mesh"])
+            .map(|(name, ns)| m.lookup(ns, name).map(|r| r.map(|r| r.wants_ambient())))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        answers,
+        vec![Ok(Some(true)), Ok(Some(false)), Ok(Some(false)), Ok(None)],
+        "ambient namespace, plain namespace, pod opted out, unknown pod"
+    );
+    // An API server that is not there: an error (the agent then decides).
+    let dead = KubeMembership::new(dir.join("missing-kubeconfig"))
+        .with_timeout(Duration::from_millis(500));
+    let r = tokio::task::spawn_blocking(move || dead.lookup("mesh", "a"))
+        .await
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
 }

@@ -67,11 +67,13 @@ impl AgentProc {
     pub fn start(run_dir: &Path, args: &[String]) -> Self {
         let socket = run_dir.join("pluginevent.sock");
         let _ = std::fs::remove_file(&socket);
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--run-dir")
-            .arg(run_dir)
-            .args(["--metrics-addr", "127.0.0.1:0", "--poll-ms", "100"])
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--run-dir").arg(run_dir);
+        if !args.iter().any(|a| a == "--metrics-addr") {
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let child = cmd
+            .args(["--poll-ms", "100"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -289,4 +291,76 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A loopback port free right now (for the agent's metrics endpoint).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The value of one metric line (`name` exactly, no labels) from the
+/// agent's `/metrics`; 0 when absent.
+pub fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs the plugin binary alone for one ADD, as the last plugin of a
+/// chain whose primary plugin gave `ip`; returns (exit code, stdout JSON).
+pub fn plugin_add(
+    conf_extra: &str,
+    run_dir: &Path,
+    netns: &str,
+    pod: (&str, &str),
+    uid: &str,
+    container: &str,
+    ip: &str,
+) -> (i32, Value) {
+    use std::io::Write;
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"istio-cni","ambient_enabled":true,"cni_agent_run_dir":"{}"{conf_extra},"prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"{ip}/32"}}]}}}}"#,
+        run_dir.display()
+    );
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={uid}",
+                pod.0, pod.1
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("plugin");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
 }
