@@ -82,7 +82,10 @@ fn main() -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     if !bin.exists() {
-        bail!("{} not found: cargo build --release -p ztunnel", bin.display());
+        bail!(
+            "{} not found: cargo build --release -p ztunnel",
+            bin.display()
+        );
     }
     let mut mesh = LocalMesh::start(&bin, DEFAULT_MESH, |s| eprintln!("[soak] {s}"))?;
     let pids = mesh.ztunnel_pids();
@@ -176,11 +179,19 @@ fn main() -> anyhow::Result<()> {
         args.minutes as f64 - tail_from,
         spread[0] * 100.0,
         spread[1] * 100.0,
-        if flat.iter().all(|f| *f) { "flat (≤ 10 %)" } else { "NOT flat" }
+        if flat.iter().all(|f| *f) {
+            "flat (≤ 10 %)"
+        } else {
+            "NOT flat"
+        }
     );
     println!(
         "descriptors after the load: {}",
-        if fds_back { "back to baseline" } else { "NOT back to baseline" }
+        if fds_back {
+            "back to baseline"
+        } else {
+            "NOT back to baseline"
+        }
     );
     let json = serde_json::json!({
         "minutes": args.minutes,
