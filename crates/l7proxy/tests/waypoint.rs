@@ -261,3 +261,29 @@ async fn unknown_vip_is_rejected() {
         Err(err) => assert_eq!(err.status().map(|s| s.as_u16()), Some(400)),
     }
 }
+
+/// Policy is not only checked when a connection opens: every request is
+/// authorized against the policy in force when it arrives, so a DENY pushed
+/// while an HTTP connection is open applies to its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_deny_applies_to_the_next_request_on_an_open_connection() {
+    let mesh = Mesh::start(ROUTES).await;
+    let mut c = mesh.http1(sleep_id(), REVIEWS_VIP).await;
+    assert_eq!(send(&mut c, "GET", "/productpage", &[]).await.status, 200);
+    let old = r#"  - name: deny-admin-delete
+    action: DENY
+    rules: [{to: [{operation: {methods: [DELETE], paths: ["/admin*"]}}]}]"#;
+    let new = r#"  - name: deny-get
+    action: DENY
+    rules: [{to: [{operation: {methods: [GET]}}]}]"#;
+    assert!(ROUTES.contains(old));
+    let yaml = format!(
+        "hbonePort: {}\n{}",
+        mesh.hbone_port,
+        ROUTES.replace(old, new)
+    );
+    mesh.waypoint
+        .set_routes(ambit_l7proxy::RouteConfig::parse(&yaml, "test").expect("routes"));
+    let got = send(&mut c, "GET", "/productpage", &[]).await;
+    assert_eq!(got.status, 403, "same connection, after the push");
+}
