@@ -4,12 +4,35 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ambit_app::{AdminArgs, CaArgs, LogArgs, MeshSourceArgs};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+/// What to do: Istio's ztunnel reads its first argument as the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Proxy,
+    /// Print the version and exit.
+    Version,
+}
+
+/// The word Istio's chart passes after `proxy` (`ztunnel proxy ztunnel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyKind {
+    /// The node proxy.
+    Ztunnel,
+}
 
 /// The ztunnel L4 proxy.
 #[derive(Debug, Parser)]
 #[command(name = "ztunnel", version, about)]
 pub struct Args {
+    /// `proxy` (the default) or `version`, as Istio's ztunnel takes them;
+    /// Istio's chart runs `ztunnel proxy ztunnel`.
+    #[arg(value_enum, default_value = "proxy")]
+    pub command: Command,
+    /// The proxy kind after `proxy` (only `ztunnel`).
+    #[arg(value_enum, requires = "command")]
+    pub kind: Option<ProxyKind>,
     /// Where the mesh state comes from.
     #[command(flatten)]
     pub mesh: MeshSourceArgs,

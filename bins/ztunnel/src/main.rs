@@ -7,6 +7,11 @@ use clap::Parser;
 use ztunnel::{Args, privileges};
 
 fn main() -> ExitCode {
+    // `ztunnel version` needs no configuration (as Istio's).
+    if std::env::args().nth(1).as_deref() == Some("version") {
+        println!("ztunnel {} (ambit)", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let args = Args::parse();
     ambit_app::init_tracing(args.log.log_format, false);
     // Before any thread exists: threads inherit their creator's capabilities.

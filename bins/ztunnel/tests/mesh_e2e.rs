@@ -363,3 +363,31 @@ fn inpod_mode_upgrade_refuses_no_connection() {
     let after = ambit_testbed::tcpapp::drive(m.sleep(), pp, 5, 0).expect("drive");
     assert_eq!(after.errors, 0, "{after:?}");
 }
+
+/// Lifecycle, in-pod mode: the node agent restarts while ztunnel keeps
+/// running. The new agent re-announces every pod in its ZDS snapshot;
+/// ztunnel keeps the listeners it already has in each pod's netns (binding
+/// again would fail and abort the snapshot), and traffic never stops.
+#[test]
+fn inpod_agent_restart_with_ztunnel_running_loses_nothing() {
+    let mut m = mesh(Mode::InPod);
+    let pp: SocketAddr = "10.244.1.3:9080".parse().expect("addr");
+    assert_eq!(tcpapp::drive(m.sleep(), pp, 5, 0).expect("drive").errors, 0);
+    m.restart_agent(1).expect("restart the agent on node b");
+    let after = tcpapp::drive(m.sleep(), pp, 10, 0).expect("drive");
+    assert_eq!(after.errors, 0, "{after:?}");
+    let ztunnel_log = std::fs::read_to_string(m.log_path(1)).expect("ztunnel log");
+    assert!(
+        ztunnel_log.contains("already serving this pod in this netns: kept"),
+        "ztunnel kept the pods' listeners"
+    );
+    assert!(
+        !ztunnel_log.contains("opening listeners in pod"),
+        "no listener was bound twice"
+    );
+    let agent_log = std::fs::read_to_string(m.agent_log_path(1)).expect("agent log");
+    assert!(
+        !agent_log.contains("zds snapshot failed"),
+        "the snapshot went through"
+    );
+}

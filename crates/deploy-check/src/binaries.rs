@@ -31,6 +31,10 @@ pub struct ArgDef {
     pub default: Option<String>,
     /// clap refuses to start without it.
     pub required: bool,
+    /// A positional argument (a bare word, in order), not a flag.
+    pub positional: bool,
+    /// The values clap accepts, when it lists them (value enums).
+    pub values: Vec<String>,
 }
 
 impl ArgDef {
@@ -46,6 +50,12 @@ impl ArgDef {
             env: arg.get_env().map(|e| e.to_string_lossy().into_owned()),
             default: (!defaults.is_empty()).then(|| defaults.join(",")),
             required: arg.is_required_set(),
+            positional: arg.is_positional(),
+            values: arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_owned())
+                .collect(),
         }
     }
 }

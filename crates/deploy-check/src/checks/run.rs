@@ -260,12 +260,24 @@ pub(super) fn read_run<'a>(
             run.settings.insert(a.field.clone(), setting);
         }
     }
+    let mut positionals = args.iter().filter(|a| a.positional);
     let mut i = 0;
     while i < argv.len() {
         let word = argv[i];
         i += 1;
         let Some(flag) = word.strip_prefix("--") else {
-            out.push(run.problem(format!("unexpected argument {word:?}")));
+            match positionals.next() {
+                Some(a) if a.values.is_empty() || a.values.iter().any(|v| v == word) => {
+                    run.settings
+                        .insert(a.field.clone(), Setting::Flag(word.to_owned()));
+                }
+                Some(a) => out.push(run.problem(format!(
+                    "argument {word:?} is not a value of {} ({})",
+                    a.field,
+                    a.values.join(", ")
+                ))),
+                None => out.push(run.problem(format!("unexpected argument {word:?}"))),
+            }
             continue;
         };
         let (name, inline) = match flag.split_once('=') {

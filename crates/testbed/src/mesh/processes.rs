@@ -162,7 +162,9 @@ impl LocalMesh {
         let log = std::fs::File::create(self.log_path(i))?;
         let pod = self.cluster.pod(i, 0);
         let mut cmd = self.proxy_command(&self.bins.ztunnel, pod)?;
-        cmd.env("NODE_NAME", node)
+        // Istio's chart's command line.
+        cmd.args(["proxy", "ztunnel"])
+            .env("NODE_NAME", node)
             .env("POD_NAME", format!("ztunnel-{node}"))
             .env("POD_NAMESPACE", "istio-system")
             .stdout(log.try_clone()?)
@@ -237,7 +239,9 @@ impl LocalMesh {
         let log = std::fs::File::create(self.dir.join(format!("ztunnel-{node}.upgraded.log")))?;
         let pod = self.cluster.pod(i, 0);
         let mut cmd = self.proxy_command(&self.bins.ztunnel, pod)?;
-        cmd.env("NODE_NAME", node)
+        // Istio's chart's command line.
+        cmd.args(["proxy", "ztunnel"])
+            .env("NODE_NAME", node)
             .env("POD_NAME", format!("ztunnel-{node}-next"))
             .env("POD_NAMESPACE", "istio-system")
             .env("ADMIN_ADDRESS", "127.0.0.1:15100")
