@@ -376,11 +376,22 @@ fn inpod_agent_restart_with_ztunnel_running_loses_nothing() {
     m.restart_agent(1).expect("restart the agent on node b");
     let after = tcpapp::drive(m.sleep(), pp, 10, 0).expect("drive");
     assert_eq!(after.errors, 0, "{after:?}");
-    let ztunnel_log = std::fs::read_to_string(m.log_path(1)).expect("ztunnel log");
+    // ztunnel reconnects to the new agent with a backoff: wait for the
+    // snapshot to be handled.
+    let mut ztunnel_log = String::new();
+    for _ in 0..100 {
+        ztunnel_log = std::fs::read_to_string(m.log_path(1)).expect("ztunnel log");
+        if ztunnel_log.contains("already serving this pod in this netns: kept") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         ztunnel_log.contains("already serving this pod in this netns: kept"),
         "ztunnel kept the pods' listeners"
     );
+    let after = tcpapp::drive(m.sleep(), pp, 10, 0).expect("drive");
+    assert_eq!(after.errors, 0, "after the snapshot: {after:?}");
     assert!(
         !ztunnel_log.contains("opening listeners in pod"),
         "no listener was bound twice"
