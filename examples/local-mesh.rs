@@ -177,9 +177,8 @@ fn main() -> anyhow::Result<()> {
     let logs = mesh.access_logs();
     // The L4 example: a connection to productpage (its VIP or v1's pod).
     let productpage = |v: &serde_json::Value| {
-        ["dst", "via"].iter().any(|k| {
-            v["fields"][k]
-                .as_str()
+        ["dst.addr", "dst.hbone_addr"].iter().any(|k| {
+            v[k].as_str()
                 .is_some_and(|d| d.starts_with("10.96.0.20:") || d.starts_with("10.244.1.3:"))
         })
     };
@@ -187,36 +186,34 @@ fn main() -> anyhow::Result<()> {
         logs.iter()
             .rev()
             .find(|(n, v)| {
-                n == node
-                    && v["fields"]["direction"] == dir
-                    && v["fields"]["reason"] == "-"
-                    && productpage(v)
+                n == node && v["direction"] == dir && v["error"].is_null() && productpage(v)
             })
-            .map(|(_, v)| v["fields"].clone())
+            .map(|(_, v)| v.clone())
     };
     if let (Some(out), Some(inb)) = (pick(NODES[0], "outbound"), pick(NODES[1], "inbound")) {
         println!(
-            "  1. sleep {} connects to {} (service VIP or pod IP)",
-            txt(&out["src"]),
-            txt(&out["dst"])
+            "  1. sleep {} connects to {} (service VIP or pod IP; endpoint {})",
+            txt(&out["src.addr"]),
+            txt(&out["dst.service"]),
+            txt(&out["dst.hbone_addr"])
         );
         println!(
             "  2. node-a captures it (mark 0x100 -> table 101 -> istioout) into ztunnel-a:15001"
         );
         println!(
             "  3. ztunnel-a (as {}) opens HBONE to {} over mTLS: HTTP/2 CONNECT",
-            txt(&out["src_identity"]),
-            txt(&out["via"])
+            txt(&out["src.identity"]),
+            txt(&out["dst.addr"])
         );
         println!(
             "  4. node-b routes it (table 100 -> istioin) to ztunnel-b:15008, which verifies {} and authorizes",
-            txt(&inb["src_identity"])
+            txt(&inb["src.identity"])
         );
         println!(
             "  5. ztunnel-b (as {}) connects to {} keeping the original source {}; mTLS between nodes: yes",
-            txt(&inb["dst_identity"]),
-            txt(&inb["dst"]),
-            txt(&inb["src"])
+            txt(&inb["dst.identity"]),
+            txt(&inb["dst.hbone_addr"]),
+            txt(&inb["src.addr"])
         );
     } else {
         println!(
@@ -233,27 +230,27 @@ fn main() -> anyhow::Result<()> {
     println!("\nPath of an HTTP request to reviews ({REVIEWS_VIP}), which has a waypoint:");
     let wp = logs
         .iter()
-        .find(|(n, v)| n == "waypoint" && v["fields"]["path"] == "/v1/hello")
-        .map(|(_, v)| v["fields"].clone());
+        .find(|(n, v)| n == "waypoint" && v["path"] == "/v1/hello")
+        .map(|(_, v)| v.clone());
     let to_wp = logs
         .iter()
         .rev()
         .find(|(n, v)| {
             n == NODES[0]
-                && v["fields"]["dst"]
+                && v["dst.hbone_addr"]
                     .as_str()
                     .is_some_and(|d| d.starts_with(REVIEWS_VIP.split(':').next().unwrap_or("-")))
         })
-        .map(|(_, v)| v["fields"].clone());
+        .map(|(_, v)| v.clone());
     if let (Some(out), Some(wp)) = (to_wp, wp) {
         println!(
             "  1. sleep connects to {}; node-a captures it into ztunnel-a",
-            txt(&out["dst"])
+            txt(&out["dst.hbone_addr"])
         );
         println!(
             "  2. the service has a waypoint: ztunnel-a (as {}) opens HBONE to {} over mTLS",
-            txt(&out["src_identity"]),
-            txt(&out["via"])
+            txt(&out["src.identity"]),
+            txt(&out["dst.addr"])
         );
         println!(
             "  3. the waypoint (peer {}) applies L7 policy and route `{}` to {} {}: endpoint {}",

@@ -183,7 +183,7 @@ async fn serve_inpod(
     let mut backoff = Duration::from_millis(100);
     loop {
         let conn = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             c = ambit_xds::ZdsClient::connect(&uds) => c,
         };
         match conn {
@@ -192,7 +192,7 @@ async fn serve_inpod(
                 backoff = Duration::from_millis(100);
                 inpod.new_connection();
                 tokio::select! {
-                    _ = &mut shutdown => return,
+                    _ = &mut shutdown => break,
                     r = client.run(&mut inpod) => match r {
                         Ok(()) => tracing::warn!("node agent closed the ZDS connection"),
                         Err(e) => tracing::warn!(error = %e, "ZDS connection failed"),
@@ -202,9 +202,12 @@ async fn serve_inpod(
             Err(e) => tracing::debug!(error = %e, "node agent not reachable yet"),
         }
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    // Every pod's listeners close; their connections get the drain
+    // deadline before the process exits.
+    inpod.drain().await;
 }

@@ -64,7 +64,7 @@ fn traffic_identities_and_endpoints() {
         inbound = m
             .access_logs()
             .into_iter()
-            .find(|(n, v)| n == "node-b" && v["fields"]["direction"] == "inbound");
+            .find(|(n, v)| n == "node-b" && v["direction"] == "inbound");
         if inbound.is_some() {
             break;
         }
@@ -72,12 +72,54 @@ fn traffic_identities_and_endpoints() {
     }
     let inbound = inbound.expect("an inbound access log on node-b");
     assert_eq!(
-        inbound.1["fields"]["src_identity"],
+        inbound.1["src.identity"],
         "spiffe://cluster.local/ns/default/sa/sleep"
     );
     assert_eq!(
-        inbound.1["fields"]["dst_identity"],
+        inbound.1["dst.identity"],
         "spiffe://cluster.local/ns/default/sa/productpage"
+    );
+    // istio/ztunnel's access-log shape: flat JSON, its field names and types.
+    let line = &inbound.1;
+    assert_eq!(line["scope"], "access");
+    assert_eq!(line["message"], "connection complete");
+    for key in [
+        "src.addr",
+        "src.workload",
+        "src.namespace",
+        "src.identity",
+        "dst.addr",
+        "dst.hbone_addr",
+        "dst.workload",
+        "dst.namespace",
+        "dst.identity",
+        "direction",
+        "duration",
+    ] {
+        assert!(line[key].is_string(), "{key} in {line}");
+    }
+    for key in ["bytes_sent", "bytes_recv"] {
+        assert!(line[key].is_u64(), "{key} in {line}");
+    }
+    assert!(line["duration"].as_str().is_some_and(|d| d.ends_with("ms")));
+    assert!(line.get("error").is_none(), "no error on success: {line}");
+    assert_eq!(line["dst.namespace"], "default");
+    assert!(
+        line["dst.addr"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(":15008")),
+        "{line}"
+    );
+    let outbound = m
+        .access_logs()
+        .into_iter()
+        .find(|(n, v)| {
+            n == "node-a" && v["direction"] == "outbound" && v["dst.service"].is_string()
+        })
+        .expect("an outbound access log with the service on node-a");
+    assert_eq!(
+        outbound.1["dst.service"],
+        "productpage.default.svc.cluster.local"
     );
 
     let zt_b = m.cluster.pod(1, 0).ns();
@@ -231,10 +273,7 @@ fn connection_to_ztunnel_itself_is_refused_not_looped() {
     let mut refused = None;
     for _ in 0..40 {
         refused = m.access_logs().into_iter().find(|(n, v)| {
-            n == "node-a"
-                && v["fields"]["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("self-loop"))
+            n == "node-a" && v["error"].as_str().is_some_and(|r| r.contains("self-loop"))
         });
         if refused.is_some() {
             break;
@@ -242,12 +281,12 @@ fn connection_to_ztunnel_itself_is_refused_not_looped() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, log) = refused.expect("a self-loop refusal in ztunnel a's access log");
-    assert_eq!(log["fields"]["dst"], to.to_string());
+    assert_eq!(log["dst.addr"], to.to_string());
     // Exactly one connection was seen: no chain.
     let outbound = m
         .access_logs()
         .into_iter()
-        .filter(|(n, v)| n == "node-a" && v["fields"]["dst"] == to.to_string())
+        .filter(|(n, v)| n == "node-a" && v["dst.addr"] == to.to_string())
         .count();
     assert_eq!(outbound, 1);
 }
@@ -426,7 +465,7 @@ fn a_new_deny_cuts_an_established_connection() {
     assert!(cut < Duration::from_secs(1), "closed after {cut:?}");
     let logged = m.access_logs().into_iter().any(|(n, v)| {
         n == "node-b"
-            && v["fields"]["reason"]
+            && v["error"]
                 .as_str()
                 .is_some_and(|r| r.contains("policy change"))
     });

@@ -348,11 +348,8 @@ fn inpod_mode_upgrade_refuses_no_connection() {
     eprintln!("connections across the upgrade: {c:?}");
     if c.failed > 0 {
         for (n, v) in m.access_logs() {
-            if v["fields"]["reason"]
-                .as_str()
-                .is_some_and(|r| !r.is_empty() && r != "-")
-            {
-                eprintln!("{n}: {}", v["fields"]);
+            if v["error"].as_str().is_some_and(|r| !r.is_empty()) {
+                eprintln!("{n}: {v}");
             }
         }
     }

@@ -28,15 +28,20 @@ pub struct LogArgs {
 }
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` filters (default
-/// `info`); lines go to stderr when `stderr` (a CNI plugin's stdout is its
+/// `info`); JSON lines carry the event's fields at the top level (as
+/// Istio's, e.g. `"src.addr"`); lines go to stderr when `stderr` (a CNI plugin's stdout is its
 /// answer), else stdout.
 pub fn init_tracing(format: LogFormat, stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt().with_env_filter(filter);
     match (format, stderr) {
-        (LogFormat::Json, true) => b.json().with_writer(std::io::stderr).init(),
-        (LogFormat::Json, false) => b.json().init(),
+        (LogFormat::Json, true) => b
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .init(),
+        (LogFormat::Json, false) => b.json().flatten_event(true).init(),
         (LogFormat::Text, true) => b.with_writer(std::io::stderr).init(),
         (LogFormat::Text, false) => b.init(),
     }

@@ -84,6 +84,7 @@ pub(crate) struct ConnRecord {
     src: SocketAddr,
     dst: SocketAddr,
     via: Option<SocketAddr>,
+    hbone_target: Option<SocketAddr>,
     src_identity: Option<String>,
     started: Instant,
 }
@@ -104,6 +105,7 @@ impl ConnRecord {
             src,
             dst,
             via: None,
+            hbone_target: None,
             src_identity: None,
             started: Instant::now(),
         }
@@ -125,6 +127,13 @@ impl ConnRecord {
     /// Sets the hop actually dialled.
     pub(crate) fn with_via(mut self, via: Option<SocketAddr>) -> Self {
         self.via = via;
+        self
+    }
+
+    /// Sets the HBONE CONNECT target (`dst.hbone_addr`), when it differs
+    /// from the connection's destination (an endpoint chosen behind a VIP).
+    pub(crate) fn with_hbone_target(mut self, target: Option<SocketAddr>) -> Self {
+        self.hbone_target = target;
         self
     }
 
@@ -170,23 +179,29 @@ impl ConnRecord {
         {
             self.metrics.closed(l, received, sent);
         }
-        let dst_identity = self
-            .labels
-            .as_ref()
-            .map(|l| l.destination_principal.as_str())
-            .filter(|p| *p != UNKNOWN);
+        let l = self.labels.as_ref();
         AccessLog {
             direction: self.direction,
-            src: self.src,
-            dst: self.dst,
-            via: self.via,
+            src: Some(self.src),
+            src_workload: l.and_then(|l| known(&l.source_workload)),
+            src_namespace: l.and_then(|l| known(&l.source_workload_namespace)),
             src_identity: self.src_identity.as_deref(),
-            dst_identity,
-            bytes_received: received,
+            dst: Some(self.via.unwrap_or(self.dst)),
+            dst_hbone: self.via.map(|_| self.hbone_target.unwrap_or(self.dst)),
+            dst_service: l.and_then(|l| known(&l.destination_service)),
+            dst_workload: l.and_then(|l| known(&l.destination_workload)),
+            dst_namespace: l.and_then(|l| known(&l.destination_workload_namespace)),
+            dst_identity: l.and_then(|l| known(&l.destination_principal)),
+            bytes_recv: received,
             bytes_sent: sent,
             duration: self.started.elapsed(),
-            reason,
+            error: reason,
         }
         .emit();
     }
+}
+
+/// `v` unless it is Istio's `unknown` placeholder or empty.
+fn known(v: &str) -> Option<&str> {
+    (v != UNKNOWN && !v.is_empty()).then_some(v)
 }

@@ -150,7 +150,8 @@ impl Handler for InboundHandler {
                 )
             };
             let record = ConnRecord::new(&inner.metrics, "inbound", src, target)
-                .with_source_identity(Some(&peer_id));
+                .with_source_identity(Some(&peer_id))
+                .with_via(Some(SocketAddr::new(target.ip(), inner.cfg.ports.hbone)));
             let peers = |destination| Peers {
                 reporter: Reporter::Destination,
                 source: src_wl.as_deref(),

@@ -175,6 +175,21 @@ impl ZdsHandler for InPod {
     }
 }
 
+impl InPod {
+    /// Stops serving every pod and waits until each pod's connections have
+    /// drained (up to the proxy's drain deadline): call on shutdown, so
+    /// the process does not exit under open connections.
+    pub async fn drain(mut self) {
+        let pods: Vec<PodServer> = self.pods.drain().map(|(_, p)| p).collect();
+        for p in &pods {
+            p.stop.notify_one();
+        }
+        for p in pods {
+            let _ = p.task.await;
+        }
+    }
+}
+
 impl Drop for InPod {
     fn drop(&mut self) {
         for (_, p) in self.pods.drain() {

@@ -126,46 +126,70 @@ impl Metrics {
     }
 }
 
-/// One access-log line per connection.
-#[derive(Debug, Clone)]
+/// One access-log line, in istio/ztunnel's field names (`scope=access`,
+/// message `connection complete`): `src.addr`, `src.workload`,
+/// `src.namespace`, `src.identity`, `dst.addr` (the address dialled: the
+/// HBONE hop, or the destination itself), `dst.hbone_addr` (the CONNECT
+/// target, HBONE only), `dst.service`, `dst.workload`, `dst.namespace`,
+/// `dst.identity`, `direction`, `bytes_sent`, `bytes_recv`, `duration`
+/// (`12ms`) and `error` (only when the connection failed). Unknown values
+/// are left out, as Istio does.
+#[derive(Debug, Clone, Default)]
 pub struct AccessLog<'a> {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
     /// Source address.
-    pub src: std::net::SocketAddr,
-    /// Destination (original) address.
-    pub dst: std::net::SocketAddr,
-    /// The hop actually dialled, when different.
-    pub via: Option<std::net::SocketAddr>,
+    pub src: Option<std::net::SocketAddr>,
+    /// Source workload name.
+    pub src_workload: Option<&'a str>,
+    /// Source namespace.
+    pub src_namespace: Option<&'a str>,
     /// Source identity.
     pub src_identity: Option<&'a str>,
+    /// The address dialled (HBONE hop or destination).
+    pub dst: Option<std::net::SocketAddr>,
+    /// The CONNECT target, for HBONE.
+    pub dst_hbone: Option<std::net::SocketAddr>,
+    /// Destination service hostname.
+    pub dst_service: Option<&'a str>,
+    /// Destination workload name.
+    pub dst_workload: Option<&'a str>,
+    /// Destination namespace.
+    pub dst_namespace: Option<&'a str>,
     /// Destination identity.
     pub dst_identity: Option<&'a str>,
-    /// Bytes from the source.
-    pub bytes_received: u64,
-    /// Bytes to the source.
+    /// Bytes received from the source.
+    pub bytes_recv: u64,
+    /// Bytes sent to the source.
     pub bytes_sent: u64,
     /// How long it lasted.
     pub duration: Duration,
-    /// Empty on success, else why it ended (`DENY ...`, `connect failed ...`).
-    pub reason: &'a str,
+    /// Empty on success, else why it ended (`DENY ...`, `connect ...`).
+    pub error: &'a str,
 }
 
 impl AccessLog<'_> {
     /// Writes the line through `tracing` (target `access`).
     pub fn emit(&self) {
+        let duration = format!("{}ms", self.duration.as_millis());
         tracing::info!(
             target: "access",
+            scope = "access",
+            src.addr = self.src.map(tracing::field::display),
+            src.workload = self.src_workload,
+            src.namespace = self.src_namespace,
+            src.identity = self.src_identity,
+            dst.addr = self.dst.map(tracing::field::display),
+            dst.hbone_addr = self.dst_hbone.map(tracing::field::display),
+            dst.service = self.dst_service,
+            dst.workload = self.dst_workload,
+            dst.namespace = self.dst_namespace,
+            dst.identity = self.dst_identity,
             direction = self.direction,
-            src = %self.src,
-            dst = %self.dst,
-            via = %self.via.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-            src_identity = self.src_identity.unwrap_or("-"),
-            dst_identity = self.dst_identity.unwrap_or("-"),
-            bytes_received = self.bytes_received,
             bytes_sent = self.bytes_sent,
-            duration_ms = self.duration.as_millis() as u64,
-            reason = if self.reason.is_empty() { "-" } else { self.reason },
+            bytes_recv = self.bytes_recv,
+            duration = %duration,
+            error = (!self.error.is_empty()).then_some(self.error),
             "connection complete"
         );
     }

@@ -127,7 +127,11 @@ impl Proxy {
         };
         let mut record = ConnRecord::new(&self.inner.metrics, "outbound", peer, plan.dst)
             .with_peers(&peers)
-            .with_via(plan.via);
+            .with_via(plan.via)
+            .with_hbone_target(match &plan.hop {
+                Hop::Hbone { authority, .. } => Some(*authority),
+                _ => None,
+            });
         // A same-node delivery is authorized here, as its inbound side
         // would be: the policy watcher re-checks it like an inbound one.
         let tracked = match (&plan.hop, &plan.workload) {
