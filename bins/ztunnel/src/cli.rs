@@ -106,3 +106,36 @@ impl Args {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Istio's chart runs `ztunnel proxy ztunnel`; Istio's value formats
+    /// (`plain`, `12h`) are accepted.
+    #[test]
+    fn istio_command_line_and_value_formats() {
+        let a = Args::try_parse_from([
+            "ztunnel",
+            "proxy",
+            "ztunnel",
+            "--node-name",
+            "n1",
+            "--log-format",
+            "plain",
+            "--secret-ttl",
+            "12h",
+        ])
+        .expect("parses");
+        assert_eq!(a.command, Command::Proxy);
+        assert_eq!(a.kind, Some(ProxyKind::Ztunnel));
+        assert_eq!(a.log.log_format, ambit_app::LogFormat::Text);
+        assert_eq!(a.ca.secret_ttl, std::time::Duration::from_secs(12 * 3600));
+        let a = Args::try_parse_from(["ztunnel", "--node-name", "n1"]).expect("no command");
+        assert_eq!(a.command, Command::Proxy);
+        assert!(Args::try_parse_from(["ztunnel", "proxy", "sidecar", "--node-name", "n"]).is_err());
+        assert!(
+            Args::try_parse_from(["ztunnel", "--node-name", "n", "--secret-ttl", "1x"]).is_err()
+        );
+    }
+}

@@ -7,7 +7,8 @@ use clap::{Args, ValueEnum};
 /// Log line format (Istio's `LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines (Istio's `plain`).
+    #[value(alias = "plain")]
     Text,
     /// One JSON object per line.
     Json,

@@ -17,11 +17,13 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod duration;
 #[cfg(feature = "mesh")]
 mod mesh;
 mod skeleton;
 
 pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing};
+pub use self::duration::parse_duration;
 #[cfg(feature = "mesh")]
 pub use self::mesh::{CaArgs, MeshSourceArgs};
 pub use self::skeleton::{EXIT_CONFIG, Signals, Stop, bind, run_main};

@@ -81,9 +81,10 @@ pub struct CaArgs {
     /// Cluster id (sent to the CA and the xDS server as `clusterid`).
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
-    /// Certificate lifetime requested from the CA (seconds).
-    #[arg(long, env = "SECRET_TTL", default_value_t = 86400)]
-    pub secret_ttl: u64,
+    /// Certificate lifetime requested from the CA, as Istio writes it
+    /// (`24h`, `90m`; a bare number is seconds).
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = crate::parse_duration)]
+    pub secret_ttl: Duration,
 }
 
 impl CaArgs {
@@ -122,7 +123,7 @@ impl CaArgs {
     /// A certificate manager over `ca` with the requested lifetime.
     pub fn manager(&self, ca: Arc<dyn CertificateAuthority>) -> Arc<CertManager> {
         let mut mc = ManagerConfig::default();
-        mc.ttl = Duration::from_secs(self.secret_ttl);
+        mc.ttl = self.secret_ttl;
         Arc::new(CertManager::new(ca, mc))
     }
 }
