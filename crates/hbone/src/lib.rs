@@ -26,14 +26,15 @@ mod client;
 mod config;
 mod copy;
 pub mod headers;
+mod origin;
 mod rewind;
 mod server;
 mod stream;
 
 pub use self::{
     client::{
-        BoxError, Client, ClientError, ConnectRequest, Dialer, InnerConnect, Origin, PoolKey,
-        StaticTls, TlsProvider,
+        BoxError, Client, ClientError, ConnectRequest, InnerConnect, PoolKey, StaticTls,
+        TlsProvider,
     },
     config::{ClientConfig, H2Settings, ServerConfig},
     copy::{
@@ -43,6 +44,7 @@ pub use self::{
     headers::{
         Authority, AuthorityOptions, Baggage, ConnectHeaders, Forwarded, HeaderError, TraceParent,
     },
+    origin::{Dialer, Origin},
     rewind::Rewind,
     server::{
         BoxFuture, Decision, Handler, HandlerFn, InboundRequest, Rejection, Server, ServerError,
