@@ -133,6 +133,34 @@ fn traffic_identities_and_endpoints() {
         metrics.contains("istio_tcp_connections_opened_total{reporter=\"destination\""),
         "{metrics}"
     );
+    // Every label Istio's dashboards and Kiali group by, in a scrape.
+    for label in [
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_service",
+        "destination_service_namespace",
+        "destination_service_name",
+        "destination_workload",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_cluster",
+        "request_protocol",
+        "response_flags",
+        "connection_security_policy",
+    ] {
+        assert!(metrics.contains(&format!("{label}=\"")), "{label} missing");
+    }
+    assert!(metrics.contains("connection_security_policy=\"mutual_tls\""));
     assert!(http_get(zt_b, "127.0.0.1:15021", "/healthz/ready").starts_with("HTTP/1.1 200"));
 }
 

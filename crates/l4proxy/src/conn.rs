@@ -34,7 +34,7 @@ pub(crate) struct Peers<'a> {
     pub(crate) source: Option<&'a Workload>,
     pub(crate) source_principal: Option<&'a str>,
     pub(crate) destination: Option<&'a Workload>,
-    pub(crate) service: Option<&'a str>,
+    pub(crate) service: Option<&'a ambit_mesh::Service>,
     pub(crate) mtls: bool,
 }
 
@@ -53,18 +53,46 @@ impl Peers<'_> {
         };
         let namespace =
             |w: Option<&Workload>| w.map_or_else(|| UNKNOWN.into(), |w| w.namespace.clone());
+        let field = |w: Option<&Workload>, f: fn(&Workload) -> &str| {
+            w.map(f)
+                .filter(|v| !v.is_empty())
+                .unwrap_or(UNKNOWN)
+                .to_owned()
+        };
+        let canonical = |w: Option<&Workload>| field(w, |w| &w.canonical_name);
+        let revision = |w: Option<&Workload>| field(w, |w| &w.canonical_revision);
+        let cluster = |w: Option<&Workload>| field(w, |w| &w.cluster_id);
+        let (src, dst) = (self.source, self.destination);
+        let svc = |f: fn(&ambit_mesh::Service) -> &str| {
+            self.service
+                .map(f)
+                .filter(|v| !v.is_empty())
+                .unwrap_or(UNKNOWN)
+                .to_owned()
+        };
         TcpLabels {
             reporter: self.reporter.as_str().into(),
-            source_workload: name(self.source),
-            source_workload_namespace: namespace(self.source),
+            source_workload: name(src),
+            source_canonical_service: canonical(src),
+            source_canonical_revision: revision(src),
+            source_workload_namespace: namespace(src),
             source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
-            destination_workload: name(self.destination),
-            destination_workload_namespace: namespace(self.destination),
-            destination_principal: self
-                .destination
+            source_app: canonical(src),
+            source_version: revision(src),
+            source_cluster: cluster(src),
+            destination_service: svc(|s| &s.hostname),
+            destination_service_namespace: svc(|s| &s.namespace),
+            destination_service_name: svc(|s| &s.name),
+            destination_workload: name(dst),
+            destination_canonical_service: canonical(dst),
+            destination_canonical_revision: revision(dst),
+            destination_workload_namespace: namespace(dst),
+            destination_principal: dst
                 .and_then(|w| w.identity())
                 .map_or_else(|| UNKNOWN.into(), |i| i.as_str().to_owned()),
-            destination_service: self.service.unwrap_or(UNKNOWN).into(),
+            destination_app: canonical(dst),
+            destination_version: revision(dst),
+            destination_cluster: cluster(dst),
             request_protocol: "tcp".into(),
             response_flags: "-".into(),
             connection_security_policy: if self.mtls { "mutual_tls" } else { "none" }.into(),

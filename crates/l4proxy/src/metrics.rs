@@ -9,25 +9,51 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The labels of Istio's TCP metrics.
+/// The labels of Istio's TCP metrics, named and ordered as istio/ztunnel
+/// writes them (what Istio's dashboards and Kiali group by). `unknown`
+/// where a value is not known.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
 pub struct TcpLabels {
     /// `source` or `destination`: which side's proxy reports.
     pub reporter: String,
     /// Source workload name.
     pub source_workload: String,
+    /// Source canonical service (the `app` label).
+    pub source_canonical_service: String,
+    /// Source canonical revision (the `version` label).
+    pub source_canonical_revision: String,
     /// Source workload namespace.
     pub source_workload_namespace: String,
     /// Source SPIFFE id.
     pub source_principal: String,
+    /// Source app (Istio fills it with the canonical service).
+    pub source_app: String,
+    /// Source version (the canonical revision).
+    pub source_version: String,
+    /// Source cluster id.
+    pub source_cluster: String,
+    /// Destination service hostname.
+    pub destination_service: String,
+    /// Destination service namespace.
+    pub destination_service_namespace: String,
+    /// Destination service name.
+    pub destination_service_name: String,
     /// Destination workload name.
     pub destination_workload: String,
+    /// Destination canonical service.
+    pub destination_canonical_service: String,
+    /// Destination canonical revision.
+    pub destination_canonical_revision: String,
     /// Destination workload namespace.
     pub destination_workload_namespace: String,
     /// Destination SPIFFE id.
     pub destination_principal: String,
-    /// Destination service hostname.
-    pub destination_service: String,
+    /// Destination app.
+    pub destination_app: String,
+    /// Destination version.
+    pub destination_version: String,
+    /// Destination cluster id.
+    pub destination_cluster: String,
     /// `tcp`.
     pub request_protocol: String,
     /// `-` on success; `DENY`, `CONNECT`, ... on failure.

@@ -122,7 +122,7 @@ impl Proxy {
             source: plan.source.as_deref(),
             source_principal: src_id.as_ref().map(|i| i.as_str()),
             destination: plan.workload.as_deref(),
-            service: plan.service.as_ref().map(|s| s.hostname.as_str()),
+            service: plan.service.as_deref(),
             mtls: plan.mtls,
         };
         let mut record = ConnRecord::new(&self.inner.metrics, "outbound", peer, plan.dst)
