@@ -187,7 +187,7 @@ pub async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
 /// starts once the agent has applied the host half and reconciled, so
 /// answering at all means ready.
 fn metrics_responder(registry: prometheus_client::registry::Registry) -> admin::Responder {
-    Arc::new(move |_, path| match path {
+    Arc::new(move |_, path, _| match path {
         "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n"),
         "/metrics" => {
             let mut text = String::new();

@@ -70,7 +70,14 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     );
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = admin_responder(waypoint.clone(), quit.clone());
+    let admin = admin::with_route(
+        admin_responder(waypoint.clone(), quit.clone()),
+        "/logging",
+        |m, q| {
+            let (status, body) = ambit_app::logging(m.as_str(), q);
+            admin::text(status, body)
+        },
+    );
     tokio::spawn(admin::serve(admin_l, admin, stop.wait()));
     let metrics = waypoint.metrics().clone();
     let stats = admin::prometheus(move || metrics.encode());
@@ -109,35 +116,37 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
 /// The admin endpoint (15000): `/config_dump` (counts and routing per
 /// host), `/quitquitquit`.
 fn admin_responder(w: Waypoint, quit: Arc<tokio::sync::Notify>) -> Responder {
-    Arc::new(move |method: &Method, path: &str| match (method, path) {
-        (&Method::POST, "/quitquitquit") => {
-            quit.notify_one();
-            reply(StatusCode::OK, "text/plain", "OK\n")
-        }
-        (_, "/config_dump") => {
-            let routes = w.routes();
-            let counts = w.state().read().map(|s| s.counts()).unwrap_or((0, 0, 0));
-            let hosts: Vec<String> = routes
-                .services
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{{\"host\":{:?},\"routes\":{},\"policies\":{}}}",
-                        s.host,
-                        s.routes.len(),
-                        s.policies.len()
-                    )
-                })
-                .collect();
-            let body = format!(
-                "{{\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
-                counts.0,
-                counts.1,
-                counts.2,
-                hosts.join(",")
-            );
-            reply(StatusCode::OK, "application/json", body)
-        }
-        _ => not_found(),
-    })
+    Arc::new(
+        move |method: &Method, path: &str, _: &str| match (method, path) {
+            (&Method::POST, "/quitquitquit") => {
+                quit.notify_one();
+                reply(StatusCode::OK, "text/plain", "OK\n")
+            }
+            (_, "/config_dump") => {
+                let routes = w.routes();
+                let counts = w.state().read().map(|s| s.counts()).unwrap_or((0, 0, 0));
+                let hosts: Vec<String> = routes
+                    .services
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{{\"host\":{:?},\"routes\":{},\"policies\":{}}}",
+                            s.host,
+                            s.routes.len(),
+                            s.policies.len()
+                        )
+                    })
+                    .collect();
+                let body = format!(
+                    "{{\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
+                    counts.0,
+                    counts.1,
+                    counts.2,
+                    hosts.join(",")
+                );
+                reply(StatusCode::OK, "application/json", body)
+            }
+            _ => not_found(),
+        },
+    )
 }

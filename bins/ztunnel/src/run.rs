@@ -104,7 +104,10 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     };
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = proxy.admin_responder(quit.clone());
+    let admin = admin::with_route(proxy.admin_responder(quit.clone()), "/logging", |m, q| {
+        let (status, body) = ambit_app::logging(m.as_str(), q);
+        admin::text(status, body)
+    });
     tokio::spawn(admin::serve(admin_l, admin, stop.wait()));
     tokio::spawn(admin::serve(
         stats_l,

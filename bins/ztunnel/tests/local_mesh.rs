@@ -20,12 +20,16 @@ fn mesh() -> LocalMesh {
 }
 
 fn http_get(ns: &NetNs, addr: &str, path: &str) -> String {
+    http(ns, "GET", addr, path)
+}
+
+fn http(ns: &NetNs, method: &str, addr: &str, path: &str) -> String {
     let mut s = ns
         .tcp_connect(addr.parse().expect("addr"))
         .expect("connect");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut r = String::new();
@@ -162,6 +166,24 @@ fn traffic_identities_and_endpoints() {
     }
     assert!(metrics.contains("connection_security_policy=\"mutual_tls\""));
     assert!(http_get(zt_b, "127.0.0.1:15021", "/healthz/ready").starts_with("HTTP/1.1 200"));
+    // Istio's /logging: list, change, change a module, reset; POST only.
+    let admin = "127.0.0.1:15000";
+    assert!(http(zt_b, "POST", admin, "/logging").ends_with("current log level is info\n"));
+    assert!(
+        http(zt_b, "POST", admin, "/logging?level=debug").ends_with("current log level is debug\n")
+    );
+    assert!(
+        http(
+            zt_b,
+            "POST",
+            admin,
+            "/logging?level=ambit_l4proxy::inbound:trace"
+        )
+        .ends_with("current log level is debug,ambit_l4proxy::inbound=trace\n")
+    );
+    assert!(http(zt_b, "POST", admin, "/logging?level=loud").starts_with("HTTP/1.1 400"));
+    assert!(http(zt_b, "POST", admin, "/logging?reset").ends_with("current log level is info\n"));
+    assert!(http_get(zt_b, admin, "/logging").starts_with("HTTP/1.1 405"));
 }
 
 #[test]

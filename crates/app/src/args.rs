@@ -29,22 +29,171 @@ pub struct LogArgs {
 }
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` filters (default
-/// `info`); JSON lines carry the event's fields at the top level (as
-/// Istio's, e.g. `"src.addr"`); lines go to stderr when `stderr` (a CNI plugin's stdout is its
-/// answer), else stdout.
+/// `info`), changeable at run time ([`logging`], the admin `/logging`);
+/// JSON lines carry the event's fields at the top level (as Istio's, e.g.
+/// `"src.addr"`); lines go to stderr when `stderr` (a CNI plugin's stdout
+/// is its answer), else stdout.
 pub fn init_tracing(format: LogFormat, stderr: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    match (format, stderr) {
-        (LogFormat::Json, true) => b
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, reload};
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match (format, stderr) {
+        (LogFormat::Json, true) => fmt::layer()
             .json()
             .flatten_event(true)
             .with_writer(std::io::stderr)
-            .init(),
-        (LogFormat::Json, false) => b.json().flatten_event(true).init(),
-        (LogFormat::Text, true) => b.with_writer(std::io::stderr).init(),
-        (LogFormat::Text, false) => b.init(),
+            .boxed(),
+        (LogFormat::Json, false) => fmt::layer().json().flatten_event(true).boxed(),
+        (LogFormat::Text, true) => fmt::layer().with_writer(std::io::stderr).boxed(),
+        (LogFormat::Text, false) => fmt::layer().boxed(),
+    };
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FILTER.set(LogFilter {
+            handle,
+            initial: spec.clone(),
+            current: std::sync::Mutex::new(spec),
+        });
+    }
+}
+
+struct LogFilter {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    initial: String,
+    current: std::sync::Mutex<String>,
+}
+
+static LOG_FILTER: std::sync::OnceLock<LogFilter> = std::sync::OnceLock::new();
+
+const LOGGING_HELP: &str = "usage: POST /logging                          (list the current level)
+usage: POST /logging?level=<level>            (change the global level)
+usage: POST /logging?level=<mod>:<level>,...  (change some modules' levels)
+usage: POST /logging?reset                    (back to the level at start)
+levels: error|warn|info|debug|trace|off; modules: e.g. ambit_l4proxy::inbound
+";
+
+/// The admin `/logging` endpoint as istio/ztunnel (and Envoy) serve it:
+/// `POST /logging` lists the current level, `POST /logging?level=debug`
+/// changes the global level, `level=<module>:<level>,...` changes modules'
+/// levels (added to the current filter), `reset` restores the level the
+/// process started with. Returns the HTTP status and a text body.
+pub fn logging(method: &str, query: &str) -> (u16, String) {
+    if method != "POST" {
+        return (405, format!("Invalid HTTP method\n{LOGGING_HELP}"));
+    }
+    let Some(filter) = LOG_FILTER.get() else {
+        return (503, "logging is not initialised\n".into());
+    };
+    let mut level = None;
+    let mut reset = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "level" => {
+                level = Some(
+                    v.replace("%3A", ":")
+                        .replace("%3a", ":")
+                        .replace("%2C", ",")
+                        .replace("%2c", ","),
+                )
+            }
+            "reset" => reset = true,
+            _ => return (400, format!("unknown parameter {k:?}\n{LOGGING_HELP}")),
+        }
+    }
+    let mut current = match filter.current.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if level.is_none() && !reset {
+        return (200, format!("current log level is {current}\n"));
+    }
+    let mut next = if reset {
+        filter.initial.clone()
+    } else {
+        current.clone()
+    };
+    if let Some(spec) = level {
+        match directives(&spec) {
+            Ok((Some(global), scoped)) => {
+                next = std::iter::once(global)
+                    .chain(scoped)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+            Ok((None, scoped)) => {
+                next = std::iter::once(next)
+                    .chain(scoped)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+            Err(e) => return (400, format!("{e}\n{LOGGING_HELP}")),
+        }
+    }
+    match tracing_subscriber::EnvFilter::try_new(&next) {
+        Ok(f) => {
+            if filter.handle.reload(f).is_err() {
+                return (500, "the log filter is gone\n".into());
+            }
+            tracing::info!(filter = %next, "log level changed");
+            *current = next;
+            (200, format!("current log level is {current}\n"))
+        }
+        Err(e) => (400, format!("invalid level {next:?}: {e}\n{LOGGING_HELP}")),
+    }
+}
+
+/// Istio's `level` value → (a global level, module directives in
+/// `EnvFilter` syntax).
+fn directives(spec: &str) -> Result<(Option<String>, Vec<String>), String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let mut global = None;
+    let mut scoped = Vec::new();
+    for clause in spec.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match clause.rsplit_once(':') {
+            Some((module, level)) if !module.is_empty() && LEVELS.contains(&level) => {
+                scoped.push(format!("{}={level}", module.trim_end_matches(':')));
+            }
+            None if LEVELS.contains(&clause) => global = Some(clause.to_owned()),
+            _ => return Err(format!("invalid level clause {clause:?}")),
+        }
+    }
+    if global.is_none() && scoped.is_empty() {
+        return Err("empty level".into());
+    }
+    Ok((global, scoped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_level_clauses() {
+        assert_eq!(directives("debug"), Ok((Some("debug".into()), vec![])));
+        assert_eq!(
+            directives("ambit_l4proxy::inbound:trace,info"),
+            Ok((
+                Some("info".into()),
+                vec!["ambit_l4proxy::inbound=trace".into()]
+            ))
+        );
+        assert!(directives("loud").is_err());
+        assert!(directives("x:loud").is_err());
+        assert!(directives("").is_err());
+        assert_eq!(logging("GET", "").0, 405);
     }
 }
 

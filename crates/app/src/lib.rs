@@ -22,7 +22,7 @@ mod duration;
 mod mesh;
 mod skeleton;
 
-pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing};
+pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing, logging};
 pub use self::duration::parse_duration;
 #[cfg(feature = "mesh")]
 pub use self::mesh::{CaArgs, DEFAULT_ROOT_CERT, MeshSourceArgs, default_istiod_address, root_pem};

@@ -16,7 +16,7 @@ impl Proxy {
     /// The admin endpoint (15000): `/config_dump`, `/quitquitquit`.
     pub fn admin_responder(&self, quit: Arc<Notify>) -> Responder {
         let me = self.clone();
-        Arc::new(move |method, path| match (method.as_str(), path) {
+        Arc::new(move |method, path, _| match (method.as_str(), path) {
             (_, "/config_dump") => reply(
                 StatusCode::OK,
                 "application/json",
@@ -29,7 +29,7 @@ impl Proxy {
             (_, "/") => reply(
                 StatusCode::OK,
                 "text/plain",
-                "/config_dump\n/quitquitquit (POST)\n",
+                "/config_dump\n/quitquitquit (POST)\n/logging (POST)\n",
             ),
             _ => not_found(),
         })

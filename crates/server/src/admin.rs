@@ -22,8 +22,9 @@ use tokio::net::TcpListener;
 
 use crate::{Limits, run};
 
-/// Answers a request: method, path → response.
-pub type Responder = Arc<dyn Fn(&Method, &str) -> Response<Full<Bytes>> + Send + Sync>;
+/// Answers a request: method, path, query (`""` when there is none) →
+/// response.
+pub type Responder = Arc<dyn Fn(&Method, &str, &str) -> Response<Full<Bytes>> + Send + Sync>;
 
 /// The Prometheus text exposition content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -47,9 +48,33 @@ pub fn not_found() -> Response<Full<Bytes>> {
     reply(StatusCode::NOT_FOUND, "text/plain", "not found\n")
 }
 
+/// `base`, with `path` answered by `handler(method, query)` instead.
+pub fn with_route(
+    base: Responder,
+    path: &'static str,
+    handler: impl Fn(&Method, &str) -> Response<Full<Bytes>> + Send + Sync + 'static,
+) -> Responder {
+    Arc::new(move |method, p, query| {
+        if p == path {
+            handler(method, query)
+        } else {
+            base(method, p, query)
+        }
+    })
+}
+
+/// A text reply with a numeric status (500 if `status` is not one).
+pub fn text(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "text/plain",
+        body,
+    )
+}
+
 /// `/healthz/ready`: 200 once `ready` is true, 503 before.
 pub fn readiness(ready: Arc<AtomicBool>) -> Responder {
-    Arc::new(move |_, path| match path {
+    Arc::new(move |_, path, _| match path {
         "/healthz/ready" if ready.load(Ordering::Acquire) => {
             reply(StatusCode::OK, "text/plain", "ready\n")
         }
@@ -61,7 +86,7 @@ pub fn readiness(ready: Arc<AtomicBool>) -> Responder {
 /// `/metrics` and `/stats/prometheus` (Istio's two scrape paths): the text
 /// `encode` returns at each scrape.
 pub fn prometheus(encode: impl Fn() -> String + Send + Sync + 'static) -> Responder {
-    Arc::new(move |_, path| match path {
+    Arc::new(move |_, path, _| match path {
         "/metrics" | "/stats/prometheus" => reply(StatusCode::OK, OPENMETRICS, encode()),
         _ => not_found(),
     })
@@ -116,7 +141,11 @@ pub async fn serve_with(
         let responder = responder.clone();
         async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let r = responder(req.method(), req.uri().path());
+                let r = responder(
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().query().unwrap_or(""),
+                );
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
