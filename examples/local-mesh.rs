@@ -210,10 +210,12 @@ fn main() -> anyhow::Result<()> {
             txt(&inb["src.identity"])
         );
         println!(
-            "  5. ztunnel-b (as {}) connects to {} keeping the original source {}; mTLS between nodes: yes",
+            "  5. ztunnel-b (as {}) connects to {} keeping the original source address {} (ztunnel-a dialled from it); mTLS between nodes: yes",
             txt(&inb["dst.identity"]),
             txt(&inb["dst.hbone_addr"]),
             txt(&inb["src.addr"])
+                .rsplit_once(':')
+                .map_or_else(|| txt(&inb["src.addr"]), |(ip, _)| ip.to_owned())
         );
     } else {
         println!(
