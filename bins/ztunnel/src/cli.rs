@@ -89,10 +89,63 @@ pub struct Args {
     /// logged. 0: no cap.
     #[arg(long, env = "ZTUNNEL_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+    /// HBONE connection pool and HTTP/2 settings (Istio's names).
+    #[command(flatten)]
+    pub hbone: HboneArgs,
     /// Where the SOCKS5 listener binds (keep it on localhost: it has no
     /// authentication).
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub socks5_address: SocketAddr,
+}
+
+/// istio/ztunnel's HBONE pool and HTTP/2 settings. Unset, Ambit's tuned
+/// defaults apply (see `ambit_hbone::ClientConfig`); Istio's are 100
+/// streams per connection, 5 min idle release, 4 MiB stream and 16 MiB
+/// connection windows, 1 MiB frames.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HboneArgs {
+    /// Most streams per pooled HBONE connection.
+    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u16).range(1..))]
+    pub pool_max_streams_per_connection: Option<u16>,
+    /// How long an unused pooled connection stays open (`5m`, `300s`).
+    #[arg(long, env = "POOL_UNUSED_RELEASE_TIMEOUT", value_parser = ambit_app::parse_duration)]
+    pub pool_unused_release_timeout: Option<std::time::Duration>,
+    /// HTTP/2 stream flow-control window (bytes, at most 2^31-1).
+    #[arg(long, env = "HTTP2_STREAM_WINDOW_SIZE", value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub http2_stream_window_size: Option<u32>,
+    /// HTTP/2 connection flow-control window (bytes, at most 2^31-1).
+    #[arg(long, env = "HTTP2_CONNECTION_WINDOW_SIZE", value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub http2_connection_window_size: Option<u32>,
+    /// HTTP/2 maximum frame size (16384..=16777215, RFC 9113).
+    #[arg(long, env = "HTTP2_FRAME_SIZE", value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
+    pub http2_frame_size: Option<u32>,
+}
+
+impl HboneArgs {
+    /// Applies the settings that are set to both sides' configs.
+    pub fn apply(
+        &self,
+        client: &mut ambit_hbone::ClientConfig,
+        server: &mut ambit_hbone::ServerConfig,
+    ) {
+        if let Some(n) = self.pool_max_streams_per_connection {
+            client.max_streams_per_connection = usize::from(n);
+        }
+        if let Some(t) = self.pool_unused_release_timeout {
+            client.idle_timeout = t;
+        }
+        for h2 in [&mut client.h2, &mut server.h2] {
+            if let Some(w) = self.http2_stream_window_size {
+                h2.stream_window = w;
+            }
+            if let Some(w) = self.http2_connection_window_size {
+                h2.connection_window = w;
+            }
+            if let Some(f) = self.http2_frame_size {
+                h2.max_frame_size = f;
+            }
+        }
+    }
 }
 
 impl Args {
@@ -136,6 +189,34 @@ mod tests {
         assert!(Args::try_parse_from(["ztunnel", "proxy", "sidecar", "--node-name", "n"]).is_err());
         assert!(
             Args::try_parse_from(["ztunnel", "--node-name", "n", "--secret-ttl", "1x"]).is_err()
+        );
+        // Istio's pool and HTTP/2 settings reach both HBONE configs.
+        let a = Args::try_parse_from([
+            "ztunnel",
+            "--node-name",
+            "n",
+            "--pool-max-streams-per-connection",
+            "100",
+            "--pool-unused-release-timeout",
+            "5m",
+            "--http2-frame-size",
+            "1048576",
+        ])
+        .expect("parses");
+        let (mut c, mut sv) = (
+            ambit_hbone::ClientConfig::default(),
+            ambit_hbone::ServerConfig::default(),
+        );
+        a.hbone.apply(&mut c, &mut sv);
+        assert_eq!(c.max_streams_per_connection, 100);
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(300));
+        assert_eq!(
+            (c.h2.max_frame_size, sv.h2.max_frame_size),
+            (1 << 20, 1 << 20)
+        );
+        assert!(
+            Args::try_parse_from(["ztunnel", "--node-name", "n", "--http2-frame-size", "10"])
+                .is_err()
         );
     }
 }

@@ -48,8 +48,13 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         tracing::info!(workloads = w, services = sv, policies = p, "xDS ready");
     }
     let certs = a.ca.manager(s.ca);
+    let mut hbone_client = ambit_hbone::ClientConfig::default();
+    let mut hbone_server = ambit_hbone::ServerConfig::default();
+    a.hbone.apply(&mut hbone_client, &mut hbone_server);
     let proxy = Proxy::new(
         ProxyConfig {
+            hbone_client,
+            hbone_server,
             network: a.network.clone(),
             node_name: a.node_name.clone(),
             spoof_source: a.spoof_source,
