@@ -97,7 +97,7 @@ trait Client {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ambit_testbed::preflight()?;
-    let bin = ztunnel_bin(args.ztunnel.clone())?;
+    let bin = ambit_testbed::ztunnel_binary(args.ztunnel.clone())?;
     let results = if args.capture {
         run_capture(&args, &bin)?
     } else {
@@ -114,23 +114,6 @@ fn main() -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", args.json.display()))?;
     println!("JSON: {}", args.json.display());
     Ok(())
-}
-
-fn ztunnel_bin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let bin = given
-        .or_else(|| std::env::var_os("AMBIT_ZTUNNEL").map(PathBuf::from))
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join("ztunnel"))
-        })
-        .unwrap_or_default();
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release -p ztunnel (or pass --ztunnel)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// A measure's name, its (direct, meshed) rounds, and whether higher is better.

@@ -62,25 +62,6 @@ enum ModeArg {
     Inpod,
 }
 
-fn ztunnel_path(a: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &a.ztunnel {
-        return Ok(p.clone());
-    }
-    // target/<profile>/examples/local-mesh → target/<profile>/ztunnel
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .context("locating the build directory")?;
-    let p = dir.join("ztunnel");
-    anyhow::ensure!(
-        p.exists(),
-        "{} not found: build it first (`cargo build --release -p ztunnel -p cni-node -p waypoint`, or `make run`)",
-        p.display()
-    );
-    Ok(p)
-}
-
 /// A JSON string without its quotes (other values as JSON).
 fn txt(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
@@ -89,7 +70,7 @@ fn txt(v: &serde_json::Value) -> String {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     ambit_testbed::preflight()?;
-    let bin = ztunnel_path(&a)?;
+    let bin = ambit_testbed::ztunnel_binary(a.ztunnel.clone())?;
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };

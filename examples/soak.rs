@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ambit_testbed::{DEFAULT_MESH, LocalMesh, rss_kib};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -72,21 +72,7 @@ fn open_fds(pid: u32) -> usize {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ambit_testbed::preflight()?;
-    let bin = args
-        .ztunnel
-        .clone()
-        .or_else(|| std::env::var_os("AMBIT_ZTUNNEL").map(PathBuf::from))
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join("ztunnel"))
-        })
-        .unwrap_or_default();
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release -p ztunnel",
-            bin.display()
-        );
-    }
+    let bin = ambit_testbed::ztunnel_binary(args.ztunnel.clone())?;
     let mut mesh = LocalMesh::start(&bin, DEFAULT_MESH, |s| eprintln!("[soak] {s}"))?;
     let pids = mesh.ztunnel_pids();
     let pids = [pids[0], pids[1]];

@@ -77,6 +77,26 @@ impl HostSnapshot {
     }
 }
 
+/// The `ztunnel` binary an example runs: `given`, else `$AMBIT_ZTUNNEL`,
+/// else the one built beside the example (`target/<profile>/ztunnel` for
+/// `target/<profile>/examples/<name>`); an error names the build command
+/// when it does not exist.
+pub fn ztunnel_binary(given: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    let bin = given
+        .or_else(|| std::env::var_os("AMBIT_ZTUNNEL").map(std::path::PathBuf::from))
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("ztunnel"))
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --release -p ztunnel -p cni-node -p waypoint`, or `make run`)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

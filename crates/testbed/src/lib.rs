@@ -25,6 +25,6 @@ pub mod tcpapp;
 
 pub use self::config::{DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, NODES, REVIEWS_VIP, VIP};
 pub use self::control_plane::{ControlPlane, publish};
-pub use self::host::{HostSnapshot, preflight, rss_kib};
+pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};
 pub use self::mesh::{Binaries, LocalMesh, Mode, Options};
 pub use self::report::{Figures, table};

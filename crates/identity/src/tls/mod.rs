@@ -89,6 +89,15 @@ pub fn server_config(
         .build()
         .map_err(TlsConfigError::Verifier)?;
     let verifier = SpiffeClientVerifier::new(webpki, trust_domain.to_owned());
+    mtls_server(provider, verifier, resolver)
+}
+
+/// TLS 1.3, `h2`, no resumption: the server side every config here shares.
+fn mtls_server(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: SpiffeClientVerifier,
+    resolver: Arc<CertResolver>,
+) -> Result<ServerConfig, TlsConfigError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13])
         .map_err(|source| TlsConfigError::Rustls {
@@ -115,18 +124,7 @@ pub fn server_config_rotating(
     let provider = provider();
     let verifier =
         SpiffeClientVerifier::rotating(resolver.clone(), provider.clone(), trust_domain.to_owned());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&TLS13])
-        .map_err(|source| TlsConfigError::Rustls {
-            side: "server",
-            source,
-        })?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(config)
+    mtls_server(provider, verifier, resolver)
 }
 
 /// A client config for mTLS: present `resolver`'s certificate, accept a
