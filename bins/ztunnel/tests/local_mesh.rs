@@ -165,6 +165,10 @@ fn traffic_identities_and_endpoints() {
         assert!(metrics.contains(&format!("{label}=\"")), "{label} missing");
     }
     assert!(metrics.contains("connection_security_policy=\"mutual_tls\""));
+    assert!(
+        metrics.contains("istio_build{component=\"ztunnel\",tag=\""),
+        "{metrics}"
+    );
     assert!(http_get(zt_b, "127.0.0.1:15021", "/healthz/ready").starts_with("HTTP/1.1 200"));
     // Istio's /logging: list, change, change a module, reset; POST only.
     let admin = "127.0.0.1:15000";

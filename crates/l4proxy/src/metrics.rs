@@ -62,6 +62,13 @@ pub struct TcpLabels {
     pub connection_security_policy: String,
 }
 
+/// The labels of `istio_build`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    component: String,
+    tag: String,
+}
+
 /// The proxy's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -113,6 +120,16 @@ impl Metrics {
             "Connections being proxied now",
             active.clone(),
         );
+        // Istio's build gauge: always 1, labelled with the component and
+        // its version (dashboards use it to show what runs where).
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                component: "ztunnel".into(),
+                tag: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        r.register("istio_build", "Istio component build info", build);
         Self {
             registry: Arc::new(r),
             opened,
