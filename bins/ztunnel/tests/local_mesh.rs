@@ -37,6 +37,39 @@ fn http(ns: &NetNs, method: &str, addr: &str, path: &str) -> String {
     r
 }
 
+/// The local mesh's CA, loaded from the files it wrote.
+fn mesh_ca(m: &LocalMesh) -> LocalCa {
+    LocalCa::from_pem(
+        &std::fs::read_to_string(m.dir.join("ca.pem")).expect("ca"),
+        &std::fs::read_to_string(m.dir.join("ca-key.pem")).expect("key"),
+        "cluster.local",
+    )
+    .expect("ca")
+}
+
+/// The SPIFFE identity of service account `sa` in `default`.
+fn id(sa: &str) -> Identity {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+        .parse()
+        .expect("id")
+}
+
+/// The first access-log line `found` accepts, waiting up to 4 s (lines are
+/// written when connections end).
+fn wait_access_log(
+    m: &LocalMesh,
+    found: impl Fn(&str, &serde_json::Value) -> bool,
+) -> Option<(String, serde_json::Value)> {
+    for _ in 0..40 {
+        let hit = m.access_logs().into_iter().find(|(n, v)| found(n, v));
+        if hit.is_some() {
+            return hit;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
 #[test]
 fn traffic_identities_and_endpoints() {
     let m = mesh();
@@ -63,18 +96,8 @@ fn traffic_identities_and_endpoints() {
     );
 
     // Access logs are written when connections end; give the last ones a moment.
-    let mut inbound = None;
-    for _ in 0..40 {
-        inbound = m
-            .access_logs()
-            .into_iter()
-            .find(|(n, v)| n == "node-b" && v["direction"] == "inbound");
-        if inbound.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let inbound = inbound.expect("an inbound access log on node-b");
+    let inbound = wait_access_log(&m, |n, v| n == "node-b" && v["direction"] == "inbound")
+        .expect("an inbound access log on node-b");
     assert_eq!(
         inbound.1["src.identity"],
         "spiffe://cluster.local/ns/default/sa/sleep"
@@ -193,19 +216,9 @@ fn traffic_identities_and_endpoints() {
 #[test]
 fn bad_hbone_requests_are_refused() {
     let m = mesh();
-    let ca = LocalCa::from_pem(
-        &std::fs::read_to_string(m.dir.join("ca.pem")).expect("ca"),
-        &std::fs::read_to_string(m.dir.join("ca-key.pem")).expect("key"),
-        "cluster.local",
-    )
-    .expect("ca");
+    let ca = mesh_ca(&m);
     let zt_a = m.cluster.pod(0, 0);
-    let pp: Identity = "spiffe://cluster.local/ns/default/sa/productpage"
-        .parse()
-        .expect("id");
-    let sleep: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
-        .parse()
-        .expect("id");
+    let (pp, sleep) = (id("productpage"), id("sleep"));
     // From ztunnel a's namespace (never captured) straight to productpage-v1's
     // 15008, which node b hands to ztunnel b.
     let statuses = zt_a
@@ -250,20 +263,10 @@ fn bad_hbone_requests_are_refused() {
 fn forged_forwarded_source_is_not_believed() {
     use tokio::io::AsyncReadExt;
     let m = mesh();
-    let ca = LocalCa::from_pem(
-        &std::fs::read_to_string(m.dir.join("ca.pem")).expect("ca"),
-        &std::fs::read_to_string(m.dir.join("ca-key.pem")).expect("key"),
-        "cluster.local",
-    )
-    .expect("ca");
+    let ca = mesh_ca(&m);
     let zt_a = m.cluster.pod(0, 0);
     let real = zt_a.ip().to_string();
-    let pp: Identity = "spiffe://cluster.local/ns/default/sa/productpage"
-        .parse()
-        .expect("id");
-    let sleep: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
-        .parse()
-        .expect("id");
+    let (pp, sleep) = (id("productpage"), id("sleep"));
     let greeting = zt_a
         .spawn_async(move || async move {
             let client = Client::new(
@@ -324,17 +327,10 @@ fn connection_to_ztunnel_itself_is_refused_not_looped() {
         "{got:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(4));
-    let mut refused = None;
-    for _ in 0..40 {
-        refused = m.access_logs().into_iter().find(|(n, v)| {
-            n == "node-a" && v["error"].as_str().is_some_and(|r| r.contains("self-loop"))
-        });
-        if refused.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (_, log) = refused.expect("a self-loop refusal in ztunnel a's access log");
+    let (_, log) = wait_access_log(&m, |n, v| {
+        n == "node-a" && v["error"].as_str().is_some_and(|r| r.contains("self-loop"))
+    })
+    .expect("a self-loop refusal in ztunnel a's access log");
     assert_eq!(log["dst.addr"], to.to_string());
     // Exactly one connection was seen: no chain.
     let outbound = m
