@@ -4,15 +4,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ztunnel::cli::Command;
 use ztunnel::{Args, privileges};
 
 fn main() -> ExitCode {
-    // `ztunnel version` needs no configuration (as Istio's).
+    // `ztunnel version` needs no configuration (as Istio's); the command
+    // after flags (`ztunnel --node-name n version`) is honoured too.
     if std::env::args().nth(1).as_deref() == Some("version") {
-        println!("ztunnel {} (ambit)", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+        return version();
     }
     let args = Args::parse();
+    if args.command == Command::Version {
+        return version();
+    }
     ambit_app::init_tracing(args.log.log_format, false);
     // Before any thread exists: threads inherit their creator's capabilities.
     match privileges::drop_all_but(&privileges::needed(args.inpod, &args.binds())) {
@@ -23,4 +27,9 @@ fn main() -> ExitCode {
         }
     }
     ambit_app::run_main("ztunnel", args, ztunnel::setup, ztunnel::run)
+}
+
+fn version() -> ExitCode {
+    println!("ztunnel {} (ambit)", env!("CARGO_PKG_VERSION"));
+    ExitCode::SUCCESS
 }
