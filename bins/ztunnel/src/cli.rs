@@ -4,6 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ambit_app::{AdminArgs, CaArgs, LogArgs, MeshSourceArgs};
+
+use crate::settings::{self, IstioArgs, Resolved};
 use clap::{Parser, ValueEnum};
 
 /// What to do: Istio's ztunnel reads its first argument as the command.
@@ -96,6 +98,54 @@ pub struct Args {
     /// authentication).
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub socks5_address: SocketAddr,
+    /// istio/ztunnel's other settings.
+    #[command(flatten)]
+    pub istio: IstioArgs,
+    /// What the settings come to ([`Args::resolve`]).
+    #[arg(skip)]
+    pub resolved: Resolved,
+}
+
+impl Args {
+    /// Resolves Istio's settings against Ambit's names for the same things
+    /// and applies the proxy config: `ISTIO_META_CLUSTER_ID` over
+    /// CLUSTER_ID, `discoveryAddress` when XDS_ADDRESS is unset, the
+    /// proxy config's admin and stats ports over the default ones, and
+    /// `host:port` addresses read as `https://host:port`. Errors name the
+    /// settings at fault.
+    pub fn resolve(mut self) -> anyhow::Result<Self> {
+        let r = self.istio.resolve(
+            self.inpod,
+            self.inpod_mark,
+            self.spoof_source,
+            self.admin.drain_seconds,
+        )?;
+        if let Ok(id) = std::env::var("ISTIO_META_CLUSTER_ID")
+            && !id.is_empty()
+        {
+            self.ca.cluster_id = id;
+        }
+        let pc = &r.proxy_config;
+        if self.mesh.xds_address.is_none() {
+            self.mesh.xds_address = pc.discovery_address.clone();
+        }
+        self.mesh.xds_address = settings::normalize_address(self.mesh.xds_address.take());
+        self.ca.ca_address = settings::normalize_address(self.ca.ca_address.take());
+        if let Some(p) = pc.proxy_admin_port
+            && self.admin.admin_addr == SocketAddr::from(([127, 0, 0, 1], 15000))
+        {
+            self.admin.admin_addr.set_port(p);
+        }
+        if let Some(p) = pc.stats_port
+            && self.admin.stats_addr == SocketAddr::from(([0, 0, 0, 0], 15020))
+        {
+            self.admin.stats_addr.set_port(p);
+        }
+        self.inpod_mark = r.packet_mark;
+        self.spoof_source = r.spoof_source;
+        self.resolved = r;
+        Ok(self)
+    }
 }
 
 /// istio/ztunnel's HBONE pool and HTTP/2 settings. Unset, Ambit's tuned

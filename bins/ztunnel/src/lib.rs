@@ -10,11 +10,13 @@
 pub mod cli;
 pub mod privileges;
 mod run;
+pub mod settings;
 
 pub use self::cli::Args;
 pub use self::run::{Setup, run, setup};
 
-/// Environment variables read outside clap: the log filter, and the node
-/// identity istiod is told ([`ambit_xds::NodeIdentity::ENV`], plus every
-/// `ISTIO_META_*`).
-pub const EXTRA_ENV: [&str; 1] = ["RUST_LOG"];
+/// Environment variables read outside clap: the log filter, the Rust
+/// runtime's backtrace switch (set by Istio's chart), the cluster id
+/// istiod's CA is told, and the node identity istiod is told
+/// ([`ambit_xds::NodeIdentity::ENV`], plus every `ISTIO_META_*`).
+pub const EXTRA_ENV: [&str; 3] = ["RUST_LOG", "RUST_BACKTRACE", "ISTIO_META_CLUSTER_ID"];

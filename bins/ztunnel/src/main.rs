@@ -17,6 +17,13 @@ fn main() -> ExitCode {
     if args.command == Command::Version {
         return version();
     }
+    let args = match args.resolve() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ztunnel: invalid configuration: {e:#}");
+            return ExitCode::from(ambit_app::EXIT_CONFIG);
+        }
+    };
     ambit_app::init_tracing(args.log.log_format, false);
     // Before any thread exists: threads inherit their creator's capabilities.
     match privileges::drop_all_but(&privileges::needed(args.inpod, &args.binds())) {
@@ -26,7 +33,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    ambit_app::run_main("ztunnel", args, ztunnel::setup, ztunnel::run)
+    let threads = Some(args.resolved.worker_threads);
+    ambit_app::run_main_threads("ztunnel", threads, args, ztunnel::setup, ztunnel::run)
 }
 
 fn version() -> ExitCode {

@@ -51,6 +51,25 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let mut hbone_client = ambit_hbone::ClientConfig::default();
     let mut hbone_server = ambit_hbone::ServerConfig::default();
     a.hbone.apply(&mut hbone_client, &mut hbone_server);
+    let r = &a.resolved;
+    // KEEPALIVE_*: the HBONE connections' own sockets too.
+    let idle = r.socket.keepalive.map(|k| k.time);
+    hbone_client.tcp_keepalive = idle;
+    hbone_server.tcp_keepalive = idle;
+    notes(&a);
+    // Dedicated mode serves one workload from its own netns (captured by
+    // REDIRECT there, as a pod's); shared mode the node's pods.
+    let (local, capture) = match &r.dedicated {
+        Some(w) => (
+            Local::Pod {
+                uid: String::new(),
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+            },
+            Capture::Redirect,
+        ),
+        None => (Local::Node(a.node_name.clone()), Capture::Tproxy),
+    };
     let proxy = Proxy::new(
         ProxyConfig {
             hbone_client,
@@ -58,7 +77,8 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             network: a.network.clone(),
             node_name: a.node_name.clone(),
             spoof_source: a.spoof_source,
-            drain_deadline: Duration::from_secs(a.admin.drain_seconds),
+            drain_deadline: r.drain,
+            socket: r.socket,
             max_connections: match a.max_connections {
                 0 => usize::MAX,
                 n => n,
@@ -69,7 +89,10 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         certs.clone(),
     );
     // Node mode binds the capture listeners now (fail fast on privileges).
-    let sockets = Sockets::new();
+    let mut sockets = Sockets::new().with_options(r.socket);
+    if r.dedicated.is_some() {
+        sockets = sockets.with_mark(a.istio.packet_mark);
+    }
     if !a.inpod {
         // A replacement ztunnel takes over the listeners (SO_REUSEPORT)
         // without resetting connections queued on this one's.
@@ -78,7 +101,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let listeners = if a.inpod {
         None
     } else {
-        let l = Listeners::bind(&sockets, a.listen_ip, Default::default(), Capture::Tproxy);
+        let l = Listeners::bind(&sockets, a.listen_ip, Default::default(), capture);
         Some(l.with_context(|| {
             format!(
                 "binding 15001/15006/15008 on {} (needs CAP_NET_ADMIN for IP_TRANSPARENT)",
@@ -99,8 +122,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         }
         (true, false) => {
             let l = bind(a.socks5_address).await?;
-            let (proxy, sockets) = (proxy.clone(), sockets.clone());
-            let local = Local::Node(a.node_name.clone());
+            let (proxy, sockets, local) = (proxy.clone(), sockets.clone(), local.clone());
             let stopped = stop.wait();
             Some(tokio::spawn(async move {
                 proxy.serve_socks5(l, local, sockets, stopped).await
@@ -123,16 +145,16 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(ready_l, readiness, stop.wait()));
 
     // Certificates for every local workload before declaring readiness.
-    let local: Vec<_> = {
+    let local_ids: Vec<_> = {
         let st = state
             .read()
             .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
         st.workloads()
-            .filter(|w| w.node == a.node_name)
+            .filter(|w| local.contains(w))
             .filter_map(|w| w.identity())
             .collect()
     };
-    for id in &local {
+    for id in &local_ids {
         certs
             .fetch(id)
             .await
@@ -141,7 +163,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(
         node = %a.node_name,
-        local_workloads = local.len(),
+        local_workloads = local_ids.len(),
         listen = %a.listen_ip,
         admin = %a.admin.admin_addr,
         stats = %a.admin.stats_addr,
@@ -151,10 +173,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     );
 
     let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match listeners {
-        Some(l) => {
-            let local = Local::Node(a.node_name.clone());
-            Box::pin(proxy.serve(l, Capture::Tproxy, local, sockets, stop.wait()))
-        }
+        Some(l) => Box::pin(proxy.serve(l, capture, local, sockets, stop.wait())),
         None => Box::pin(serve_inpod(
             proxy.clone(),
             a.inpod_uds.clone(),
@@ -175,6 +194,31 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     }
     tracing::info!("ztunnel stopped");
     Ok(())
+}
+
+/// Logs the settings that are read but change nothing in Ambit yet, so a
+/// user sees that they were not silently dropped.
+fn notes(a: &Args) {
+    let i = &a.istio;
+    ambit_l4proxy::route::set_authz_info_logging(i.authz_policy_info_logging);
+    if i.xds_on_demand {
+        tracing::info!(
+            "XDS_ON_DEMAND=true: Ambit subscribes to every address; on-demand lookups are not needed"
+        );
+    }
+    if let Some(ns) = &i.prefered_service_namespace {
+        tracing::info!(namespace = %ns, "PREFERED_SERVICE_NAMESPACE applies to hostname resolution (SOCKS5 hostnames)");
+    }
+    if a.resolved
+        .proxy_config
+        .proxy_metadata
+        .get("DNS_CAPTURE")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        tracing::warn!(
+            "DNS capture is requested (DNS_CAPTURE=true) but Ambit's ztunnel has no DNS proxy yet: DNS is not proxied"
+        );
+    }
 }
 
 /// In-pod mode: keeps a ZDS connection to the node agent (reconnecting

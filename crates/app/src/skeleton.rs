@@ -26,10 +26,27 @@ where
     F: FnOnce(A, C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_main_threads(name, None, args, check, run)
+}
+
+/// [`run_main`] with `threads` runtime worker threads (`None`: one per
+/// CPU, tokio's default).
+pub fn run_main_threads<A, C, F, Fut>(
+    name: &str,
+    threads: Option<usize>,
+    args: A,
+    check: impl FnOnce(&A) -> anyhow::Result<C>,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(A, C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: starting the runtime: {e}");

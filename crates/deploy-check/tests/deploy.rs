@@ -147,8 +147,8 @@ fn assert_caught(problems: &[String], needles: &[&str]) {
 fn catches_a_typoed_field() {
     let p = broken(
         "ztunnel.yaml",
-        "containerPort: 15021",
-        "containerPrt: 15021",
+        "containerPort: 15020",
+        "containerPrt: 15020",
     );
     // k8s-openapi fails on the missing required field; the round trip names the typo.
     assert_caught(
@@ -240,8 +240,8 @@ fn catches_drift_between_manifests_and_binaries() {
     // The ZDS socket ztunnel dials is not the one cni-node serves.
     let p = broken(
         "ztunnel.yaml",
-        "value: /var/run/ztunnel/ztunnel.sock",
-        "value: /var/run/ztunnel/zds.sock",
+        "value: \"true\"\n            - name: TERMINATION",
+        "value: \"true\"\n            - name: INPOD_UDS\n              value: /var/run/ztunnel/zds.sock\n            - name: TERMINATION",
     );
     assert_caught(
         &p,
@@ -258,9 +258,9 @@ fn catches_drift_between_manifests_and_binaries() {
     let p = broken(
         "ztunnel.yaml",
         "- SYS_ADMIN",
-        "- SYS_ADMIN\n                - NET_RAW",
+        "- SYS_ADMIN\n                - SYS_PTRACE",
     );
-    assert_caught(&p, &["capabilities.add", "NET_RAW"]);
+    assert_caught(&p, &["capabilities.add", "SYS_PTRACE"]);
     // The plugin would dial another run dir than the agent serves.
     let p = broken(
         "istio-cni.yaml",
@@ -268,11 +268,11 @@ fn catches_drift_between_manifests_and_binaries() {
         "value: /run/istio-cni\n",
     );
     assert_caught(&p, &["cni_agent_run_dir"]);
-    // Drain longer than the grace period.
-    let p = broken("ztunnel.yaml", "value: \"25\"", "value: \"40\"");
+    // The drain derived from another grace period than the pod's.
+    let p = broken("ztunnel.yaml", "value: \"30\"", "value: \"40\"");
     assert_caught(
         &p,
-        &["terminationGracePeriodSeconds 30 must exceed the drain (40 s)"],
+        &["TERMINATION_GRACE_PERIOD_SECONDS 40 is not the pod's terminationGracePeriodSeconds 30"],
     );
     // A missing required argument.
     let p = broken("ztunnel.yaml", "name: NODE_NAME", "name: NETWORK");

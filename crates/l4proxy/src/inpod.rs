@@ -102,7 +102,8 @@ impl InPod {
         let ns = NetNs::from_fd(fd, format!("pod {uid}")).map_err(|e| e.to_string())?;
         let sockets = Sockets::new()
             .in_netns(Arc::new(ns))
-            .with_mark(Some(self.mark));
+            .with_mark(Some(self.mark))
+            .with_options(self.proxy.inner.cfg.socket);
         sockets.enable_request_migration();
         let listeners = Listeners::bind(
             &sockets,

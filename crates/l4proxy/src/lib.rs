@@ -41,5 +41,5 @@ pub use self::{
     plan::{Entry, Hop, Local, OutboundPlan, Refusal, plan_outbound},
     proxy::{Proxy, ProxyConfig},
     serve::{Capture, Listeners},
-    sockets::{Sockets, original_dst},
+    sockets::{Keepalive, SocketOptions, Sockets, original_dst},
 };

@@ -41,6 +41,10 @@ pub struct ProxyConfig {
     /// plaintext, HBONE, SOCKS5); a connection beyond it is closed at once
     /// and a warning logged. `usize::MAX`: no cap.
     pub max_connections: usize,
+    /// Keepalive, user timeout and port reuse of the sockets the proxy
+    /// makes for pods (in-pod mode); node mode passes them to its own
+    /// [`crate::Sockets`].
+    pub socket: crate::sockets::SocketOptions,
 }
 
 impl Default for ProxyConfig {
@@ -55,6 +59,7 @@ impl Default for ProxyConfig {
             hbone_server: ambit_hbone::ServerConfig::default(),
             own_addresses: Vec::new(),
             max_connections: usize::MAX,
+            socket: crate::sockets::SocketOptions::default(),
         }
     }
 }

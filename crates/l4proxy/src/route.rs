@@ -269,6 +269,47 @@ pub enum Inbound {
     Denied(DenyReason),
 }
 
+static AUTHZ_INFO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs authorization decisions at info instead of debug (istio/ztunnel's
+/// `AUTHZ_POLICY_INFO_LOGGING`); process-wide.
+pub fn set_authz_info_logging(on: bool) {
+    AUTHZ_INFO.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn log_decision(w: &Workload, conn: &Connection<'_>, d: &Decision) {
+    let (allowed, why) = match d {
+        Decision::Allow(p) => (true, format!("{p:?}")),
+        Decision::Deny(r) => (false, format!("{r:?}")),
+    };
+    let src = conn.src_identity.map(|i| i.as_str().to_owned());
+    if AUTHZ_INFO.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            target: "ambit_l4proxy::authz",
+            allowed,
+            dst.workload = w.name.as_str(),
+            dst.namespace = w.namespace.as_str(),
+            src.identity = src.as_deref().unwrap_or(""),
+            src.addr = tracing::field::display(conn.src_ip),
+            dst.port = conn.dst_port,
+            reason = %why,
+            "authorization decision"
+        );
+    } else {
+        tracing::debug!(
+            target: "ambit_l4proxy::authz",
+            allowed,
+            dst.workload = w.name.as_str(),
+            dst.namespace = w.namespace.as_str(),
+            src.identity = src.as_deref().unwrap_or(""),
+            src.addr = tracing::field::display(conn.src_ip),
+            dst.port = conn.dst_port,
+            reason = %why,
+            "authorization decision"
+        );
+    }
+}
+
 /// Decides an inbound connection to `target` from `source_ip` presenting
 /// `identity` (None for plaintext). `is_local` says whether a workload is
 /// served by this proxy (node name match, or the pod the listener is in).
@@ -296,7 +337,9 @@ pub fn inbound(
         dst_ip: target.ip(),
         dst_port: target.port(),
     };
-    match state.authorize(&w, &conn) {
+    let decision = state.authorize(&w, &conn);
+    log_decision(&w, &conn, &decision);
+    match decision {
         Decision::Allow(policy) => Inbound::Accept {
             workload: w,
             target,

@@ -21,6 +21,74 @@ pub(crate) const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub struct Sockets {
     netns: Option<Arc<NetNs>>,
     mark: Option<u32>,
+    options: SocketOptions,
+}
+
+/// TCP keepalive probing (Istio's `KEEPALIVE_TIME`, `KEEPALIVE_INTERVAL`,
+/// `KEEPALIVE_RETRIES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub time: std::time::Duration,
+    /// Time between probes.
+    pub interval: std::time::Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    /// istio/ztunnel's defaults: 180 s, 180 s, 9 probes.
+    fn default() -> Self {
+        Self {
+            time: std::time::Duration::from_secs(180),
+            interval: std::time::Duration::from_secs(180),
+            retries: 9,
+        }
+    }
+}
+
+/// Options set on every socket a [`Sockets`] makes; listeners pass them on
+/// to the connections they accept (Linux copies them to accepted sockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// TCP keepalive (`KEEPALIVE_ENABLED`, on by default); `None`: off.
+    pub keepalive: Option<Keepalive>,
+    /// Also set `TCP_USER_TIMEOUT` to the keepalive budget (time + retries
+    /// × interval), so unacknowledged data gives up as soon as probes
+    /// would (`USER_TIMEOUT_ENABLED`, off by default).
+    pub user_timeout: bool,
+    /// `SO_REUSEPORT` on listeners, so a new ztunnel binds them while the
+    /// old one drains (`INPOD_PORT_REUSE`, on by default).
+    pub port_reuse: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            keepalive: Some(Keepalive::default()),
+            user_timeout: false,
+            port_reuse: true,
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Applies the keepalive and user-timeout options to `s`.
+    fn apply(&self, s: &socket2::SockRef<'_>) -> io::Result<()> {
+        let Some(k) = self.keepalive else {
+            return Ok(());
+        };
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(k.time)
+            .with_interval(k.interval)
+            .with_retries(k.retries);
+        s.set_tcp_keepalive(&ka)?;
+        if self.user_timeout {
+            let budget = k.time + k.interval.saturating_mul(k.retries);
+            s.set_tcp_user_timeout(Some(budget))?;
+        }
+        Ok(())
+    }
 }
 
 impl Sockets {
@@ -41,6 +109,12 @@ impl Sockets {
         self
     }
 
+    /// Sets keepalive, user timeout and port reuse (see [`SocketOptions`]).
+    pub fn with_options(mut self, options: SocketOptions) -> Self {
+        self.options = options;
+        self
+    }
+
     fn socket(&self, domain: Domain) -> io::Result<Socket> {
         let s = match &self.netns {
             Some(ns) => ns
@@ -53,6 +127,7 @@ impl Sockets {
         if let Some(m) = self.mark {
             s.set_mark(m)?;
         }
+        self.options.apply(&socket2::SockRef::from(&s))?;
         Ok(s)
     }
 
@@ -84,7 +159,7 @@ impl Sockets {
         s.set_reuse_address(true)?;
         // A new ztunnel binds the same listeners before the old one drains
         // (Istio's INPOD_PORT_REUSE); see `enable_request_migration`.
-        s.set_reuse_port(true)?;
+        s.set_reuse_port(self.options.port_reuse)?;
         if transparent {
             s.set_ip_transparent_v4(true)?;
         }

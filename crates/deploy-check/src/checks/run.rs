@@ -147,12 +147,21 @@ pub(super) fn read_run<'a>(
     if image_name(image) == PAUSE_IMAGE && c.command.is_none() && c.env.is_none() {
         return None;
     }
-    let Some(cmd) = c.command.as_ref().and_then(|v| v.first()) else {
-        out.push(p.problem(format!(
-            "container {}: no `command`; name the binary (e.g. /usr/local/bin/ztunnel) so it can be checked",
-            c.name
-        )));
-        return None;
+    let image_base = image_name(image).rsplit('/').next().unwrap_or("");
+    // Without `command` the image's entrypoint runs: each of Ambit's
+    // images (deploy/Dockerfile) has its binary as ENTRYPOINT and is named
+    // after it, as Istio's chart expects of the ztunnel image.
+    let entrypoint = format!("/usr/local/bin/{image_base}");
+    let cmd = match c.command.as_ref().and_then(|v| v.first()) {
+        Some(cmd) => cmd.as_str(),
+        None if bins.get(image_base).is_some() => entrypoint.as_str(),
+        None => {
+            out.push(p.problem(format!(
+                "container {}: no `command` and image {image:?} is none of Ambit's; name the binary (e.g. /usr/local/bin/ztunnel) so it can be checked",
+                c.name
+            )));
+            return None;
+        }
     };
     let bin_name = cmd.rsplit('/').next().unwrap_or(cmd);
     let Some(bin) = bins.get(bin_name) else {
@@ -163,7 +172,6 @@ pub(super) fn read_run<'a>(
         )));
         return None;
     };
-    let image_base = image_name(image).rsplit('/').next().unwrap_or("");
     if image_base != bin.name {
         out.push(p.problem(format!(
             "container {}: runs {} from image {image:?}; the image should be named after the binary",
