@@ -149,6 +149,19 @@ fn traffic_identities_and_endpoints() {
         "productpage.default.svc.cluster.local"
     );
 
+    // A connection to a port nothing listens on fails at node b's dial:
+    // istio_tcp_connections_failed counts it.
+    if let Ok(mut s) = m
+        .sleep()
+        .ns()
+        .tcp_connect("10.244.1.3:9".parse().expect("addr"))
+    {
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    wait_access_log(&m, |n, v| n == "node-b" && v["error"].is_string())
+        .expect("a failed inbound connection logged on node-b");
     let zt_b = m.cluster.pod(1, 0).ns();
     let dump = http_get(zt_b, "127.0.0.1:15000", "/config_dump");
     assert!(
@@ -192,6 +205,24 @@ fn traffic_identities_and_endpoints() {
         metrics.contains("istio_build{component=\"ztunnel\",tag=\""),
         "{metrics}"
     );
+    // istio/ztunnel's other families: failures, the xDS client, the in-pod
+    // workload manager, and the process.
+    for family in [
+        "istio_tcp_connections_failed_total{reporter=\"destination\"",
+        "istio_xds_connection_terminations_total{reason=\"Complete\"}",
+        "istio_message_types_total{url=\"type.googleapis.com/istio.workload.Address\"}",
+        "istio_total_messages_size_total ",
+        "workload_manager_inpod_active_proxy_count ",
+        "workload_manager_inpod_proxies_started_total ",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_threads ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
     assert!(http_get(zt_b, "127.0.0.1:15021", "/healthz/ready").starts_with("HTTP/1.1 200"));
     // Istio's /logging: list, change, change a module, reset; POST only.
     let admin = "127.0.0.1:15000";

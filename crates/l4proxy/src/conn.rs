@@ -206,6 +206,9 @@ impl ConnRecord {
             && let Some(l) = &self.labels
         {
             self.metrics.closed(l, received, sent);
+            if !reason.is_empty() {
+                self.metrics.failed(l);
+            }
         }
         let l = self.labels.as_ref();
         AccessLog {

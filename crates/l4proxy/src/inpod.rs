@@ -76,6 +76,9 @@ impl InPod {
 
     fn stop_pod(&mut self, uid: &str) {
         if let Some(p) = self.pods.remove(uid) {
+            let m = self.proxy.metrics().inpod();
+            m.stopped.inc();
+            m.active.set(self.pods.len() as i64);
             p.stop.notify_one();
             // The pod's listeners drain in the background.
             drop(p.task);
@@ -132,6 +135,9 @@ impl InPod {
         tracing::info!(%uid, "serving pod");
         self.pods
             .insert(uid.clone(), PodServer { stop, task, netns });
+        let m = self.proxy.metrics().inpod();
+        m.started.inc();
+        m.active.set(self.pods.len() as i64);
         self.seen.insert(uid);
         Ok(())
     }

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod collect;
 mod conn;
 mod inbound;
 mod inpod;

@@ -77,7 +77,19 @@ pub struct Metrics {
     closed: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
+    failed: Family<TcpLabels, Counter>,
     active: Gauge,
+    inpod: InPodMetrics,
+}
+
+/// istio/ztunnel's in-pod workload manager metrics
+/// (`workload_manager_inpod_*`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InPodMetrics {
+    pub(crate) active: Gauge,
+    pub(crate) pending: Gauge,
+    pub(crate) started: Counter,
+    pub(crate) stopped: Counter,
 }
 
 impl Default for Metrics {
@@ -94,7 +106,9 @@ impl Metrics {
         let closed = Family::<TcpLabels, Counter>::default();
         let received = Family::<TcpLabels, Counter>::default();
         let sent = Family::<TcpLabels, Counter>::default();
+        let failed = Family::<TcpLabels, Counter>::default();
         let active = Gauge::default();
+        let inpod = InPodMetrics::default();
         r.register(
             "istio_tcp_connections_opened",
             "TCP connections opened",
@@ -116,6 +130,37 @@ impl Metrics {
             sent.clone(),
         );
         r.register(
+            "istio_tcp_connections_failed",
+            "TCP connections that failed",
+            failed.clone(),
+        );
+        for (name, help, g) in [
+            (
+                "workload_manager_inpod_active_proxy_count",
+                "The total number current workloads with active inpod proxies",
+                &inpod.active,
+            ),
+            (
+                "workload_manager_inpod_pending_proxy_count",
+                "The total number current workloads with pending inpod proxies",
+                &inpod.pending,
+            ),
+        ] {
+            r.register(name, help, g.clone());
+        }
+        r.register(
+            "workload_manager_inpod_proxies_started",
+            "Inpod proxies started",
+            inpod.started.clone(),
+        );
+        r.register(
+            "workload_manager_inpod_proxies_stopped",
+            "Inpod proxies stopped",
+            inpod.stopped.clone(),
+        );
+        r.register_collector(Box::new(crate::collect::XdsCollector));
+        r.register_collector(Box::new(crate::collect::ProcessCollector));
+        r.register(
             "ztunnel_active_connections",
             "Connections being proxied now",
             active.clone(),
@@ -136,7 +181,9 @@ impl Metrics {
             closed,
             received,
             sent,
+            failed,
             active,
+            inpod,
         }
     }
 
@@ -152,6 +199,15 @@ impl Metrics {
         self.received.get_or_create(l).inc_by(received);
         self.sent.get_or_create(l).inc_by(sent);
         self.active.dec();
+    }
+
+    /// A connection failed (counted once, besides opened and closed).
+    pub fn failed(&self, l: &TcpLabels) {
+        self.failed.get_or_create(l).inc();
+    }
+
+    pub(crate) fn inpod(&self) -> &InPodMetrics {
+        &self.inpod
     }
 
     /// Connections being proxied now.

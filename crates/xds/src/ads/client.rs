@@ -393,12 +393,19 @@ impl AdsClient {
             };
             match outcome {
                 Ok(end) => {
+                    super::client_stats().terminated(super::Termination::Complete);
                     info!(address = %self.config.address, "xds stream closed by the server");
                     if end.progressed {
                         delay = backoff.initial;
                     }
                 }
                 Err((error, progressed)) => {
+                    let why = if matches!(error, AdsError::Connect { .. }) {
+                        super::Termination::ConnectionError
+                    } else {
+                        super::Termination::Error
+                    };
+                    super::client_stats().terminated(why);
                     warn!(error = %error_chain(&error), "xds stream failed");
                     if progressed {
                         delay = backoff.initial;
@@ -501,6 +508,13 @@ impl AdsClient {
                 Err(status) => return Err((stream_err(status), progressed)),
             };
             progressed = true;
+            let size: usize = response
+                .resources
+                .iter()
+                .filter_map(|r| r.resource.as_ref())
+                .map(|r| r.value.len())
+                .sum();
+            super::client_stats().message(&response.type_url, size as u64);
             let reply = self.on_response(response);
             if tx.send(reply).is_err() {
                 return Ok(StreamEnd { progressed });

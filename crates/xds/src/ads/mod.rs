@@ -5,6 +5,7 @@
 mod client;
 mod node;
 mod server;
+mod stats;
 mod store;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub use self::{
     },
     node::{ISTIO_META_PREFIX, NodeIdentity},
     server::{AdsServer, Nack, Resume, ServerStats, StreamHeaders},
+    stats::{ClientStats, Termination, client_stats},
     store::Store,
 };
 
