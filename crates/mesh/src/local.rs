@@ -295,4 +295,51 @@ services:
         );
         assert_eq!(Config::parse("", "x").expect("empty"), Config::default());
     }
+
+    #[test]
+    fn unknown_keys_in_new_fields_name_their_line() {
+        for (bad, line) in [
+            (
+                "workloads:\n- uid: a\n  workloadIps: [10.0.0.1]\n  applicationTunnel:\n    protocol: PROXY\n    colour: blue\n",
+                "line 6",
+            ),
+            (
+                "services:\n- name: s\n  namespace: n\n  hostname: h\n  loadBalancer:\n    mode: Strict\n    colour: blue\n",
+                "line 7",
+            ),
+            (
+                "services:\n- name: s\n  namespace: n\n  hostname: h\n  endpoints:\n    u:\n      port: {80: 80}\n      colour: blue\n",
+                "line 8",
+            ),
+        ] {
+            let msg = Config::parse(bad, "x").expect_err(bad).to_string();
+            assert!(msg.contains("colour") && msg.contains(line), "{msg}");
+        }
+        let msg = Config::parse(
+            "workloads:\n- uid: a\n  workloadIps: [10.0.0.1]\n  networkMode: Bridge\n",
+            "x",
+        )
+        .expect_err("unknown network mode")
+        .to_string();
+        assert!(msg.contains("Bridge") && msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn inconsistent_endpoints_are_named() {
+        let e = Config::parse(
+            "services:\n- {name: s, namespace: n, hostname: h, endpoints: {u: {workloadUid: v}}}\n",
+            "x",
+        )
+        .expect_err("key and uid differ");
+        assert!(e.to_string().contains("service n/h"), "{e}");
+        let e = Config::parse("stagedServices: {n/h: {u: {port: {80: 80}}}}\n", "x")
+            .expect_err("no such workload");
+        assert!(e.to_string().contains("stagedServices n/h"), "{e}");
+        let e = Config::parse(
+            "workloads:\n- {uid: a, workloadIps: [10.0.0.1], waypoint: {destination: nowhere}}\n",
+            "x",
+        )
+        .expect_err("bad gateway");
+        assert!(e.to_string().contains("workload a"), "{e}");
+    }
 }

@@ -195,27 +195,32 @@ impl MeshState {
             .or_else(|| self.workload_by_ip(network, ip).map(Target::Workload))
     }
 
-    /// Healthy endpoints of a service for `service_port`, with target ports.
+    /// Healthy endpoints of a service for `service_port`, with target ports:
+    /// the workloads whose `services` map names the service, and the
+    /// service's own `endpoints` (whose status and ports win for their uid).
     pub fn endpoints(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
         let key = svc.key();
-        let Some(uids) = self.endpoints.get(&key) else {
-            return Vec::new();
-        };
-        let default = svc
-            .ports
-            .iter()
-            .find(|p| p.service_port == service_port)
-            .copied();
-        uids.iter()
-            .filter_map(|u| self.workloads.get(u))
-            .filter(|w| w.status == HealthStatus::Healthy)
-            .filter_map(|w| {
-                // The workload's own port list for the service wins over the
-                // service's; a service without the port has no endpoint.
-                let port = w
-                    .services
-                    .get(&key)
-                    .and_then(|ps| ps.iter().find(|p| p.service_port == service_port).copied())
+        let find = |ps: &[Port]| ps.iter().find(|p| p.service_port == service_port).copied();
+        let default = find(&svc.ports);
+        let uids: BTreeSet<&String> = self
+            .endpoints
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .chain(svc.endpoints.keys())
+            .collect();
+        uids.into_iter()
+            .filter_map(|u| {
+                let w = self.workloads.get(u)?;
+                let explicit = svc.endpoints.get(u);
+                if explicit.map_or(w.status, |e| e.status) != HealthStatus::Healthy {
+                    return None;
+                }
+                // The endpoint's own port list wins over the service's; a
+                // service without the port has no endpoint.
+                let port = explicit
+                    .and_then(|e| find(&e.ports))
+                    .or_else(|| w.services.get(&key).and_then(|ps| find(ps)))
                     .or(default)
                     .map(|p: Port| p.target())?;
                 Some(Endpoint {
@@ -224,6 +229,25 @@ impl MeshState {
                 })
             })
             .collect()
+    }
+
+    /// The uids of the workloads whose `services` map names `key`
+    /// (`namespace/hostname`), whether or not the service is known.
+    pub fn members(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.endpoints
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// The `namespace/hostname`s workloads name that no known service has:
+    /// ztunnel keeps their endpoints as "staged".
+    pub fn staged_service_keys(&self) -> impl Iterator<Item = &str> {
+        self.endpoints
+            .keys()
+            .filter(|k| !self.services.contains_key(*k))
+            .map(String::as_str)
     }
 
     /// Picks one healthy endpoint, round robin.

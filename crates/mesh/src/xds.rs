@@ -381,14 +381,14 @@ pub enum AddressKind {
     /// A workload.
     Workload(Box<Workload>),
     /// A service.
-    Service(Service),
+    Service(Box<Service>),
 }
 
 /// Converts an `Address` resource.
 pub fn address(name: &str, a: &pb::Address) -> Result<AddressKind, ConvertError> {
     match &a.r#type {
         Some(pb::address::Type::Workload(w)) => Ok(AddressKind::Workload(Box::new(workload(w)?))),
-        Some(pb::address::Type::Service(s)) => Ok(AddressKind::Service(service(s)?)),
+        Some(pb::address::Type::Service(s)) => Ok(AddressKind::Service(Box::new(service(s)?))),
         None => Err(err(name, "address without workload or service")),
     }
 }
@@ -420,7 +420,7 @@ impl Handler<pb::Address> for AddressHandler {
         for a in converted {
             match a {
                 AddressKind::Workload(w) => st.insert_workload(*w),
-                AddressKind::Service(s) => st.insert_service(s),
+                AddressKind::Service(s) => st.insert_service(*s),
             }
         }
         Ok(())
@@ -566,7 +566,7 @@ policies:
         }
         for s in &c.services {
             match address(&s.key(), &encode::service(s)).expect("decode") {
-                AddressKind::Service(back) => assert_eq!(back, *s),
+                AddressKind::Service(back) => assert_eq!(*back, *s),
                 other => panic!("{other:?}"),
             }
         }
