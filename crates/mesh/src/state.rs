@@ -2,7 +2,7 @@
 //! proxies look them up.
 //!
 //! Invariants: `by_addr` holds exactly the addresses of the workloads in
-//! `workloads`; `by_vip` exactly the VIPs of `services`; `endpoints[svc]`
+//! `workloads` that are not host-network; `by_vip` exactly the VIPs of `services`; `endpoints[svc]`
 //! exactly the uids of workloads whose `services` map names `svc`. Every
 //! insert first removes the previous version's index entries.
 
@@ -13,7 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::authz::{self, Connection, Decision};
 use crate::local::Config;
-use crate::model::{HealthStatus, Policy, Port, Service, Workload};
+use crate::model::{HealthStatus, NetworkMode, Policy, Port, Service, Workload};
+
+/// The addresses a workload is found by: none for a host-network workload,
+/// whose addresses are its node's (as in ztunnel).
+fn indexed_addresses(w: &Workload) -> &[IpAddr] {
+    match w.network_mode {
+        NetworkMode::Standard => &w.addresses,
+        NetworkMode::HostNetwork => &[],
+    }
+}
 
 /// All workloads, services and policies.
 #[derive(Debug, Default)]
@@ -78,7 +87,7 @@ impl MeshState {
     pub fn insert_workload(&mut self, w: Workload) {
         self.revision += 1;
         self.remove_workload(&w.uid);
-        for a in &w.addresses {
+        for a in indexed_addresses(&w) {
             self.by_addr.insert((w.network.clone(), *a), w.uid.clone());
         }
         for svc in w.services.keys() {
@@ -96,7 +105,7 @@ impl MeshState {
         let Some(old) = self.workloads.remove(uid) else {
             return false;
         };
-        for a in &old.addresses {
+        for a in indexed_addresses(&old) {
             let key = (old.network.clone(), *a);
             if self.by_addr.get(&key).is_some_and(|u| u == uid) {
                 self.by_addr.remove(&key);
@@ -351,6 +360,21 @@ mod tests {
         assert!(!s.remove_address("a"));
         assert_eq!(s.counts(), (0, 0, 0));
         assert!(s.by_addr.is_empty() && s.endpoints.is_empty());
+    }
+
+    #[test]
+    fn host_network_workloads_are_not_found_by_address() {
+        let mut s = MeshState::new();
+        let mut w = wl("h", "172.18.0.2", None);
+        w.network_mode = NetworkMode::HostNetwork;
+        s.insert_workload(w);
+        let ip = "172.18.0.2".parse().expect("ip");
+        assert!(s.workload_by_ip("", ip).is_none(), "the node's address");
+        assert!(s.workload("h").is_some());
+        s.insert_workload(wl("h", "172.18.0.2", None));
+        assert!(s.workload_by_ip("", ip).is_some(), "standard again");
+        s.remove_workload("h");
+        assert!(s.by_addr.is_empty());
     }
 
     #[test]
