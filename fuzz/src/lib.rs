@@ -104,7 +104,7 @@ pub fn xds_address(data: &[u8]) {
     let mut state = MeshState::new();
     match kind {
         AddressKind::Workload(w) => state.insert_workload(*w),
-        AddressKind::Service(s) => state.insert_service(s),
+        AddressKind::Service(s) => state.insert_service(*s),
     }
     check_state(&state);
 }

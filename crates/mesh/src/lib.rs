@@ -9,9 +9,17 @@
 //! which endpoint serves this service port ([`MeshState::pick_endpoint`]),
 //! and may this connection proceed ([`authz::authorize`], Istio's DENY-then-ALLOW
 //! semantics with every match field).
+//!
+//! The model carries every field of Istio's workload API that ztunnel keeps
+//! (network mode, application tunnels, capacity, locality, load-balancing
+//! settings, IP families, explicit service endpoints, ...), whether the
+//! state came from xDS or a local file; [`dump::state`] renders it as
+//! ztunnel's `/config_dump` does, and that output loads back as a local
+//! config.
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod dump;
 pub mod local;
 pub mod model;
 mod state;

@@ -2,6 +2,20 @@
 //! camelCase keys and unknown keys rejected, so existing ztunnel local
 //! configs load unchanged.
 //!
+//! Every field istio/ztunnel's `LocalConfig` reads is accepted: workloads
+//! (with `networkMode`, `nativeTunnel`, `applicationTunnel`, `capacity`,
+//! `locality`, gateways as `network/ip`, `namespace/hostname` or
+//! `{namespace, hostname}`, ...), services (with `endpoints`,
+//! `loadBalancer`, `ipFamilies`, `canonical`, ...) and authorization
+//! policies. Enum values take ztunnel's spelling (`HostNetwork`, `Strict`,
+//! `IPv4`) or the protobuf one (`HOST_NETWORK`, `STRICT`, `IPV4_ONLY`).
+//!
+//! The state part of a `/config_dump` ([`crate::dump::state`]) loads too:
+//! there a workload's `services` is a list of `namespace/hostname` and the
+//! ports live in the services' `endpoints` (or in `stagedServices` for
+//! services not known); parsing folds them back onto the workloads (see
+//! [`Config::parse`]).
+//!
 //! ```yaml
 //! workloads:
 //! - uid: cluster1//v1/Pod/default/local
@@ -26,16 +40,13 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 
-use ipnet::IpNet;
-use serde::Deserialize;
+use crate::model::{Policy, Service, Workload};
 
-use crate::model::{
-    Clause, GatewayAddress, HealthStatus, Locality, Match, Policy, PolicyAction, PolicyScope, Port,
-    Rule, Service, ServiceAccountMatch, StringMatch, TunnelProtocol, Workload,
-};
+mod raw;
+
+pub use self::raw::network_address;
 
 /// Why a local config did not load.
 #[derive(Debug, thiserror::Error)]
@@ -72,206 +83,6 @@ pub enum ConfigError {
     },
 }
 
-/// The whole file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalConfig {
-    #[serde(default)]
-    workloads: Vec<LocalWorkload>,
-    #[serde(default)]
-    policies: Vec<LocalPolicy>,
-    #[serde(default)]
-    services: Vec<LocalService>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalWorkload {
-    uid: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    service_account: String,
-    #[serde(default)]
-    trust_domain: String,
-    #[serde(default)]
-    workload_ips: Vec<IpAddr>,
-    #[serde(default)]
-    hostname: String,
-    #[serde(default)]
-    protocol: Option<LocalProtocol>,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    network: String,
-    #[serde(default)]
-    services: BTreeMap<String, BTreeMap<u16, u16>>,
-    #[serde(default)]
-    waypoint: Option<LocalGateway>,
-    #[serde(default)]
-    network_gateway: Option<LocalGateway>,
-    #[serde(default)]
-    workload_name: String,
-    #[serde(default)]
-    workload_type: String,
-    #[serde(default)]
-    canonical_name: String,
-    #[serde(default)]
-    canonical_revision: String,
-    #[serde(default)]
-    application_tunnel: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    authorization_policies: Vec<String>,
-    #[serde(default)]
-    status: Option<LocalStatus>,
-    #[serde(default)]
-    cluster_id: String,
-    #[serde(default)]
-    locality: Option<LocalLocality>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum LocalProtocol {
-    Hbone,
-    Tcp,
-    #[serde(rename = "LegacyIstioMtls", alias = "LEGACY_ISTIO_MTLS")]
-    LegacyIstioMtls,
-}
-
-#[derive(Debug, Deserialize)]
-enum LocalStatus {
-    Healthy,
-    Unhealthy,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalLocality {
-    #[serde(default)]
-    region: String,
-    #[serde(default)]
-    zone: String,
-    #[serde(default)]
-    subzone: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalGateway {
-    destination: LocalDestination,
-    #[serde(default = "default_hbone_port")]
-    hbone_mtls_port: u16,
-}
-
-fn default_hbone_port() -> u16 {
-    15008
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum LocalDestination {
-    /// `network/ip`.
-    Address(String),
-    Hostname {
-        namespace: String,
-        hostname: String,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalService {
-    name: String,
-    namespace: String,
-    hostname: String,
-    #[serde(default)]
-    vips: Vec<String>,
-    #[serde(default)]
-    ports: BTreeMap<u16, u16>,
-    #[serde(default)]
-    subject_alt_names: Vec<String>,
-    #[serde(default)]
-    waypoint: Option<LocalGateway>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalPolicy {
-    name: String,
-    namespace: String,
-    #[serde(default)]
-    scope: LocalScope,
-    #[serde(default)]
-    action: LocalAction,
-    /// rules → clauses → matches.
-    #[serde(default)]
-    rules: Vec<Vec<Vec<LocalMatch>>>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-enum LocalScope {
-    Global,
-    #[default]
-    Namespace,
-    WorkloadSelector,
-}
-
-#[derive(Debug, Default, Deserialize)]
-enum LocalAction {
-    #[default]
-    Allow,
-    Deny,
-}
-
-#[derive(Debug, Deserialize)]
-enum LocalStringMatch {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Presence(#[serde(default)] serde::de::IgnoredAny),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalSaMatch {
-    namespace: String,
-    service_account: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LocalMatch {
-    #[serde(default)]
-    namespaces: Vec<LocalStringMatch>,
-    #[serde(default)]
-    not_namespaces: Vec<LocalStringMatch>,
-    #[serde(default)]
-    principals: Vec<LocalStringMatch>,
-    #[serde(default)]
-    not_principals: Vec<LocalStringMatch>,
-    #[serde(default)]
-    source_ips: Vec<IpNet>,
-    #[serde(default)]
-    not_source_ips: Vec<IpNet>,
-    #[serde(default)]
-    destination_ips: Vec<IpNet>,
-    #[serde(default)]
-    not_destination_ips: Vec<IpNet>,
-    #[serde(default)]
-    destination_ports: Vec<u16>,
-    #[serde(default)]
-    not_destination_ports: Vec<u16>,
-    #[serde(default)]
-    service_accounts: Vec<LocalSaMatch>,
-    #[serde(default)]
-    not_service_accounts: Vec<LocalSaMatch>,
-}
-
 /// A parsed local config, converted to the mesh model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -294,10 +105,18 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses config text; `origin` names it in errors.
+    /// Parses config text (YAML, or the JSON of a dump); `origin` names it
+    /// in errors.
+    ///
+    /// A service endpoint (in a service's `endpoints` or in a dump's
+    /// `stagedServices`) for a workload of the same text that lists the
+    /// service is folded onto the workload: its port map becomes the
+    /// workload's ports for the service, and the entry is dropped when its
+    /// status is the workload's. So a dump parses to the model it was made
+    /// from, and each fact has one place in the model.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: LocalConfig = if text.trim().is_empty() {
-            LocalConfig::default()
+        let raw: raw::LocalConfig = if text.trim().is_empty() {
+            raw::LocalConfig::default()
         } else {
             // Enums such as StringMatch are written as one-key maps
             // (`{Exact: foo}`), as ztunnel's files have them.
@@ -316,205 +135,65 @@ impl Config {
         };
         let mut out = Config::default();
         for w in raw.workloads {
-            let item = format!("workload {}", w.uid);
-            if w.uid.is_empty() {
-                return Err(invalid("workload".into(), "uid must not be empty".into()));
-            }
-            let wl = Workload {
-                uid: w.uid,
-                name: w.name,
-                namespace: w.namespace,
-                addresses: w.workload_ips,
-                hostname: w.hostname,
-                network: w.network,
-                protocol: match w.protocol {
-                    Some(LocalProtocol::Hbone) => TunnelProtocol::Hbone,
-                    Some(LocalProtocol::LegacyIstioMtls) => TunnelProtocol::LegacyIstioMtls,
-                    Some(LocalProtocol::Tcp) | None => TunnelProtocol::None,
-                },
-                trust_domain: w.trust_domain,
-                service_account: w.service_account,
-                waypoint: w
-                    .waypoint
-                    .map(gateway)
-                    .transpose()
-                    .map_err(|r| invalid(item.clone(), r))?,
-                network_gateway: w
-                    .network_gateway
-                    .map(gateway)
-                    .transpose()
-                    .map_err(|r| invalid(item.clone(), r))?,
-                node: w.node,
-                canonical_name: w.canonical_name,
-                canonical_revision: w.canonical_revision,
-                workload_type: w.workload_type,
-                workload_name: w.workload_name,
-                services: w
-                    .services
-                    .into_iter()
-                    .map(|(k, ports)| {
-                        (
-                            k,
-                            ports
-                                .into_iter()
-                                .map(|(s, t)| Port {
-                                    service_port: s,
-                                    target_port: t,
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-                authorization_policies: w.authorization_policies,
-                status: match w.status {
-                    Some(LocalStatus::Unhealthy) => HealthStatus::Unhealthy,
-                    _ => HealthStatus::Healthy,
-                },
-                cluster_id: w.cluster_id,
-                locality: w.locality.map(|l| Locality {
-                    region: l.region,
-                    zone: l.zone,
-                    subzone: l.subzone,
-                }),
+            let item = if w.uid.is_empty() {
+                "workload".to_owned()
+            } else {
+                format!("workload {}", w.uid)
             };
-            let _ = w.application_tunnel;
-            if wl.addresses.is_empty() && wl.hostname.is_empty() {
-                return Err(invalid(item, "needs workloadIps or hostname".into()));
-            }
-            out.workloads.push(wl);
+            out.workloads
+                .push(w.into_model().map_err(|r| invalid(item, r))?);
         }
         for s in raw.services {
             let item = format!("service {}/{}", s.namespace, s.hostname);
-            let vips = s
-                .vips
-                .iter()
-                .map(|v| network_address(v).map_err(|r| invalid(item.clone(), r)))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.services.push(Service {
-                name: s.name,
-                namespace: s.namespace,
-                hostname: s.hostname,
-                vips,
-                ports: s
-                    .ports
-                    .into_iter()
-                    .map(|(a, b)| Port {
-                        service_port: a,
-                        target_port: b,
-                    })
-                    .collect(),
-                subject_alt_names: s.subject_alt_names,
-                waypoint: s
-                    .waypoint
-                    .map(gateway)
-                    .transpose()
-                    .map_err(|r| invalid(item.clone(), r))?,
+            out.services
+                .push(s.into_model().map_err(|r| invalid(item, r))?);
+        }
+        out.policies
+            .extend(raw.policies.into_iter().map(raw::LocalPolicy::into_model));
+        let mut by_uid: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, w) in out.workloads.iter().enumerate() {
+            by_uid.insert(w.uid.clone(), i);
+        }
+        for svc in &mut out.services {
+            let key = svc.key();
+            svc.endpoints.retain(|uid, ep| {
+                let Some(w) = by_uid.get(uid).and_then(|i| out.workloads.get_mut(*i)) else {
+                    return true;
+                };
+                let Some(ports) = w.services.get_mut(&key) else {
+                    return true;
+                };
+                ports.clone_from(&ep.ports);
+                ep.status != w.status
             });
         }
-        for p in raw.policies {
-            out.policies.push(Policy {
-                name: p.name,
-                namespace: p.namespace,
-                scope: match p.scope {
-                    LocalScope::Global => PolicyScope::Global,
-                    LocalScope::Namespace => PolicyScope::Namespace,
-                    LocalScope::WorkloadSelector => PolicyScope::WorkloadSelector,
-                },
-                action: match p.action {
-                    LocalAction::Allow => PolicyAction::Allow,
-                    LocalAction::Deny => PolicyAction::Deny,
-                },
-                rules: p
-                    .rules
-                    .into_iter()
-                    .map(|clauses| Rule {
-                        clauses: clauses
-                            .into_iter()
-                            .map(|ms| Clause {
-                                matches: ms.into_iter().map(convert_match).collect(),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-                dry_run: p.dry_run,
-            });
+        for (key, eps) in raw.staged_services {
+            for (uid, ep) in eps {
+                let item = format!("stagedServices {key}");
+                let (uid, ep) = ep
+                    .into_model(Some(uid))
+                    .map_err(|r| invalid(item.clone(), r))?;
+                let w = by_uid
+                    .get(&uid)
+                    .and_then(|i| out.workloads.get_mut(*i))
+                    .ok_or_else(|| invalid(item.clone(), format!("{uid:?} is no workload")))?;
+                if ep.status != w.status {
+                    return Err(invalid(
+                        item,
+                        format!("{uid:?}: endpoint status differs from the workload's"),
+                    ));
+                }
+                w.services.insert(key.clone(), ep.ports);
+            }
         }
         Ok(out)
     }
 }
 
-fn sm(v: Vec<LocalStringMatch>) -> Vec<StringMatch> {
-    v.into_iter()
-        .map(|m| match m {
-            LocalStringMatch::Exact(s) => StringMatch::Exact(s),
-            LocalStringMatch::Prefix(s) => StringMatch::Prefix(s),
-            LocalStringMatch::Suffix(s) => StringMatch::Suffix(s),
-            LocalStringMatch::Presence(_) => StringMatch::Presence,
-        })
-        .collect()
-}
-
-fn sa(v: Vec<LocalSaMatch>) -> Vec<ServiceAccountMatch> {
-    v.into_iter()
-        .map(|m| ServiceAccountMatch {
-            namespace: m.namespace,
-            service_account: m.service_account,
-        })
-        .collect()
-}
-
-fn convert_match(m: LocalMatch) -> Match {
-    Match {
-        namespaces: sm(m.namespaces),
-        not_namespaces: sm(m.not_namespaces),
-        principals: sm(m.principals),
-        not_principals: sm(m.not_principals),
-        source_ips: m.source_ips,
-        not_source_ips: m.not_source_ips,
-        destination_ips: m.destination_ips,
-        not_destination_ips: m.not_destination_ips,
-        destination_ports: m.destination_ports,
-        not_destination_ports: m.not_destination_ports,
-        service_accounts: sa(m.service_accounts),
-        not_service_accounts: sa(m.not_service_accounts),
-    }
-}
-
-/// Parses `network/ip` (the network may be empty: `/10.0.0.1`).
-pub fn network_address(s: &str) -> Result<(String, IpAddr), String> {
-    let (net, ip) = s
-        .rsplit_once('/')
-        .ok_or_else(|| format!("{s:?} is not network/ip"))?;
-    let ip = ip
-        .parse()
-        .map_err(|_| format!("{s:?}: {ip:?} is not an IP address"))?;
-    Ok((net.to_owned(), ip))
-}
-
-fn gateway(g: LocalGateway) -> Result<GatewayAddress, String> {
-    Ok(match g.destination {
-        LocalDestination::Address(a) => {
-            let (network, ip) = network_address(&a)?;
-            GatewayAddress::Address {
-                network,
-                ip,
-                hbone_port: g.hbone_mtls_port,
-            }
-        }
-        LocalDestination::Hostname {
-            namespace,
-            hostname,
-        } => GatewayAddress::Hostname {
-            namespace,
-            hostname,
-            hbone_port: g.hbone_mtls_port,
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{GatewayAddress, Port, StringMatch, TunnelProtocol};
 
     const SAMPLE: &str = r#"
 workloads:
@@ -615,5 +294,52 @@ services:
             .is_err()
         );
         assert_eq!(Config::parse("", "x").expect("empty"), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_in_new_fields_name_their_line() {
+        for (bad, line) in [
+            (
+                "workloads:\n- uid: a\n  workloadIps: [10.0.0.1]\n  applicationTunnel:\n    protocol: PROXY\n    colour: blue\n",
+                "line 6",
+            ),
+            (
+                "services:\n- name: s\n  namespace: n\n  hostname: h\n  loadBalancer:\n    mode: Strict\n    colour: blue\n",
+                "line 7",
+            ),
+            (
+                "services:\n- name: s\n  namespace: n\n  hostname: h\n  endpoints:\n    u:\n      port: {80: 80}\n      colour: blue\n",
+                "line 8",
+            ),
+        ] {
+            let msg = Config::parse(bad, "x").expect_err(bad).to_string();
+            assert!(msg.contains("colour") && msg.contains(line), "{msg}");
+        }
+        let msg = Config::parse(
+            "workloads:\n- uid: a\n  workloadIps: [10.0.0.1]\n  networkMode: Bridge\n",
+            "x",
+        )
+        .expect_err("unknown network mode")
+        .to_string();
+        assert!(msg.contains("Bridge") && msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn inconsistent_endpoints_are_named() {
+        let e = Config::parse(
+            "services:\n- {name: s, namespace: n, hostname: h, endpoints: {u: {workloadUid: v}}}\n",
+            "x",
+        )
+        .expect_err("key and uid differ");
+        assert!(e.to_string().contains("service n/h"), "{e}");
+        let e = Config::parse("stagedServices: {n/h: {u: {port: {80: 80}}}}\n", "x")
+            .expect_err("no such workload");
+        assert!(e.to_string().contains("stagedServices n/h"), "{e}");
+        let e = Config::parse(
+            "workloads:\n- {uid: a, workloadIps: [10.0.0.1], waypoint: {destination: nowhere}}\n",
+            "x",
+        )
+        .expect_err("bad gateway");
+        assert!(e.to_string().contains("workload a"), "{e}");
     }
 }

@@ -73,8 +73,38 @@ pub enum GatewayAddress {
     },
 }
 
+/// Whether a workload has its own network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum NetworkMode {
+    /// Its own addresses (a normal pod).
+    #[default]
+    Standard,
+    /// The node's network: its addresses are the node's, so they do not
+    /// identify the workload.
+    HostNetwork,
+}
+
+/// What the application itself speaks inside a tunnel it terminates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AppTunnelProtocol {
+    /// Plain bytes.
+    #[default]
+    None,
+    /// A PROXY protocol header precedes the bytes.
+    Proxy,
+}
+
+/// A tunnel the workload terminates itself (Istio's `ApplicationTunnel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ApplicationTunnel {
+    /// Protocol spoken to the application.
+    pub protocol: AppTunnelProtocol,
+    /// Port to deliver to; `None` keeps the original port.
+    pub port: Option<u16>,
+}
+
 /// A workload: a pod, VM or other endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     /// Unique id, e.g. `cluster1//v1/Pod/default/sleep-abc`.
     pub uid: String,
@@ -116,8 +146,48 @@ pub struct Workload {
     pub status: HealthStatus,
     /// Cluster.
     pub cluster_id: String,
-    /// Locality: region/zone/subzone.
+    /// Locality: region/zone/subzone (`None` when every part is empty).
     pub locality: Option<Locality>,
+    /// Whether the workload has its own network namespace.
+    pub network_mode: NetworkMode,
+    /// The workload speaks HBONE itself: forward HBONE to it as is.
+    pub native_tunnel: bool,
+    /// A tunnel the workload terminates itself.
+    pub application_tunnel: Option<ApplicationTunnel>,
+    /// Relative weight among a service's endpoints (Istio's default is 1).
+    pub capacity: u32,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            uid: String::new(),
+            name: String::new(),
+            namespace: String::new(),
+            addresses: Vec::new(),
+            hostname: String::new(),
+            network: String::new(),
+            protocol: TunnelProtocol::default(),
+            trust_domain: String::new(),
+            service_account: String::new(),
+            waypoint: None,
+            network_gateway: None,
+            node: String::new(),
+            canonical_name: String::new(),
+            canonical_revision: String::new(),
+            workload_type: String::new(),
+            workload_name: String::new(),
+            services: BTreeMap::new(),
+            authorization_policies: Vec::new(),
+            status: HealthStatus::default(),
+            cluster_id: String::new(),
+            locality: None,
+            network_mode: NetworkMode::default(),
+            native_tunnel: false,
+            application_tunnel: None,
+            capacity: 1,
+        }
+    }
 }
 
 /// Where a workload runs.
@@ -148,6 +218,79 @@ impl Workload {
     }
 }
 
+/// A topology level endpoints are matched at when choosing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoadBalancerScope {
+    /// Same region.
+    Region,
+    /// Same zone.
+    Zone,
+    /// Same subzone.
+    Subzone,
+    /// Same node.
+    Node,
+    /// Same cluster.
+    Cluster,
+    /// Same network.
+    Network,
+}
+
+/// How `routing_preferences` are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LoadBalancerMode {
+    /// Ignore the preferences (Istio's `UNSPECIFIED_MODE`).
+    #[default]
+    Standard,
+    /// Only endpoints matching every preference; none means failure.
+    Strict,
+    /// Prefer endpoints matching the most preferences, in order.
+    Failover,
+    /// Choose no endpoint: send to the original destination address.
+    Passthrough,
+}
+
+/// Whether unhealthy endpoints may be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LoadBalancerHealthPolicy {
+    /// Healthy endpoints only.
+    #[default]
+    OnlyHealthy,
+    /// Any endpoint.
+    AllowAll,
+}
+
+/// A service's endpoint selection settings (Istio's `LoadBalancing`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct LoadBalancer {
+    /// Topology levels to match, most important first.
+    pub routing_preferences: Vec<LoadBalancerScope>,
+    /// How the preferences apply.
+    pub mode: LoadBalancerMode,
+    /// Whether unhealthy endpoints may be chosen.
+    pub health_policy: LoadBalancerHealthPolicy,
+}
+
+/// Which address families a service uses (unset means automatic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    /// IPv4 and IPv6.
+    Dual,
+    /// IPv4 only.
+    IPv4,
+    /// IPv6 only.
+    IPv6,
+}
+
+/// An endpoint stated on the service itself rather than by a workload's
+/// `services` map (ztunnel's local config allows both).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ServiceEndpoint {
+    /// Service port → workload port overrides for this endpoint.
+    pub ports: Vec<Port>,
+    /// Health of the endpoint.
+    pub status: HealthStatus,
+}
+
 /// A service: a hostname and VIPs, backed by workloads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Service {
@@ -165,6 +308,15 @@ pub struct Service {
     pub subject_alt_names: Vec<String>,
     /// The waypoint in front of the service.
     pub waypoint: Option<GatewayAddress>,
+    /// Endpoints stated on the service, by workload uid (besides the
+    /// workloads whose `services` map names it).
+    pub endpoints: BTreeMap<String, ServiceEndpoint>,
+    /// Endpoint selection settings.
+    pub load_balancer: Option<LoadBalancer>,
+    /// Address families (`None`: automatic).
+    pub ip_families: Option<IpFamily>,
+    /// The canonical service among those sharing the hostname.
+    pub canonical: bool,
 }
 
 impl Service {

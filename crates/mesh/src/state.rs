@@ -2,7 +2,7 @@
 //! proxies look them up.
 //!
 //! Invariants: `by_addr` holds exactly the addresses of the workloads in
-//! `workloads`; `by_vip` exactly the VIPs of `services`; `endpoints[svc]`
+//! `workloads` that are not host-network; `by_vip` exactly the VIPs of `services`; `endpoints[svc]`
 //! exactly the uids of workloads whose `services` map names `svc`. Every
 //! insert first removes the previous version's index entries.
 
@@ -13,7 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::authz::{self, Connection, Decision};
 use crate::local::Config;
-use crate::model::{HealthStatus, Policy, Port, Service, Workload};
+use crate::model::{HealthStatus, NetworkMode, Policy, Port, Service, Workload};
+
+/// The addresses a workload is found by: none for a host-network workload,
+/// whose addresses are its node's (as in ztunnel).
+fn indexed_addresses(w: &Workload) -> &[IpAddr] {
+    match w.network_mode {
+        NetworkMode::Standard => &w.addresses,
+        NetworkMode::HostNetwork => &[],
+    }
+}
 
 /// All workloads, services and policies.
 #[derive(Debug, Default)]
@@ -78,7 +87,7 @@ impl MeshState {
     pub fn insert_workload(&mut self, w: Workload) {
         self.revision += 1;
         self.remove_workload(&w.uid);
-        for a in &w.addresses {
+        for a in indexed_addresses(&w) {
             self.by_addr.insert((w.network.clone(), *a), w.uid.clone());
         }
         for svc in w.services.keys() {
@@ -96,7 +105,7 @@ impl MeshState {
         let Some(old) = self.workloads.remove(uid) else {
             return false;
         };
-        for a in &old.addresses {
+        for a in indexed_addresses(&old) {
             let key = (old.network.clone(), *a);
             if self.by_addr.get(&key).is_some_and(|u| u == uid) {
                 self.by_addr.remove(&key);
@@ -195,27 +204,32 @@ impl MeshState {
             .or_else(|| self.workload_by_ip(network, ip).map(Target::Workload))
     }
 
-    /// Healthy endpoints of a service for `service_port`, with target ports.
+    /// Healthy endpoints of a service for `service_port`, with target ports:
+    /// the workloads whose `services` map names the service, and the
+    /// service's own `endpoints` (whose status and ports win for their uid).
     pub fn endpoints(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
         let key = svc.key();
-        let Some(uids) = self.endpoints.get(&key) else {
-            return Vec::new();
-        };
-        let default = svc
-            .ports
-            .iter()
-            .find(|p| p.service_port == service_port)
-            .copied();
-        uids.iter()
-            .filter_map(|u| self.workloads.get(u))
-            .filter(|w| w.status == HealthStatus::Healthy)
-            .filter_map(|w| {
-                // The workload's own port list for the service wins over the
-                // service's; a service without the port has no endpoint.
-                let port = w
-                    .services
-                    .get(&key)
-                    .and_then(|ps| ps.iter().find(|p| p.service_port == service_port).copied())
+        let find = |ps: &[Port]| ps.iter().find(|p| p.service_port == service_port).copied();
+        let default = find(&svc.ports);
+        let uids: BTreeSet<&String> = self
+            .endpoints
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .chain(svc.endpoints.keys())
+            .collect();
+        uids.into_iter()
+            .filter_map(|u| {
+                let w = self.workloads.get(u)?;
+                let explicit = svc.endpoints.get(u);
+                if explicit.map_or(w.status, |e| e.status) != HealthStatus::Healthy {
+                    return None;
+                }
+                // The endpoint's own port list wins over the service's; a
+                // service without the port has no endpoint.
+                let port = explicit
+                    .and_then(|e| find(&e.ports))
+                    .or_else(|| w.services.get(&key).and_then(|ps| find(ps)))
                     .or(default)
                     .map(|p: Port| p.target())?;
                 Some(Endpoint {
@@ -224,6 +238,25 @@ impl MeshState {
                 })
             })
             .collect()
+    }
+
+    /// The uids of the workloads whose `services` map names `key`
+    /// (`namespace/hostname`), whether or not the service is known.
+    pub fn members(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.endpoints
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// The `namespace/hostname`s workloads name that no known service has:
+    /// ztunnel keeps their endpoints as "staged".
+    pub fn staged_service_keys(&self) -> impl Iterator<Item = &str> {
+        self.endpoints
+            .keys()
+            .filter(|k| !self.services.contains_key(*k))
+            .map(String::as_str)
     }
 
     /// Picks one healthy endpoint, round robin.
@@ -327,6 +360,21 @@ mod tests {
         assert!(!s.remove_address("a"));
         assert_eq!(s.counts(), (0, 0, 0));
         assert!(s.by_addr.is_empty() && s.endpoints.is_empty());
+    }
+
+    #[test]
+    fn host_network_workloads_are_not_found_by_address() {
+        let mut s = MeshState::new();
+        let mut w = wl("h", "172.18.0.2", None);
+        w.network_mode = NetworkMode::HostNetwork;
+        s.insert_workload(w);
+        let ip = "172.18.0.2".parse().expect("ip");
+        assert!(s.workload_by_ip("", ip).is_none(), "the node's address");
+        assert!(s.workload("h").is_some());
+        s.insert_workload(wl("h", "172.18.0.2", None));
+        assert!(s.workload_by_ip("", ip).is_some(), "standard again");
+        s.remove_workload("h");
+        assert!(s.by_addr.is_empty());
     }
 
     #[test]

@@ -17,8 +17,10 @@ use ambit_xds::{Handler, HandlerError, XdsResource};
 use ipnet::IpNet;
 
 use crate::model::{
-    Clause, GatewayAddress, HealthStatus, Locality, Match, Policy, PolicyAction, PolicyScope, Port,
-    Rule, Service, ServiceAccountMatch, StringMatch, TunnelProtocol, Workload,
+    AppTunnelProtocol, ApplicationTunnel, Clause, GatewayAddress, HealthStatus, IpFamily,
+    LoadBalancer, LoadBalancerHealthPolicy, LoadBalancerMode, LoadBalancerScope, Locality, Match,
+    NetworkMode, Policy, PolicyAction, PolicyScope, Port, Rule, Service, ServiceAccountMatch,
+    StringMatch, TunnelProtocol, Workload,
 };
 use crate::state::MeshState;
 
@@ -126,10 +128,11 @@ pub fn workload(w: &pb::Workload) -> Result<Workload, ConvertError> {
         node: w.node.clone(),
         canonical_name: w.canonical_name.clone(),
         canonical_revision: w.canonical_revision.clone(),
-        workload_type: format!(
-            "{:?}",
-            pb::WorkloadType::try_from(w.workload_type).unwrap_or_default()
-        ),
+        // ztunnel's spelling: the enum name in lower case.
+        workload_type: pb::WorkloadType::try_from(w.workload_type)
+            .unwrap_or_default()
+            .as_str_name()
+            .to_ascii_lowercase(),
         workload_name: w.workload_name.clone(),
         services: w
             .services
@@ -143,11 +146,94 @@ pub fn workload(w: &pb::Workload) -> Result<Workload, ConvertError> {
             HealthStatus::Healthy
         },
         cluster_id: w.cluster_id.clone(),
-        locality: w.locality.as_ref().map(|l| Locality {
-            region: l.region.clone(),
-            zone: l.zone.clone(),
-            subzone: l.subzone.clone(),
-        }),
+        locality: w
+            .locality
+            .as_ref()
+            .map(|l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                subzone: l.subzone.clone(),
+            })
+            .filter(|l| *l != Locality::default()),
+        network_mode: match pb::NetworkMode::try_from(w.network_mode) {
+            Ok(pb::NetworkMode::Standard) => NetworkMode::Standard,
+            Ok(pb::NetworkMode::HostNetwork) => NetworkMode::HostNetwork,
+            Err(_) => {
+                return Err(err(
+                    name,
+                    format!("unknown network mode {}", w.network_mode),
+                ));
+            }
+        },
+        native_tunnel: w.native_tunnel,
+        application_tunnel: w
+            .application_tunnel
+            .as_ref()
+            .map(|t| app_tunnel(name, t))
+            .transpose()?,
+        capacity: w.capacity.unwrap_or(1),
+    })
+}
+
+fn app_tunnel(name: &str, t: &pb::ApplicationTunnel) -> Result<ApplicationTunnel, ConvertError> {
+    use pb::application_tunnel::Protocol;
+    Ok(ApplicationTunnel {
+        protocol: match Protocol::try_from(t.protocol) {
+            Ok(Protocol::None) => AppTunnelProtocol::None,
+            Ok(Protocol::Proxy) => AppTunnelProtocol::Proxy,
+            Err(_) => {
+                return Err(err(
+                    name,
+                    format!("unknown application tunnel protocol {}", t.protocol),
+                ));
+            }
+        },
+        port: match t.port {
+            0 => None,
+            p => Some(port(name, p)?),
+        },
+    })
+}
+
+fn load_balancer(name: &str, lb: &pb::LoadBalancing) -> Result<LoadBalancer, ConvertError> {
+    use pb::load_balancing::{HealthPolicy, Mode, Scope};
+    Ok(LoadBalancer {
+        routing_preferences: lb
+            .routing_preference
+            .iter()
+            .map(|s| match Scope::try_from(*s) {
+                Ok(Scope::Region) => Ok(LoadBalancerScope::Region),
+                Ok(Scope::Zone) => Ok(LoadBalancerScope::Zone),
+                Ok(Scope::Subzone) => Ok(LoadBalancerScope::Subzone),
+                Ok(Scope::Node) => Ok(LoadBalancerScope::Node),
+                Ok(Scope::Cluster) => Ok(LoadBalancerScope::Cluster),
+                Ok(Scope::Network) => Ok(LoadBalancerScope::Network),
+                Ok(Scope::UnspecifiedScope) | Err(_) => {
+                    Err(err(name, format!("invalid routing preference {s}")))
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        mode: match Mode::try_from(lb.mode) {
+            Ok(Mode::UnspecifiedMode) => LoadBalancerMode::Standard,
+            Ok(Mode::Strict) => LoadBalancerMode::Strict,
+            Ok(Mode::Failover) => LoadBalancerMode::Failover,
+            Err(_) => {
+                return Err(err(
+                    name,
+                    format!("unknown load balancing mode {}", lb.mode),
+                ));
+            }
+        },
+        health_policy: match HealthPolicy::try_from(lb.health_policy) {
+            Ok(HealthPolicy::OnlyHealthy) => LoadBalancerHealthPolicy::OnlyHealthy,
+            Ok(HealthPolicy::AllowAll) => LoadBalancerHealthPolicy::AllowAll,
+            Err(_) => {
+                return Err(err(
+                    name,
+                    format!("unknown health policy {}", lb.health_policy),
+                ));
+            }
+        },
     })
 }
 
@@ -171,6 +257,21 @@ pub fn service(s: &pb::Service) -> Result<Service, ConvertError> {
             .map(|g| gateway(&name, g))
             .transpose()?
             .flatten(),
+        // The wire carries endpoints on the workloads only.
+        endpoints: Default::default(),
+        load_balancer: s
+            .load_balancing
+            .as_ref()
+            .map(|lb| load_balancer(&name, lb))
+            .transpose()?,
+        ip_families: match pb::IpFamilies::try_from(s.ip_families) {
+            Ok(pb::IpFamilies::Automatic) => None,
+            Ok(pb::IpFamilies::Ipv4Only) => Some(IpFamily::IPv4),
+            Ok(pb::IpFamilies::Ipv6Only) => Some(IpFamily::IPv6),
+            Ok(pb::IpFamilies::Dual) => Some(IpFamily::Dual),
+            Err(_) => return Err(err(&name, format!("unknown IP families {}", s.ip_families))),
+        },
+        canonical: s.canonical,
     })
 }
 
@@ -280,14 +381,14 @@ pub enum AddressKind {
     /// A workload.
     Workload(Box<Workload>),
     /// A service.
-    Service(Service),
+    Service(Box<Service>),
 }
 
 /// Converts an `Address` resource.
 pub fn address(name: &str, a: &pb::Address) -> Result<AddressKind, ConvertError> {
     match &a.r#type {
         Some(pb::address::Type::Workload(w)) => Ok(AddressKind::Workload(Box::new(workload(w)?))),
-        Some(pb::address::Type::Service(s)) => Ok(AddressKind::Service(service(s)?)),
+        Some(pb::address::Type::Service(s)) => Ok(AddressKind::Service(Box::new(service(s)?))),
         None => Err(err(name, "address without workload or service")),
     }
 }
@@ -319,7 +420,7 @@ impl Handler<pb::Address> for AddressHandler {
         for a in converted {
             match a {
                 AddressKind::Workload(w) => st.insert_workload(*w),
-                AddressKind::Service(s) => st.insert_service(s),
+                AddressKind::Service(s) => st.insert_service(*s),
             }
         }
         Ok(())
@@ -357,210 +458,7 @@ impl Handler<sec::Authorization> for AuthorizationHandler {
 
 /// The model back to the wire, for control planes and tests that serve a
 /// [`crate::Config`] over xDS.
-pub mod encode {
-    use super::*;
-
-    fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
-        match ip {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        }
-    }
-
-    fn gw(g: &GatewayAddress) -> pb::GatewayAddress {
-        match g {
-            GatewayAddress::Hostname {
-                namespace,
-                hostname,
-                hbone_port,
-            } => pb::GatewayAddress {
-                destination: Some(pb::gateway_address::Destination::Hostname(
-                    pb::NamespacedHostname {
-                        namespace: namespace.clone(),
-                        hostname: hostname.clone(),
-                    },
-                )),
-                hbone_mtls_port: u32::from(*hbone_port),
-            },
-            GatewayAddress::Address {
-                network,
-                ip,
-                hbone_port,
-            } => pb::GatewayAddress {
-                destination: Some(pb::gateway_address::Destination::Address(
-                    pb::NetworkAddress {
-                        network: network.clone(),
-                        address: ip_bytes(ip),
-                        length: None,
-                    },
-                )),
-                hbone_mtls_port: u32::from(*hbone_port),
-            },
-        }
-    }
-
-    fn pports(ps: &[Port]) -> Vec<pb::Port> {
-        ps.iter()
-            .map(|p| pb::Port {
-                service_port: u32::from(p.service_port),
-                target_port: u32::from(p.target_port),
-                app_protocol: 0,
-            })
-            .collect()
-    }
-
-    /// A workload as an `Address` resource.
-    pub fn workload(w: &Workload) -> pb::Address {
-        pb::Address {
-            r#type: Some(pb::address::Type::Workload(pb::Workload {
-                uid: w.uid.clone(),
-                name: w.name.clone(),
-                namespace: w.namespace.clone(),
-                addresses: w.addresses.iter().map(ip_bytes).collect(),
-                hostname: w.hostname.clone(),
-                network: w.network.clone(),
-                tunnel_protocol: match w.protocol {
-                    TunnelProtocol::Hbone => pb::TunnelProtocol::Hbone as i32,
-                    TunnelProtocol::LegacyIstioMtls => pb::TunnelProtocol::LegacyIstioMtls as i32,
-                    TunnelProtocol::None => pb::TunnelProtocol::None as i32,
-                },
-                trust_domain: w.trust_domain.clone(),
-                service_account: w.service_account.clone(),
-                waypoint: w.waypoint.as_ref().map(gw),
-                network_gateway: w.network_gateway.as_ref().map(gw),
-                node: w.node.clone(),
-                canonical_name: w.canonical_name.clone(),
-                canonical_revision: w.canonical_revision.clone(),
-                workload_name: w.workload_name.clone(),
-                services: w
-                    .services
-                    .iter()
-                    .map(|(k, ps)| (k.clone(), pb::PortList { ports: pports(ps) }))
-                    .collect(),
-                authorization_policies: w.authorization_policies.clone(),
-                status: match w.status {
-                    HealthStatus::Healthy => pb::WorkloadStatus::Healthy as i32,
-                    HealthStatus::Unhealthy => pb::WorkloadStatus::Unhealthy as i32,
-                },
-                cluster_id: w.cluster_id.clone(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    /// A service as an `Address` resource.
-    pub fn service(s: &Service) -> pb::Address {
-        pb::Address {
-            r#type: Some(pb::address::Type::Service(pb::Service {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                hostname: s.hostname.clone(),
-                addresses: s
-                    .vips
-                    .iter()
-                    .map(|(n, ip)| pb::NetworkAddress {
-                        network: n.clone(),
-                        address: ip_bytes(ip),
-                        length: None,
-                    })
-                    .collect(),
-                ports: pports(&s.ports),
-                subject_alt_names: s.subject_alt_names.clone(),
-                waypoint: s.waypoint.as_ref().map(gw),
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn sm(v: &[StringMatch]) -> Vec<sec::StringMatch> {
-        v.iter()
-            .map(|m| sec::StringMatch {
-                match_type: Some(match m {
-                    StringMatch::Exact(s) => sec::string_match::MatchType::Exact(s.clone()),
-                    StringMatch::Prefix(s) => sec::string_match::MatchType::Prefix(s.clone()),
-                    StringMatch::Suffix(s) => sec::string_match::MatchType::Suffix(s.clone()),
-                    StringMatch::Presence => sec::string_match::MatchType::Presence(()),
-                }),
-            })
-            .collect()
-    }
-
-    fn an(v: &[IpNet]) -> Vec<sec::Address> {
-        v.iter()
-            .map(|n| sec::Address {
-                address: ip_bytes(&n.addr()),
-                length: u32::from(n.prefix_len()),
-            })
-            .collect()
-    }
-
-    fn sa(v: &[ServiceAccountMatch]) -> Vec<sec::ServiceAccountMatch> {
-        v.iter()
-            .map(|m| sec::ServiceAccountMatch {
-                namespace: m.namespace.clone(),
-                service_account: m.service_account.clone(),
-            })
-            .collect()
-    }
-
-    /// A policy as an `Authorization` resource.
-    pub fn policy(p: &Policy) -> sec::Authorization {
-        sec::Authorization {
-            name: p.name.clone(),
-            namespace: p.namespace.clone(),
-            scope: match p.scope {
-                PolicyScope::Global => sec::Scope::Global as i32,
-                PolicyScope::Namespace => sec::Scope::Namespace as i32,
-                PolicyScope::WorkloadSelector => sec::Scope::WorkloadSelector as i32,
-            },
-            action: match p.action {
-                PolicyAction::Allow => sec::Action::Allow as i32,
-                PolicyAction::Deny => sec::Action::Deny as i32,
-            },
-            rules: p
-                .rules
-                .iter()
-                .map(|r| sec::Rule {
-                    clauses: r
-                        .clauses
-                        .iter()
-                        .map(|c| sec::Clause {
-                            matches: c
-                                .matches
-                                .iter()
-                                .map(|m| sec::Match {
-                                    namespaces: sm(&m.namespaces),
-                                    not_namespaces: sm(&m.not_namespaces),
-                                    principals: sm(&m.principals),
-                                    not_principals: sm(&m.not_principals),
-                                    source_ips: an(&m.source_ips),
-                                    not_source_ips: an(&m.not_source_ips),
-                                    destination_ips: an(&m.destination_ips),
-                                    not_destination_ips: an(&m.not_destination_ips),
-                                    destination_ports: m
-                                        .destination_ports
-                                        .iter()
-                                        .map(|p| u32::from(*p))
-                                        .collect(),
-                                    not_destination_ports: m
-                                        .not_destination_ports
-                                        .iter()
-                                        .map(|p| u32::from(*p))
-                                        .collect(),
-                                    service_accounts: sa(&m.service_accounts),
-                                    not_service_accounts: sa(&m.not_service_accounts),
-                                    extensions: vec![],
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            dry_run: p.dry_run,
-            extensions: vec![],
-        }
-    }
-}
+pub mod encode;
 
 /// Where a proxy's mesh state comes from: ztunnel's local YAML, or delta
 /// ADS (istiod) with wildcard subscriptions to Istio's `Address` and
@@ -668,7 +566,7 @@ policies:
         }
         for s in &c.services {
             match address(&s.key(), &encode::service(s)).expect("decode") {
-                AddressKind::Service(back) => assert_eq!(back, *s),
+                AddressKind::Service(back) => assert_eq!(*back, *s),
                 other => panic!("{other:?}"),
             }
         }
