@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod dump;
 pub mod privileges;
 mod run;
 pub mod settings;

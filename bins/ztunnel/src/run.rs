@@ -131,10 +131,15 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     };
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = admin::with_route(proxy.admin_responder(quit.clone()), "/logging", |m, q| {
-        let (status, body) = ambit_app::logging(m.as_str(), q);
-        admin::text(status, body)
-    });
+    let dump_config = crate::dump::config(&a);
+    let admin = admin::with_route(
+        proxy.admin_responder(quit.clone(), dump_config),
+        "/logging",
+        |m, q| {
+            let (status, body) = ambit_app::logging(m.as_str(), q);
+            admin::text(status, body)
+        },
+    );
     tokio::spawn(admin::serve(admin_l, admin, stop.wait()));
     tokio::spawn(admin::serve(
         stats_l,

@@ -55,6 +55,7 @@ impl std::fmt::Debug for InPod {
 impl InPod {
     /// In-pod serving for `proxy`, marking sockets with `mark`.
     pub fn new(proxy: Proxy, mark: u32) -> Self {
+        proxy.inner.pods().get_or_insert_with(Default::default);
         Self {
             proxy,
             mark,
@@ -76,6 +77,9 @@ impl InPod {
 
     fn stop_pod(&mut self, uid: &str) {
         if let Some(p) = self.pods.remove(uid) {
+            if let Some(pods) = self.proxy.inner.pods().as_mut() {
+                pods.remove(uid);
+            }
             let m = self.proxy.metrics().inpod();
             m.stopped.inc();
             m.active.set(self.pods.len() as i64);
@@ -120,6 +124,7 @@ impl InPod {
         let stop = Arc::new(Notify::new());
         let s = stop.clone();
         let proxy = self.proxy.clone();
+        let (local_name, local_namespace) = (name.clone(), namespace.clone());
         let local = Local::Pod {
             uid: uid.clone(),
             name,
@@ -135,6 +140,9 @@ impl InPod {
         tracing::info!(%uid, "serving pod");
         self.pods
             .insert(uid.clone(), PodServer { stop, task, netns });
+        if let Some(pods) = self.proxy.inner.pods().as_mut() {
+            pods.insert(uid.clone(), (local_name, local_namespace));
+        }
         let m = self.proxy.metrics().inpod();
         m.started.inc();
         m.active.set(self.pods.len() as i64);

@@ -91,9 +91,22 @@ pub(crate) struct Inner {
     servers: Mutex<HashMap<(String, u64), Server<InboundHandler>>>,
     /// Open inbound connections, re-authorized on every mesh change.
     pub(crate) registry: Arc<Registry>,
+    /// In-pod mode: the pods served, by ZDS uid → (name, namespace);
+    /// `None` in node mode.
+    pub(crate) pods: Mutex<Option<std::collections::BTreeMap<String, (String, String)>>>,
 }
 
 impl Inner {
+    /// The in-pod pods served (see the field).
+    pub(crate) fn pods(
+        &self,
+    ) -> MutexGuard<'_, Option<std::collections::BTreeMap<String, (String, String)>>> {
+        match self.pods.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     /// The HBONE servers, by (identity, capture scope). Never held across
     /// an await.
     pub(crate) fn servers(&self) -> MutexGuard<'_, HashMap<(String, u64), Server<InboundHandler>>> {
@@ -129,6 +142,7 @@ impl Proxy {
                 metrics: Metrics::new(),
                 servers: Mutex::new(HashMap::new()),
                 registry,
+                pods: Mutex::new(None),
             }),
         }
     }

@@ -106,6 +106,11 @@ impl Registry {
         }
     }
 
+    /// What each open connection was authorized on.
+    pub(crate) fn snapshot(&self) -> Vec<Facts> {
+        self.lock().values().map(|e| e.facts.clone()).collect()
+    }
+
     /// Open connections.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
