@@ -125,10 +125,8 @@ impl Waypoint {
         let elapsed = start.elapsed();
         let destination = meta.destination.as_deref();
         let key = SeriesKey {
-            source_workload: source.as_deref().map_or("unknown", workload_name),
-            destination_workload: destination.map_or("", workload_name),
-            destination_workload_namespace: destination.map_or("", |w| w.namespace.as_str()),
-            destination_version: destination.map_or("", |w| w.canonical_revision.as_str()),
+            source: source.as_deref(),
+            destination,
             response_code: resp.status().as_u16(),
             response_flags: meta.flags,
         };
@@ -143,7 +141,7 @@ impl Waypoint {
             %path,
             service = %conn.service.hostname,
             route = route_name.unwrap_or("-"),
-            endpoint = %key.destination_workload,
+            endpoint = %destination.map_or("", workload_name),
             status = resp.status().as_u16(),
             flags = %meta.flags,
             duration_ms = elapsed.as_millis() as u64,
@@ -543,7 +541,9 @@ fn base_labels(conn: &Conn) -> HttpLabels {
         source_principal: conn.peer.to_string(),
         destination_service: conn.service.hostname.clone(),
         destination_service_name: conn.service.name.clone(),
+        destination_service_namespace: conn.service.namespace.clone(),
         request_protocol: "http".into(),
+        grpc_response_status: "-".into(),
         response_flags: "-".into(),
         connection_security_policy: "mutual_tls".into(),
         ..HttpLabels::default()

@@ -9,36 +9,92 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The labels of Istio's HTTP metrics (reporter `waypoint`).
+/// The labels of Istio's HTTP metrics (`istio_requests_total`,
+/// `istio_request_duration_milliseconds`), every one Istio's dashboards and
+/// Kiali group by, in Istio's order; `unknown` where a value is not known.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
 pub struct HttpLabels {
     /// `waypoint`.
     pub reporter: String,
-    /// Source workload name (by the original client address), or `unknown`.
+    /// Source workload name (by the original client address).
     pub source_workload: String,
+    /// Source canonical service.
+    pub source_canonical_service: String,
+    /// Source canonical revision.
+    pub source_canonical_revision: String,
     /// Source namespace (from the peer identity).
     pub source_workload_namespace: String,
     /// Source SPIFFE id.
     pub source_principal: String,
+    /// Source app (the canonical service).
+    pub source_app: String,
+    /// Source version (the canonical revision).
+    pub source_version: String,
+    /// Source cluster id.
+    pub source_cluster: String,
     /// Destination workload name.
     pub destination_workload: String,
     /// Destination workload namespace.
     pub destination_workload_namespace: String,
+    /// Destination SPIFFE id.
+    pub destination_principal: String,
+    /// Destination app (the canonical service).
+    pub destination_app: String,
     /// Destination version (`canonicalRevision`).
     pub destination_version: String,
     /// Destination service hostname.
     pub destination_service: String,
+    /// Destination canonical service.
+    pub destination_canonical_service: String,
+    /// Destination canonical revision.
+    pub destination_canonical_revision: String,
     /// Destination service name.
     pub destination_service_name: String,
+    /// Destination service namespace.
+    pub destination_service_namespace: String,
+    /// Destination cluster id.
+    pub destination_cluster: String,
     /// `http` or `grpc`.
     pub request_protocol: String,
     /// The status answered.
     pub response_code: String,
+    /// The gRPC status (`-` for plain HTTP).
+    pub grpc_response_status: String,
     /// `-`, or Envoy-style flags: `NR` no route, `UH` no healthy upstream,
     /// `UF` connect failure, `UC` reset, `UT` timeout, `FI` fault, `DENY`.
     pub response_flags: String,
     /// `mutual_tls`.
     pub connection_security_policy: String,
+}
+
+const UNKNOWN: &str = "unknown";
+
+/// A workload's label values: (workload, canonical service, canonical
+/// revision, namespace, principal, cluster), `unknown` where empty.
+fn side(w: Option<&ambit_mesh::Workload>) -> [String; 6] {
+    let or = |v: &str| {
+        if v.is_empty() {
+            UNKNOWN.to_owned()
+        } else {
+            v.to_owned()
+        }
+    };
+    match w {
+        None => std::array::from_fn(|_| UNKNOWN.to_owned()),
+        Some(w) => [
+            or(if w.workload_name.is_empty() {
+                &w.name
+            } else {
+                &w.workload_name
+            }),
+            or(&w.canonical_name),
+            or(&w.canonical_revision),
+            or(&w.namespace),
+            w.identity()
+                .map_or_else(|| UNKNOWN.to_owned(), |i| i.as_str().to_owned()),
+            or(&w.cluster_id),
+        ],
+    }
 }
 
 type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
@@ -115,14 +171,34 @@ impl Metrics {
             c.duration.observe(ms);
             return;
         }
+        let base = base();
+        let [src_wl, src_cs, src_cr, src_ns, _, src_cluster] = side(key.source);
+        let [dst_wl, dst_cs, dst_cr, dst_ns, dst_principal, dst_cluster] = side(key.destination);
         let labels = HttpLabels {
-            source_workload: key.source_workload.to_owned(),
-            destination_workload: key.destination_workload.to_owned(),
-            destination_workload_namespace: key.destination_workload_namespace.to_owned(),
-            destination_version: key.destination_version.to_owned(),
+            source_workload: src_wl,
+            source_app: src_cs.clone(),
+            source_canonical_service: src_cs,
+            source_version: src_cr.clone(),
+            source_canonical_revision: src_cr,
+            // The namespace of the verified peer identity when the source
+            // workload is not known by address.
+            source_workload_namespace: if key.source.is_some() {
+                src_ns
+            } else {
+                base.source_workload_namespace.clone()
+            },
+            source_cluster: src_cluster,
+            destination_workload: dst_wl,
+            destination_workload_namespace: dst_ns,
+            destination_principal: dst_principal,
+            destination_app: dst_cs.clone(),
+            destination_canonical_service: dst_cs,
+            destination_version: dst_cr.clone(),
+            destination_canonical_revision: dst_cr,
+            destination_cluster: dst_cluster,
             response_code: key.response_code.to_string(),
             response_flags: key.response_flags.to_owned(),
-            ..base()
+            ..base
         };
         let requests = self.requests.get_or_create(&labels).clone();
         let duration = self.duration.get_or_create(&labels).clone();
@@ -130,10 +206,8 @@ impl Metrics {
         duration.observe(ms);
         if entries.len() < SERIES_CACHE_MAX {
             entries.push(CachedSeries {
-                source_workload: labels.source_workload,
-                destination_workload: labels.destination_workload,
-                destination_workload_namespace: labels.destination_workload_namespace,
-                destination_version: labels.destination_version,
+                source: key.source.map(|w| w.uid.clone()),
+                destination: key.destination.map(|w| w.uid.clone()),
                 response_code: key.response_code,
                 response_flags: key.response_flags,
                 requests,
@@ -164,10 +238,8 @@ const SERIES_CACHE_MAX: usize = 32;
 /// The label values that vary from request to request on one connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SeriesKey<'a> {
-    pub(crate) source_workload: &'a str,
-    pub(crate) destination_workload: &'a str,
-    pub(crate) destination_workload_namespace: &'a str,
-    pub(crate) destination_version: &'a str,
+    pub(crate) source: Option<&'a ambit_mesh::Workload>,
+    pub(crate) destination: Option<&'a ambit_mesh::Workload>,
     pub(crate) response_code: u16,
     pub(crate) response_flags: &'static str,
 }
@@ -181,10 +253,8 @@ pub(crate) struct SeriesCache {
 
 #[derive(Debug)]
 struct CachedSeries {
-    source_workload: String,
-    destination_workload: String,
-    destination_workload_namespace: String,
-    destination_version: String,
+    source: Option<String>,
+    destination: Option<String>,
     response_code: u16,
     response_flags: &'static str,
     requests: Counter,
@@ -195,9 +265,7 @@ impl CachedSeries {
     fn is(&self, k: &SeriesKey<'_>) -> bool {
         self.response_code == k.response_code
             && self.response_flags == k.response_flags
-            && self.destination_workload == k.destination_workload
-            && self.source_workload == k.source_workload
-            && self.destination_workload_namespace == k.destination_workload_namespace
-            && self.destination_version == k.destination_version
+            && self.destination.as_deref() == k.destination.map(|w| w.uid.as_str())
+            && self.source.as_deref() == k.source.map(|w| w.uid.as_str())
     }
 }

@@ -95,6 +95,43 @@ async fn weighted_split_90_10_over_1000_requests() {
     assert!(text.contains("destination_service=\"reviews.default.svc.cluster.local\""));
     assert!(text.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\""));
     assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    // Every label Istio's dashboards and Kiali group by.
+    for label in [
+        "reporter",
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_workload",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_service",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_service_name",
+        "destination_service_namespace",
+        "destination_cluster",
+        "request_protocol",
+        "response_code",
+        "grpc_response_status",
+        "response_flags",
+        "connection_security_policy",
+    ] {
+        assert!(
+            text.contains(&format!(",{label}=\"")) || text.contains(&format!("{{{label}=\"")),
+            "{label} missing: {text}"
+        );
+    }
+    assert!(
+        text.contains("destination_service_namespace=\"default\""),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
