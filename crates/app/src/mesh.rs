@@ -66,6 +66,12 @@ pub struct MeshSourceArgs {
     /// exists, else the system roots).
     #[arg(long, env = "XDS_ROOT_CA")]
     pub xds_root_cert: Option<String>,
+    /// The name the xDS server's TLS certificate is verified against, as
+    /// Istio's ztunnel reads it (default: the host of XDS_ADDRESS). For an
+    /// address whose host is not in the certificate, e.g. an IP address
+    /// of istiod, whose certificate names `istiod.istio-system.svc`.
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    pub alt_xds_hostname: Option<String>,
 }
 
 impl MeshSourceArgs {
@@ -83,6 +89,7 @@ impl MeshSourceArgs {
         c.token_path = ca.token();
         c.cluster_id = Some(ca.cluster_id.clone());
         c.root_certs_pem = root_pem("XDS_ROOT_CA", self.xds_root_cert.as_deref())?;
+        c.tls_server_name = self.alt_xds_hostname.clone();
         Ok(MeshSource::Xds(Box::new(c)))
     }
 }
@@ -97,6 +104,10 @@ pub struct CaArgs {
     /// Roots for the CA's TLS certificate, as XDS_ROOT_CA.
     #[arg(long, env = "CA_ROOT_CA")]
     pub ca_root_cert: Option<String>,
+    /// The name the CA's TLS certificate is verified against, as
+    /// ALT_XDS_HOSTNAME (default: the host of CA_ADDRESS).
+    #[arg(long, env = "ALT_CA_HOSTNAME")]
+    pub alt_ca_hostname: Option<String>,
     /// Bearer token file sent to the CA and the xDS server.
     #[arg(
         long,
@@ -150,6 +161,7 @@ impl CaArgs {
         c.token_path = self.token();
         c.cluster_id = Some(self.cluster_id.clone());
         c.root_certs_pem = root_pem("CA_ROOT_CA", self.ca_root_cert.as_deref())?;
+        c.tls_server_name = self.alt_ca_hostname.clone();
         Ok(Arc::new(IstioCaClient::new(c)?))
     }
 
