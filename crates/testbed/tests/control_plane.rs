@@ -55,15 +55,16 @@ fn local_mesh_takes_config_and_certificates_over_one_tls_port() {
     assert_eq!(f.errors, 0, "traffic through the mesh failed");
 }
 
-/// A client of the control plane at `address`, as a proxy configured for
-/// istiod: the mesh root and `ALT_*_HOSTNAME=istiod.istio-system.svc`.
-fn ca_client(cp: &ControlPlane, token: Option<PathBuf>, impersonate: bool) -> IstioCaClient {
+/// A CA client of the control plane at `address`, as a proxy configured
+/// for istiod: the mesh root and `ALT_CA_HOSTNAME=istiod.istio-system.svc`.
+/// Call within a runtime.
+fn ca_client(address: &str, root: &str, name: &str, token: Option<PathBuf>) -> IstioCaClient {
     let mut c = IstioCaConfig::default();
-    c.address = cp.ca_address.clone();
-    c.root_certs_pem = Some(cp.root_pem.clone());
-    c.tls_server_name = Some(cp.tls_server_name.to_owned());
+    c.address = address.to_owned();
+    c.root_certs_pem = Some(root.to_owned());
+    c.tls_server_name = Some(name.to_owned());
     c.token_path = token;
-    c.impersonate = impersonate;
+    c.impersonate = true;
     IstioCaClient::new(c).expect("ca client")
 }
 
@@ -121,24 +122,23 @@ fn bearer_tokens_guard_both_xds_and_the_ca_on_the_one_port() {
         cp.root_pem.clone(),
         cp.tls_server_name.to_owned(),
     );
-    let clients = (
-        ca_client(&cp, Some(zt_token.clone()), true),
-        ca_client(&cp, None, true),
-        ca_client(&cp, Some(bad_token.clone()), true),
-    );
-    let (zt_token2, bad_token2) = (zt_token.clone(), bad_token.clone());
     let results = node
         .ns()
         .spawn_async(move || async move {
             let ttl = Duration::from_secs(600);
-            let (zt, anonymous, stranger) = clients;
+            let client = |token: Option<PathBuf>| ca_client(&addr, &root, &name, token);
+            let (zt, anonymous, stranger) = (
+                client(Some(zt_token.clone())),
+                client(None),
+                client(Some(bad_token.clone())),
+            );
             (
                 zt.sign(&web, ttl).await.map(|c| c.identity().clone()),
                 anonymous.sign(&web, ttl).await.err(),
                 stranger.sign(&web, ttl).await.err(),
-                xds_syncs(addr.clone(), root.clone(), name.clone(), Some(zt_token2)).await,
+                xds_syncs(addr.clone(), root.clone(), name.clone(), Some(zt_token)).await,
                 xds_syncs(addr.clone(), root.clone(), name.clone(), None).await,
-                xds_syncs(addr, root, name, Some(bad_token2)).await,
+                xds_syncs(addr, root, name, Some(bad_token)).await,
             )
         })
         .expect("spawn")
