@@ -177,6 +177,46 @@ impl CaArgs {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mesh: MeshSourceArgs,
+        #[command(flatten)]
+        ca: CaArgs,
+    }
+
+    #[test]
+    fn alt_hostnames_become_the_tls_server_names() {
+        use clap::Parser;
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--xds-address",
+            "https://10.0.0.1:15012",
+            &format!("--xds-root-cert={pem}"),
+            "--alt-xds-hostname",
+            "istiod.istio-system.svc",
+            "--alt-ca-hostname",
+            "istiod.istio-system.svc",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.ca.alt_ca_hostname.as_deref(),
+            Some("istiod.istio-system.svc")
+        );
+        let node = NodeIdentity::new("10.0.0.2", "zt", "istio-system", "node-a");
+        match cli.mesh.source(&cli.ca, node).expect("source") {
+            MeshSource::Xds(c) => {
+                assert_eq!(
+                    c.tls_server_name.as_deref(),
+                    Some("istiod.istio-system.svc")
+                );
+                assert_eq!(c.address, "https://10.0.0.1:15012");
+            }
+            MeshSource::Local(_) => panic!("expected xds"),
+        }
+    }
+
     #[test]
     fn root_cert_settings_as_istio_reads_them() {
         assert_eq!(
