@@ -66,6 +66,12 @@ pub struct MeshSourceArgs {
     /// exists, else the system roots).
     #[arg(long, env = "XDS_ROOT_CA")]
     pub xds_root_cert: Option<String>,
+    /// The name the xDS server's TLS certificate is verified against, as
+    /// Istio's ztunnel reads it (default: the host of XDS_ADDRESS). For an
+    /// address whose host is not in the certificate, e.g. an IP address
+    /// of istiod, whose certificate names `istiod.istio-system.svc`.
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    pub alt_xds_hostname: Option<String>,
 }
 
 impl MeshSourceArgs {
@@ -83,6 +89,7 @@ impl MeshSourceArgs {
         c.token_path = ca.token();
         c.cluster_id = Some(ca.cluster_id.clone());
         c.root_certs_pem = root_pem("XDS_ROOT_CA", self.xds_root_cert.as_deref())?;
+        c.tls_server_name = self.alt_xds_hostname.clone();
         Ok(MeshSource::Xds(Box::new(c)))
     }
 }
@@ -97,6 +104,10 @@ pub struct CaArgs {
     /// Roots for the CA's TLS certificate, as XDS_ROOT_CA.
     #[arg(long, env = "CA_ROOT_CA")]
     pub ca_root_cert: Option<String>,
+    /// The name the CA's TLS certificate is verified against, as
+    /// ALT_XDS_HOSTNAME (default: the host of CA_ADDRESS).
+    #[arg(long, env = "ALT_CA_HOSTNAME")]
+    pub alt_ca_hostname: Option<String>,
     /// Bearer token file sent to the CA and the xDS server.
     #[arg(
         long,
@@ -150,6 +161,7 @@ impl CaArgs {
         c.token_path = self.token();
         c.cluster_id = Some(self.cluster_id.clone());
         c.root_certs_pem = root_pem("CA_ROOT_CA", self.ca_root_cert.as_deref())?;
+        c.tls_server_name = self.alt_ca_hostname.clone();
         Ok(Arc::new(IstioCaClient::new(c)?))
     }
 
@@ -164,6 +176,46 @@ impl CaArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mesh: MeshSourceArgs,
+        #[command(flatten)]
+        ca: CaArgs,
+    }
+
+    #[test]
+    fn alt_hostnames_become_the_tls_server_names() {
+        use clap::Parser;
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--xds-address",
+            "https://10.0.0.1:15012",
+            &format!("--xds-root-cert={pem}"),
+            "--alt-xds-hostname",
+            "istiod.istio-system.svc",
+            "--alt-ca-hostname",
+            "istiod.istio-system.svc",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.ca.alt_ca_hostname.as_deref(),
+            Some("istiod.istio-system.svc")
+        );
+        let node = NodeIdentity::new("10.0.0.2", "zt", "istio-system", "node-a");
+        match cli.mesh.source(&cli.ca, node).expect("source") {
+            MeshSource::Xds(c) => {
+                assert_eq!(
+                    c.tls_server_name.as_deref(),
+                    Some("istiod.istio-system.svc")
+                );
+                assert_eq!(c.address, "https://10.0.0.1:15012");
+            }
+            MeshSource::Local(_) => panic!("expected xds"),
+        }
+    }
 
     #[test]
     fn root_cert_settings_as_istio_reads_them() {

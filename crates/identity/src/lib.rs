@@ -9,7 +9,10 @@
 //! - [`WorkloadCertificate`], [`generate_csr`] and PEM loading ([`cert`]).
 //! - Certificate authorities ([`ca`]): the [`CertificateAuthority`] trait,
 //!   an in-process [`LocalCa`], and (feature `istio-ca`) a gRPC client for
-//!   Istio's `IstioCertificateService` plus a matching server.
+//!   Istio's `IstioCertificateService` plus a matching server, with the
+//!   authentication choices istiod offers ([`ca::authn`]).
+//! - [`grpc`] (feature `istio-ca`): serving several gRPC services (xDS and
+//!   the CA) over TLS on one port with istiod's serving certificate.
 //! - [`CertManager`]: one certificate per identity on demand, refreshed at
 //!   half life with backoff, concurrent requests coalesced.
 //! - [`tls`]: server and client configs for SPIFFE mTLS (TLS 1.3, ALPN
@@ -35,6 +38,8 @@
 
 pub mod ca;
 pub mod cert;
+#[cfg(feature = "istio-ca")]
+pub mod grpc;
 mod identity;
 mod manager;
 mod provider;
@@ -42,11 +47,12 @@ pub mod tls;
 
 #[cfg(feature = "istio-ca")]
 pub use self::ca::{
+    authn::{Authn, Caller, ServiceAccount, TokenSet},
     istio::{IstioCaClient, IstioCaConfig},
     server::CaServer,
 };
 pub use self::{
-    ca::{CaError, CertificateAuthority, LocalCa},
+    ca::{CaError, CertificateAuthority, LocalCa, ServingCert},
     cert::{CertError, CertificateRequest, WorkloadCertificate, generate_csr},
     identity::{
         DEFAULT_TRUST_DOMAIN, Identity, IdentityError, MAX_ID_LEN, MAX_SEGMENT_LEN,

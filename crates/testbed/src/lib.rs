@@ -3,7 +3,8 @@
 //! real CNI chain (Debian's `ptp` + `static`, then Ambit's `istio-cni`
 //! plugin), a `cni-node` agent per node capturing the enrolled pods (node
 //! or in-pod mode), a `ztunnel` per node and a `waypoint` as child
-//! processes, an in-process control plane (delta ADS + Istio CA), and the
+//! processes, an in-process control plane (delta ADS + Istio CA on one TLS
+//! port, as istiod's 15012), and the
 //! TCP and HTTP apps the pods serve, with the clients that measure them.
 //! Dropping a [`LocalMesh`] removes all of it; [`HostSnapshot`] checks
 //! that the host is as it was.
@@ -24,7 +25,7 @@ pub mod serve;
 pub mod tcpapp;
 
 pub use self::config::{DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, NODES, REVIEWS_VIP, VIP};
-pub use self::control_plane::{ControlPlane, publish};
+pub use self::control_plane::{ControlPlane, PORT as CONTROL_PLANE_PORT, publish};
 pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};
 pub use self::mesh::{Binaries, LocalMesh, Mode, Options};
 pub use self::report::{Figures, table};

@@ -2,6 +2,7 @@
 //! and as the backend of the CA server.
 
 use std::{
+    net::IpAddr,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -10,7 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{BoxFuture, CaError, CertificateAuthority};
 use crate::{
@@ -20,6 +21,32 @@ use crate::{
 
 /// The longest leaf validity the local CA grants (Istio's maximum is 90 days).
 pub const MAX_LEAF_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// A TLS serving certificate for DNS names and IP addresses (not a
+/// workload identity), as a control plane presents on its gRPC port.
+pub struct ServingCert {
+    /// The leaf first; the CA's root is not included (clients hold it).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for ServingCert {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
 
 /// A root CA held in memory that issues SPIFFE workload certificates for one
 /// trust domain.
@@ -238,6 +265,58 @@ impl LocalCa {
             PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
             vec![self.root.clone()],
         )
+    }
+
+    /// Issues a TLS server certificate with a fresh key for `dns_names` and
+    /// `ips` (the subject alternative names; the common name is the first
+    /// DNS name), valid from now for `ttl`: what istiod presents on its
+    /// xDS and CA port. It carries no SPIFFE id and cannot serve as a
+    /// workload certificate.
+    pub fn issue_serving_cert(
+        &self,
+        dns_names: &[&str],
+        ips: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<ServingCert, CertError> {
+        if dns_names.is_empty() && ips.is_empty() {
+            return Err(CertError::Validity {
+                reason: "a serving certificate needs at least one dns name or ip address",
+            });
+        }
+        let (not_before, not_after) = Self::validity(ttl)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(first) = dns_names.first() {
+            dn.push(DnType::CommonName, *first);
+        }
+        params.distinguished_name = dn;
+        for name in dns_names {
+            let ia5 = rcgen::string::Ia5String::try_from(*name).map_err(|source| {
+                CertError::Generate {
+                    what: "encode a dns name of the serving certificate",
+                    source,
+                }
+            })?;
+            params.subject_alt_names.push(rcgen::SanType::DnsName(ia5));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let key = generate_key()?;
+        let leaf = self.sign(&params, &key)?;
+        Ok(ServingCert {
+            chain: vec![leaf],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        })
     }
 
     /// Signs a PEM CSR, valid from now for `ttl`, and returns the chain

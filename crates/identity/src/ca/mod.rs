@@ -8,6 +8,8 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use crate::{WorkloadCertificate, cert::CertError, identity::Identity};
 
 #[cfg(feature = "istio-ca")]
+pub mod authn;
+#[cfg(feature = "istio-ca")]
 pub mod istio;
 mod local;
 #[cfg(feature = "istio-ca")]
@@ -15,7 +17,7 @@ pub mod proto;
 #[cfg(feature = "istio-ca")]
 pub mod server;
 
-pub use self::local::{LocalCa, MAX_LEAF_TTL};
+pub use self::local::{LocalCa, MAX_LEAF_TTL, ServingCert};
 
 /// A boxed, sendable future, as returned by [`CertificateAuthority::issue`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

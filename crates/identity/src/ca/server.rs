@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap, transport::Server}
 
 use super::{
     LocalCa, MAX_LEAF_TTL,
+    authn::Authn,
     istio::IMPERSONATED_IDENTITY,
     proto::{
         IstioCertificateRequest, IstioCertificateResponse,
@@ -37,11 +38,13 @@ pub struct SignRequest<'a> {
 /// reason returned to the caller.
 pub type Authorizer = Arc<dyn Fn(&SignRequest<'_>) -> Result<(), String> + Send + Sync>;
 
-/// Signs CSRs for any identity in the CA's trust domain, subject to an
-/// optional [`Authorizer`] (local mode accepts every caller).
+/// Signs CSRs for identities in the CA's trust domain, subject to the
+/// caller's authentication ([`Authn`]; none by default: every caller may
+/// ask for any identity) and an optional [`Authorizer`].
 #[derive(Clone)]
 pub struct CaServer {
     ca: Arc<LocalCa>,
+    authn: Authn,
     authorizer: Option<Authorizer>,
 }
 
@@ -49,6 +52,7 @@ impl std::fmt::Debug for CaServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaServer")
             .field("ca", &self.ca)
+            .field("authn", &self.authn)
             .field("authorizer", &self.authorizer.is_some())
             .finish()
     }
@@ -59,8 +63,17 @@ impl CaServer {
     pub fn new(ca: Arc<LocalCa>) -> Self {
         Self {
             ca,
+            authn: Authn::none(),
             authorizer: None,
         }
+    }
+
+    /// Authenticates each caller with `authn` (`Unauthenticated` if that
+    /// fails) and lets it obtain certificates only as
+    /// [`Authn::authorize_certificate`] allows (`PermissionDenied`).
+    pub fn with_authn(mut self, authn: Authn) -> Self {
+        self.authn = authn;
+        self
     }
 
     /// Adds a check of each caller (on top of the trust-domain check).
@@ -90,6 +103,10 @@ impl CaServer {
     }
 
     fn sign(&self, request: &Request<IstioCertificateRequest>) -> Result<Vec<String>, Status> {
+        let peer_certs = request.peer_certs();
+        let caller = self
+            .authn
+            .authenticate(request.metadata(), peer_certs.as_deref().map(Vec::as_slice))?;
         let message = request.get_ref();
         let impersonated = match message
             .metadata
@@ -128,6 +145,9 @@ impl CaServer {
                         "the csr is for {identity} but {IMPERSONATED_IDENTITY} is {asked}"
                     )));
                 }
+                self.authn
+                    .authorize_certificate(caller.as_ref(), identity, impersonated.is_some())
+                    .map_err(refuse)?;
                 match &self.authorizer {
                     Some(authorize) => authorize(&SignRequest {
                         identity,

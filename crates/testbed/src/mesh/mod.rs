@@ -165,7 +165,7 @@ impl LocalMesh {
         std::fs::write(mesh.dir.join("waypoint.yaml"), &opts.routes_yaml)?;
         let cp_ip = IpAddr::V4(mesh.cluster.node(0).underlay_ip());
         progress(&format!(
-            "control plane in process: delta ADS on {cp_ip}:15010, Istio CA on {cp_ip}:15012 (trust domain cluster.local)"
+            "control plane in process: delta ADS and the Istio CA on https://{cp_ip}:15012 (tls as istiod.istio-system.svc, trust domain cluster.local)"
         ));
         mesh.control_plane = Some(ControlPlane::start(
             mesh.cluster.node(0).ns(),
@@ -268,6 +268,12 @@ impl LocalMesh {
             }
         }
         Ok(mesh)
+    }
+
+    /// The mesh CA's root certificate file (`ca.pem` in [`dir`](Self::dir)):
+    /// what the proxies get as `XDS_ROOT_CA` and `CA_ROOT_CA`.
+    pub fn root_cert_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// The capture mode.

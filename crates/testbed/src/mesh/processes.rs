@@ -206,8 +206,14 @@ impl LocalMesh {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("INSTANCE_IP", pod.ip().to_string())
+            // As istiod is given to Istio's proxies: one TLS port, the
+            // mesh root (written at start), istiod's name to verify.
             .env("XDS_ADDRESS", &cp.xds_address)
             .env("CA_ADDRESS", &cp.ca_address)
+            .env("XDS_ROOT_CA", self.root_cert_path())
+            .env("CA_ROOT_CA", self.root_cert_path())
+            .env("ALT_XDS_HOSTNAME", cp.tls_server_name)
+            .env("ALT_CA_HOSTNAME", cp.tls_server_name)
             .env("LOG_FORMAT", "json")
             .env("DRAIN_DURATION", "1")
             .env("RUST_LOG", "info")
