@@ -26,6 +26,7 @@ pub struct Setup {
 /// Reads and checks the configuration (inside the runtime: the xDS and CA
 /// clients are built here).
 pub fn setup(a: &Args) -> anyhow::Result<Setup> {
+    a.ca.apply_tls_settings()?;
     let routes = match &a.config {
         Some(path) => RouteConfig::from_file(path)?,
         None => RouteConfig::parse("", "<none>")?,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ambit_app::{AdminArgs, CaArgs, LogArgs, MeshSourceArgs};
 
-use crate::settings::{self, IstioArgs, Resolved};
+use crate::settings::{IstioArgs, Resolved};
 use clap::{Parser, ValueEnum};
 
 /// What to do: Istio's ztunnel reads its first argument as the command.
@@ -129,8 +129,8 @@ impl Args {
         if self.mesh.xds_address.is_none() {
             self.mesh.xds_address = pc.discovery_address.clone();
         }
-        self.mesh.xds_address = settings::normalize_address(self.mesh.xds_address.take());
-        self.ca.ca_address = settings::normalize_address(self.ca.ca_address.take());
+        self.mesh.xds_address = ambit_app::istio_address(self.mesh.xds_address.take());
+        self.ca.ca_address = ambit_app::istio_address(self.ca.ca_address.take());
         if let Some(p) = pc.proxy_admin_port
             && self.admin.admin_addr == SocketAddr::from(([127, 0, 0, 1], 15000))
         {

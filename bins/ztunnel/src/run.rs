@@ -24,6 +24,7 @@ pub struct Setup {
 /// Reads and checks the configuration (inside the runtime: the xDS and CA
 /// clients are built here).
 pub fn setup(a: &Args) -> anyhow::Result<Setup> {
+    a.ca.apply_tls_settings()?;
     Ok(Setup {
         source: a.mesh.source(&a.ca, ambit_xds::NodeIdentity::from_env())?,
         ca: a.ca.authority(true)?,

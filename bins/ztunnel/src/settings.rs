@@ -390,19 +390,6 @@ impl IstioArgs {
     }
 }
 
-/// istio/ztunnel's address forms: `host:port` without a scheme means
-/// `https://host:port`; empty means unset.
-pub fn normalize_address(a: Option<String>) -> Option<String> {
-    let a = a?.trim().to_owned();
-    if a.is_empty() {
-        None
-    } else if a.contains("://") {
-        Some(a)
-    } else {
-        Some(format!("https://{a}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,19 +560,5 @@ mod tests {
         assert_eq!(pc.proxy_metadata["BAR"], "bar");
         assert_eq!(missing.expect("no file"), ProxyConfig::default());
         assert!(bad.expect_err("bad").to_string().contains("PROXY_CONFIG"));
-    }
-
-    #[test]
-    fn addresses_without_scheme_are_https() {
-        assert_eq!(
-            normalize_address(Some("istiod.istio-system.svc:15012".into())).as_deref(),
-            Some("https://istiod.istio-system.svc:15012")
-        );
-        assert_eq!(
-            normalize_address(Some("http://a:1".into())).as_deref(),
-            Some("http://a:1")
-        );
-        assert_eq!(normalize_address(Some(" ".into())), None);
-        assert_eq!(normalize_address(None), None);
     }
 }

@@ -487,3 +487,132 @@ fn contradictory_settings_are_refused_naming_both() {
         "{err}"
     );
 }
+
+/// Removes a named namespace and its `/etc/netns/<name>` files on drop.
+struct NamedNs {
+    name: String,
+    ns: NetNs,
+}
+
+impl Drop for NamedNs {
+    fn drop(&mut self) {
+        let _ = NetNs::delete_named(&self.name);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+/// Istio's chart, unchanged but for the image: `ztunnel proxy ztunnel`
+/// with the chart's environment, istiod reached by its name
+/// (`istiod.istio-system.svc:15012`, no scheme) over TLS, the root
+/// certificate and token at Istio's default relative paths. The control
+/// plane here is the testbed's one-port TLS ADS + CA, named by an
+/// `/etc/netns/<ns>/hosts` entry (`ip netns exec` mounts it as
+/// `/etc/hosts`). Only `INPOD_UDS` is added: the chart's default socket is
+/// a host path other tests' node agents may serve.
+#[test]
+fn the_charts_command_line_and_env_start_ztunnel_against_istiod() {
+    let name = format!("ambit-chart-{}", std::process::id());
+    let named = NamedNs {
+        ns: NetNs::create_named(&name).expect("netns"),
+        name: name.clone(),
+    };
+    named
+        .ns
+        .output(Command::new("ip").args(["link", "set", "lo", "up"]))
+        .expect("lo up");
+    let etc = Path::new("/etc/netns").join(&name);
+    std::fs::create_dir_all(&etc).expect("etc/netns");
+    std::fs::write(
+        etc.join("hosts"),
+        "127.0.0.1 localhost\n127.0.0.1 istiod.istio-system.svc\n",
+    )
+    .expect("hosts");
+    let ca = std::sync::Arc::new(LocalCa::generate("cluster.local").expect("ca"));
+    let config = Config::parse(LOCAL, "chart").expect("config");
+    let cp =
+        ambit_testbed::ControlPlane::start(&named.ns, [127, 0, 0, 1].into(), ca.clone(), &config)
+            .expect("control plane");
+    let dir = std::env::temp_dir().join(format!("ambit-compat-chart-{}", std::process::id()));
+    let secrets = dir.join("var/run/secrets");
+    std::fs::create_dir_all(secrets.join("istio")).expect("dir");
+    std::fs::create_dir_all(secrets.join("tokens")).expect("dir");
+    std::fs::write(secrets.join("istio/root-cert.pem"), &cp.root_pem).expect("root");
+    std::fs::write(secrets.join("tokens/istio-token"), "a-token").expect("token");
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &name,
+        env!("CARGO_BIN_EXE_ztunnel"),
+        "proxy",
+        "ztunnel",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .current_dir(&dir)
+    .envs([
+        ("CA_ADDRESS", "istiod.istio-system.svc:15012"),
+        ("XDS_ADDRESS", "istiod.istio-system.svc:15012"),
+        ("RUST_LOG", "info"),
+        ("RUST_BACKTRACE", "1"),
+        ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
+        ("INPOD_ENABLED", "true"),
+        ("TERMINATION_GRACE_PERIOD_SECONDS", "30"),
+        ("POD_NAME", "ztunnel-x1"),
+        ("POD_NAMESPACE", "istio-system"),
+        ("NODE_NAME", "node-x"),
+        ("INSTANCE_IP", "127.0.0.1"),
+        ("SERVICE_ACCOUNT", "ztunnel"),
+        ("ZTUNNEL_CPU_LIMIT", "2"),
+    ])
+    .env("INPOD_UDS", dir.join("ztunnel.sock"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::from(
+        std::fs::File::create(dir.join("ztunnel.log")).expect("log"),
+    ));
+    let mut child = ChildGuard::new(cmd.spawn().expect("spawn"));
+    let log = || std::fs::read_to_string(dir.join("ztunnel.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            child.child().try_wait().expect("wait").is_none(),
+            "ztunnel exited:\n{}",
+            log()
+        );
+        if let Ok(mut s) = named.ns.tcp_connect(([127, 0, 0, 1], 15021).into()) {
+            let _ = s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if s.read(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "ztunnel not ready:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = http(&named.ns, "GET", "/config_dump", 15000);
+    let dump: Value = serde_json::from_str(body(&r)).expect("json");
+    drop(child);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+    check_istioctl_schema(&dump);
+    // The workload came over xDS, its certificate from the CA: both over
+    // TLS to istiod's name on one port.
+    assert_eq!(
+        dump["workloads"][0]["uid"], "cluster1//v1/Pod/default/local",
+        "{dump}"
+    );
+    let certs = dump["certificates"].as_array().expect("certs");
+    assert!(
+        certs.iter().any(
+            |c| c["identity"] == "spiffe://cluster.local/ns/default/sa/local"
+                && c["state"] == "Available"
+        ),
+        "{certs:?}"
+    );
+    let c = &dump["config"];
+    assert_eq!(c["xdsAddress"], "https://istiod.istio-system.svc:15012");
+    assert_eq!(c["caAddress"], "https://istiod.istio-system.svc:15012");
+    assert_eq!(c["selfTerminationDeadline"]["secs"], 25);
+    assert_eq!(c["inpodEnabled"], true);
+}

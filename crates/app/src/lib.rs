@@ -25,5 +25,8 @@ mod skeleton;
 pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing, logging};
 pub use self::duration::parse_duration;
 #[cfg(feature = "mesh")]
-pub use self::mesh::{CaArgs, DEFAULT_ROOT_CERT, MeshSourceArgs, default_istiod_address, root_pem};
+pub use self::mesh::{
+    CaArgs, DEFAULT_ROOT_CERT, MeshSourceArgs, default_istiod_address, istio_address,
+    prefixed_headers, root_pem,
+};
 pub use self::skeleton::{EXIT_CONFIG, Signals, Stop, bind, run_main, run_main_threads};

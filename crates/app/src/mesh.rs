@@ -49,12 +49,59 @@ fn read(p: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
+/// istio/ztunnel's address forms: `host:port` without a scheme means
+/// `https://host:port`; empty means unset.
+pub fn istio_address(a: Option<String>) -> Option<String> {
+    let a = a?.trim().to_owned();
+    if a.is_empty() {
+        None
+    } else if a.contains("://") {
+        Some(a)
+    } else {
+        Some(format!("https://{a}"))
+    }
+}
+
+/// Every `<prefix><NAME>=value` environment variable as a `(NAME, value)`
+/// request header (istio/ztunnel's XDS_HEADER_* and CA_HEADER_*); a name
+/// or value that cannot be a header is refused.
+pub fn prefixed_headers(prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+    headers_from(std::env::vars(), prefix)
+}
+
+fn headers_from(
+    vars: impl IntoIterator<Item = (String, String)>,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (k, v) in vars {
+        let Some(name) = k.strip_prefix(prefix).filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        let ok_name = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok_value = v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if !ok_name || !ok_value {
+            anyhow::bail!("{k}: not a valid request header");
+        }
+        out.push((name, v));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The mesh source: ztunnel's local YAML, or istiod over delta ADS.
 #[derive(Debug, Clone, Args)]
 pub struct MeshSourceArgs {
     /// Mesh configuration file in ztunnel's local YAML format (no xDS).
     #[arg(long, env = "LOCAL_XDS_PATH")]
     pub local_xds_path: Option<PathBuf>,
+    /// The same configuration given inline (YAML text), as istio/ztunnel's
+    /// LOCAL_XDS; only one of the two may be set.
+    #[arg(long, env = "LOCAL_XDS")]
+    pub local_xds: Option<String>,
     /// The xDS server (istiod); delta ADS for Address and Authorization.
     /// Ignored when LOCAL_XDS_PATH is set. Default as Istio's ztunnel:
     /// `https://istiod.istio-system.svc:15012` inside a cluster
@@ -78,15 +125,18 @@ impl MeshSourceArgs {
     /// The source these flags name. `node` is what this proxy tells istiod
     /// it is; the token and cluster id are the CA group's.
     pub fn source(&self, ca: &CaArgs, node: NodeIdentity) -> anyhow::Result<MeshSource> {
-        if let Some(path) = &self.local_xds_path {
-            return Ok(MeshSource::Local(Config::from_file(path)?));
+        match (&self.local_xds_path, &self.local_xds) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("only one of LOCAL_XDS_PATH and LOCAL_XDS may be set")
+            }
+            (Some(path), None) => return Ok(MeshSource::Local(Config::from_file(path)?)),
+            (None, Some(text)) => return Ok(MeshSource::Local(Config::parse(text, "LOCAL_XDS")?)),
+            (None, None) => {}
         }
-        let addr = self
-            .xds_address
-            .clone()
-            .unwrap_or_else(default_istiod_address);
+        let addr = istio_address(self.xds_address.clone()).unwrap_or_else(default_istiod_address);
         let mut c = AdsConfig::new(addr, node);
-        c.token_path = ca.token();
+        (c.token_path, c.static_token) = ca.token()?;
+        c.headers = prefixed_headers("XDS_HEADER_")?;
         c.cluster_id = Some(ca.cluster_id.clone());
         c.root_certs_pem = root_pem("XDS_ROOT_CA", self.xds_root_cert.as_deref())?;
         c.tls_server_name = self.alt_xds_hostname.clone();
@@ -108,13 +158,30 @@ pub struct CaArgs {
     /// ALT_XDS_HOSTNAME (default: the host of CA_ADDRESS).
     #[arg(long, env = "ALT_CA_HOSTNAME")]
     pub alt_ca_hostname: Option<String>,
-    /// Bearer token file sent to the CA and the xDS server.
+    /// The bearer token sent to the CA and the xDS server, as istio/ztunnel
+    /// reads AUTH_TOKEN: a file (read again for every call), or the token
+    /// itself. Default: AUTH_TOKEN_PATH.
+    #[arg(long, env = "AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// The bearer token file (Ambit's name; Istio's default path), used
+    /// when it exists and AUTH_TOKEN is unset.
     #[arg(
         long,
         env = "AUTH_TOKEN_PATH",
-        default_value = "/var/run/secrets/tokens/istio-token"
+        default_value = "./var/run/secrets/tokens/istio-token"
     )]
     pub auth_token_path: PathBuf,
+    /// Issue certificates from a CA made up at start (self-signed, for
+    /// tests: peers trust nothing else), as istio/ztunnel's FAKE_CA.
+    #[arg(long, env = "FAKE_CA", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fake_ca: bool,
+    /// A certificate revocation list (PEM or DER): peers presenting a
+    /// listed certificate are refused; re-read when the file changes.
+    #[arg(long, env = "CRL_PATH")]
+    pub crl_path: Option<PathBuf>,
+    /// Also allow TLS 1.2 for mTLS (default TLS 1.3 only).
+    #[arg(long, env = "TLS12_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub tls12_enabled: bool,
     /// Local CA certificate (PEM), to issue certificates without istiod.
     #[arg(long, env = "LOCAL_CA_CERT", requires = "local_ca_key")]
     pub local_ca_cert: Option<PathBuf>,
@@ -134,17 +201,55 @@ pub struct CaArgs {
 }
 
 impl CaArgs {
-    /// The token file, when it exists.
-    fn token(&self) -> Option<PathBuf> {
-        self.auth_token_path
-            .exists()
-            .then(|| self.auth_token_path.clone())
+    /// The token as (file, fixed token): AUTH_TOKEN when it names a file,
+    /// else AUTH_TOKEN as the token, else AUTH_TOKEN_PATH when it exists.
+    /// Both set to different files is refused.
+    fn token(&self) -> anyhow::Result<(Option<PathBuf>, Option<String>)> {
+        match self.auth_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) if Path::new(t).is_file() => {
+                if std::env::var_os("AUTH_TOKEN_PATH").is_some()
+                    && Path::new(t) != self.auth_token_path
+                {
+                    anyhow::bail!(
+                        "AUTH_TOKEN={t} and AUTH_TOKEN_PATH={} name different token files: set one",
+                        self.auth_token_path.display()
+                    );
+                }
+                Ok((Some(PathBuf::from(t)), None))
+            }
+            Some(t) => Ok((None, Some(t.trim().to_owned()))),
+            None => Ok((
+                self.auth_token_path
+                    .exists()
+                    .then(|| self.auth_token_path.clone()),
+                None,
+            )),
+        }
+    }
+
+    /// Applies the process-wide TLS settings (CRL_PATH, TLS12_ENABLED).
+    pub fn apply_tls_settings(&self) -> anyhow::Result<()> {
+        ambit_identity::tls::set_tls12_enabled(self.tls12_enabled);
+        if let Some(p) = &self.crl_path {
+            let n = ambit_identity::tls::set_crl_path(Some(p))?;
+            tracing::info!(path = %p.display(), revoked = n, "revocation list loaded");
+        }
+        Ok(())
     }
 
     /// The CA these flags name: the local CA when its files are given,
     /// else the Istio CA. `impersonate`: ask for other workloads'
     /// certificates (node proxies); a waypoint asks only for its own.
     pub fn authority(&self, impersonate: bool) -> anyhow::Result<Arc<dyn CertificateAuthority>> {
+        if self.fake_ca {
+            if self.local_ca_cert.is_some() {
+                anyhow::bail!("FAKE_CA=true and LOCAL_CA_CERT contradict each other: set one");
+            }
+            tracing::warn!(
+                "FAKE_CA: certificates come from a CA made up at start; nothing outside this process trusts them"
+            );
+            return Ok(Arc::new(LocalCa::generate(&self.trust_domain)?));
+        }
         if let (Some(cert), Some(key)) = (&self.local_ca_cert, &self.local_ca_key) {
             return Ok(Arc::new(LocalCa::from_pem(
                 &read(cert)?,
@@ -153,12 +258,10 @@ impl CaArgs {
             )?));
         }
         let mut c = IstioCaConfig::default();
-        c.address = self
-            .ca_address
-            .clone()
-            .unwrap_or_else(default_istiod_address);
+        c.address = istio_address(self.ca_address.clone()).unwrap_or_else(default_istiod_address);
         c.impersonate = impersonate;
-        c.token_path = self.token();
+        (c.token_path, c.static_token) = self.token()?;
+        c.headers = prefixed_headers("CA_HEADER_")?;
         c.cluster_id = Some(self.cluster_id.clone());
         c.root_certs_pem = root_pem("CA_ROOT_CA", self.ca_root_cert.as_deref())?;
         c.tls_server_name = self.alt_ca_hostname.clone();
@@ -237,5 +340,77 @@ mod tests {
         assert_eq!(from_file.expect("file"), Some(pem.to_owned()));
         let err = root_pem("CA_ROOT_CA", Some("/nonexistent/root.pem")).expect_err("bad");
         assert!(err.to_string().contains("CA_ROOT_CA"), "{err}");
+    }
+
+    #[test]
+    fn istio_forms_of_addresses_tokens_headers_and_inline_config() {
+        use clap::Parser;
+        assert_eq!(
+            istio_address(Some("istiod.istio-system.svc:15012".into())).as_deref(),
+            Some("https://istiod.istio-system.svc:15012")
+        );
+        assert_eq!(
+            istio_address(Some("http://a:1".into())).as_deref(),
+            Some("http://a:1")
+        );
+        assert_eq!(istio_address(Some(" ".into())), None);
+        // LOCAL_XDS inline; both forms at once are refused naming both.
+        let yaml = "workloads:\n- {uid: a, workloadIps: [\"10.0.0.1\"]}\n";
+        let node = || NodeIdentity::new("10.0.0.2", "zt", "istio-system", "n");
+        let cli = Cli::try_parse_from(["proxy", "--local-xds", yaml]).expect("parses");
+        match cli.mesh.source(&cli.ca, node()).expect("inline") {
+            MeshSource::Local(c) => assert_eq!(c.workloads[0].uid, "a"),
+            MeshSource::Xds(_) => panic!("expected local"),
+        }
+        let cli =
+            Cli::try_parse_from(["proxy", "--local-xds", yaml, "--local-xds-path", "/x.yaml"])
+                .expect("parses");
+        let e = cli.mesh.source(&cli.ca, node()).expect_err("both");
+        assert!(
+            e.to_string().contains("LOCAL_XDS_PATH") && e.to_string().contains("LOCAL_XDS "),
+            "{e}"
+        );
+        // AUTH_TOKEN: a token itself, or a file.
+        let cli = Cli::try_parse_from(["proxy", "--auth-token", "abc"]).expect("parses");
+        assert_eq!(cli.ca.token().expect("token"), (None, Some("abc".into())));
+        let dir = std::env::temp_dir().join(format!("ambit-app-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "t").expect("write");
+        let cli = Cli::try_parse_from(["proxy", "--auth-token", file.to_str().expect("utf8")])
+            .expect("parses");
+        let from_file = cli.ca.token();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(from_file.expect("file"), (Some(file), None));
+        // FAKE_CA beside a local CA is a contradiction.
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--fake-ca",
+            "true",
+            "--local-ca-cert",
+            "/a",
+            "--local-ca-key",
+            "/b",
+        ])
+        .expect("parses");
+        let e = cli.ca.authority(true).err().expect("contradiction");
+        assert!(
+            e.to_string().contains("FAKE_CA") && e.to_string().contains("LOCAL_CA_CERT"),
+            "{e}"
+        );
+        let cli = Cli::try_parse_from(["proxy", "--fake-ca", "true"]).expect("parses");
+        assert!(cli.ca.authority(true).is_ok());
+        // XDS_HEADER_* / CA_HEADER_*.
+        let vars = [
+            ("XDS_HEADER_X_TENANT".to_owned(), "blue".to_owned()),
+            ("CA_HEADER_OTHER".to_owned(), "x".to_owned()),
+            ("XDS_HEADER_".to_owned(), "empty name".to_owned()),
+        ];
+        assert_eq!(
+            headers_from(vars.clone(), "XDS_HEADER_").expect("ok"),
+            vec![("x_tenant".to_owned(), "blue".to_owned())]
+        );
+        let bad = [("XDS_HEADER_A".to_owned(), "line\nbreak".to_owned())];
+        assert!(headers_from(bad, "XDS_HEADER_").is_err());
     }
 }

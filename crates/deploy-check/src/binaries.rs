@@ -128,6 +128,9 @@ impl Binary {
     fn with_node_identity(self) -> Self {
         let mut b = self.with_env(&ambit_xds::NodeIdentity::ENV);
         b.env_prefixes.push(ambit_xds::ISTIO_META_PREFIX.to_owned());
+        // istio/ztunnel's extra request headers to istiod.
+        b.env_prefixes.push("XDS_HEADER_".to_owned());
+        b.env_prefixes.push("CA_HEADER_".to_owned());
         b
     }
 }

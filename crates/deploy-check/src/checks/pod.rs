@@ -220,8 +220,14 @@ pub(super) fn check_paths(
                 check_root_cert(run, root_f, root.trim_start_matches('.'), out);
             }
             if istiod {
-                let token = run.value("auth_token_path").unwrap_or("");
-                check_token(run, token, out);
+                // AUTH_TOKEN (Istio's) when it is a path, else Ambit's
+                // AUTH_TOKEN_PATH; relative to the image's working dir (/).
+                let token = run
+                    .value("auth_token")
+                    .filter(|t| t.starts_with('/') || t.starts_with("./"))
+                    .or_else(|| run.value("auth_token_path"))
+                    .unwrap_or("");
+                check_token(run, token.trim_start_matches('.'), out);
             }
             if let Some(t) = run
                 .value("termination_grace_period_seconds")

@@ -36,6 +36,12 @@ pub struct IstioCaConfig {
     /// A file holding the bearer token (a projected service-account JWT);
     /// read afresh for every call, since the kubelet rotates it.
     pub token_path: Option<PathBuf>,
+    /// A fixed bearer token (istio/ztunnel's `AUTH_TOKEN` when it is not a
+    /// file); used when `token_path` is unset.
+    pub static_token: Option<String>,
+    /// Extra request headers on every call (istio/ztunnel's
+    /// `CA_HEADER_<NAME>`).
+    pub headers: Vec<(String, String)>,
     /// Sent as the `clusterid` header when set.
     pub cluster_id: Option<String>,
     /// PEM roots that the CA's TLS certificate must chain to. Required for
@@ -56,6 +62,8 @@ impl Default for IstioCaConfig {
         Self {
             address: DEFAULT_CA_ADDRESS.to_owned(),
             token_path: None,
+            static_token: None,
+            headers: Vec::new(),
             cluster_id: None,
             root_certs_pem: None,
             tls_server_name: None,
@@ -117,7 +125,7 @@ impl IstioCaClient {
 
     async fn read_token(&self) -> Result<Option<String>, CaError> {
         let Some(path) = &self.config.token_path else {
-            return Ok(None);
+            return Ok(self.config.static_token.clone());
         };
         let token = tokio::fs::read_to_string(path)
             .await
@@ -159,6 +167,15 @@ impl IstioCaClient {
             let value = MetadataValue::try_from(cluster.as_str())
                 .map_err(|_| config_err("the cluster id is not a valid header value"))?;
             request.metadata_mut().insert("clusterid", value);
+        }
+        for (name, value) in &self.config.headers {
+            let (Ok(k), Ok(v)) = (
+                name.parse::<tonic::metadata::AsciiMetadataKey>(),
+                MetadataValue::try_from(value.as_str()),
+            ) else {
+                return Err(config_err(format!("ca header {name}: not a valid header")));
+            };
+            request.metadata_mut().insert(k, v);
         }
         let response = self
             .client

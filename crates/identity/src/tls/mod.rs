@@ -1,6 +1,7 @@
 //! rustls configurations for SPIFFE mTLS as HBONE uses it.
 //!
-//! Both sides: TLS 1.3 only, the suites of [`provider()`](crate::provider),
+//! Both sides: TLS 1.3 only (TLS 1.2 too after [`set_tls12_enabled`]), the
+//! suites of [`provider()`](crate::provider),
 //! ALPN `h2`, no session resumption (every connection is fully
 //! authenticated), and the local certificate taken from a [`CertResolver`]
 //! at each handshake.
@@ -12,10 +13,14 @@
 //!   the TLS server name play no part, and SNI is not sent: connect with
 //!   any name, e.g. [`placeholder_server_name`].
 //!
+//! Peers whose certificate is on the revocation list set with
+//! [`set_crl_path`] are refused on both sides.
+//!
 //! After the handshake, [`peer_identity`] reads the authenticated peer's
 //! identity; a failed handshake's error becomes a [`HandshakeError`] that
 //! tells apart the ways a peer can be refused.
 
+mod crl;
 mod resolver;
 mod verify;
 
@@ -26,16 +31,40 @@ use rustls::{
     client::Resumption,
     pki_types::{CertificateDer, ServerName},
     server::{NoServerSessionStorage, WebPkiClientVerifier},
-    version::TLS13,
+    version::{TLS12, TLS13},
 };
 
 use self::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
-pub use self::{resolver::CertResolver, verify::PeerVerifyError};
+pub use self::{
+    crl::{CrlError, set_crl_path},
+    resolver::CertResolver,
+    verify::PeerVerifyError,
+};
 use crate::{
     cert::{CertError, identity_of},
     identity::Identity,
     provider::provider,
 };
+
+static TLS12_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Also offers and accepts TLS 1.2 from now on (istio/ztunnel's
+/// `TLS12_ENABLED`; TLS 1.3 only by default). Process-wide; configs built
+/// before keep their versions.
+pub fn set_tls12_enabled(on: bool) {
+    TLS12_ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&TLS13];
+static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] = [&TLS13, &TLS12];
+
+fn versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if TLS12_ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        &TLS13_AND_12
+    } else {
+        &TLS13_ONLY
+    }
+}
 
 /// The ALPN protocol HBONE negotiates.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -99,7 +128,7 @@ fn mtls_server(
     resolver: Arc<CertResolver>,
 ) -> Result<ServerConfig, TlsConfigError> {
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&TLS13])
+        .with_protocol_versions(versions())
         .map_err(|source| TlsConfigError::Rustls {
             side: "server",
             source,
@@ -138,7 +167,7 @@ pub fn client_config(
     let provider = provider();
     let verifier = SpiffeServerVerifier::new(Arc::new(roots), expected, provider.clone());
     let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&TLS13])
+        .with_protocol_versions(versions())
         .map_err(|source| TlsConfigError::Rustls {
             side: "client",
             source,

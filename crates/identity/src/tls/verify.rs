@@ -111,6 +111,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        super::crl::check(end_entity, intermediates)?;
         let found = peer_identities(end_entity)?;
         if found.iter().any(|id| self.expected.contains(id)) {
             Ok(ServerCertVerified::assertion())
@@ -274,6 +275,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner()?
             .verify_client_cert(end_entity, intermediates, now)?;
+        super::crl::check(end_entity, intermediates)?;
         let found = peer_identities(end_entity)?;
         match found
             .iter()

@@ -128,6 +128,12 @@ pub struct AdsConfig {
     pub node: NodeIdentity,
     /// A file holding the bearer token, read again for every connection.
     pub token_path: Option<PathBuf>,
+    /// A fixed bearer token (istio/ztunnel's `AUTH_TOKEN` when it is not a
+    /// file); used when `token_path` is unset.
+    pub static_token: Option<String>,
+    /// Extra request headers on every stream (istio/ztunnel's
+    /// `XDS_HEADER_<NAME>`), checked when the client is built.
+    pub headers: Vec<(String, String)>,
     /// Sent as the `clusterid` header when set.
     pub cluster_id: Option<String>,
     /// PEM roots the control plane's certificate must chain to; required
@@ -152,6 +158,8 @@ impl AdsConfig {
             address: address.into(),
             node,
             token_path: None,
+            static_token: None,
+            headers: Vec::new(),
             cluster_id: None,
             root_certs_pem: None,
             tls_server_name: None,
@@ -446,9 +454,13 @@ impl AdsClient {
             address: address.clone(),
             source: Box::new(source),
         };
-        let token = read_token(self.config.token_path.clone())
+        let token = match read_token(self.config.token_path.clone())
             .await
-            .map_err(|e| (e, false))?;
+            .map_err(|e| (e, false))?
+        {
+            Some(t) => Some(t),
+            None => self.config.static_token.clone(),
+        };
         let channel: Channel = self.endpoint.connect().await.map_err(|source| {
             (
                 AdsError::Connect {
@@ -492,6 +504,20 @@ impl AdsClient {
                 )
             })?;
             request.metadata_mut().insert("clusterid", value);
+        }
+        for (name, value) in &self.config.headers {
+            let (Ok(k), Ok(v)) = (
+                name.parse::<tonic::metadata::AsciiMetadataKey>(),
+                MetadataValue::try_from(value.as_str()),
+            ) else {
+                return Err((
+                    AdsError::Config {
+                        reason: format!("xds header {name}: not a valid header"),
+                    },
+                    false,
+                ));
+            };
+            request.metadata_mut().insert(k, v);
         }
         let mut inbound = client
             .delta_aggregated_resources(request)
