@@ -616,3 +616,38 @@ fn the_charts_command_line_and_env_start_ztunnel_against_istiod() {
     assert_eq!(c["selfTerminationDeadline"]["secs"], 25);
     assert_eq!(c["inpodEnabled"], true);
 }
+
+/// `PROXY_MODE=dedicated`: one workload (`PROXY_WORKLOAD_INFO`) served
+/// from the proxy's own namespace; its certificate is fetched before
+/// readiness and the dump says which workload it is.
+#[test]
+fn dedicated_mode_serves_its_one_workload() {
+    let dir = std::env::temp_dir().join(format!("ambit-compat-dedicated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(&mesh, LOCAL).expect("mesh");
+    let z = start(
+        "dedicated",
+        &mesh,
+        &[
+            ("PROXY_MODE", "dedicated"),
+            ("PROXY_WORKLOAD_INFO", "default/local/local"),
+            ("NODE_NAME", "elsewhere"),
+        ],
+    );
+    let r = http(&z.ns, "GET", "/config_dump", 15000);
+    let _ = std::fs::remove_dir_all(&dir);
+    let dump: Value = serde_json::from_str(body(&r)).expect("json");
+    assert_eq!(dump["config"]["proxyMode"], "Dedicated");
+    assert_eq!(
+        dump["config"]["proxyWorkloadInformation"]["serviceAccount"],
+        "local"
+    );
+    let certs = dump["certificates"].as_array().expect("certs");
+    assert!(
+        certs
+            .iter()
+            .any(|c| c["identity"] == "spiffe://cluster.local/ns/default/sa/local"),
+        "{certs:?}"
+    );
+}
