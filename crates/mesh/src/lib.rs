@@ -6,9 +6,12 @@
 //! xDS or by ztunnel's local YAML format ([`local::Config`], so existing
 //! ztunnel `LOCAL_XDS_PATH` files load unchanged). It answers the proxies'
 //! questions without doing any I/O: what is at this address ([`MeshState::lookup`]),
-//! which endpoint serves this service port ([`MeshState::pick_endpoint`]),
-//! and may this connection proceed ([`authz::authorize`], Istio's DENY-then-ALLOW
-//! semantics with every match field).
+//! which endpoint serves this service port for this client ([`MeshState::select`],
+//! ztunnel's load balancing: routing preferences, health policy, capacity,
+//! address family, passthrough — see [`balance`]), what a DNS name means in the
+//! mesh ([`MeshState::resolve_host`], see [`dns`]), and may this connection
+//! proceed ([`authz::authorize`], Istio's DENY-then-ALLOW semantics with every
+//! match field).
 //!
 //! The model carries every field of Istio's workload API that ztunnel keeps
 //! (network mode, application tunnels, capacity, locality, load-balancing
@@ -19,6 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod balance;
+pub mod dns;
 pub mod dump;
 pub mod local;
 pub mod model;
@@ -27,6 +32,8 @@ pub mod xds;
 
 pub use self::{
     authz::{Connection, Decision, DenyReason},
+    balance::{Client, Pick},
+    dns::HostAnswer,
     local::{Config, ConfigError},
     model::{Policy, Service, Workload},
     state::{Endpoint, MeshState, Target},

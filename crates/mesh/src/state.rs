@@ -3,17 +3,21 @@
 //!
 //! Invariants: `by_addr` holds exactly the addresses of the workloads in
 //! `workloads` that are not host-network; `by_vip` exactly the VIPs of `services`; `endpoints[svc]`
-//! exactly the uids of workloads whose `services` map names `svc`. Every
-//! insert first removes the previous version's index entries.
+//! exactly the uids of workloads whose `services` map names `svc`; `by_host[h]` exactly the
+//! services whose lowercased hostname is `h` (in insertion order, a replacement keeping its
+//! slot, as ztunnel's store does); `by_hostname[h]` exactly the uids of workloads whose
+//! lowercased hostname is `h`. Every insert first removes the previous version's index entries.
+//!
+//! Endpoint selection lives in [`crate::balance`], name resolution in [`crate::dns`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::authz::{self, Connection, Decision};
+use crate::balance::Client;
 use crate::local::Config;
-use crate::model::{HealthStatus, NetworkMode, Policy, Port, Service, Workload};
+use crate::model::{NetworkMode, Policy, Service, Workload};
 
 /// The addresses a workload is found by: none for a host-network workload,
 /// whose addresses are its node's (as in ztunnel).
@@ -27,14 +31,18 @@ fn indexed_addresses(w: &Workload) -> &[IpAddr] {
 /// All workloads, services and policies.
 #[derive(Debug, Default)]
 pub struct MeshState {
-    workloads: HashMap<String, Arc<Workload>>,
+    pub(crate) workloads: HashMap<String, Arc<Workload>>,
     by_addr: HashMap<(String, IpAddr), String>,
+    /// Workload uids by lowercased hostname (workloads with one).
+    pub(crate) by_hostname: HashMap<String, Vec<String>>,
     services: HashMap<String, Arc<Service>>,
     by_vip: HashMap<(String, IpAddr), String>,
-    endpoints: HashMap<String, BTreeSet<String>>,
+    /// Services by lowercased hostname: several namespaces may define one.
+    pub(crate) by_host: HashMap<String, Vec<Arc<Service>>>,
+    /// How many `by_host` keys are wildcards (`*.example.com`).
+    pub(crate) wildcard_hosts: usize,
+    pub(crate) endpoints: HashMap<String, BTreeSet<String>>,
     policies: HashMap<String, Arc<Policy>>,
-    /// Round-robin cursor for endpoint selection.
-    rr: AtomicUsize,
     /// Bumped by every change; see [`MeshState::revision`].
     revision: u64,
 }
@@ -55,6 +63,11 @@ pub struct Endpoint {
     pub workload: Arc<Workload>,
     /// The port on the workload.
     pub port: u16,
+    /// The workload address to connect to: one of a family the service
+    /// accepts, preferring the original destination's family (ztunnel's
+    /// choice). `None` when the workload has no address: it is reached by
+    /// its hostname or through its network gateway.
+    pub address: Option<IpAddr>,
 }
 
 impl MeshState {
@@ -90,6 +103,12 @@ impl MeshState {
         for a in indexed_addresses(&w) {
             self.by_addr.insert((w.network.clone(), *a), w.uid.clone());
         }
+        if !w.hostname.is_empty() {
+            self.by_hostname
+                .entry(w.hostname.to_ascii_lowercase())
+                .or_default()
+                .push(w.uid.clone());
+        }
         for svc in w.services.keys() {
             self.endpoints
                 .entry(svc.clone())
@@ -111,6 +130,15 @@ impl MeshState {
                 self.by_addr.remove(&key);
             }
         }
+        if !old.hostname.is_empty() {
+            let host = old.hostname.to_ascii_lowercase();
+            if let Some(uids) = self.by_hostname.get_mut(&host) {
+                uids.retain(|u| u != uid);
+                if uids.is_empty() {
+                    self.by_hostname.remove(&host);
+                }
+            }
+        }
         for svc in old.services.keys() {
             if let Some(set) = self.endpoints.get_mut(svc) {
                 set.remove(uid);
@@ -126,26 +154,56 @@ impl MeshState {
     pub fn insert_service(&mut self, s: Service) {
         self.revision += 1;
         let key = s.key();
-        self.remove_service(&key);
+        let s = Arc::new(s);
+        let host = s.hostname.to_ascii_lowercase();
+        let slot = self.unindex_service(&key);
         for (net, ip) in &s.vips {
             self.by_vip.insert((net.clone(), *ip), key.clone());
         }
-        self.services.insert(key, Arc::new(s));
+        let same_host = self.by_host.get_mut(&host);
+        match (same_host, slot) {
+            // A replacement keeps its place among the services of its hostname.
+            (Some(list), Some((old_host, i))) if old_host == host && i <= list.len() => {
+                list.insert(i, Arc::clone(&s));
+            }
+            (Some(list), _) => list.push(Arc::clone(&s)),
+            (None, _) => {
+                if host.starts_with("*.") {
+                    self.wildcard_hosts += 1;
+                }
+                self.by_host.insert(host, vec![Arc::clone(&s)]);
+            }
+        }
+        self.services.insert(key, s);
     }
 
     /// Removes a service; returns whether it existed.
     pub fn remove_service(&mut self, key: &str) -> bool {
         self.revision += 1;
-        let Some(old) = self.services.remove(key) else {
-            return false;
-        };
+        self.unindex_service(key).is_some()
+    }
+
+    /// Removes a service and its index entries; returns its lowercased
+    /// hostname and its position among that hostname's services.
+    fn unindex_service(&mut self, key: &str) -> Option<(String, usize)> {
+        let old = self.services.remove(key)?;
         for (net, ip) in &old.vips {
             let k = (net.clone(), *ip);
             if self.by_vip.get(&k).is_some_and(|s| s == key) {
                 self.by_vip.remove(&k);
             }
         }
-        true
+        let host = old.hostname.to_ascii_lowercase();
+        let list = self.by_host.get_mut(&host)?;
+        let i = list.iter().position(|s| s.namespace == old.namespace)?;
+        list.remove(i);
+        if list.is_empty() {
+            self.by_host.remove(&host);
+            if host.starts_with("*.") {
+                self.wildcard_hosts -= 1;
+            }
+        }
+        Some((host, i))
     }
 
     /// Removes an xDS Address resource by name: a workload uid or a service
@@ -204,40 +262,16 @@ impl MeshState {
             .or_else(|| self.workload_by_ip(network, ip).map(Target::Workload))
     }
 
-    /// Healthy endpoints of a service for `service_port`, with target ports:
-    /// the workloads whose `services` map names the service, and the
-    /// service's own `endpoints` (whose status and ports win for their uid).
+    /// Every endpoint of a service for `service_port` that endpoint
+    /// selection could choose for a client without a known source workload
+    /// on the default network ([`Client::default`]): the workloads whose
+    /// `services` map names the service and the service's own `endpoints`
+    /// (whose status and ports win for their uid), healthy unless the
+    /// service's health policy is `AllowAll`, with target ports. Locality and
+    /// routing preferences do not filter this list; see
+    /// [`MeshState::select`] for the choice itself.
     pub fn endpoints(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
-        let key = svc.key();
-        let find = |ps: &[Port]| ps.iter().find(|p| p.service_port == service_port).copied();
-        let default = find(&svc.ports);
-        let uids: BTreeSet<&String> = self
-            .endpoints
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .chain(svc.endpoints.keys())
-            .collect();
-        uids.into_iter()
-            .filter_map(|u| {
-                let w = self.workloads.get(u)?;
-                let explicit = svc.endpoints.get(u);
-                if explicit.map_or(w.status, |e| e.status) != HealthStatus::Healthy {
-                    return None;
-                }
-                // The endpoint's own port list wins over the service's; a
-                // service without the port has no endpoint.
-                let port = explicit
-                    .and_then(|e| find(&e.ports))
-                    .or_else(|| w.services.get(&key).and_then(|ps| find(ps)))
-                    .or(default)
-                    .map(|p: Port| p.target())?;
-                Some(Endpoint {
-                    workload: Arc::clone(w),
-                    port,
-                })
-            })
-            .collect()
+        self.eligible(svc, service_port, &Client::default())
     }
 
     /// The uids of the workloads whose `services` map names `key`
@@ -257,16 +291,6 @@ impl MeshState {
             .keys()
             .filter(|k| !self.services.contains_key(*k))
             .map(String::as_str)
-    }
-
-    /// Picks one healthy endpoint, round robin.
-    pub fn pick_endpoint(&self, svc: &Service, service_port: u16) -> Option<Endpoint> {
-        let eps = self.endpoints(svc, service_port);
-        if eps.is_empty() {
-            return None;
-        }
-        let i = self.rr.fetch_add(1, Ordering::Relaxed) % eps.len();
-        eps.into_iter().nth(i)
     }
 
     /// Authorizes a connection to `workload` with every applicable policy.
@@ -302,6 +326,7 @@ impl MeshState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{HealthStatus, Port};
     use std::collections::BTreeMap;
 
     fn wl(uid: &str, ip: &str, svc: Option<(&str, u16, u16)>) -> Workload {
@@ -378,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn service_endpoints_round_robin_and_skip_unhealthy() {
+    fn service_endpoints_are_drawn_and_skip_unhealthy() {
         let mut s = MeshState::new();
         s.insert_service(svc());
         s.insert_workload(wl(
@@ -401,16 +426,19 @@ mod tests {
         let Some(Target::Service(sv)) = s.lookup("", "10.96.0.10".parse().expect("ip")) else {
             panic!("VIP resolves to the service");
         };
-        let picks: Vec<(String, u16)> = (0..4)
-            .filter_map(|_| s.pick_endpoint(&sv, 9080))
+        let picks: Vec<(String, u16)> = (0..64)
+            .filter_map(|_| s.pick_endpoint(&sv, 9080, "", None))
             .map(|e| (e.workload.uid.clone(), e.port))
             .collect();
-        assert_eq!(picks.len(), 4);
+        assert_eq!(picks.len(), 64);
         assert!(picks.contains(&("v1".into(), 9081)) && picks.contains(&("v2".into(), 9082)));
         assert!(!picks.iter().any(|(u, _)| u == "v3"));
-        assert!(s.pick_endpoint(&sv, 1234).is_none(), "unknown port");
+        assert!(
+            s.pick_endpoint(&sv, 1234, "", None).is_none(),
+            "unknown port"
+        );
         s.remove_workload("v1");
         s.remove_workload("v2");
-        assert!(s.pick_endpoint(&sv, 9080).is_none());
+        assert!(s.pick_endpoint(&sv, 9080, "", None).is_none());
     }
 }
