@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ambit_identity::Identity;
 use ambit_mesh::authz::{Connection, Decision, DenyReason};
 use ambit_mesh::model::{GatewayAddress, TunnelProtocol};
-use ambit_mesh::{MeshState, Service, Target, Workload};
+use ambit_mesh::{Client, MeshState, Pick, Service, Target, Workload};
 
 /// ztunnel's own ports, which are never a proxy destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,14 +69,12 @@ pub enum Outbound {
     Reject(&'static str),
 }
 
-fn endpoint_addr(w: &Workload, port: u16) -> Option<SocketAddr> {
-    w.addresses.first().map(|ip| SocketAddr::new(*ip, port))
-}
-
-/// Resolves a waypoint to (its address on the HBONE port, its identity, workload).
+/// Resolves a waypoint to (its address on the HBONE port, its identity,
+/// workload), choosing among a waypoint service's endpoints for `source`.
 fn waypoint(
     state: &MeshState,
     network: &str,
+    source: Option<&Workload>,
     gw: &GatewayAddress,
 ) -> Option<(SocketAddr, Arc<Workload>)> {
     match gw {
@@ -88,9 +86,11 @@ fn waypoint(
             let net = if net.is_empty() { network } else { net };
             let w = state.workload_by_ip(net, *ip).or_else(|| {
                 // A waypoint addressed by its service VIP.
-                state
-                    .service_by_vip(net, *ip)
-                    .and_then(|s| state.pick_endpoint(&s, *hbone_port).map(|e| e.workload))
+                state.service_by_vip(net, *ip).and_then(|s| {
+                    state
+                        .pick_endpoint(&s, *hbone_port, network, source)
+                        .map(|e| e.workload)
+                })
             })?;
             Some((SocketAddr::new(*w.addresses.first()?, *hbone_port), w))
         }
@@ -101,15 +101,14 @@ fn waypoint(
         } => {
             let svc = state.service(&format!("{namespace}/{hostname}"))?;
             // A waypoint service backs the HBONE port directly, or any port.
-            let e = state.pick_endpoint(&svc, *hbone_port).or_else(|| {
-                svc.ports
-                    .first()
-                    .and_then(|p| state.pick_endpoint(&svc, p.service_port))
-            })?;
-            Some((
-                SocketAddr::new(*e.workload.addresses.first()?, *hbone_port),
-                e.workload,
-            ))
+            let e = state
+                .pick_endpoint(&svc, *hbone_port, network, source)
+                .or_else(|| {
+                    svc.ports
+                        .first()
+                        .and_then(|p| state.pick_endpoint(&svc, p.service_port, network, source))
+                })?;
+            Some((SocketAddr::new(e.address?, *hbone_port), e.workload))
         }
     }
 }
@@ -175,7 +174,7 @@ pub fn outbound(
     let via_waypoint =
         |gw: &GatewayAddress, workload: Option<Arc<Workload>>, service: Option<Arc<Service>>| {
             // A waypoint's own traffic never loops back through itself.
-            let (address, wp) = waypoint(state, network, gw)?;
+            let (address, wp) = waypoint(state, network, source, gw)?;
             if source.is_some_and(|s| s.uid == wp.uid) {
                 return None;
             }
@@ -200,10 +199,24 @@ pub fn outbound(
             {
                 return o;
             }
-            let Some(ep) = state.pick_endpoint(&svc, dst.port()) else {
-                return Outbound::Reject("no healthy endpoint for the service port");
+            let client = Client::new(network)
+                .with_source(source)
+                .with_destination(dst.ip());
+            let ep = match state.select(&svc, dst.port(), &client) {
+                Pick::Endpoint(ep) => ep,
+                // PASSTHROUGH: the original destination, no endpoint chosen.
+                Pick::OriginalDestination => {
+                    return Outbound::Passthrough {
+                        address: dst,
+                        workload: None,
+                        service: Some(svc),
+                    };
+                }
+                Pick::NoEndpoint => {
+                    return Outbound::Reject("no healthy endpoint for the service port");
+                }
             };
-            let Some(target) = endpoint_addr(&ep.workload, ep.port) else {
+            let Some(target) = ep.address.map(|ip| SocketAddr::new(ip, ep.port)) else {
                 return Outbound::Reject("endpoint has no address");
             };
             if ep.workload.protocol == TunnelProtocol::Hbone {
@@ -442,6 +455,11 @@ workloads:
 services:
 - {name: pp, namespace: default, hostname: pp.default.svc.cluster.local, vips: ["/10.96.0.10"], ports: {9080: 9080},
    subjectAltNames: ["spiffe://cluster.local/ns/default/sa/pp-alt"]}
+- {name: ext, namespace: default, hostname: ext.example.com, vips: ["/240.240.0.1"], ports: {443: 443},
+   loadBalancer: {mode: Passthrough}}
+- {name: near, namespace: default, hostname: near.default.svc.cluster.local, vips: ["/10.96.0.11"], ports: {80: 8080},
+   loadBalancer: {routingPreferences: [Node], mode: Strict},
+   endpoints: [{workloadUid: pp-v1, port: {80: 8080}}, {workloadUid: wp, port: {80: 8080}}]}
 policies:
 - {name: deny-9999, namespace: default, action: Deny, rules: [[[{destinationPorts: [9999]}]]]}
 "#;
@@ -498,6 +516,24 @@ policies:
             }
             o => panic!("{o:?}"),
         }
+        // A PASSTHROUGH service: the original destination, no endpoint.
+        assert!(matches!(
+            outbound(&s, "", &p, src, addr("240.240.0.1:443")),
+            Outbound::Passthrough { address, workload: None, service: Some(_) }
+                if address == addr("240.240.0.1:443")
+        ));
+        // Routing preferences see the source: STRICT on the node keeps the
+        // endpoint on sleep's node; a source-less client gets none.
+        for _ in 0..8 {
+            assert!(matches!(
+                outbound(&s, "", &p, src, addr("10.96.0.11:80")),
+                Outbound::Hbone { authority, .. } if authority == addr("10.244.0.9:8080")
+            ));
+        }
+        assert!(matches!(
+            outbound(&s, "", &p, None, addr("10.96.0.11:80")),
+            Outbound::Reject(_)
+        ));
         // VIP port without endpoints.
         assert!(matches!(
             outbound(&s, "", &p, src, addr("10.96.0.10:1")),
