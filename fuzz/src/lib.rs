@@ -375,7 +375,11 @@ fn check_state(state: &ambit_mesh::MeshState) {
             for ep in state.endpoints(s, port.service_port) {
                 assert!(ep.workload.services.contains_key(&s.key()));
             }
-            let _ = state.pick_endpoint(s, port.service_port);
+            let source = state.workloads().next().map(|w| w.as_ref());
+            let _ = state.pick_endpoint(s, port.service_port, "", source);
         }
+        let client = state.workloads().next().map(|w| w.as_ref());
+        let _ = state.resolve_host(&s.hostname, client, "cluster.local", Some(&s.namespace));
+        let _ = state.resolve_host(&s.name, client, "", None);
     }
 }

@@ -252,14 +252,16 @@ fn draw_weighted<T>(
 }
 
 impl MeshState {
-    /// The workloads behind a service, each with the endpoint the service
-    /// states for it (if any): first the workloads whose `services` map names
-    /// the service, then the service's own endpoints for other uids.
+    /// The workloads behind a service (whose key is `key`), each with the
+    /// endpoint the service states for it (if any): first the workloads
+    /// whose `services` map names the service, then the service's own
+    /// endpoints for other uids.
     pub(crate) fn members_of<'a>(
         &'a self,
         svc: &'a Service,
-    ) -> impl Iterator<Item = (&'a Arc<Workload>, Option<&'a ServiceEndpoint>)> + 'a {
-        let members = self.endpoints.get(&svc.key());
+        key: &str,
+    ) -> impl Iterator<Item = (&'a Arc<Workload>, Option<&'a ServiceEndpoint>)> + use<'a> {
+        let members = self.endpoints.get(key);
         let listed = members
             .into_iter()
             .flatten()
@@ -284,7 +286,8 @@ impl MeshState {
         let find = move |ps: &[Port]| ps.iter().find(|p| p.service_port == service_port).copied();
         let default = find(&svc.ports);
         let network = client.network();
-        self.members_of(svc).filter_map(move |(w, explicit)| {
+        let key = svc.key();
+        self.members_of(svc, &key).filter_map(move |(w, explicit)| {
             if !health_allows(svc, explicit.map_or(w.status, |e| e.status)) {
                 return None;
             }
@@ -292,7 +295,7 @@ impl MeshState {
             // service without the port has no endpoint.
             let port = explicit
                 .and_then(|e| find(&e.ports))
-                .or_else(|| w.services.get(&svc.key()).and_then(|ps| find(ps)))
+                .or_else(|| w.services.get(&key).and_then(|ps| find(ps)))
                 .or(default)?
                 .target();
             let address = choose_address(&w.addresses, svc.ip_families, client.destination);

@@ -220,7 +220,7 @@ impl Lookup<'_> {
         if svc.vips.is_empty() {
             // Headless: the endpoints' addresses, one of each family each.
             let mut out = Vec::new();
-            for (w, explicit) in self.state.members_of(svc) {
+            for (w, explicit) in self.state.members_of(svc, &svc.key()) {
                 if !health_allows(svc, explicit.map_or(w.status, |e| e.status)) {
                     continue;
                 }
