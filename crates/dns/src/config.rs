@@ -222,7 +222,7 @@ mod tests {
         );
         assert_eq!(
             conf.nameservers,
-            vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+            vec!["10.96.0.10".parse::<IpAddr>().expect("test value")]
         );
         assert_eq!(
             conf.search,
@@ -236,7 +236,10 @@ mod tests {
         assert_eq!(conf.timeout, Duration::from_secs(2));
         assert_eq!(conf.attempts, 3);
         let config = Config::from_resolv_conf(&conf);
-        assert_eq!(config.upstreams, vec!["10.96.0.10:53".parse().unwrap()]);
+        assert_eq!(
+            config.upstreams,
+            vec!["10.96.0.10:53".parse().expect("test value")]
+        );
         assert_eq!(config.attempts, 3);
     }
 
@@ -248,7 +251,10 @@ mod tests {
              options ndots:99 timeout:0 attempts:9 bogus:x\n; comment\ngarbage line\n",
         );
         assert_eq!(conf.nameservers.len(), 3);
-        assert_eq!(conf.nameservers[1], "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            conf.nameservers[1],
+            "::1".parse::<IpAddr>().expect("test value")
+        );
         assert_eq!(conf.search, ["only.example"]);
         assert_eq!(conf.ndots, 15);
         assert_eq!(conf.timeout, Duration::from_secs(1));
@@ -258,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_error_naming_it() {
-        let err = ResolvConf::read("/nonexistent/resolv.conf").unwrap_err();
+        let err = ResolvConf::read("/nonexistent/resolv.conf").expect_err("missing file");
         assert!(
             err.to_string().contains("/nonexistent/resolv.conf"),
             "{err}"

@@ -42,7 +42,7 @@ pub enum Outcome {
     /// Send these bytes back (already sized for the transport).
     Reply(Vec<u8>),
     /// Not a mesh name: forward upstream.
-    Forward(Forward),
+    Forward(Box<Forward>),
     /// Send nothing (too short to carry a header, or not a query).
     Drop,
 }
@@ -126,12 +126,12 @@ pub(crate) fn handle(
     };
     let answer = family.and_then(|f| Some((f, ctx.resolver.lookup(client, query.name(), f)?)));
     let Some((family, answer)) = answer else {
-        return Outcome::Forward(Forward {
+        return Outcome::Forward(Box::new(Forward {
             packet: packet.to_vec(),
             request,
             max_reply,
             labels,
-        });
+        }));
     };
     let mut reply = response_to(&request, ctx.max_udp_payload);
     reply.metadata.authoritative = true;

@@ -21,8 +21,9 @@ fn mesh(_: SocketAddr, name: &Name, family: Family) -> Option<MeshAnswer> {
             (0..200u8).map(|i| IpAddr::from([10, 1, 0, i])),
         )),
         "svc.ns.svc.cluster.local.ns.svc.cluster.local." => Some(
-            MeshAnswer::addrs([IpAddr::from([10, 0, 0, 1])])
-                .with_canonical_name(Name::from_ascii("svc.ns.svc.cluster.local.").unwrap()),
+            MeshAnswer::addrs([IpAddr::from([10, 0, 0, 1])]).with_canonical_name(
+                Name::from_ascii("svc.ns.svc.cluster.local.").expect("test value"),
+            ),
         ),
         _ => {
             let _ = family;
@@ -34,13 +35,16 @@ fn mesh(_: SocketAddr, name: &Name, family: Family) -> Option<MeshAnswer> {
 fn query(name: &str, ty: RecordType, edns: Option<u16>) -> Vec<u8> {
     let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("test value"),
+        ty,
+    ));
     if let Some(size) = edns {
         let mut e = Edns::new();
         e.set_max_payload(size);
         m.set_edns(e);
     }
-    m.to_vec().unwrap()
+    m.to_vec().expect("test value")
 }
 
 fn run(packet: &[u8], protocol: Protocol) -> (Outcome, usize) {
@@ -58,7 +62,7 @@ fn run(packet: &[u8], protocol: Protocol) -> (Outcome, usize) {
 
 fn reply(packet: &[u8], protocol: Protocol) -> Message {
     match run(packet, protocol).0 {
-        Outcome::Reply(bytes) => Message::from_vec(&bytes).unwrap(),
+        Outcome::Reply(bytes) => Message::from_vec(&bytes).expect("test value"),
         other => panic!("expected a reply, got {other:?}"),
     }
 }
@@ -146,7 +150,7 @@ fn a_big_answer_is_truncated_over_udp_and_whole_over_tcp() {
 
 #[test]
 fn the_udp_limit_follows_edns_within_bounds() {
-    let m = |size| Message::from_vec(&query("a.", RecordType::A, size)).unwrap();
+    let m = |size| Message::from_vec(&query("a.", RecordType::A, size)).expect("test value");
     assert_eq!(max_reply(&m(None), Protocol::Udp, 1232), 512);
     assert_eq!(max_reply(&m(Some(100)), Protocol::Udp, 1232), 512);
     assert_eq!(max_reply(&m(Some(1000)), Protocol::Udp, 1232), 1000);
@@ -168,14 +172,17 @@ fn malformed_input_gets_formerr_or_nothing() {
     assert_eq!(r.metadata.id, 0xabcd);
     assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
     // Two questions.
-    let mut two = Message::from_vec(&query("a.", RecordType::A, None)).unwrap();
-    two.add_query(Query::query(Name::from_ascii("b.").unwrap(), RecordType::A));
-    let r = reply(&two.to_vec().unwrap(), Protocol::Udp);
+    let mut two = Message::from_vec(&query("a.", RecordType::A, None)).expect("test value");
+    two.add_query(Query::query(
+        Name::from_ascii("b.").expect("test value"),
+        RecordType::A,
+    ));
+    let r = reply(&two.to_vec().expect("test value"), Protocol::Udp);
     assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
     // Not a standard query.
-    let mut notify = Message::from_vec(&query("a.", RecordType::A, None)).unwrap();
+    let mut notify = Message::from_vec(&query("a.", RecordType::A, None)).expect("test value");
     notify.metadata.op_code = OpCode::Notify;
-    let r = reply(&notify.to_vec().unwrap(), Protocol::Udp);
+    let r = reply(&notify.to_vec().expect("test value"), Protocol::Udp);
     assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
     assert_eq!(
         run(&bad, Protocol::Udp).1,
@@ -186,8 +193,8 @@ fn malformed_input_gets_formerr_or_nothing() {
 
 #[test]
 fn relayed_replies_are_fitted_to_the_client() {
-    let request =
-        Message::from_vec(&query("big.ns.svc.cluster.local.", RecordType::A, None)).unwrap();
+    let request = Message::from_vec(&query("big.ns.svc.cluster.local.", RecordType::A, None))
+        .expect("test value");
     let Outcome::Reply(whole) = run(
         &query("big.ns.svc.cluster.local.", RecordType::A, None),
         Protocol::Tcp,
@@ -197,7 +204,7 @@ fn relayed_replies_are_fitted_to_the_client() {
         panic!("reply expected");
     };
     assert_eq!(fit_relayed(whole.clone(), MAX_MESSAGE, &request), whole);
-    let short = Message::from_vec(&fit_relayed(whole, 512, &request)).unwrap();
+    let short = Message::from_vec(&fit_relayed(whole, 512, &request)).expect("test value");
     assert!(short.metadata.truncation && short.answers.is_empty());
     let garbage = fit_relayed(
         vec![
@@ -207,7 +214,10 @@ fn relayed_replies_are_fitted_to_the_client() {
         &request,
     );
     assert_eq!(
-        Message::from_vec(&garbage).unwrap().metadata.response_code,
+        Message::from_vec(&garbage)
+            .expect("test value")
+            .metadata
+            .response_code,
         ResponseCode::ServFail
     );
 }
