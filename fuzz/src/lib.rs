@@ -28,6 +28,7 @@ pub const TARGETS: &[Target] = &[
     ("mesh_local", mesh_local),
     ("socks5_request", socks5_request),
     ("waypoint_config", waypoint_config),
+    ("dns_request", dns_request),
 ];
 
 /// SPIFFE id parsing on arbitrary bytes: whatever parses is canonical
@@ -381,5 +382,54 @@ fn check_state(state: &ambit_mesh::MeshState) {
         let client = state.workloads().next().map(|w| w.as_ref());
         let _ = state.resolve_host(&s.hostname, client, "cluster.local", Some(&s.namespace));
         let _ = state.resolve_host(&s.name, client, "", None);
+    }
+}
+
+/// ambit-dns's request path without the network: parse a client's query
+/// and answer it for a fixed mesh resolver (one mesh name with both
+/// families, one with many addresses, one IPv4-only) or decide to forward.
+/// A reply keeps the query's id, is a response (so fed back in, it is
+/// dropped), and over UDP fits the proxy's payload cap.
+pub fn dns_request(data: &[u8]) {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use ambit_dns::{Config, DnsProxy, Family, MeshAnswer, Metrics, Name, Outcome, Protocol};
+
+    fn mesh(_: SocketAddr, name: &Name, family: Family) -> Option<MeshAnswer> {
+        match name.to_lowercase().to_ascii().as_str() {
+            "svc.ns.svc.cluster.local." => Some(MeshAnswer::addrs([
+                IpAddr::from([10, 0, 0, 1]),
+                IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1]),
+            ])),
+            "big.ns.svc.cluster.local." => Some(MeshAnswer::addrs(
+                (0..=255u8).map(|i| IpAddr::from([10, 1, 0, i])),
+            )),
+            "v4.ns.svc.cluster.local." if family == Family::V6 => Some(MeshAnswer::default()),
+            _ => None,
+        }
+    }
+
+    let config = Config::default();
+    let cap = usize::from(config.max_udp_payload);
+    let proxy = DnsProxy::new(config, Arc::new(mesh), Metrics::unregistered());
+    let client = SocketAddr::from(([127, 0, 0, 1], 40000));
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        match proxy.handle_local(data, client, protocol) {
+            Outcome::Reply(reply) => {
+                assert!(reply.len() >= 12, "a reply has a header");
+                assert_eq!(reply[..2], data[..2], "the reply keeps the id");
+                assert!(reply[2] & 0x80 != 0, "the reply is a response");
+                if protocol == Protocol::Udp {
+                    assert!(reply.len() <= cap, "a UDP reply fits the cap");
+                }
+                assert!(matches!(
+                    proxy.handle_local(&reply, client, protocol),
+                    Outcome::Drop
+                ));
+            }
+            Outcome::Forward(query) => assert!(query.query().is_some()),
+            Outcome::Drop => {}
+        }
     }
 }
