@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             ModeArg::Node => Mode::Node,
             ModeArg::Inpod => Mode::InPod,
         },
+        dns_capture: true,
         ..Options::default()
     };
     let bins = Binaries::beside(&bin)?;
@@ -116,6 +117,12 @@ fn main() -> anyhow::Result<()> {
 
     let mesh = LocalMesh::start_opts(&bins, opts, |step| println!("[local-mesh] {step}"))?;
     let sleep = mesh.sleep();
+
+    // DNS: sleep asks its resolver; the node agents capture port 53 into
+    // ztunnel's DNS proxy, which answers mesh names itself.
+    let resolver: std::net::SocketAddr = ambit_testbed::dns::POD_RESOLVER.parse()?;
+    let dns_name = "reviews.default.svc.cluster.local";
+    let resolved = ambit_testbed::dns::resolve_a(sleep.ns(), resolver, dns_name);
 
     println!("[local-mesh] driving traffic from sleep ({})", sleep.ip());
     // Meshed: the pods are enrolled, so every connection is captured.
@@ -153,6 +160,18 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(10),
     )?;
     let l7_figures = Figures::of_http(&l7);
+
+    println!("\nDNS (captured into ztunnel's DNS proxy on 15053):");
+    match &resolved {
+        Ok(ips) => println!(
+            "  sleep resolves {dns_name} via {resolver}: {}",
+            ips.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => println!("  sleep could not resolve {dns_name}: {e:#}"),
+    }
 
     println!("\nPath of a request (from the ztunnels' access logs):");
     let logs = mesh.access_logs();
@@ -341,6 +360,13 @@ fn main() -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(failed == 0, "{failed} requests failed");
+    match &resolved {
+        Ok(ips) => anyhow::ensure!(
+            ips.iter().any(|ip| ip.to_string() == "10.96.0.30"),
+            "{dns_name} resolved to {ips:?}, not reviews' VIP"
+        ),
+        Err(e) => anyhow::bail!("DNS through ztunnel failed: {e:#}"),
+    }
     anyhow::ensure!(
         l7_wrong == 0,
         "{l7_wrong} waypoint checks gave the wrong status"

@@ -23,7 +23,7 @@ pub fn config(a: &Args) -> Value {
     let listen = |port: u16| std::net::SocketAddr::new(a.listen_ip, port).to_string();
     json!({
         "proxy": i.enable_proxy,
-        "dnsProxy": false,
+        "dnsProxy": r.dns_port.is_some(),
         "windowSize": h.http2_stream_window_size.unwrap_or(hb.h2.stream_window),
         "connectionWindowSize": h.http2_connection_window_size.unwrap_or(hb.h2.connection_window),
         "frameSize": h.http2_frame_size.unwrap_or(hb.h2.max_frame_size),

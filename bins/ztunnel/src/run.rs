@@ -80,6 +80,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             spoof_source: a.spoof_source,
             drain_deadline: r.drain,
             socket: r.socket,
+            dns: dns_settings(&a)?,
             max_connections: match a.max_connections {
                 0 => usize::MAX,
                 n => n,
@@ -110,6 +111,15 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             )
         })?)
     };
+    // Node mode's DNS proxy, in ztunnel's namespace (the node's DNAT of
+    // pods' port 53 lands here); in-pod mode opens one in each pod.
+    let dns = if a.inpod {
+        None
+    } else {
+        proxy
+            .bind_dns(&sockets, a.listen_ip)
+            .with_context(|| format!("binding the DNS proxy on {}", a.listen_ip))?
+    };
     let (admin_l, stats_l, ready_l) = (
         bind(a.admin.admin_addr).await?,
         bind(a.admin.stats_addr).await?,
@@ -130,6 +140,10 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             }))
         }
     };
+    if let Some((udp, tcp)) = dns {
+        let (proxy, local, stopped) = (proxy.clone(), local.clone(), stop.wait());
+        tokio::spawn(async move { proxy.serve_dns(udp, tcp, &local, stopped).await });
+    }
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
     let dump_config = crate::dump::config(&a);
@@ -202,6 +216,28 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The DNS proxy's settings: upstreams from DNS_RESOLV_CONF (a missing
+/// file leaves no upstream: only mesh names are answered).
+fn dns_settings(a: &Args) -> anyhow::Result<Option<ambit_l4proxy::dns::DnsSettings>> {
+    let Some(port) = a.resolved.dns_port else {
+        return Ok(None);
+    };
+    let path = &a.istio.dns_resolv_conf;
+    let conf = match ambit_dns::ResolvConf::read(path) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "no upstream resolvers: the DNS proxy answers mesh names only");
+            ambit_dns::ResolvConf::parse("")
+        }
+    };
+    Ok(Some(ambit_l4proxy::dns::DnsSettings {
+        config: ambit_dns::Config::from_resolv_conf(&conf),
+        cluster_domain: a.istio.cluster_domain.clone(),
+        preferred_namespace: a.istio.prefered_service_namespace.clone(),
+        port,
+    }))
+}
+
 /// Logs the settings that are read but change nothing in Ambit yet, so a
 /// user sees that they were not silently dropped.
 fn notes(a: &Args) {
@@ -214,16 +250,6 @@ fn notes(a: &Args) {
     }
     if let Some(ns) = &i.prefered_service_namespace {
         tracing::info!(namespace = %ns, "PREFERED_SERVICE_NAMESPACE applies to hostname resolution (SOCKS5 hostnames)");
-    }
-    if a.resolved
-        .proxy_config
-        .proxy_metadata
-        .get("DNS_CAPTURE")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        tracing::warn!(
-            "DNS capture is requested (DNS_CAPTURE=true) but Ambit's ztunnel has no DNS proxy yet: DNS is not proxied"
-        );
     }
 }
 

@@ -144,6 +144,10 @@ pub struct IstioArgs {
     /// less (1 s less when it is 10 s or under) when nothing else sets it.
     #[arg(long, env = "TERMINATION_GRACE_PERIOD_SECONDS")]
     pub termination_grace_period_seconds: Option<u64>,
+    /// Where the DNS proxy's upstream resolvers are read from (Ambit's
+    /// setting; istio/ztunnel reads the system's).
+    #[arg(long, env = "DNS_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub dns_resolv_conf: std::path::PathBuf,
     /// ProxyConfig as YAML or JSON (`discoveryAddress`, `proxyAdminPort`,
     /// `statsPort`, `concurrency`, `proxyMetadata`), over the mesh config
     /// file's `defaultConfig` (`./etc/istio/config/mesh`).
@@ -212,6 +216,12 @@ impl ProxyConfig {
             None => Self::default(),
         };
         let mut pc = from_file.merge(from_env);
+        // Every ISTIO_META_* variable is proxy metadata too (over both).
+        pc.proxy_metadata.extend(
+            std::env::vars()
+                .filter_map(|(k, v)| k.strip_prefix("ISTIO_META_").map(|k| (k.to_owned(), v)))
+                .filter(|(k, _)| !k.is_empty()),
+        );
         pc.proxy_metadata = pc
             .proxy_metadata
             .into_iter()
@@ -239,6 +249,9 @@ pub struct Resolved {
     pub socket: SocketOptions,
     /// The workload a dedicated proxy serves.
     pub dedicated: Option<WorkloadInfo>,
+    /// The DNS proxy's port (15053, or DNS_PROXY_ADDR's); `None`: off
+    /// (DNS_CAPTURE=false).
+    pub dns_port: Option<u16>,
     /// The merged ProxyConfig.
     pub proxy_config: ProxyConfig,
 }
@@ -308,8 +321,8 @@ impl IstioArgs {
     ) -> anyhow::Result<Resolved> {
         if !self.enable_proxy {
             bail!(
-                "ENABLE_PROXY=false leaves nothing to run: istio/ztunnel would run only its DNS \
-                 proxy, which Ambit's ztunnel does not have yet"
+                "ENABLE_PROXY=false (istio/ztunnel's DNS-proxy-only mode) is not supported by \
+                 Ambit's ztunnel yet"
             );
         }
         let dedicated = match (self.proxy_mode, &self.proxy_workload_info) {
@@ -361,14 +374,22 @@ impl IstioArgs {
         };
         let proxy_config =
             ProxyConfig::load(Path::new(MESH_CONFIG_FILE), self.proxy_config.as_deref())?;
-        if let Some(v) = proxy_config.proxy_metadata.get("DNS_CAPTURE")
-            && v.eq_ignore_ascii_case("true")
-            && self.xds_on_demand
-        {
+        let dns_proxy = proxy_config
+            .proxy_metadata
+            .get("DNS_CAPTURE")
+            .is_none_or(|v| v.eq_ignore_ascii_case("true"));
+        if dns_proxy && self.xds_on_demand {
             bail!(
-                "DNS capture (proxyMetadata DNS_CAPTURE=true) and XDS_ON_DEMAND=true cannot be combined, as in istio/ztunnel"
+                "the DNS proxy (on unless ISTIO_META_DNS_CAPTURE / proxyMetadata DNS_CAPTURE is false) and XDS_ON_DEMAND=true cannot be combined, as in istio/ztunnel"
             );
         }
+        let dns_port = match proxy_config.proxy_metadata.get("DNS_PROXY_ADDR") {
+            None => 15053,
+            Some(a) => a
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .with_context(|| format!("DNS_PROXY_ADDR={a:?} is not host:port"))?,
+        };
         let default_threads = usize::from(proxy_config.concurrency.unwrap_or(2)).max(1);
         Ok(Resolved {
             worker_threads: self.worker_threads(default_threads)?,
@@ -385,6 +406,7 @@ impl IstioArgs {
                 port_reuse: self.inpod_port_reuse,
             },
             dedicated,
+            dns_port: dns_proxy.then_some(dns_port),
             proxy_config,
         })
     }

@@ -119,6 +119,11 @@ impl InPod {
             Capture::Redirect,
         )
         .map_err(|e| format!("opening listeners in pod {uid}: {e}"))?;
+        // The pod's REDIRECT of port 53 lands on 127.0.0.1:15053.
+        let dns = self
+            .proxy
+            .bind_dns(&sockets, IpAddr::from([127, 0, 0, 1]))
+            .map_err(|e| format!("opening the DNS proxy in pod {uid}: {e}"))?;
         let (name, namespace) = info.map(|i| (i.name, i.namespace)).unwrap_or_default();
         self.stop_pod(&uid);
         let stop = Arc::new(Notify::new());
@@ -131,11 +136,27 @@ impl InPod {
             namespace,
         };
         let task = tokio::spawn(async move {
-            proxy
-                .serve(listeners, Capture::Redirect, local, sockets, async move {
-                    s.notified().await
-                })
-                .await;
+            // One stop for the TCP listeners and the DNS proxy.
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let dns = async {
+                if let Some((udp, tcp)) = dns {
+                    proxy.serve_dns(udp, tcp, &local, stopped(rx.clone())).await;
+                }
+            };
+            let tcp = proxy.serve(
+                listeners,
+                Capture::Redirect,
+                local.clone(),
+                sockets,
+                async move {
+                    s.notified().await;
+                    let _ = tx.send(true);
+                },
+            );
+            tokio::join!(tcp, dns);
         });
         tracing::info!(%uid, "serving pod");
         self.pods

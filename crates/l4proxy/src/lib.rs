@@ -24,6 +24,7 @@
 pub mod admin;
 mod collect;
 mod conn;
+pub mod dns;
 mod inbound;
 mod inpod;
 pub mod metrics;

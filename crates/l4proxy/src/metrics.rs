@@ -80,6 +80,7 @@ pub struct Metrics {
     failed: Family<TcpLabels, Counter>,
     active: Gauge,
     inpod: InPodMetrics,
+    dns: ambit_dns::Metrics,
 }
 
 /// istio/ztunnel's in-pod workload manager metrics
@@ -158,6 +159,7 @@ impl Metrics {
             "Inpod proxies stopped",
             inpod.stopped.clone(),
         );
+        let dns = ambit_dns::Metrics::new(&mut r);
         r.register_collector(Box::new(crate::collect::XdsCollector));
         r.register_collector(Box::new(crate::collect::ProcessCollector));
         r.register(
@@ -184,6 +186,7 @@ impl Metrics {
             failed,
             active,
             inpod,
+            dns,
         }
     }
 
@@ -204,6 +207,10 @@ impl Metrics {
     /// A connection failed (counted once, besides opened and closed).
     pub fn failed(&self, l: &TcpLabels) {
         self.failed.get_or_create(l).inc();
+    }
+
+    pub(crate) fn dns(&self) -> &ambit_dns::Metrics {
+        &self.dns
     }
 
     pub(crate) fn inpod(&self) -> &InPodMetrics {

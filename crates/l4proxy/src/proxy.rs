@@ -45,6 +45,8 @@ pub struct ProxyConfig {
     /// makes for pods (in-pod mode); node mode passes them to its own
     /// [`crate::Sockets`].
     pub socket: crate::sockets::SocketOptions,
+    /// The DNS proxy (15053); `None`: off.
+    pub dns: Option<crate::dns::DnsSettings>,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +62,7 @@ impl Default for ProxyConfig {
             own_addresses: Vec::new(),
             max_connections: usize::MAX,
             socket: crate::sockets::SocketOptions::default(),
+            dns: None,
         }
     }
 }

@@ -152,6 +152,26 @@ impl Sockets {
             })?
     }
 
+    /// Binds a UDP socket (marked and in this factory's namespace, like
+    /// every other socket).
+    pub fn udp_bind(&self, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let s = match &self.netns {
+            Some(ns) => ns
+                .socket(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+                .map_err(io::Error::other)?,
+            None => Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?,
+        };
+        s.set_nonblocking(true)?;
+        s.set_cloexec(true)?;
+        if let Some(m) = self.mark {
+            s.set_mark(m)?;
+        }
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(self.options.port_reuse)?;
+        s.bind(&SockAddr::from(addr))?;
+        tokio::net::UdpSocket::from_std(s.into())
+    }
+
     /// Binds a listener. `transparent` accepts TPROXYed connections for
     /// any destination (IP_TRANSPARENT).
     pub fn listen(&self, addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {

@@ -132,6 +132,9 @@ pub const VIP: &str = "10.96.0.20:9080";
 /// A server outside the mesh (node b, pod 3), for the no-mesh baseline.
 pub const DIRECT_SERVER: &str = "10.244.1.5:9080";
 
+/// The no-mesh server pod's address (node b, pod 3).
+pub const DIRECT_SERVER_IP: &str = "10.244.1.5";
+
 /// Node names, in cluster order.
 pub const NODES: [&str; 2] = ["node-a", "node-b"];
 

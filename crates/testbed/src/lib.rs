@@ -16,6 +16,7 @@
 
 mod config;
 mod control_plane;
+pub mod dns;
 mod host;
 pub mod httpapp;
 mod mesh;
@@ -24,7 +25,9 @@ mod report;
 pub mod serve;
 pub mod tcpapp;
 
-pub use self::config::{DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, NODES, REVIEWS_VIP, VIP};
+pub use self::config::{
+    DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, DIRECT_SERVER_IP, NODES, REVIEWS_VIP, VIP,
+};
 pub use self::control_plane::{ControlPlane, PORT as CONTROL_PLANE_PORT, publish};
 pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};
 pub use self::mesh::{Binaries, LocalMesh, Mode, Options};

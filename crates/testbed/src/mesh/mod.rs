@@ -59,6 +59,14 @@ pub struct Options {
     pub secret_ttl: u64,
     /// Capture mode.
     pub mode: Mode,
+    /// The node agents capture pods' DNS (port 53) into ztunnel's DNS
+    /// proxy (cni-node's `AMBIENT_DNS_CAPTURE`).
+    pub dns_capture: bool,
+    /// The upstream resolver ztunnels forward non-mesh names to (written
+    /// to the mesh's `resolv.conf`, their `DNS_RESOLV_CONF`). Default: the
+    /// no-mesh server pod's address on port 53, where nothing answers —
+    /// test traffic never leaves the harness.
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -68,6 +76,8 @@ impl Default for Options {
             routes_yaml: DEFAULT_ROUTES.into(),
             secret_ttl: 86400,
             mode: Mode::Node,
+            dns_capture: false,
+            dns_upstream: None,
         }
     }
 }
@@ -163,6 +173,14 @@ impl LocalMesh {
         std::fs::write(mesh.dir.join("ca-key.pem"), ca.key_pem())?;
         std::fs::write(mesh.dir.join("mesh.yaml"), &opts.mesh_yaml)?;
         std::fs::write(mesh.dir.join("waypoint.yaml"), &opts.routes_yaml)?;
+        let upstream = opts.dns_upstream.map_or_else(
+            || crate::config::DIRECT_SERVER_IP.to_owned(),
+            |a| a.ip().to_string(),
+        );
+        std::fs::write(
+            mesh.dir.join("resolv.conf"),
+            format!("nameserver {upstream}\noptions timeout:1 attempts:1\n"),
+        )?;
         let cp_ip = IpAddr::V4(mesh.cluster.node(0).underlay_ip());
         progress(&format!(
             "control plane in process: delta ADS and the Istio CA on https://{cp_ip}:15012 (tls as istiod.istio-system.svc, trust domain cluster.local)"

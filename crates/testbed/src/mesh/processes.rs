@@ -75,6 +75,9 @@ impl LocalMesh {
             .arg("--run-dir")
             .arg(&cni.run_dir)
             .args(["--poll-ms", "100", "--metrics-addr", "127.0.0.1:15014"]);
+        if self.opts.dns_capture {
+            cmd.env("AMBIENT_DNS_CAPTURE", "true");
+        }
         match self.opts.mode {
             Mode::Node => {
                 cmd.args(["--tunnel", "vxlan"])
@@ -167,6 +170,8 @@ impl LocalMesh {
             .env("NODE_NAME", node)
             .env("POD_NAME", format!("ztunnel-{node}"))
             .env("POD_NAMESPACE", "istio-system")
+            // Forwarded names go to the harness's resolver, never the host's.
+            .env("DNS_RESOLV_CONF", self.dir.join("resolv.conf"))
             .stdout(log.try_clone()?)
             .stderr(log);
         if self.opts.mode == Mode::InPod {
