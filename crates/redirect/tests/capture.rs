@@ -502,6 +502,255 @@ fn host_probe_plan_and_sidecar_apply_and_remove() {
     );
 }
 
+/// Who opens a connection in the sidecar cases.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    /// The app in the sidecar pod (root, not the proxy's uid or gid).
+    App,
+    /// The proxy: a socket created with fsuid and fsgid 1337.
+    Proxy,
+    /// A socket with the proxy's gid only (uid root), which Istio's gid
+    /// rules exempt as well.
+    ProxyGid,
+    /// The proxy answering inbound as itself, from 127.0.0.6.
+    ProxyPassthrough,
+    /// A workload in another namespace.
+    Remote,
+}
+
+/// Where a connection must land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lands {
+    /// The stand-in proxy's outbound listener (15001), original
+    /// destination intact.
+    Outbound,
+    /// The stand-in proxy's inbound listener (15006), original
+    /// destination intact.
+    Inbound,
+    /// The real listener of the destination, not captured.
+    Direct,
+}
+
+/// A socket whose file carries `uid`/`gid` as its owner, as a process
+/// running as them would create it. Only the dedicated thread of
+/// [`NetNs::run`] changes its fs credentials, and it exits afterwards.
+fn socket_as(ns: &NetNs, uid: u32, gid: u32) -> socket2::Socket {
+    ns.run(move || {
+        // Per-thread credentials: the rest of the test process stays root.
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        socket2::Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+    })
+    .expect("netns")
+    .expect("socket")
+}
+
+/// Accepts the connection coming from `peer` on `l`, waiting at most five
+/// seconds; returns the accepted stream.
+fn accept_from(l: &TcpListener, peer: SocketAddr) -> Option<TcpStream> {
+    l.set_nonblocking(true).expect("nonblocking");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match l.accept() {
+            Ok((s, p)) if p == peer => return Some(s),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    None
+}
+
+/// Nothing is waiting on any of `ls`.
+fn all_idle(ls: &[&TcpListener]) -> bool {
+    ls.iter().all(|l| {
+        l.set_nonblocking(true).expect("nonblocking");
+        l.accept().is_err()
+    })
+}
+
+fn sidecar_captures(backend: Backend) {
+    // pod 0.0 = the sidecar pod (app on 8080, stand-in proxy on 15001 and
+    // 15006, the proxy's metrics/health/HBONE ports listening directly),
+    // pod 0.1 = a remote workload with a server on 8080,
+    // pod 0.2 = "istiod" with the control plane's 15012.
+    let cluster = Cluster::builder()
+        .nodes(1)
+        .pods_per_node(3)
+        .build()
+        .expect("cluster");
+    let (pod, remote, istiod) = (cluster.pod(0, 0), cluster.pod(0, 1), cluster.pod(0, 2));
+    let cfg = profiles::SidecarConfig::default();
+    let proxy = (cfg.proxy_uid, cfg.proxy_gid);
+    let before = snapshot(pod.ns());
+    let plan = profiles::sidecar(&cfg).expect("plan");
+    plan.apply(pod.ns(), backend).expect("apply");
+    plan.apply(pod.ns(), backend).expect("apply again");
+    assert!(plan.verify(pod.ns(), backend).expect("verify").is_empty());
+
+    // The stand-in proxy's listeners belong to the proxy's uid/gid, as
+    // Envoy's do; what the plan matches on is the owner of the sockets
+    // the proxy connects from.
+    let proxy_listener = |port: u16| -> TcpListener {
+        let s = socket_as(pod.ns(), proxy.0, proxy.1);
+        s.set_reuse_address(true).expect("reuse");
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+            .expect("bind");
+        s.listen(16).expect("listen");
+        s.into()
+    };
+    let outbound = proxy_listener(cfg.outbound_port);
+    let inbound = proxy_listener(cfg.inbound_port);
+    let app = pod
+        .ns()
+        .tcp_listener(([0, 0, 0, 0], SERVER_PORT).into())
+        .expect("app");
+    let excluded: Vec<(u16, TcpListener)> = cfg
+        .exclude_inbound
+        .iter()
+        .map(|&p| (p, proxy_listener(p)))
+        .collect();
+    let server_addr = SocketAddr::from((remote.ip(), SERVER_PORT));
+    let server = remote.ns().tcp_listener(server_addr).expect("server");
+    let istiod_addr = SocketAddr::from((istiod.ip(), 15012));
+    let xds = istiod.ns().tcp_listener(istiod_addr).expect("istiod");
+
+    let pod_app = SocketAddr::from((pod.ip(), SERVER_PORT));
+    let local_app = SocketAddr::from((Ipv4Addr::LOCALHOST, SERVER_PORT));
+    let mut cases = vec![
+        // 1. remote → local pod: inbound to the app port goes to 15006.
+        (
+            "remote to local pod",
+            Client::Remote,
+            pod_app,
+            Lands::Inbound,
+        ),
+        // 2. local → remote: the app's outbound goes to 15001.
+        ("local to remote", Client::App, server_addr, Lands::Outbound),
+        // 4. local → local: loopback from the app is never captured, to
+        // 127.0.0.1 or to its own pod IP (`-o lo ! --uid-owner 1337 -j
+        // RETURN`) ...
+        ("app to localhost", Client::App, local_app, Lands::Direct),
+        ("app to own pod IP", Client::App, pod_app, Lands::Direct),
+        // ... but the proxy reaching its own pod IP (a service address
+        // that resolved to this pod) is sent back inbound ...
+        (
+            "proxy to own pod IP",
+            Client::Proxy,
+            pod_app,
+            Lands::Inbound,
+        ),
+        // ... unless it comes from the inbound passthrough source.
+        (
+            "proxy passthrough to own pod IP",
+            Client::ProxyPassthrough,
+            pod_app,
+            Lands::Direct,
+        ),
+        // 5. the proxy's own traffic (uid, or gid alone) is not captured.
+        ("proxy to remote", Client::Proxy, server_addr, Lands::Direct),
+        (
+            "proxy gid to remote",
+            Client::ProxyGid,
+            server_addr,
+            Lands::Direct,
+        ),
+        // 6. proxy → control plane.
+        ("proxy to istiod", Client::Proxy, istiod_addr, Lands::Direct),
+    ];
+    // 3. scrapes and probes of the excluded ports reach them directly.
+    for &port in &cfg.exclude_inbound {
+        cases.push((
+            "remote to excluded port",
+            Client::Remote,
+            SocketAddr::from((pod.ip(), port)),
+            Lands::Direct,
+        ));
+    }
+
+    let real_for = |to: SocketAddr| -> &TcpListener {
+        if to == server_addr {
+            &server
+        } else if to == istiod_addr {
+            &xds
+        } else if to.port() == SERVER_PORT {
+            &app
+        } else {
+            &excluded
+                .iter()
+                .find(|(p, _)| *p == to.port())
+                .expect("a listener for the port")
+                .1
+        }
+    };
+    for (name, client, to, lands) in cases {
+        let s = match client {
+            Client::App => pod
+                .ns()
+                .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+                .expect("socket"),
+            Client::Proxy => socket_as(pod.ns(), proxy.0, proxy.1),
+            Client::ProxyGid => socket_as(pod.ns(), 0, proxy.1),
+            Client::ProxyPassthrough => {
+                let s = socket_as(pod.ns(), proxy.0, proxy.1);
+                s.bind(&SocketAddr::from((cfg.inbound_passthrough_src, 0)).into())
+                    .expect("bind 127.0.0.6");
+                s
+            }
+            Client::Remote => remote
+                .ns()
+                .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+                .expect("socket"),
+        };
+        s.connect_timeout(&to.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{name}: connect {to}: {e}"));
+        let from = s.local_addr().expect("local").as_socket().expect("inet");
+        let l = match lands {
+            Lands::Outbound => &outbound,
+            Lands::Inbound => &inbound,
+            Lands::Direct => real_for(to),
+        };
+        let got = accept_from(l, from)
+            .unwrap_or_else(|| panic!("{name}: {from} → {to} did not land on {lands:?}"));
+        match lands {
+            Lands::Direct => {
+                assert_eq!(got.local_addr().expect("local"), to, "{name}");
+            }
+            _ => assert_eq!(original_dst(&got), to, "{name}: original destination"),
+        }
+        let mut others = vec![&outbound, &inbound, &app, &server, &xds];
+        others.extend(excluded.iter().map(|(_, l)| l));
+        assert!(all_idle(&others), "{name}: a second connection appeared");
+    }
+
+    plan.remove(pod.ns(), backend).expect("remove");
+    // No capture remains: the app reaches the remote server and the remote
+    // reaches the app directly.
+    for (ns, to, l) in [
+        (pod.ns(), server_addr, &server),
+        (remote.ns(), pod_app, &app),
+    ] {
+        let c = ns.tcp_connect(to).expect("connect");
+        let from = c.local_addr().expect("local");
+        let got = accept_from(l, from).expect("direct after removal");
+        assert_eq!(got.local_addr().expect("local"), to);
+    }
+    assert_eq!(before, snapshot(pod.ns()), "remove left something");
+    assert_eq!(sh(pod.ns(), &["nft", "list", "ruleset"]).trim(), "");
+}
+
+#[test]
+fn sidecar_nft_captures_six_traffic_kinds() {
+    sidecar_captures(Backend::Nft);
+}
+
+#[test]
+fn sidecar_iptables_captures_six_traffic_kinds() {
+    sidecar_captures(Backend::Iptables);
+}
+
 #[cfg(feature = "nftnl")]
 mod nftnl {
     use super::*;
@@ -596,6 +845,11 @@ mod nftnl {
     #[test]
     fn nftnl_inpod_redirects() {
         inpod_redirects(Backend::Nftnl);
+    }
+
+    #[test]
+    fn nftnl_sidecar_captures_six_traffic_kinds() {
+        sidecar_captures(Backend::Nftnl);
     }
 
     #[test]
