@@ -642,7 +642,14 @@ fn sidecar_captures(backend: Backend) {
             pod_app,
             Lands::Inbound,
         ),
-        // ... unless it comes from the inbound passthrough source.
+        // ... except to the HBONE port ...
+        (
+            "proxy to own pod IP's HBONE port",
+            Client::Proxy,
+            SocketAddr::from((pod.ip(), cfg.hbone_port)),
+            Lands::Direct,
+        ),
+        // ... or when it comes from the inbound passthrough source.
         (
             "proxy passthrough to own pod IP",
             Client::ProxyPassthrough,

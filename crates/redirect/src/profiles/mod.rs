@@ -129,5 +129,9 @@ mod tests {
             s.contains("-A ISTIO_REDIRECT -p tcp -m tcp -j REDIRECT --to-ports 15001"),
             "{s}"
         );
+        assert!(
+            s.contains("! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT"),
+            "{s}"
+        );
     }
 }

@@ -20,6 +20,9 @@ pub struct SidecarConfig {
     pub outbound_port: u16,
     /// Inbound ports never captured (HBONE 15008, health 15021, stats 15020/15090).
     pub exclude_inbound: Vec<u16>,
+    /// HBONE (15008): the proxy's loopback connections to its own pod on
+    /// this port are not sent back inbound.
+    pub hbone_port: u16,
     /// The address the proxy uses to reach the app as itself (127.0.0.6).
     pub inbound_passthrough_src: Ipv4Addr,
     /// nft table.
@@ -34,6 +37,7 @@ impl Default for SidecarConfig {
             inbound_port: 15006,
             outbound_port: 15001,
             exclude_inbound: vec![15008, 15020, 15021, 15090],
+            hbone_port: 15008,
             inbound_passthrough_src: Ipv4Addr::new(127, 0, 0, 6),
             nft_table: "ambit-sidecar".into(),
         }
@@ -44,7 +48,7 @@ impl Default for SidecarConfig {
 /// inbound port, (2) except excluded ports; (3) the app's outbound TCP to
 /// the outbound port; (4) the proxy's own traffic (uid/gid) passes; (5)
 /// localhost passes; (6) the app calling itself through a service address
-/// from the proxy is sent back inbound.
+/// from the proxy is sent back inbound, except to the HBONE port.
 pub fn sidecar(cfg: &SidecarConfig) -> Result<Plan> {
     let mut p = Plan::new("sidecar", &cfg.nft_table);
     let nf = &mut p.netfilter;
@@ -85,7 +89,13 @@ pub fn sidecar(cfg: &SidecarConfig) -> Result<Plan> {
     nf.push(
         Table::Nat,
         out,
-        vec![not_local(), lo(), tcp(), Match::SkUid(cfg.proxy_uid, false)],
+        vec![
+            not_local(),
+            lo(),
+            tcp(),
+            Match::DPort(cfg.hbone_port, true),
+            Match::SkUid(cfg.proxy_uid, false),
+        ],
         Target::Jump(in_redir.into()),
     );
     nf.push(
@@ -103,7 +113,13 @@ pub fn sidecar(cfg: &SidecarConfig) -> Result<Plan> {
     nf.push(
         Table::Nat,
         out,
-        vec![not_local(), lo(), tcp(), Match::SkGid(cfg.proxy_gid, false)],
+        vec![
+            not_local(),
+            lo(),
+            tcp(),
+            Match::DPort(cfg.hbone_port, true),
+            Match::SkGid(cfg.proxy_gid, false),
+        ],
         Target::Jump(in_redir.into()),
     );
     nf.push(
