@@ -28,6 +28,7 @@ pub mod dns;
 mod inbound;
 mod inpod;
 pub mod metrics;
+pub mod network;
 mod outbound;
 pub mod plan;
 mod proxy;
