@@ -7,8 +7,10 @@
 //!   facts alone (no I/O, tested as tables): an outbound connection's
 //!   complete [`OutboundPlan`] (source workload, destination, the hop —
 //!   HBONE as the source's SPIFFE identity to a remote ztunnel or a
-//!   waypoint, same-node with its inbound authorization, passthrough, or a
-//!   refusal), and an inbound stream's verdict ([`route::inbound`]).
+//!   waypoint, double HBONE through the network gateway of a workload on
+//!   another network ([`network`]), same-node with its inbound
+//!   authorization, passthrough, or a refusal), and an inbound stream's
+//!   verdict ([`route::inbound`]).
 //! - `serve` binds and accepts: outbound capture (15001), plaintext
 //!   inbound (15006), HBONE (15008, one server per local identity), the
 //!   opt-in SOCKS5 front door (15080, [`socks5`]); every loop is
@@ -28,6 +30,7 @@ pub mod dns;
 mod inbound;
 mod inpod;
 pub mod metrics;
+pub mod network;
 mod outbound;
 pub mod plan;
 mod proxy;

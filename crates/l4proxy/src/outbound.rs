@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, copy_bidirectional};
+use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, InnerConnect, copy_bidirectional};
 use tokio::net::TcpStream;
 
 use crate::conn::{ConnRecord, Peers, Reporter};
@@ -130,6 +130,10 @@ impl Proxy {
             .with_via(plan.via)
             .with_hbone_target(match &plan.hop {
                 Hop::Hbone { authority, .. } => Some(*authority),
+                Hop::DoubleHbone {
+                    inner_authority: ambit_hbone::Authority::Addr(a),
+                    ..
+                } => Some(*a),
                 _ => None,
             });
         // A same-node delivery is authorized here, as its inbound side
@@ -191,6 +195,35 @@ impl Proxy {
                 match self.inner.client.connect(req).await {
                     Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
                     Err(e) => Err(Failure::hbone(address, &e)),
+                }
+            }
+            Hop::DoubleHbone {
+                gateway,
+                authority,
+                gateway_identities,
+                inner_authority,
+                source_identity,
+                identities,
+            } => {
+                record.open();
+                let headers = || ConnectHeaders {
+                    forwarded: Some(Forwarded::new(peer)),
+                    ..ConnectHeaders::default()
+                };
+                let mut inner = InnerConnect::new(identities, inner_authority);
+                inner.headers = headers();
+                let source = (entry == Entry::Captured
+                    && plan.source.is_some()
+                    && self.inner.cfg.spoof_source)
+                    .then_some(peer.ip());
+                let req =
+                    ConnectRequest::new(source_identity, gateway_identities, gateway, authority)
+                        .with_headers(headers())
+                        .with_origin(scope.origin(source))
+                        .with_inner(inner);
+                match self.inner.client.connect(req).await {
+                    Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
+                    Err(e) => Err(Failure::hbone(gateway, &e)),
                 }
             }
         };

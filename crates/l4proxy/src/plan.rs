@@ -7,9 +7,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ambit_hbone::Authority;
 use ambit_identity::Identity;
 use ambit_mesh::{MeshState, Service, Workload};
 
+use crate::network;
 use crate::proxy::ProxyConfig;
 use crate::route::{self, Inbound, Outbound, Ports};
 
@@ -86,6 +88,24 @@ pub enum Hop {
         /// The source's identity, presented to the far side.
         source_identity: Identity,
         /// Identities the server may present.
+        identities: Vec<Identity>,
+    },
+    /// Double HBONE to a workload on another network, through its network
+    /// gateway (see [`crate::network`]): the outer CONNECT goes to the
+    /// gateway, the inner one, over TLS inside it, to the destination.
+    DoubleHbone {
+        /// The gateway's address (its HBONE port).
+        gateway: SocketAddr,
+        /// The outer `:authority` (the service `hostname:port`).
+        authority: Authority,
+        /// Identities the gateway may present.
+        gateway_identities: Vec<Identity>,
+        /// The inner `:authority` (`ip:targetPort`, or the service
+        /// `hostname:port` for a workload without an address).
+        inner_authority: Authority,
+        /// The source's identity, presented to both.
+        source_identity: Identity,
+        /// Identities the destination may present on the inner TLS.
         identities: Vec<Identity>,
     },
     /// A workload on this node, captured: no wire to cross, so no tunnel;
@@ -250,6 +270,42 @@ pub fn plan_outbound(
             plan.service = service;
             plan.via = Some(address);
             plan.hop = Hop::Passthrough { address };
+        }
+        Outbound::OtherNetwork {
+            workload,
+            service,
+            target,
+        } => {
+            plan.mtls = true;
+            let route = network::cross_network(
+                state,
+                network,
+                plan.source.as_deref(),
+                &workload,
+                &service,
+                dst.port(),
+                target,
+            );
+            plan.workload = Some(workload);
+            plan.service = Some(service);
+            plan.hop = match (route, src_id) {
+                (Err(reason), _) => refuse(reason, Refusal::Unreachable),
+                (Ok(_), None) => refuse(
+                    "source workload has no identity".to_owned(),
+                    Refusal::Policy,
+                ),
+                (Ok(r), Some(source_identity)) => {
+                    plan.via = Some(r.gateway.address);
+                    Hop::DoubleHbone {
+                        gateway: r.gateway.address,
+                        authority: r.authority,
+                        gateway_identities: r.gateway.identities,
+                        inner_authority: r.inner_authority,
+                        source_identity,
+                        identities: r.identities,
+                    }
+                }
+            };
         }
         Outbound::Hbone {
             authority,
@@ -450,6 +506,7 @@ policies:
             assert_eq!(p.source.as_ref().map(|w| w.uid.as_str()), *src, "{case}");
             let (k, r) = match &p.hop {
                 Hop::Hbone { .. } => ("hbone", None),
+                Hop::DoubleHbone { .. } => ("double-hbone", None),
                 Hop::SameNode { .. } => ("same-node", None),
                 Hop::Passthrough { .. } => ("passthrough", None),
                 Hop::Refuse { refusal, .. } => ("refuse", Some(*refusal)),
@@ -538,5 +595,142 @@ policies:
             namespace: "default".into(),
         };
         assert!(captured_source(&s, "", &other, "10.244.0.5".parse().expect("ip")).is_none());
+    }
+
+    /// (dst) -> (hop kind, refusal, via, outer authority, inner authority,
+    /// gateway identity, destination identity).
+    type NetCase = (
+        &'static str,
+        &'static str,
+        Option<Refusal>,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
+    #[test]
+    fn cross_network_plans() {
+        let state = MeshState::from_config(Config::parse(network::MESH, "test").expect("mesh"));
+        let cfg = ProxyConfig {
+            network: "net-a".into(),
+            ..ProxyConfig::default()
+        };
+        let local = Local::Node("a".into());
+        let sa = |s: &str| format!("spiffe://cluster.local/ns/{s}");
+        let cases: &[NetCase] = &[
+            // Gateway by hostname: an endpoint of the gateway service; the
+            // outer authority is the service hostname, the inner the pod.
+            (
+                "10.96.0.1:80",
+                "double-hbone",
+                None,
+                Some("10.1.0.1:15008"),
+                "echo.default.svc.cluster.local:80",
+                "10.2.0.2:7000",
+                "istio-system/sa/eastwest",
+                "default/sa/echo",
+            ),
+            // Gateway by address (the gateway workload's IP); a TCP workload
+            // on another network goes through the gateway too.
+            (
+                "10.96.0.4:80",
+                "double-hbone",
+                None,
+                Some("10.1.0.1:15008"),
+                "by-ip.default.svc.cluster.local:80",
+                "10.2.0.3:7000",
+                "istio-system/sa/eastwest",
+                "default/sa/by-ip",
+            ),
+            // A workload without an address, gateway by service VIP: the
+            // inner authority is the service hostname, as ztunnel sends.
+            (
+                "10.96.0.5:80",
+                "double-hbone",
+                None,
+                Some("10.1.0.1:15008"),
+                "no-addr.default.svc.cluster.local:80",
+                "no-addr.default.svc.cluster.local:80",
+                "istio-system/sa/eastwest",
+                "default/sa/no-addr",
+            ),
+            // Another network without a gateway: refused, never dialled.
+            (
+                "10.96.0.2:80",
+                "refuse",
+                Some(Refusal::Unreachable),
+                None,
+                "",
+                "",
+                "",
+                "",
+            ),
+            // A gateway mesh state does not know: refused.
+            (
+                "10.96.0.6:80",
+                "refuse",
+                Some(Refusal::Unreachable),
+                None,
+                "",
+                "",
+                "",
+                "",
+            ),
+            // Same network: the single-HBONE path, unchanged.
+            (
+                "10.96.0.3:80",
+                "hbone",
+                None,
+                Some("10.1.0.5:15008"),
+                "",
+                "",
+                "",
+                "",
+            ),
+        ];
+        for (dst, kind, refusal, via, outer, inner, gw_id, dst_id) in cases {
+            let p = plan_outbound(
+                &state,
+                &cfg,
+                &local,
+                Entry::Captured,
+                addr("10.1.0.2:1"),
+                addr(dst),
+            );
+            assert_eq!(
+                p.source.as_ref().map(|w| w.uid.as_str()),
+                Some("sleep"),
+                "{dst}"
+            );
+            assert_eq!(p.via, via.map(addr), "{dst}: {:?}", p.hop);
+            match &p.hop {
+                Hop::DoubleHbone {
+                    gateway,
+                    authority,
+                    gateway_identities,
+                    inner_authority,
+                    source_identity,
+                    identities,
+                } => {
+                    assert_eq!(*kind, "double-hbone", "{dst}");
+                    assert!(p.mtls, "{dst}");
+                    assert_eq!(Some(*gateway), via.map(addr), "{dst}");
+                    assert_eq!(authority.to_string(), *outer, "{dst}");
+                    assert_eq!(inner_authority.to_string(), *inner, "{dst}");
+                    assert_eq!(gateway_identities[0].as_str(), sa(gw_id), "{dst}");
+                    assert_eq!(identities[0].as_str(), sa(dst_id), "{dst}");
+                    assert_eq!(source_identity.as_str(), sa("default/sa/sleep"));
+                }
+                Hop::Refuse { reason, refusal: r } => {
+                    assert_eq!((*kind, Some(*r)), ("refuse", *refusal), "{dst}");
+                    assert!(reason.contains("network gateway"), "{dst}: {reason}");
+                    assert!(p.workload.is_some(), "{dst}");
+                }
+                Hop::Hbone { .. } => assert_eq!(*kind, "hbone", "{dst}"),
+                other => panic!("{dst}: {other:?}"),
+            }
+        }
     }
 }

@@ -65,6 +65,18 @@ pub enum Outbound {
         /// The service, when the destination was a VIP.
         service: Option<Arc<Service>>,
     },
+    /// The chosen endpoint is on another network than this proxy's: it is
+    /// never dialled directly, only through its network gateway (double
+    /// HBONE; see [`crate::network`]).
+    OtherNetwork {
+        /// The destination workload.
+        workload: Arc<Workload>,
+        /// The service the destination was reached through.
+        service: Arc<Service>,
+        /// The workload's `ip:targetPort`, when it has an address (on its
+        /// own network).
+        target: Option<SocketAddr>,
+    },
     /// Refuse the connection.
     Reject(&'static str),
 }
@@ -216,6 +228,15 @@ pub fn outbound(
                     return Outbound::Reject("no healthy endpoint for the service port");
                 }
             };
+            // Another network: only through its gateway, whatever the
+            // workload's protocol (as istio/ztunnel does).
+            if ep.workload.network != network {
+                return Outbound::OtherNetwork {
+                    target: ep.address.map(|ip| SocketAddr::new(ip, ep.port)),
+                    workload: ep.workload,
+                    service: svc,
+                };
+            }
             let Some(target) = ep.address.map(|ip| SocketAddr::new(ip, ep.port)) else {
                 return Outbound::Reject("endpoint has no address");
             };
