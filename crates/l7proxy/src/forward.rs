@@ -38,10 +38,14 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 impl Waypoint {
     /// Healthy endpoints of `backend` (relative to `svc`), one picked by
     /// the balancer under `policy`, preferring endpoints not in `tried`.
+    /// The endpoints are those the mesh prefers for the client's workload
+    /// (its routing preferences, health policy and capacity, see
+    /// [`ambit_mesh::MeshState::preferred`]), found by `client`'s address.
     pub(crate) fn pick(
         &self,
         svc: &Service,
         port: u16,
+        client: SocketAddr,
         backend: &Backend,
         tried: &[String],
         policy: LoadBalancer,
@@ -53,7 +57,10 @@ impl Waypoint {
             }
             _ => state.service(&svc.key())?,
         };
-        let eps = state.endpoints(&target, backend.port.unwrap_or(port));
+        let network = &self.inner.cfg.network;
+        let source = state.workload_by_ip(network, client.ip());
+        let who = ambit_mesh::Client::new(network).with_source(source.as_deref());
+        let eps = state.preferred(&target, backend.port.unwrap_or(port), &who);
         drop(state);
         let mut eps: Vec<(Endpoint, String)> = eps
             .into_iter()
@@ -305,8 +312,14 @@ impl Waypoint {
             let mut tried: Vec<String> = Vec::new();
             let mut last = Outcome::ConnectFailure;
             for attempt in 0..attempts {
-                let Some((ep, key)) = self.pick(&conn.service, conn.port, backend, &tried, policy)
-                else {
+                let Some((ep, key)) = self.pick(
+                    &conn.service,
+                    conn.port,
+                    conn.client,
+                    backend,
+                    &tried,
+                    policy,
+                ) else {
                     meta.flags = "UH";
                     return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
                 };

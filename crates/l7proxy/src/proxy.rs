@@ -338,6 +338,7 @@ impl Waypoint {
         let Some((ep, key)) = self.pick(
             &conn.service,
             conn.port,
+            conn.client,
             &Backend::default_for(),
             &[],
             LoadBalancer::RoundRobin,

@@ -323,6 +323,37 @@ impl MeshState {
             .collect()
     }
 
+    /// The endpoints `client` should be balanced over, for a proxy with a
+    /// balancer of its own (the waypoint): the eligible endpoints of the
+    /// best routing-preference rank (all of them without preferences;
+    /// those matching every preference under STRICT, none when none do),
+    /// without those of capacity 0. PASSTHROUGH services give their
+    /// eligible endpoints (a waypoint still needs one).
+    pub fn preferred(
+        &self,
+        svc: &Service,
+        service_port: u16,
+        client: &Client<'_>,
+    ) -> Vec<Endpoint> {
+        let (preferences, strict): (&[LoadBalancerScope], bool) = match &svc.load_balancer {
+            Some(lb) if lb.mode == LoadBalancerMode::Strict => (&lb.routing_preferences, true),
+            Some(lb) if lb.mode == LoadBalancerMode::Failover => (&lb.routing_preferences, false),
+            _ => (&[], false),
+        };
+        let ranked: Vec<(usize, Eligible<'_>)> = self
+            .eligible_iter(svc, service_port, client)
+            .filter(|e| e.workload.capacity > 0)
+            .map(|e| (client.rank(preferences, e.workload), e))
+            .filter(|(rank, _)| !strict || *rank == preferences.len())
+            .collect();
+        let best = ranked.iter().map(|(r, _)| *r).max().unwrap_or(0);
+        ranked
+            .into_iter()
+            .filter(|(r, _)| *r == best)
+            .map(|(_, e)| e.to_endpoint())
+            .collect()
+    }
+
     /// Chooses the endpoint of `svc` serving `service_port` for `client`,
     /// with the service's load-balancing rules (see the module docs).
     pub fn select(&self, svc: &Service, service_port: u16, client: &Client<'_>) -> Pick {

@@ -417,3 +417,55 @@ fn draw_weighted_keeps_the_best_rank() {
         None
     );
 }
+
+#[test]
+fn preferred_gives_the_best_rank_for_a_proxys_own_balancer() {
+    use LoadBalancerScope::{Network, Node, Region, Zone};
+    let client = client_wl();
+    let c = Client::new("n1").with_source(Some(&client));
+    let uids = |s: &MeshState| -> BTreeSet<String> {
+        let svc = s.service(SVC).expect("service");
+        s.preferred(&svc, 80, &c)
+            .into_iter()
+            .map(|e| e.workload.uid.clone())
+            .collect()
+    };
+    // No preferences: every eligible endpoint (the other network's too:
+    // reaching it is the proxy's business, through its gateway).
+    let s = state(topology(), svc(None));
+    assert_eq!(
+        uids(&s),
+        set(&[
+            "same-all",
+            "same-zone",
+            "same-region",
+            "other-region",
+            "other-net"
+        ])
+    );
+    // FAILOVER network, region, zone: the same zone only.
+    let s = state(
+        topology(),
+        svc(lb(LoadBalancerMode::Failover, &[Network, Region, Zone])),
+    );
+    assert_eq!(uids(&s), set(&["same-all", "same-zone"]));
+    // STRICT on a node nothing runs on: none.
+    let mut far = client_wl();
+    far.node = "nd9".into();
+    let cf = Client::new("n1").with_source(Some(&far));
+    let s = state(topology(), svc(lb(LoadBalancerMode::Strict, &[Node])));
+    let svc_now = s.service(SVC).expect("service");
+    assert!(s.preferred(&svc_now, 80, &cf).is_empty());
+    // Capacity 0 is never given.
+    let mut eps = topology();
+    for w in &mut eps {
+        if w.uid == "same-all" {
+            w.capacity = 0;
+        }
+    }
+    let s = state(
+        eps,
+        svc(lb(LoadBalancerMode::Failover, &[Network, Region, Zone])),
+    );
+    assert_eq!(uids(&s), set(&["same-zone"]));
+}
