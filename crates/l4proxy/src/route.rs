@@ -312,35 +312,35 @@ pub fn set_authz_info_logging(on: bool) {
 }
 
 fn log_decision(w: &Workload, conn: &Connection<'_>, d: &Decision) {
-    let (allowed, why) = match d {
-        Decision::Allow(p) => (true, format!("{p:?}")),
-        Decision::Deny(r) => (false, format!("{r:?}")),
-    };
-    let src = conn.src_identity.map(|i| i.as_str().to_owned());
+    // One event, at the level chosen; its fields are only formatted when
+    // that level is enabled (this runs for every inbound connection).
+    macro_rules! decision {
+        ($level:expr) => {
+            if tracing::enabled!(target: "ambit_l4proxy::authz", $level) {
+                let (allowed, why) = match d {
+                    Decision::Allow(p) => (true, format!("{p:?}")),
+                    Decision::Deny(r) => (false, format!("{r:?}")),
+                };
+                let src = conn.src_identity.map(|i| i.as_str().to_owned());
+                tracing::event!(
+                    target: "ambit_l4proxy::authz",
+                    $level,
+                    allowed,
+                    dst.workload = w.name.as_str(),
+                    dst.namespace = w.namespace.as_str(),
+                    src.identity = src.as_deref().unwrap_or(""),
+                    src.addr = tracing::field::display(conn.src_ip),
+                    dst.port = conn.dst_port,
+                    reason = %why,
+                    "authorization decision"
+                );
+            }
+        };
+    }
     if AUTHZ_INFO.load(std::sync::atomic::Ordering::Relaxed) {
-        tracing::info!(
-            target: "ambit_l4proxy::authz",
-            allowed,
-            dst.workload = w.name.as_str(),
-            dst.namespace = w.namespace.as_str(),
-            src.identity = src.as_deref().unwrap_or(""),
-            src.addr = tracing::field::display(conn.src_ip),
-            dst.port = conn.dst_port,
-            reason = %why,
-            "authorization decision"
-        );
+        decision!(tracing::Level::INFO);
     } else {
-        tracing::debug!(
-            target: "ambit_l4proxy::authz",
-            allowed,
-            dst.workload = w.name.as_str(),
-            dst.namespace = w.namespace.as_str(),
-            src.identity = src.as_deref().unwrap_or(""),
-            src.addr = tracing::field::display(conn.src_ip),
-            dst.port = conn.dst_port,
-            reason = %why,
-            "authorization decision"
-        );
+        decision!(tracing::Level::DEBUG);
     }
 }
 
