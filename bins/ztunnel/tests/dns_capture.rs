@@ -66,17 +66,6 @@ fn upstream(
     })
 }
 
-fn ips(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn pods_dns_is_captured_and_answered_from_the_mesh() {
     let bins = Binaries::beside(Path::new(env!("CARGO_BIN_EXE_ztunnel"))).expect("binaries");
@@ -133,23 +122,23 @@ fn pods_dns_is_captured_and_answered_from_the_mesh() {
         full.metadata.authoritative,
         "mesh names are answered by the proxy"
     );
-    assert_eq!(ips(&full), vec![vip]);
+    assert_eq!(client::ips(&full), vec![vip]);
     let aaaa = aaaa.expect("an AAAA answer");
     assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
     assert!(
-        ips(&aaaa).is_empty(),
+        client::ips(&aaaa).is_empty(),
         "the service has no IPv6 VIP: {aaaa:?}"
     );
     let short = short.expect("the short name, expanded in sleep's namespace");
-    assert_eq!(ips(&short), vec![vip], "{short:?}");
+    assert_eq!(client::ips(&short), vec![vip], "{short:?}");
     // Answered under the asked name (a CNAME only when a search domain
     // was stripped, as istio/ztunnel does).
     assert_eq!(short.answers[0].name.to_ascii(), "reviews.");
     let outside = outside.expect("an outside name, forwarded");
-    assert_eq!(ips(&outside), vec![IpAddr::from([192, 0, 2, 1])]);
+    assert_eq!(client::ips(&outside), vec![IpAddr::from([192, 0, 2, 1])]);
     assert!(seen.load(Ordering::Relaxed) >= 1, "the upstream saw it");
     let over_tcp = over_tcp.expect("the same over TCP");
-    assert_eq!(ips(&over_tcp), vec![vip]);
+    assert_eq!(client::ips(&over_tcp), vec![vip]);
     // Istio's DNS metrics on node a's ztunnel.
     let zt_a = m.cluster.pod(0, 0).ns();
     let mut s = zt_a

@@ -72,26 +72,33 @@ fn start(tag: &str, mesh: &Path, env: &[(&str, &str)]) -> Ztunnel {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = ChildGuard::new(ns.spawn_command(&mut cmd).expect("spawn"));
+    wait_ready(&ns, &mut child, || format!("({tag})"));
+    Ztunnel {
+        ns,
+        _child: child,
+        dir,
+    }
+}
+
+/// Waits up to 30 s for `child`'s readiness endpoint (15021) in `ns` to
+/// answer 200; fails if it exits first. `what` adds to the failure.
+fn wait_ready(ns: &NetNs, child: &mut ChildGuard, what: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(
             child.child().try_wait().expect("wait").is_none(),
-            "ztunnel exited ({tag})"
+            "ztunnel exited {}",
+            what()
         );
         if let Ok(mut s) = ns.tcp_connect(([127, 0, 0, 1], 15021).into()) {
             let _ = s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n");
             let mut buf = [0u8; 12];
             if s.read(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
-                break;
+                return;
             }
         }
-        assert!(Instant::now() < deadline, "ztunnel not ready ({tag})");
+        assert!(Instant::now() < deadline, "ztunnel not ready {}", what());
         std::thread::sleep(Duration::from_millis(100));
-    }
-    Ztunnel {
-        ns,
-        _child: child,
-        dir,
     }
 }
 
@@ -572,24 +579,12 @@ fn the_charts_command_line_and_env_start_ztunnel_against_istiod() {
         std::fs::File::create(dir.join("ztunnel.log")).expect("log"),
     ));
     let mut child = ChildGuard::new(cmd.spawn().expect("spawn"));
-    let log = || std::fs::read_to_string(dir.join("ztunnel.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            child.child().try_wait().expect("wait").is_none(),
-            "ztunnel exited:\n{}",
-            log()
-        );
-        if let Ok(mut s) = named.ns.tcp_connect(([127, 0, 0, 1], 15021).into()) {
-            let _ = s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n");
-            let mut buf = [0u8; 12];
-            if s.read(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "ztunnel not ready:\n{}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&named.ns, &mut child, || {
+        format!(
+            ":\n{}",
+            std::fs::read_to_string(dir.join("ztunnel.log")).unwrap_or_default()
+        )
+    });
     let r = http(&named.ns, "GET", "/config_dump", 15000);
     let dump: Value = serde_json::from_str(body(&r)).expect("json");
     drop(child);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ambit_dns::{Config, DnsProxy, Family, MeshAnswer, Metrics, Name};
 use ambit_netns::NetNs;
-use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -113,17 +113,6 @@ async fn client_socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.expect("client socket")
 }
 
-fn ips(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn mesh_names_are_answered_by_the_proxy_over_udp_and_tcp() {
     in_netns(|| async {
@@ -140,14 +129,17 @@ fn mesh_names_are_answered_by_the_proxy_over_udp_and_tcp() {
         .expect("A reply");
         assert_eq!(a.metadata.id, 7);
         assert!(a.metadata.authoritative);
-        assert_eq!(ips(&a), [IpAddr::from([10, 96, 0, 7])]);
+        assert_eq!(client::ips(&a), [IpAddr::from([10, 96, 0, 7])]);
         assert_eq!(a.answers[0].ttl, 30);
         let mut tcp = TcpStream::connect(PROXY).await.expect("connect");
         let aaaa = client::tcp(&mut tcp, &client::query(8, name, RecordType::AAAA, None))
             .await
             .expect("AAAA reply");
         assert_eq!(aaaa.metadata.id, 8);
-        assert_eq!(ips(&aaaa), [IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 7])]);
+        assert_eq!(
+            client::ips(&aaaa),
+            [IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 7])]
+        );
         // Several queries on one connection.
         let again = client::tcp(&mut tcp, &client::query(9, name, RecordType::A, None))
             .await
@@ -184,7 +176,7 @@ fn other_names_are_forwarded_and_relayed_with_the_client_id() {
         .expect("forwarded reply");
         assert_eq!(a.metadata.id, 0x4242);
         assert!(!a.metadata.authoritative);
-        assert_eq!(ips(&a), [IpAddr::from([192, 0, 2, 1])]);
+        assert_eq!(client::ips(&a), [IpAddr::from([192, 0, 2, 1])]);
         // A non-address type for a mesh name is forwarded too.
         let txt = client::udp(
             &sock,
@@ -351,7 +343,7 @@ fn malformed_input_slow_clients_and_caps_are_survived() {
         )
         .await
         .expect("served after abuse");
-        assert_eq!(ips(&ok), [IpAddr::from([192, 0, 2, 1])]);
+        assert_eq!(client::ips(&ok), [IpAddr::from([192, 0, 2, 1])]);
         let ok = client::udp(
             &sock,
             addr(PROXY),

@@ -13,7 +13,7 @@ use ambit_dns::{ClientLabels, DnsProxy, Family, MeshAnswer, MeshResolver, Name};
 use ambit_mesh::{MeshState, Workload};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::plan::Local;
+use crate::plan::{Local, captured_source};
 use crate::proxy::Proxy;
 use crate::sockets::Sockets;
 
@@ -43,11 +43,15 @@ struct MeshNames {
 }
 
 impl MeshNames {
+    /// The client workload as a captured connection's source is found
+    /// ([`captured_source`]); in-pod, a query from loopback whose ZDS uid
+    /// is not the workload's uid is still the pod's (by name/namespace).
     fn client(&self, st: &MeshState, client: SocketAddr) -> Option<Arc<Workload>> {
-        let by_ip = (!client.ip().is_loopback())
-            .then(|| st.workload_by_ip(&self.network, client.ip()))
-            .flatten();
-        by_ip.or_else(|| match &self.local {
+        // Node mode: a query from loopback is ztunnel's own netns, no workload.
+        if client.ip().is_loopback() && matches!(self.local, Local::Node(_)) {
+            return None;
+        }
+        captured_source(st, &self.network, &self.local, client.ip()).or_else(|| match &self.local {
             Local::Pod { .. } => st.workloads().find(|w| self.local.contains(w)).cloned(),
             Local::Node(_) => None,
         })

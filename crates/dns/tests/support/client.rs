@@ -1,11 +1,11 @@
 //! A minimal DNS client for tests and the benchmark: one query over UDP or
 //! TCP, with hickory-proto for the wire format.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -48,4 +48,17 @@ pub(crate) async fn tcp(stream: &mut TcpStream, packet: &[u8]) -> Option<Message
     let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut reply).await.ok()?;
     Some(Message::from_vec(&reply).expect("a well-formed reply"))
+}
+
+/// The A and AAAA addresses of an answer.
+#[allow(dead_code)]
+pub(crate) fn ips(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
 }
