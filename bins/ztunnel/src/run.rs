@@ -81,6 +81,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
             drain_deadline: r.drain,
             socket: r.socket,
             dns: dns_settings(&a)?,
+            ipv6: a.istio.ipv6_enabled,
             max_connections: match a.max_connections {
                 0 => usize::MAX,
                 n => n,

@@ -83,8 +83,8 @@ pub struct IstioArgs {
     /// before the old one drains.
     #[arg(long, env = "INPOD_PORT_REUSE", default_value_t = true, action = clap::ArgAction::Set)]
     pub inpod_port_reuse: bool,
-    /// Whether IPv6 is used. Ambit's capture listeners are IPv4 until
-    /// dual-stack lands; `true` (Istio's default) is accepted.
+    /// Whether IPv6 is used: in-pod listeners bind `[::]` (dual-stack)
+    /// and the DNS proxy also `[::1]`. Node mode captures IPv4 only.
     #[arg(long, env = "IPV6_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub ipv6_enabled: bool,
     /// Tunnel to a workload's application tunnel over localhost.

@@ -4,7 +4,7 @@
 //! ztunnel's own traffic pass.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use ambit_netns::NetNs;
@@ -112,18 +112,37 @@ impl InPod {
             .with_mark(Some(self.mark))
             .with_options(self.proxy.inner.cfg.socket);
         sockets.enable_request_migration();
-        let listeners = Listeners::bind(
-            &sockets,
-            IpAddr::from([0, 0, 0, 0]),
-            Default::default(),
-            Capture::Redirect,
-        )
+        let ipv6 = self.proxy.inner.cfg.ipv6;
+        let bind =
+            |ip: IpAddr| Listeners::bind(&sockets, ip, Default::default(), Capture::Redirect);
+        let listeners = match bind(if ipv6 { ANY6 } else { ANY4 }) {
+            Err(e) if ipv6 && no_ipv6(&e) => {
+                tracing::info!(%uid, error = %e, "no IPv6 in this pod: IPv4 listeners");
+                bind(ANY4)
+            }
+            r => r,
+        }
         .map_err(|e| format!("opening listeners in pod {uid}: {e}"))?;
-        // The pod's REDIRECT of port 53 lands on 127.0.0.1:15053.
-        let dns = self
-            .proxy
-            .bind_dns(&sockets, IpAddr::from([127, 0, 0, 1]))
-            .map_err(|e| format!("opening the DNS proxy in pod {uid}: {e}"))?;
+        // The pod's REDIRECT of port 53 lands on 127.0.0.1:15053, over
+        // IPv6 on [::1]:15053.
+        let mut dns = Vec::new();
+        dns.extend(
+            self.proxy
+                .bind_dns(&sockets, IpAddr::from([127, 0, 0, 1]))
+                .map_err(|e| format!("opening the DNS proxy in pod {uid}: {e}"))?,
+        );
+        if ipv6 {
+            match self
+                .proxy
+                .bind_dns(&sockets, IpAddr::from(Ipv6Addr::LOCALHOST))
+            {
+                Ok(d) => dns.extend(d),
+                Err(e) if no_ipv6(&e) => {
+                    tracing::debug!(%uid, error = %e, "no IPv6 loopback in this pod: DNS on IPv4 only");
+                }
+                Err(e) => return Err(format!("opening the DNS proxy in pod {uid}: {e}")),
+            }
+        }
         let (name, namespace) = info.map(|i| (i.name, i.namespace)).unwrap_or_default();
         self.stop_pod(&uid);
         let stop = Arc::new(Notify::new());
@@ -141,11 +160,16 @@ impl InPod {
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            let dns = async {
-                if let Some((udp, tcp)) = dns {
-                    proxy.serve_dns(udp, tcp, &local, stopped(rx.clone())).await;
+            let mut dns = dns.into_iter();
+            let serve_dns = |d: Option<(tokio::net::UdpSocket, tokio::net::TcpListener)>| {
+                let (proxy, local, rx) = (&proxy, &local, rx.clone());
+                async move {
+                    if let Some((udp, tcp)) = d {
+                        proxy.serve_dns(udp, tcp, local, stopped(rx)).await;
+                    }
                 }
             };
+            let (dns4, dns6) = (serve_dns(dns.next()), serve_dns(dns.next()));
             let tcp = proxy.serve(
                 listeners,
                 Capture::Redirect,
@@ -156,7 +180,7 @@ impl InPod {
                     let _ = tx.send(true);
                 },
             );
-            tokio::join!(tcp, dns);
+            tokio::join!(tcp, dns4, dns6);
         });
         tracing::info!(%uid, "serving pod");
         self.pods
@@ -232,4 +256,14 @@ impl Drop for InPod {
             p.stop.notify_one();
         }
     }
+}
+
+const ANY4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// Whether binding failed because the namespace has no IPv6 (the protocol
+/// is off, or the address is not there: `disable_ipv6` on loopback).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    e.raw_os_error() == Some(EAFNOSUPPORT) || e.kind() == std::io::ErrorKind::AddrNotAvailable
 }

@@ -46,5 +46,5 @@ pub use self::{
     plan::{Entry, Hop, Local, OutboundPlan, Refusal, plan_outbound},
     proxy::{Proxy, ProxyConfig},
     serve::{Capture, Listeners},
-    sockets::{Keepalive, SocketOptions, Sockets, original_dst},
+    sockets::{Keepalive, SocketOptions, Sockets, canonical, original_dst},
 };

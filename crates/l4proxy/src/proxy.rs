@@ -47,6 +47,11 @@ pub struct ProxyConfig {
     pub socket: crate::sockets::SocketOptions,
     /// The DNS proxy (15053); `None`: off.
     pub dns: Option<crate::dns::DnsSettings>,
+    /// IPv6 (Istio's `IPV6_ENABLED`): in-pod listeners bind `[::]`
+    /// (dual-stack: IPv4 arrives as mapped addresses, which the proxy
+    /// reads back as IPv4) and the DNS proxy also `[::1]`. A pod whose
+    /// namespace has no IPv6 gets IPv4 listeners.
+    pub ipv6: bool,
 }
 
 impl Default for ProxyConfig {
@@ -63,6 +68,7 @@ impl Default for ProxyConfig {
             max_connections: usize::MAX,
             socket: crate::sockets::SocketOptions::default(),
             dns: None,
+            ipv6: false,
         }
     }
 }

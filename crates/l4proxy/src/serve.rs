@@ -14,7 +14,7 @@ use crate::inbound::InboundHandler;
 use crate::plan::{Entry, Local};
 use crate::proxy::Proxy;
 use crate::route::Ports;
-use crate::sockets::{Sockets, original_dst};
+use crate::sockets::{Sockets, canonical, original_dst};
 
 /// How captured connections arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Capture {
     /// The original destination of a connection captured this way.
     pub(crate) fn original_dst(self, tcp: &TcpStream) -> std::io::Result<SocketAddr> {
         match self {
-            Self::Tproxy => tcp.local_addr(),
+            Self::Tproxy => tcp.local_addr().map(canonical),
             Self::Redirect => original_dst(tcp),
         }
     }
@@ -138,7 +138,7 @@ impl Proxy {
             limits,
             |tcp, peer, _| {
                 let (me, scope) = (self.clone(), scope.clone());
-                async move { me.captured(tcp, peer, capture, &scope).await }
+                async move { me.captured(tcp, canonical(peer), capture, &scope).await }
             },
         );
         let plain = ambit_server::run(
@@ -147,7 +147,10 @@ impl Proxy {
             limits,
             |tcp, peer, _| {
                 let (me, scope) = (self.clone(), scope.clone());
-                async move { me.inbound_plain(tcp, peer, capture, &scope).await }
+                async move {
+                    me.inbound_plain(tcp, canonical(peer), capture, &scope)
+                        .await
+                }
             },
         );
         let hbone = ambit_server::run(
@@ -159,9 +162,10 @@ impl Proxy {
                 async move {
                     // Small HBONE frames must not wait for delayed ACKs.
                     let _ = tcp.set_nodelay(true);
-                    let Ok(local_addr) = tcp.local_addr() else {
+                    let Ok(local_addr) = tcp.local_addr().map(canonical) else {
                         return;
                     };
+                    let peer = canonical(peer);
                     let Some(server) = me.server_for(local_addr, &scope).await else {
                         tracing::debug!(%peer, %local_addr, "hbone connection to an address with no local workload");
                         return;

@@ -137,7 +137,11 @@ impl Sockets {
         let s = self.socket(Domain::for_address(dst))?;
         s.set_tcp_nodelay(true)?;
         if let Some(src) = spoof.filter(|s| s.is_ipv4() == dst.is_ipv4()) {
-            s.set_ip_transparent_v4(true)?;
+            if src.is_ipv4() {
+                s.set_ip_transparent_v4(true)?;
+            } else {
+                s.set_ip_transparent_v6(true)?;
+            }
             s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
         }
         let std: std::net::TcpStream = s.into();
@@ -180,8 +184,16 @@ impl Sockets {
         // A new ztunnel binds the same listeners before the old one drains
         // (Istio's INPOD_PORT_REUSE); see `enable_request_migration`.
         s.set_reuse_port(self.options.port_reuse)?;
+        if addr.is_ipv6() {
+            // `[::]` takes IPv4 too, whatever `net.ipv6.bindv6only` says.
+            s.set_only_v6(false)?;
+        }
         if transparent {
-            s.set_ip_transparent_v4(true)?;
+            if addr.is_ipv4() {
+                s.set_ip_transparent_v4(true)?;
+            } else {
+                s.set_ip_transparent_v6(true)?;
+            }
         }
         s.bind(&SockAddr::from(addr))?;
         s.listen(1024)?;
@@ -209,15 +221,32 @@ impl Sockets {
     }
 }
 
-/// The original destination of a connection that REDIRECT captured.
+/// The original destination of a connection that REDIRECT captured. On a
+/// dual-stack listener an IPv4 connection (a mapped local address) was
+/// redirected by the IPv4 rules: its conntrack entry is IPv4, so it is
+/// asked for at the IPv4 level.
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
-    let addr = match stream.local_addr()? {
+    let addr = match canonical(stream.local_addr()?) {
         SocketAddr::V4(_) => sock.original_dst_v4()?,
         SocketAddr::V6(_) => sock.original_dst_v6()?,
     };
     addr.as_socket()
+        .map(canonical)
         .ok_or_else(|| io::Error::other("original destination is not an inet address"))
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
+/// dual-stack socket reports for IPv4 peers) turned back into IPv4; other
+/// addresses unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
 }
 
 impl ambit_hbone::Dialer for Sockets {

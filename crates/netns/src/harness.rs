@@ -20,7 +20,7 @@
 //! process that was killed are swept when the next cluster is built.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -73,6 +73,7 @@ pub struct ClusterBuilder {
     nodes: usize,
     pods_per_node: usize,
     wire_pods: bool,
+    ipv6: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -81,6 +82,7 @@ impl Default for ClusterBuilder {
             nodes: 2,
             pods_per_node: 1,
             wire_pods: true,
+            ipv6: false,
         }
     }
 }
@@ -113,6 +115,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Dual-stack: IPv6 addresses and routes beside the IPv4 ones (see
+    /// the module docs for the plan). Off by default.
+    pub fn ipv6(mut self, on: bool) -> Self {
+        self.ipv6 = on;
+        self
+    }
+
     /// Creates the namespaces, links, addresses and routes. On failure,
     /// whatever was created is removed again.
     pub fn build(self) -> Result<Cluster, HarnessError> {
@@ -136,6 +145,7 @@ impl ClusterBuilder {
             id,
             underlay,
             nodes: Vec::new(),
+            ipv6: self.ipv6,
         };
         ip_batch(
             &underlay_name,
@@ -157,7 +167,21 @@ impl ClusterBuilder {
         for i in 0..n {
             let cmds: Vec<String> = (0..n)
                 .filter(|&k| k != i)
-                .map(|k| format!("route add {} via {} dev eth0", pod_cidr(k), underlay_ip(k)))
+                .flat_map(|k| {
+                    let mut r = vec![format!(
+                        "route add {} via {} dev eth0",
+                        pod_cidr(k),
+                        underlay_ip(k)
+                    )];
+                    if self.ipv6 {
+                        r.push(format!(
+                            "route add {} via {} dev eth0",
+                            pod_cidr6(k),
+                            underlay_ip6(k)
+                        ));
+                    }
+                    r
+                })
                 .collect();
             if !cmds.is_empty() {
                 ip_batch(&cluster.nodes[i].name, &cmds)?;
@@ -174,6 +198,7 @@ pub struct Cluster {
     id: String,
     underlay: NetNs,
     nodes: Vec<Node>,
+    ipv6: bool,
 }
 
 /// A node: a namespace with an underlay interface `eth0`, forwarding enabled,
@@ -184,6 +209,7 @@ pub struct Node {
     name: String,
     ns: NetNs,
     pods: Vec<Pod>,
+    ipv6: bool,
 }
 
 /// A pod: a namespace with `eth0` (a /32 address) whose default route is its
@@ -194,6 +220,7 @@ pub struct Pod {
     index: usize,
     name: String,
     ns: NetNs,
+    ipv6: bool,
 }
 
 impl Cluster {
@@ -275,20 +302,21 @@ impl Cluster {
             name: name.clone(),
             ns,
             pods: Vec::new(),
+            ipv6: self.ipv6,
         };
-        ip_batch(
-            &name,
-            &[
-                "link set lo up".into(),
-                format!(
-                    "link add eth0 type veth peer name n{i} netns {}-ul",
-                    self.id
-                ),
-                format!("addr add {}/24 dev eth0", underlay_ip(i)),
-                "link set eth0 up".into(),
-            ],
-        )
-        .inspect_err(|_| drop_named(&name))?;
+        let mut cmds = vec![
+            "link set lo up".into(),
+            format!(
+                "link add eth0 type veth peer name n{i} netns {}-ul",
+                self.id
+            ),
+            format!("addr add {}/24 dev eth0", underlay_ip(i)),
+        ];
+        if self.ipv6 {
+            cmds.push(format!("addr add {}/64 dev eth0 nodad", underlay_ip6(i)));
+        }
+        cmds.push("link set eth0 up".into());
+        ip_batch(&name, &cmds).inspect_err(|_| drop_named(&name))?;
         ip_batch(
             &format!("{}-ul", self.id),
             &[
@@ -300,6 +328,11 @@ impl Cluster {
         node.ns
             .set_sysctl("net/ipv4/ip_forward", "1")
             .inspect_err(|_| drop_named(&name))?;
+        if self.ipv6 {
+            node.ns
+                .set_sysctl("net/ipv6/conf/all/forwarding", "1")
+                .inspect_err(|_| drop_named(&name))?;
+        }
         Ok(node)
     }
 
@@ -312,6 +345,7 @@ impl Cluster {
             index: j,
             name: name.clone(),
             ns,
+            ipv6: self.ipv6,
         };
         if !wire {
             ip_batch(&name, &["link set lo up".into()]).inspect_err(|_| drop_named(&name))?;
@@ -319,27 +353,37 @@ impl Cluster {
         }
         let gw = pod_gateway(i);
         let ip = pod_ip(i, j);
-        let r = ip_batch(
-            &node_name,
-            &[
-                format!("link add veth{j} type veth peer name eth0 netns {name}"),
-                format!("addr add {gw}/32 dev veth{j}"),
-                format!("link set veth{j} up"),
-                format!("route add {ip}/32 dev veth{j} scope link"),
-            ],
-        )
-        .and_then(|()| {
-            ip_batch(
-                &name,
-                &[
-                    "link set lo up".into(),
-                    format!("addr add {ip}/32 dev eth0"),
-                    "link set eth0 up".into(),
-                    format!("route add {gw} dev eth0 scope link"),
-                    format!("route add default via {gw} dev eth0"),
-                ],
-            )
-        });
+        let mut node_cmds = vec![
+            format!("link add veth{j} type veth peer name eth0 netns {name}"),
+            format!("addr add {gw}/32 dev veth{j}"),
+        ];
+        let mut pod_cmds = vec![
+            "link set lo up".into(),
+            format!("addr add {ip}/32 dev eth0"),
+        ];
+        if self.ipv6 {
+            let (gw6, ip6) = (pod_gateway6(i), pod_ip6(i, j));
+            node_cmds.push(format!("addr add {gw6}/128 dev veth{j} nodad"));
+            pod_cmds.push(format!("addr add {ip6}/128 dev eth0 nodad"));
+        }
+        node_cmds.extend([
+            format!("link set veth{j} up"),
+            format!("route add {ip}/32 dev veth{j} scope link"),
+        ]);
+        pod_cmds.extend([
+            "link set eth0 up".into(),
+            format!("route add {gw} dev eth0 scope link"),
+            format!("route add default via {gw} dev eth0"),
+        ]);
+        if self.ipv6 {
+            let (gw6, ip6) = (pod_gateway6(i), pod_ip6(i, j));
+            node_cmds.push(format!("route add {ip6}/128 dev veth{j}"));
+            pod_cmds.extend([
+                format!("route add {gw6} dev eth0"),
+                format!("route add default via {gw6} dev eth0"),
+            ]);
+        }
+        let r = ip_batch(&node_name, &node_cmds).and_then(|()| ip_batch(&name, &pod_cmds));
         if let Err(e) = r {
             drop_named(&name);
             return Err(e);
@@ -383,6 +427,19 @@ impl Node {
     pub fn pod_cidr(&self) -> String {
         pod_cidr(self.index)
     }
+    /// The node's IPv6 underlay address (dual-stack clusters only).
+    pub fn underlay_ip6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.then(|| underlay_ip6(self.index))
+    }
+    /// The IPv6 pod gateway (dual-stack clusters only).
+    pub fn pod_gateway6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.then(|| pod_gateway6(self.index))
+    }
+    /// The node's IPv6 pod CIDR, e.g. `fd00:10:244:0::/64` (dual-stack
+    /// clusters only).
+    pub fn pod_cidr6(&self) -> Option<String> {
+        self.ipv6.then(|| pod_cidr6(self.index))
+    }
     /// The pods on this node.
     pub fn pods(&self) -> &[Pod] {
         &self.pods
@@ -416,6 +473,10 @@ impl Pod {
     /// The pod's IPv4 address.
     pub fn ip(&self) -> Ipv4Addr {
         pod_ip(self.node, self.index)
+    }
+    /// The pod's IPv6 address (dual-stack clusters only).
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.then(|| pod_ip6(self.node, self.index))
     }
     /// The name of the pod's veth in the node namespace.
     pub fn host_veth(&self) -> String {
@@ -476,6 +537,18 @@ fn pod_ip(i: usize, j: usize) -> Ipv4Addr {
 }
 fn pod_cidr(i: usize) -> String {
     format!("10.244.{i}.0/24")
+}
+fn underlay_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x172, 0x30, 0, 0, 0, 0, (i + 1) as u16)
+}
+fn pod_gateway6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, i as u16, 0, 0, 0, 1)
+}
+fn pod_ip6(i: usize, j: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, i as u16, 0, 0, 0, (j + 2) as u16)
+}
+fn pod_cidr6(i: usize) -> String {
+    format!("fd00:10:244:{i:x}::/64")
 }
 
 fn create(name: &str) -> Result<NetNs, HarnessError> {

@@ -303,3 +303,56 @@ async fn tokio_sockets_created_inside_a_namespace() {
         .expect("wait");
     assert!(out.success());
 }
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv6_across_nodes_and_ipv4_still_works() {
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .ipv6(true)
+        .build()
+        .expect("cluster");
+    let (a, b, c) = (cluster.pod(0, 0), cluster.pod(1, 1), cluster.pod(0, 1));
+    let (a6, b6, c6) = (
+        a.ip6().expect("a6"),
+        b.ip6().expect("b6"),
+        c.ip6().expect("c6"),
+    );
+    assert_eq!(b6.to_string(), "fd00:10:244:1::3");
+    assert_eq!(
+        cluster.node(1).pod_cidr6().as_deref(),
+        Some("fd00:10:244:1::/64")
+    );
+    // Across nodes over IPv6, same node over IPv6, and across nodes over IPv4.
+    for (from, to, want_src) in [
+        (a, SocketAddr::from((b6, 7001)), std::net::IpAddr::V6(a6)),
+        (a, SocketAddr::from((c6, 7002)), std::net::IpAddr::V6(a6)),
+        (
+            a,
+            SocketAddr::from((b.ip(), 7003)),
+            std::net::IpAddr::V4(a.ip()),
+        ),
+    ] {
+        let server = if to.ip() == std::net::IpAddr::V6(c6) {
+            c
+        } else {
+            b
+        };
+        let l = server.ns().tcp_listener(to).expect("bind");
+        let mut conn = from.ns().tcp_connect(to).expect("connect");
+        let (mut s, peer) = l.accept().expect("accept");
+        assert_eq!(peer.ip(), want_src, "no NAT on the way to {to}");
+        conn.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"ping");
+    }
+    // A single-stack cluster reports no IPv6 addresses.
+    let v4 = Cluster::builder()
+        .nodes(1)
+        .pods_per_node(1)
+        .build()
+        .expect("v4");
+    assert_eq!(v4.pod(0, 0).ip6(), None);
+    assert_eq!(v4.node(0).underlay_ip6(), None);
+}

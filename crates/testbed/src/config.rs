@@ -160,3 +160,95 @@ pub(crate) fn check_routes_yaml(yaml: &str) -> anyhow::Result<()> {
     serde_yaml_ng::from_str::<serde_json::Value>(yaml).context("the waypoint routes YAML")?;
     Ok(())
 }
+
+/// The IPv6 twin of a harness IPv4 address: a pod address
+/// `10.244.i.j` becomes `fd00:10:244:i::j` (the harness plan, hex), a
+/// service VIP `10.96.a.b` becomes `fd00:10:96:a::b`. Other addresses
+/// have none.
+pub fn ipv6_twin(ip: std::net::Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+    let [a, b, c, d] = ip.octets();
+    let prefix = match (a, b) {
+        (10, 244) => 0x244,
+        (10, 96) => 0x96,
+        _ => return None,
+    };
+    Some(std::net::Ipv6Addr::new(
+        0xfd00,
+        0x10,
+        prefix,
+        c.into(),
+        0,
+        0,
+        0,
+        d.into(),
+    ))
+}
+
+/// A mesh config (ztunnel local YAML, as [`DEFAULT_MESH`]) made
+/// dual-stack: every workload address and service VIP in the harness plan
+/// gains its IPv6 twin ([`ipv6_twin`]) after it. Lines are rewritten in
+/// place, so the YAML keeps its layout.
+pub fn dual_stack(yaml: &str) -> String {
+    let twin = |addr: &str| -> Option<String> {
+        let (net, ip) = addr.rsplit_once('/').unwrap_or(("", addr));
+        let v6 = ipv6_twin(ip.parse().ok()?)?;
+        Some(if addr.contains('/') {
+            format!("{net}/{v6}")
+        } else {
+            v6.to_string()
+        })
+    };
+    let mut out = String::with_capacity(yaml.len() * 2);
+    for line in yaml.lines() {
+        let list = ["workloadIps: [", "vips: ["]
+            .iter()
+            .find_map(|k| line.find(k).map(|at| at + k.len()));
+        let rewritten = list.and_then(|start| {
+            let end = start + line[start..].find(']')?;
+            let items: Vec<&str> = line[start..end].split(',').map(str::trim).collect();
+            let mut all: Vec<String> = Vec::new();
+            for item in items.iter().filter(|i| !i.is_empty()) {
+                all.push((*item).to_owned());
+                let bare = item.trim_matches('"');
+                if let Some(t) = twin(bare) {
+                    all.push(format!("\"{t}\""));
+                }
+            }
+            Some(format!(
+                "{}{}{}",
+                &line[..start],
+                all.join(", "),
+                &line[end..]
+            ))
+        });
+        out += rewritten.as_deref().unwrap_or(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dual_stack_adds_the_ipv6_twins_and_stays_valid() {
+        let yaml = dual_stack(DEFAULT_MESH);
+        assert!(
+            yaml.contains(r#"workloadIps: ["10.244.0.3", "fd00:10:244::3"]"#),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains(r#"vips: ["/10.96.0.30", "/fd00:10:96::1e"]"#),
+            "{yaml}"
+        );
+        let c = ambit_mesh::Config::parse(&yaml, "dual").expect("parses");
+        let sleep = c
+            .workloads
+            .iter()
+            .find(|w| w.name == "sleep")
+            .expect("sleep");
+        assert_eq!(sleep.addresses.len(), 2);
+        assert_eq!(ipv6_twin("172.30.0.1".parse().expect("ip")), None);
+    }
+}

@@ -29,22 +29,41 @@ where
     }
 }
 
-/// Binds `port` on `pod`'s address inside its namespace and serves it on a
-/// thread there: [`accept_each`] with `handle`. The server lives until the
-/// returned task is dropped with the pod.
+/// Binds `port` on `pod`'s address (both of them in a dual-stack cluster)
+/// inside its namespace and serves it on a thread there: [`accept_each`]
+/// with `handle`. The server lives until the returned task is dropped
+/// with the pod.
 pub fn serve_in_pod<F, Fut>(pod: &Pod, port: u16, handle: F) -> anyhow::Result<NsTask<()>>
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = pod
+    let v4 = pod
         .ns()
         .tcp_listener(SocketAddr::new(IpAddr::V4(pod.ip()), port))?;
+    let v6 = match pod.ip6() {
+        Some(ip) => Some(
+            pod.ns()
+                .tcp_listener(SocketAddr::new(IpAddr::V6(ip), port))?,
+        ),
+        None => None,
+    };
+    let handle = std::sync::Arc::new(handle);
     Ok(pod.spawn_async(move || async move {
-        let Ok(l) = tokio_listener(listener) else {
-            return;
+        let serve = |l: std::net::TcpListener| {
+            let h = handle.clone();
+            async move {
+                if let Ok(l) = tokio_listener(l) {
+                    accept_each(l, move |s, p| h(s, p)).await;
+                }
+            }
         };
-        accept_each(l, handle).await;
+        match v6 {
+            Some(v6) => {
+                tokio::join!(serve(v4), serve(v6));
+            }
+            None => serve(v4).await,
+        }
     })?)
 }
 

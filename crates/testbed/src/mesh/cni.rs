@@ -49,13 +49,18 @@ impl LocalMesh {
         for d in [&net_d, &bin, &run, &pods] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let gw = self.cluster.node(i).pod_gateway();
+        let node = self.cluster.node(i);
+        let mut routes =
+            vec![serde_json::json!({"dst": "0.0.0.0/0", "gw": node.pod_gateway().to_string()})];
+        if let Some(gw6) = node.pod_gateway6() {
+            routes.push(serde_json::json!({"dst": "::/0", "gw": gw6.to_string()}));
+        }
         let primary = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "localmesh",
             "type": "ptp",
             "ipMasq": false,
-            "ipam": {"type": "static", "routes": [{"dst": "0.0.0.0/0", "gw": gw.to_string()}]},
+            "ipam": {"type": "static", "routes": routes},
         });
         std::fs::write(net_d.join("10-localmesh.conf"), primary.to_string())?;
         let out = Command::new(&self.bins.cni_node)
@@ -95,6 +100,9 @@ impl LocalMesh {
         for j in 0..PODS {
             let pod = self.cluster.pod(i, j);
             let ip = IpAddr::V4(pod.ip());
+            let ips: Vec<IpAddr> = std::iter::once(ip)
+                .chain(pod.ip6().map(IpAddr::V6))
+                .collect();
             let w = self
                 .config
                 .workloads
@@ -131,7 +139,7 @@ impl LocalMesh {
             };
             let rec = serde_json::json!({
                 "name": name, "namespace": ns, "uid": pod_uid(pod),
-                "ips": [ip], "node": NODES[i], "labels": labels,
+                "ips": ips, "node": NODES[i], "labels": labels,
                 "namespace_labels": ns_labels, "service_account": sa,
             });
             let cni = self.cni.get(i).context("cni not installed")?;
@@ -171,10 +179,19 @@ impl LocalMesh {
     pub(super) fn wire(&self, i: usize, j: usize) -> anyhow::Result<()> {
         let pod = self.cluster.pod(i, j);
         let cni = self.cni.get(i).context("cni not installed")?;
-        let gw = self.cluster.node(i).pod_gateway();
+        let node = self.cluster.node(i);
         let mut conflist = cni.conflist.clone();
-        conflist["plugins"][0]["ipam"]["addresses"] =
-            serde_json::json!([{"address": format!("{}/24", pod.ip()), "gateway": gw.to_string()}]);
+        let mut addresses = vec![serde_json::json!({
+            "address": format!("{}/24", pod.ip()),
+            "gateway": node.pod_gateway().to_string(),
+        })];
+        if let (Some(ip6), Some(gw6)) = (pod.ip6(), node.pod_gateway6()) {
+            addresses.push(serde_json::json!({
+                "address": format!("{ip6}/64"),
+                "gateway": gw6.to_string(),
+            }));
+        }
+        conflist["plugins"][0]["ipam"]["addresses"] = serde_json::json!(addresses);
         let rt = ambit_cni::runtime::Runtime {
             cni_path: cni.cni_path.clone(),
             netns: Some(self.cluster.node(i).ns()),

@@ -67,6 +67,12 @@ pub struct Options {
     /// no-mesh server pod's address on port 53, where nothing answers —
     /// test traffic never leaves the harness.
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Dual-stack: the harness gives every node and pod IPv6 addresses as
+    /// well (see `ambit_netns::harness`), the CNI chain assigns both, and
+    /// the pod records carry both. Give the workloads IPv6 addresses too
+    /// ([`crate::config::dual_stack`]). IPv6 is captured in in-pod mode;
+    /// node mode stays IPv4-only.
+    pub dual_stack: bool,
 }
 
 impl Default for Options {
@@ -78,6 +84,7 @@ impl Default for Options {
             mode: Mode::Node,
             dns_capture: false,
             dns_upstream: None,
+            dual_stack: false,
         }
     }
 }
@@ -150,6 +157,7 @@ impl LocalMesh {
             .nodes(2)
             .pods_per_node(PODS)
             .wire_pods(false)
+            .ipv6(opts.dual_stack)
             .build()?;
         // Unique per cluster (several meshes may run in one test process).
         let dir = std::env::temp_dir().join(format!("ambit-local-mesh-{}", cluster.id()));
@@ -320,7 +328,10 @@ impl LocalMesh {
         let ip = ip?;
         (0..2)
             .flat_map(|i| (0..PODS).map(move |j| (i, j)))
-            .find(|&(i, j)| IpAddr::V4(self.cluster.pod(i, j).ip()) == ip)
+            .find(|&(i, j)| {
+                let pod = self.cluster.pod(i, j);
+                IpAddr::V4(pod.ip()) == ip || pod.ip6().map(IpAddr::V6) == Some(ip)
+            })
     }
 
     /// Stops the control plane and starts a fresh one on the same address
