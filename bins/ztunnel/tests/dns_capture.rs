@@ -15,12 +15,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ambit_testbed::{Binaries, DIRECT_SERVER_IP, LocalMesh, Mode, Options};
+use ambit_testbed::{Binaries, DEFAULT_MESH, DIRECT_SERVER_IP, LocalMesh, Mode, Options};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 
 const RESOLVER: &str = "10.96.0.10:53";
+
+/// A ServiceEntry host with an auto-allocated VIP (as istiod allocates
+/// from 240.240.0.0/16 and 2001:2::/48), appended to the default mesh's
+/// services.
+const SERVICE_ENTRY: &str = r#"
+- name: api-external
+  namespace: default
+  hostname: api.external.test
+  vips: ["/240.240.0.7", "/2001:2::7"]
+  ports: {443: 443}
+"#;
 const WAIT: Duration = Duration::from_secs(5);
 
 /// A blocking upstream resolver in the no-mesh pod: every A query gets
@@ -74,6 +85,7 @@ fn pods_dns_is_captured_and_answered_from_the_mesh() {
         Options {
             mode: Mode::InPod,
             dns_capture: true,
+            mesh_yaml: format!("{DEFAULT_MESH}{SERVICE_ENTRY}"),
             dns_upstream: Some(SocketAddr::new(DIRECT_SERVER_IP.parse().expect("ip"), 53)),
             ..Options::default()
         },
@@ -100,6 +112,8 @@ fn pods_dns_is_captured_and_answered_from_the_mesh() {
                 (2, "reviews.default.svc.cluster.local.", RecordType::AAAA),
                 (3, "reviews.", RecordType::A),
                 (4, "api.outside.test.", RecordType::A),
+                (6, "api.external.test.", RecordType::A),
+                (7, "api.external.test.", RecordType::AAAA),
             ] {
                 let q = client::query(id, name, ty, None);
                 out.push(client::udp(&sock, resolver, &q, WAIT).await);
@@ -115,7 +129,18 @@ fn pods_dns_is_captured_and_answered_from_the_mesh() {
         .join();
     stop.store(true, Ordering::Relaxed);
     let _ = up.join();
-    let [full, aaaa, short, outside, over_tcp] = answers.try_into().expect("five answers");
+    let [full, aaaa, short, outside, se_a, se_aaaa, over_tcp] =
+        answers.try_into().expect("seven answers");
+    // The ServiceEntry host: its allocated VIPs, both families, answered
+    // by the proxy (never forwarded).
+    let se_a = se_a.expect("an answer for the ServiceEntry host");
+    assert!(se_a.metadata.authoritative, "{se_a:?}");
+    assert_eq!(client::ips(&se_a), vec![IpAddr::from([240, 240, 0, 7])]);
+    let se_aaaa = se_aaaa.expect("an AAAA answer for the ServiceEntry host");
+    assert_eq!(
+        client::ips(&se_aaaa),
+        vec!["2001:2::7".parse::<IpAddr>().expect("ip")]
+    );
     let full = full.expect("an answer for the service's name (capture reached ztunnel)");
     assert_eq!(full.metadata.response_code, ResponseCode::NoError);
     assert!(
