@@ -18,7 +18,12 @@ use common::*;
 use serde_json::Value;
 
 fn pod_plan() -> Plan {
-    profiles::inpod(&InpodConfig::default()).expect("in-pod plan")
+    // The agent's default: IPv6 captured too (AMBIENT_IPV6).
+    profiles::inpod(&InpodConfig {
+        ipv6: true,
+        ..InpodConfig::default()
+    })
+    .expect("in-pod plan")
 }
 
 fn drift(ns: &NetNs) -> usize {
