@@ -26,7 +26,8 @@
 //! The plan is chosen per pod, from two facts: DNS capture (the pod's
 //! `ambient.istio.io/dns-capture` annotation, else the agent's setting) and
 //! IPv6 (the agent's setting, and only if the pod's namespace has IPv6:
-//! `net.ipv6.conf.all.disable_ipv6` readable there and `0`; a pod without
+//! `net.ipv6.conf.all.disable_ipv6` readable there and `0`, `::1` on an up
+//! loopback; a pod without
 //! it gets the IPv4-only plan rather than a half-applied dual-stack one).
 //! Each combination's plan is built once. When a pod's choice changes, the
 //! new plan is applied over the old one ([`Plan::apply_replacing`]): the
@@ -67,10 +68,24 @@ pub struct PodPlanKey {
 }
 
 /// Whether a namespace has IPv6: its `all.disable_ipv6` sysctl exists (the
-/// kernel has IPv6) and is `0`.
+/// kernel has IPv6) and is `0`, and its loopback is up with `::1` (the
+/// plan's `local ::/0 dev lo` route needs it; listed in the namespace's
+/// `/proc/thread-self/net/if_inet6`).
 pub fn netns_has_ipv6(ns: &NetNs) -> bool {
-    ns.sysctl("net/ipv6/conf/all/disable_ipv6")
-        .is_ok_and(|v| v.trim() == "0")
+    let enabled = ns
+        .sysctl("net/ipv6/conf/all/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "0");
+    enabled
+        && ns
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|t| {
+                t.lines().any(|l| {
+                    l.starts_with("00000000000000000000000000000001")
+                        && l.split_whitespace().last() == Some("lo")
+                })
+            })
 }
 
 /// What in-pod capture needs.
