@@ -73,6 +73,7 @@ pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
         Mode::Inpod => {
             let config = ambit_redirect::profiles::InpodConfig {
                 capture_dns: a.capture_dns,
+                ipv6: a.ipv6,
                 ..Default::default()
             };
             Ok(Box::new(ambit_cni::inpod::InpodDataplane::new(

@@ -103,9 +103,19 @@ pub struct RunArgs {
     /// Packet-filter backend.
     #[arg(long, value_enum, default_value = "nft")]
     pub backend: BackendArg,
-    /// Redirect pods' DNS to ztunnel's 15053.
+    /// Redirect pods' DNS to ztunnel's 15053. In-pod mode: a pod's
+    /// `ambient.istio.io/dns-capture: "true"|"false"` annotation overrides
+    /// this for that pod (other values are ignored with a warning); node
+    /// mode has one node-wide rule, so the annotation does not apply there.
     #[arg(long, env = "AMBIENT_DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set)]
     pub capture_dns: bool,
+    /// In-pod mode: capture IPv6 too (Istio's `AMBIENT_IPV6`, default true
+    /// as in Istio's chart): IPv6 rules and routes in every pod whose
+    /// namespace has IPv6 (others get the IPv4 rules only), and kubelet
+    /// probes to pods' IPv6 addresses SNATed to
+    /// fd16:9254:7127:1337:ffff:ffff:ffff:ffff. Node mode is IPv4 only.
+    #[arg(long, env = "AMBIENT_IPV6", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ipv6: bool,
     /// Node mode: tunnel kind (this repository's test kernels lack Geneve).
     #[arg(long, value_enum, default_value = "geneve")]
     pub tunnel: TunnelArg,

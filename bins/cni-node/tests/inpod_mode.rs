@@ -81,7 +81,12 @@ async fn pods_reach_ztunnel_over_zds_and_reconnects_get_the_snapshot() {
     let mut agent = AgentProc::start(&run, &args);
 
     // Both pods carry the in-pod rules; the host has the probe rule and set.
-    let cfg = InpodConfig::default();
+    // The agent captures IPv6 by default (AMBIENT_IPV6), and the harness
+    // namespaces have it.
+    let cfg = InpodConfig {
+        ipv6: true,
+        ..InpodConfig::default()
+    };
     let pod_plan = profiles::inpod(&cfg).expect("plan");
     let host_plan = profiles::inpod_host_probes(&cfg).expect("plan");
     for j in 0..2 {

@@ -18,11 +18,25 @@ use common::*;
 use serde_json::Value;
 
 fn pod_plan() -> Plan {
+    // The agent captures IPv6 by default (AMBIENT_IPV6), but these pods'
+    // loopback is down (no `::1`), so each gets the IPv4 plan.
     profiles::inpod(&InpodConfig::default()).expect("in-pod plan")
 }
 
 fn drift(ns: &NetNs) -> usize {
     pod_plan().verify(ns, Backend::Nft).expect("verify").len()
+}
+
+/// Drift from the dual-stack plan, for pods whose loopback is up.
+fn drift6(ns: &NetNs) -> usize {
+    profiles::inpod(&InpodConfig {
+        ipv6: true,
+        ..InpodConfig::default()
+    })
+    .expect("in-pod plan")
+    .verify(ns, Backend::Nft)
+    .expect("verify")
+    .len()
 }
 
 /// The pod's ruleset with object handles: re-created objects get new ones.
@@ -283,7 +297,8 @@ async fn pod_running_before_agent_is_enrolled() {
     let mut args = inpod_args(&node, &pods, &zds);
     args.extend(["--metrics-addr".into(), format!("127.0.0.1:{port}")]);
     let mut agent = AgentProc::start(&run, &args);
-    eventually("the running pod enrolled", || drift(&p0.1) == 0);
+    // Its loopback is up with ::1, so it gets the dual-stack plan.
+    eventually("the running pod enrolled", || drift6(&p0.1) == 0);
     assert_ne!(drift(&decoy.1), 0, "the decoy namespace is untouched");
     let mut client = ZdsClient::connect(&zds).await.expect("connect");
     let snap = snapshot(&mut client).await;

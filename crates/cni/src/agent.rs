@@ -57,6 +57,10 @@ pub trait Dataplane: Send {
     fn needs_netns(&self) -> bool {
         false
     }
+    /// Whether [`Dataplane::observed`] lists pods' IPv6 addresses too.
+    fn observes_ipv6(&self) -> bool {
+        false
+    }
     /// Applies the host half (idempotent). On error, whatever part was
     /// applied must have been removed again.
     fn start(&mut self) -> Result<(), Error>;
@@ -229,6 +233,7 @@ impl Agent {
         }
         let state = State {
             require_netns: cfg.dataplane.needs_netns(),
+            observes_ipv6: cfg.dataplane.observes_ipv6(),
             ..State::default()
         };
         let mut core = Core {
@@ -411,6 +416,20 @@ impl Core {
             None
         };
         let changes = self.state.changes(observed.as_ref());
+        for p in &changes.add {
+            let record = self
+                .state
+                .source
+                .get(&(p.namespace.clone(), p.name.clone()));
+            if let Some(Err(value)) = record.map(|r| r.dns_capture()) {
+                warn!(
+                    pod = %format!("{}/{}", p.namespace, p.name),
+                    annotation = crate::pod::DNS_CAPTURE_ANNOTATION,
+                    value,
+                    "only true or false is supported; ignoring the annotation"
+                );
+            }
+        }
         let mut failed = Failed::new();
         if !changes.is_empty() {
             failed = self.apply(&changes);

@@ -22,6 +22,18 @@
 //! against the identity the agent recorded, so a sandbox recreated at the
 //! same path is never mistaken for the old one, and removing an old
 //! sandbox's rules never touches its replacement.
+//!
+//! The plan is chosen per pod, from two facts: DNS capture (the pod's
+//! `ambient.istio.io/dns-capture` annotation, else the agent's setting) and
+//! IPv6 (the agent's setting, and only if the pod's namespace has IPv6:
+//! `net.ipv6.conf.all.disable_ipv6` readable there and `0`, `::1` on an up
+//! loopback; a pod without
+//! it gets the IPv4-only plan rather than a half-applied dual-stack one).
+//! Each combination's plan is built once. When a pod's choice changes, the
+//! new plan is applied over the old one ([`Plan::apply_replacing`]): the
+//! new rules are in place before the old plan's surplus (the DNS raw-table
+//! chains, the IPv6 routes) is removed. After a restart the agent does not
+//! know what an earlier run applied, so it replaces the superset (DNS on).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -30,7 +42,7 @@ use std::path::PathBuf;
 
 use ambit_netns::NetNs;
 use ambit_redirect::ipset::IpSetEntry;
-use ambit_redirect::profiles::{self, InpodConfig};
+use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V4, PROBE_SET_V6};
 use ambit_redirect::{Backend, Plan};
 use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
@@ -43,8 +55,38 @@ use crate::error::{Context, Error};
 use crate::pod::{EnrolledPod, NetnsId};
 use crate::state::Removal;
 
-/// The host set of enrolled pods whose kubelet probes are SNATed.
-pub const PROBE_SET: &str = "istio-inpod-probes-v4";
+/// The host set of enrolled pods whose kubelet probes are SNATed (IPv4).
+pub const PROBE_SET: &str = PROBE_SET_V4;
+
+/// Which in-pod plan a pod gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodPlanKey {
+    /// Redirect the pod's DNS to 15053.
+    pub capture_dns: bool,
+    /// Capture IPv6 too.
+    pub ipv6: bool,
+}
+
+/// Whether a namespace has IPv6: its `all.disable_ipv6` sysctl exists (the
+/// kernel has IPv6) and is `0`, and its loopback is up with `::1` (the
+/// plan's `local ::/0 dev lo` route needs it; listed in the namespace's
+/// `/proc/thread-self/net/if_inet6`).
+pub fn netns_has_ipv6(ns: &NetNs) -> bool {
+    let enabled = ns
+        .sysctl("net/ipv6/conf/all/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "0");
+    enabled
+        && ns
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|t| {
+                t.lines().any(|l| {
+                    l.starts_with("00000000000000000000000000000001")
+                        && l.split_whitespace().last() == Some("lo")
+                })
+            })
+}
 
 /// What in-pod capture needs.
 #[derive(Debug)]
@@ -76,7 +118,10 @@ enum ZdsCmd {
 pub struct InpodDataplane {
     s: InpodSettings,
     host_plan: Plan,
-    pod_plan: Plan,
+    /// Pod plans built so far, one per combination.
+    plans: BTreeMap<PodPlanKey, Plan>,
+    /// The plan this run applied in each enrolled pod, by uid.
+    applied: BTreeMap<String, PodPlanKey>,
     zds: Option<(mpsc::UnboundedSender<ZdsCmd>, tokio::task::JoinHandle<()>)>,
 }
 
@@ -93,18 +138,119 @@ impl InpodDataplane {
     pub fn new(s: InpodSettings) -> Result<Self, Error> {
         let host_plan = profiles::inpod_host_probes(&s.config)
             .context(|| "building the host probe plan".into())?;
-        let pod_plan = profiles::inpod(&s.config).context(|| "building the in-pod plan".into())?;
-        Ok(Self {
+        let mut dp = Self {
             s,
             host_plan,
-            pod_plan,
+            plans: BTreeMap::new(),
+            applied: BTreeMap::new(),
             zds: None,
+        };
+        // Build the default pod plan now, so a bad configuration fails here.
+        dp.plan_for(dp.default_key())?;
+        Ok(dp)
+    }
+
+    /// The plan for pods that follow the agent's settings.
+    fn default_key(&self) -> PodPlanKey {
+        PodPlanKey {
+            capture_dns: self.s.config.capture_dns,
+            ipv6: self.s.config.ipv6,
+        }
+    }
+
+    /// The plan applied inside pods that follow the agent's settings and
+    /// have IPv6 when the agent captures it.
+    pub fn pod_plan(&self) -> &Plan {
+        &self.plans[&self.default_key()]
+    }
+
+    /// The plan for one combination, built on first use.
+    pub fn plan_for(&mut self, key: PodPlanKey) -> Result<&Plan, Error> {
+        if !self.plans.contains_key(&key) {
+            let cfg = InpodConfig {
+                capture_dns: key.capture_dns,
+                ipv6: key.ipv6,
+                ..self.s.config.clone()
+            };
+            let plan =
+                profiles::inpod(&cfg).context(|| format!("building the in-pod plan {key:?}"))?;
+            self.plans.insert(key, plan);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    /// The plan `p` gets in `ns`.
+    fn key_for(&self, p: &EnrolledPod, ns: &NetNs) -> PodPlanKey {
+        PodPlanKey {
+            capture_dns: p.dns_capture.unwrap_or(self.s.config.capture_dns),
+            ipv6: self.s.config.ipv6 && netns_has_ipv6(ns),
+        }
+    }
+
+    /// What may be applied in a pod now: what this run applied, else the
+    /// superset (DNS on) of the family it would get.
+    fn previous_key(&self, uid: &str, want: PodPlanKey) -> PodPlanKey {
+        self.applied.get(uid).copied().unwrap_or(PodPlanKey {
+            capture_dns: true,
+            ipv6: want.ipv6,
         })
     }
 
-    /// The plan applied inside every enrolled pod.
-    pub fn pod_plan(&self) -> &Plan {
-        &self.pod_plan
+    /// Brings the pod's rules to `want`: applied when `drift` says so or
+    /// when this run knows another plan is in place, over whatever may be
+    /// there.
+    fn put_rules(
+        &mut self,
+        p: &EnrolledPod,
+        ns: &NetNs,
+        want: PodPlanKey,
+        drift: bool,
+    ) -> Result<(), Error> {
+        let known_other = self.applied.get(&p.uid).is_some_and(|k| *k != want);
+        if !drift && !known_other {
+            return Ok(());
+        }
+        let old = self.previous_key(&p.uid, want);
+        self.plan_for(old)?;
+        let (plan, was) = (&self.plans[&want], &self.plans[&old]);
+        plan.apply_replacing(was, ns, self.s.backend)
+            .context(|| format!("applying in-pod rules ({want:?}) in {ns}"))
+    }
+
+    /// The probe-set entries of a pod, by set.
+    fn probe_entries(&self, p: &EnrolledPod) -> Vec<(&'static str, Vec<IpSetEntry>)> {
+        let entries = |v6: bool| -> Vec<IpSetEntry> {
+            p.ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| IpSetEntry::new(*ip, p.uid.clone()))
+                .collect()
+        };
+        let mut v = vec![(PROBE_SET_V4, entries(false))];
+        if self.s.config.ipv6 {
+            v.push((PROBE_SET_V6, entries(true)));
+        }
+        v.retain(|(_, e)| !e.is_empty());
+        v
+    }
+
+    /// Removes addresses from the probe sets they belong to.
+    fn del_probe_members(&self, ips: &[IpAddr]) -> Result<(), Error> {
+        let v4: Vec<IpAddr> = ips.iter().copied().filter(IpAddr::is_ipv4).collect();
+        let v6: Vec<IpAddr> = ips.iter().copied().filter(IpAddr::is_ipv6).collect();
+        let mut sets = vec![(PROBE_SET_V4, v4)];
+        if self.s.config.ipv6 {
+            sets.push((PROBE_SET_V6, v6));
+        }
+        for (set, ips) in sets {
+            if ips.is_empty() {
+                continue;
+            }
+            self.host_plan
+                .del_members(&self.s.host, self.s.backend, set, &ips)
+                .context(|| format!("removing {} address(es) from {set}", ips.len()))?;
+        }
+        Ok(())
     }
 
     /// The plan applied in the host namespace.
@@ -140,25 +286,23 @@ impl InpodDataplane {
     fn enrol_one(&mut self, p: &EnrolledPod) -> Result<(), Error> {
         let ns = Self::open_pod_netns(p)?;
         let where_ = || format!("pod {}/{} ({})", p.namespace, p.name, ns);
+        let want = self.key_for(p, &ns);
+        if self.s.config.ipv6 && !want.ipv6 {
+            debug!(pod = %where_(), "no IPv6 in the pod's namespace; IPv4-only rules");
+        }
+        let backend = self.s.backend;
         let drift = self
-            .pod_plan
-            .verify(&ns, self.s.backend)
+            .plan_for(want)?
+            .verify(&ns, backend)
             .context(|| format!("checking in-pod rules in {}", where_()))?;
-        let entries: Vec<IpSetEntry> = p
-            .ips
-            .iter()
-            .filter(|ip| ip.is_ipv4())
-            .map(|ip| IpSetEntry::new(*ip, p.uid.clone()))
-            .collect();
+        let sets = self.probe_entries(p);
         let rest = (|| {
-            if !drift.is_empty() {
-                self.pod_plan
-                    .apply(&ns, self.s.backend)
-                    .context(|| format!("applying in-pod rules in {}", where_()))?;
+            self.put_rules(p, &ns, want, !drift.is_empty())?;
+            for (set, entries) in &sets {
+                self.host_plan
+                    .add_members(&self.s.host, self.s.backend, set, entries)
+                    .context(|| format!("adding {} to {set}", where_()))?;
             }
-            self.host_plan
-                .add_members(&self.s.host, self.s.backend, PROBE_SET, &entries)
-                .context(|| format!("adding {} to {PROBE_SET}", where_()))?;
             let netns = ns
                 .try_clone()
                 .context(|| format!("duplicating the netns handle of {}", where_()))?;
@@ -172,17 +316,27 @@ impl InpodDataplane {
                 netns,
             })
         })();
-        if rest.is_err() {
-            // Roll this pod back: it is not enrolled, so nothing of it stays.
-            if let Err(e) = self.pod_plan.remove(&ns, self.s.backend) {
-                warn!(pod = %where_(), error = %e, "rolling back in-pod rules");
+        match &rest {
+            Ok(()) => {
+                self.applied.insert(p.uid.clone(), want);
             }
-            let ips: Vec<IpAddr> = entries.iter().map(|e| e.ip).collect();
-            if let Err(e) =
-                self.host_plan
-                    .del_members(&self.s.host, self.s.backend, PROBE_SET, &ips)
-            {
-                warn!(pod = %where_(), error = %e, "rolling back the probe-set entry");
+            Err(_) => {
+                // Roll this pod back: it is not enrolled, so nothing of it
+                // stays, whichever plan was in place before.
+                let old = self.previous_key(&p.uid, want);
+                let backend = self.s.backend;
+                for key in [want, old] {
+                    if let Err(e) = self.plan_for(key).and_then(|plan| {
+                        plan.remove(&ns, backend)
+                            .context(|| format!("removing in-pod rules in {}", where_()))
+                    }) {
+                        warn!(pod = %where_(), error = %e, "rolling back in-pod rules");
+                    }
+                }
+                self.applied.remove(&p.uid);
+                if let Err(e) = self.del_probe_members(&p.ips) {
+                    warn!(pod = %where_(), error = %e, "rolling back the probe-set entries");
+                }
             }
         }
         rest
@@ -232,12 +386,23 @@ impl Dataplane for InpodDataplane {
     }
 
     fn observed(&mut self) -> Result<BTreeSet<IpAddr>, Error> {
-        Ok(self
-            .host_plan
-            .members(&self.s.host, self.s.backend, PROBE_SET)
-            .context(|| format!("listing {PROBE_SET}"))?
-            .into_iter()
-            .collect())
+        let mut sets = vec![PROBE_SET_V4];
+        if self.s.config.ipv6 {
+            sets.push(PROBE_SET_V6);
+        }
+        let mut all = BTreeSet::new();
+        for set in sets {
+            all.extend(
+                self.host_plan
+                    .members(&self.s.host, self.s.backend, set)
+                    .context(|| format!("listing {set}"))?,
+            );
+        }
+        Ok(all)
+    }
+
+    fn observes_ipv6(&self) -> bool {
+        self.s.config.ipv6
     }
 
     fn enrol(&mut self, pods: &[EnrolledPod]) -> Vec<Result<(), Error>> {
@@ -250,18 +415,19 @@ impl Dataplane for InpodDataplane {
 
     fn repair(&mut self, p: &EnrolledPod) -> Result<bool, Error> {
         let ns = Self::open_pod_netns(p)?;
+        let want = self.key_for(p, &ns);
+        let backend = self.s.backend;
         let drift = self
-            .pod_plan
-            .verify(&ns, self.s.backend)
+            .plan_for(want)?
+            .verify(&ns, backend)
             .context(|| format!("checking in-pod rules in {ns}"))?;
-        if drift.is_empty() {
+        if drift.is_empty() && self.applied.get(&p.uid) == Some(&want) {
             return Ok(false);
         }
         warn!(pod = %format!("{}/{}", p.namespace, p.name), differences = drift.len(), "in-pod rules drifted; re-applying");
         debug!(?drift, "in-pod drift");
-        self.pod_plan
-            .apply(&ns, self.s.backend)
-            .context(|| format!("re-applying in-pod rules in {ns}"))?;
+        self.put_rules(p, &ns, want, true)?;
+        self.applied.insert(p.uid.clone(), want);
         Ok(true)
     }
 
@@ -277,25 +443,33 @@ impl Dataplane for InpodDataplane {
                     {
                         info!(netns = %path.display(), "pod netns replaced; the old one took its rules with it");
                     }
-                    Ok(ns) => self
-                        .pod_plan
-                        .remove(&ns, self.s.backend)
-                        .context(|| format!("removing in-pod rules in {}", path.display()))?,
+                    Ok(ns) => {
+                        let ipv6 = self.s.config.ipv6 && netns_has_ipv6(&ns);
+                        let key = r
+                            .uid
+                            .as_ref()
+                            .and_then(|u| self.applied.get(u).copied())
+                            .unwrap_or(PodPlanKey {
+                                capture_dns: true,
+                                ipv6,
+                            });
+                        let backend = self.s.backend;
+                        self.plan_for(key)?
+                            .remove(&ns, backend)
+                            .context(|| format!("removing in-pod rules in {}", path.display()))?;
+                    }
                     Err(e) => info!(netns = %path.display(), error = %e, "pod netns already gone"),
+                }
+                if let Some(uid) = &r.uid {
+                    self.applied.remove(uid);
                 }
             }
             if let Some(uid) = &r.uid {
                 self.send(ZdsCmd::Del { uid: uid.clone() })?;
             }
         }
-        let ips: Vec<IpAddr> = pods
-            .iter()
-            .flat_map(|r| r.ips.iter().copied())
-            .filter(IpAddr::is_ipv4)
-            .collect();
-        self.host_plan
-            .del_members(&self.s.host, self.s.backend, PROBE_SET, &ips)
-            .context(|| format!("removing {} address(es) from {PROBE_SET}", ips.len()))
+        let ips: Vec<IpAddr> = pods.iter().flat_map(|r| r.ips.iter().copied()).collect();
+        self.del_probe_members(&ips)
     }
 
     fn stop(&mut self, keep_rules: bool) -> Result<(), Error> {

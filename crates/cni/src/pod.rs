@@ -14,6 +14,9 @@ pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 /// Pod annotation that opts a pod out (`disabled`).
 pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+/// Pod annotation that overrides the agent's DNS capture setting
+/// (`AMBIENT_DNS_CAPTURE`) for one pod: `true` or `false` (Istio 1.25+).
+pub const DNS_CAPTURE_ANNOTATION: &str = "ambient.istio.io/dns-capture";
 
 /// A pod record, as the local pod source reads it (YAML or JSON) and as a
 /// Kubernetes watch would produce it.
@@ -87,6 +90,25 @@ impl PodRecord {
                 .get(REDIRECTION_ANNOTATION)
                 .is_none_or(|v| v != "disabled")
     }
+
+    /// The pod's DNS capture override ([`DNS_CAPTURE_ANNOTATION`]):
+    /// `Ok(None)` when unset, `Err(value)` when set to something that is
+    /// not a boolean. Booleans are spelled as Istio (Go's
+    /// `strconv.ParseBool`) accepts them: `1 t T TRUE true True` and
+    /// `0 f F FALSE false False`; Istio ignores any other value with a
+    /// warning, and so does the agent.
+    pub fn dns_capture(&self) -> Result<Option<bool>, &str> {
+        match self
+            .annotations
+            .get(DNS_CAPTURE_ANNOTATION)
+            .map(String::as_str)
+        {
+            None => Ok(None),
+            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(Some(true)),
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(Some(false)),
+            Some(other) => Err(other),
+        }
+    }
 }
 
 /// A network namespace's identity: the device and inode of its nsfs file.
@@ -140,6 +162,9 @@ pub struct EnrolledPod {
     /// sandbox's ADD or the `/proc` scan); a data plane refuses to act on a
     /// different namespace found at the same path.
     pub netns_id: Option<NetnsId>,
+    /// The pod's own DNS capture choice ([`DNS_CAPTURE_ANNOTATION`]);
+    /// `None` follows the agent's setting.
+    pub dns_capture: Option<bool>,
 }
 
 #[cfg(test)]
@@ -192,6 +217,24 @@ mod tests {
         let mut p = pod();
         p.labels.insert(DATAPLANE_MODE_LABEL.into(), "none".into());
         assert!(!p.wants_ambient(), "pod opted out (waypoints)");
+    }
+
+    #[test]
+    fn dns_capture_annotation() {
+        let mut p = pod();
+        assert_eq!(p.dns_capture(), Ok(None));
+        for (v, want) in [
+            ("true", Ok(Some(true))),
+            ("False", Ok(Some(false))),
+            ("1", Ok(Some(true))),
+            ("f", Ok(Some(false))),
+            ("yes", Err("yes")),
+            ("", Err("")),
+        ] {
+            p.annotations
+                .insert(DNS_CAPTURE_ANNOTATION.into(), v.into());
+            assert_eq!(p.dns_capture(), want, "{v:?}");
+        }
     }
 
     #[test]

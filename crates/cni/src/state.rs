@@ -69,6 +69,11 @@ pub struct State {
     /// Network namespaces found by scanning `/proc` for pods that were
     /// running before the agent (no sandbox event), by pod uid.
     pub found: BTreeMap<String, (PathBuf, NetnsId)>,
+    /// The data plane's observed addresses include IPv6 ones (in-pod
+    /// capture with IPv6). When not, pods' IPv6 addresses are never
+    /// expected among them, so a dual-stack pod is not re-enrolled at every
+    /// resync for an address the data plane does not track.
+    pub observes_ipv6: bool,
 }
 
 impl State {
@@ -108,6 +113,7 @@ impl State {
             ips,
             netns,
             netns_id,
+            dns_capture: record.dns_capture().ok().flatten(),
         })
     }
 
@@ -157,6 +163,14 @@ impl State {
                     netns: have.netns.clone(),
                     netns_id: have.netns_id,
                 }),
+                // Same sandbox, same addresses, another choice (the DNS
+                // annotation): nothing to take away, the data plane
+                // re-applies in place when the pod is enrolled again.
+                Some(want)
+                    if want != have
+                        && have.ips.iter().all(|ip| want.ips.contains(ip))
+                        && have.netns == want.netns
+                        && have.netns_id == want.netns_id => {}
                 Some(want) if want != have => c.remove.push(Removal {
                     uid: Some(uid.clone()),
                     ips: have
@@ -177,7 +191,11 @@ impl State {
             }
         }
         for (uid, want) in &desired {
-            let missing = observed.is_some_and(|o| want.ips.iter().any(|ip| !o.contains(ip)));
+            let missing = observed.is_some_and(|o| {
+                want.ips
+                    .iter()
+                    .any(|ip| (ip.is_ipv4() || self.observes_ipv6) && !o.contains(ip))
+            });
             if self.enrolled.get(uid) != Some(want) || missing {
                 c.add.push(want.clone());
             }
@@ -367,6 +385,40 @@ mod tests {
         };
         assert_eq!(p.netns, Some(PathBuf::from("/proc/1/ns/net")));
         assert_eq!(p.netns_id, Some(NetnsId { dev: 4, ino: 7 }));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_only_when_observed() {
+        let mut s = State::default();
+        let mut r = rec("a", Some("10.0.0.1"), true);
+        r.ips.push(ip("fd00::1"));
+        s.source.insert(key("a"), r);
+        let c = s.changes(None);
+        commit(&mut s, &c);
+        let v4: BTreeSet<IpAddr> = [ip("10.0.0.1")].into();
+        assert!(s.changes(Some(&v4)).is_empty(), "v6 not tracked");
+        s.observes_ipv6 = true;
+        assert_eq!(s.changes(Some(&v4)).add.len(), 1, "v6 tracked and missing");
+        let both: BTreeSet<IpAddr> = [ip("10.0.0.1"), ip("fd00::1")].into();
+        assert!(s.changes(Some(&both)).is_empty());
+    }
+
+    #[test]
+    fn a_dns_annotation_change_re_enrols_in_place() {
+        let mut s = State::default();
+        s.source.insert(key("a"), rec("a", Some("10.0.0.1"), true));
+        let c = s.changes(None);
+        commit(&mut s, &c);
+        let mut r = rec("a", Some("10.0.0.1"), true);
+        r.annotations
+            .insert(crate::pod::DNS_CAPTURE_ANNOTATION.into(), "false".into());
+        s.source.insert(key("a"), r);
+        let c = s.changes(None);
+        assert!(c.remove.is_empty(), "nothing taken away: {c:?}");
+        assert_eq!(c.add.len(), 1);
+        assert_eq!(c.add[0].dns_capture, Some(false));
+        commit(&mut s, &c);
+        assert!(s.changes(None).is_empty());
     }
 
     #[test]

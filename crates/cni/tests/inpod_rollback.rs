@@ -34,6 +34,7 @@ fn pod(name: &str, ns: &str, ip: &str) -> EnrolledPod {
         ips: vec![ip.parse().expect("ip")],
         netns: Some(PathBuf::from(format!("/run/netns/{ns}"))),
         netns_id: None,
+        dns_capture: None,
     }
 }
 

@@ -130,6 +130,8 @@ fn main() {
         .iptables_restore(Family::V4, &[])
         .expect("render");
     let mut rows = Vec::new();
+    // Only the nftnl build adds a case.
+    #[cfg_attr(not(feature = "nftnl"), allow(unused_mut))]
     let mut cases = vec![
         ("iptables-restore (rules only)", None),
         ("crate, nft backend", Some(Backend::Nft)),

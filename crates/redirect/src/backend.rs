@@ -107,6 +107,23 @@ pub(crate) fn nft_apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     Ok(())
 }
 
+/// Deletes from the ruleset's nft table what `old` has and `newer` lacks
+/// (see [`Ruleset::nft_surplus_script`]). One transaction.
+pub(crate) fn nft_remove_surplus(ns: &NetNs, old: &Ruleset, newer: &Ruleset) -> Result<()> {
+    let script = old.nft_surplus_script(newer)?;
+    if script.is_empty() {
+        return Ok(());
+    }
+    tool(
+        ns,
+        "nft",
+        &["-f", "-"],
+        &script,
+        &format!("deleting chains from nft table inet {}", old.nft_table),
+    )?;
+    Ok(())
+}
+
 /// Deletes the ruleset's nft table, if present.
 pub(crate) fn nft_remove(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     if nft_table_exists(ns, &rs.nft_table)? {
@@ -150,7 +167,37 @@ pub(crate) fn nft_listing(ns: &NetNs, table: &str) -> Result<Option<String>> {
         }
         keep.push(t.to_owned());
     }
-    Ok(Some(keep.join("\n")))
+    Ok(Some(sorted_blocks(&keep).join("\n")))
+}
+
+/// The listing's chain and set blocks in a canonical order: the order of
+/// chains in a table is the order they were created in, which means
+/// nothing (base chains run by hook and priority), so two tables with the
+/// same chains compare equal however they were built. Lines inside a
+/// block keep their order, which does mean something.
+fn sorted_blocks(lines: &[String]) -> Vec<String> {
+    let (mut head, mut blocks, mut tail) = (Vec::new(), Vec::<Vec<String>>::new(), Vec::new());
+    let mut open: Option<Vec<String>> = None;
+    for l in lines {
+        match open.as_mut() {
+            Some(b) => {
+                b.push(l.clone());
+                if l == "}" {
+                    blocks.extend(open.take());
+                }
+            }
+            None if l.ends_with('{') && !l.starts_with("table ") => open = Some(vec![l.clone()]),
+            None if blocks.is_empty() => head.push(l.clone()),
+            None => tail.push(l.clone()),
+        }
+    }
+    // An unterminated block (never printed by nft) stays where it was.
+    blocks.extend(open);
+    blocks.sort();
+    head.into_iter()
+        .chain(blocks.into_iter().flatten())
+        .chain(tail)
+        .collect()
 }
 
 /// Adds elements (with comments) to an nft set; present elements are kept.
@@ -391,21 +438,26 @@ fn rollback(ns: &NetNs, rs: &Ruleset, f: Family, before: &XtState) -> Result<()>
 /// Removes the ruleset's jumps and chains (per family).
 pub(crate) fn xt_remove(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     for f in families(rs) {
-        let st = xt_state(ns, rs, f)?;
-        let text = rs.iptables_remove(&st.chains, &st.jumps);
-        if !text.is_empty() {
-            let (restore, _) = restore_cmd(f);
-            tool(
-                ns,
-                restore,
-                &["--noflush"],
-                &text,
-                "removing iptables rules",
-            )?;
-        }
-        prune_empty_xt_tables(ns, rs, f)?;
+        xt_remove_family(ns, rs, f)?;
     }
     Ok(())
+}
+
+/// Removes the ruleset's jumps and chains from one family's tables.
+pub(crate) fn xt_remove_family(ns: &NetNs, rs: &Ruleset, f: Family) -> Result<()> {
+    let st = xt_state(ns, rs, f)?;
+    let text = rs.iptables_remove(&st.chains, &st.jumps);
+    if !text.is_empty() {
+        let (restore, _) = restore_cmd(f);
+        tool(
+            ns,
+            restore,
+            &["--noflush"],
+            &text,
+            "removing iptables rules",
+        )?;
+    }
+    prune_empty_xt_tables(ns, rs, f)
 }
 
 /// With iptables-nft, using a table creates it in nftables with its

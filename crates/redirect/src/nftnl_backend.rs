@@ -643,6 +643,71 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     send(ns, b, &format!("applying nft table inet {}", rs.nft_table))
 }
 
+/// Deletes from `old`'s table what `old` has and `newer` lacks: base
+/// chains no jump of `newer` uses, then user chains `newer` does not
+/// declare (see `Ruleset::nft_surplus_script`). Each chain is added first,
+/// so absent chains are fine. One batch.
+pub(crate) fn remove_surplus(ns: &NetNs, old: &Ruleset, newer: &Ruleset) -> Result<()> {
+    let jump_bases = |rs: &Ruleset| {
+        let mut v: Vec<(Table, Hook)> = rs.jumps.iter().map(|j| (j.table, j.hook)).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let keep = jump_bases(newer);
+    let bases: Vec<(Table, Hook)> = jump_bases(old)
+        .into_iter()
+        .filter(|b| !keep.contains(b))
+        .collect();
+    let users: Vec<&(Table, String)> = old
+        .chains
+        .iter()
+        .filter(|c| !newer.chains.contains(c))
+        .collect();
+    if bases.is_empty() && users.is_empty() {
+        return Ok(());
+    }
+    let tname = cstring(&old.nft_table)?;
+    let table = NfTable::new(&tname, ProtoFamily::Inet);
+    let base_names: Vec<CString> = bases
+        .iter()
+        .map(|(t, h)| cstring(&format!("{}-{}", t.name(), hook_name(*h))))
+        .collect::<Result<_>>()?;
+    let user_names: Vec<CString> = users
+        .iter()
+        .map(|(t, n)| cstring(&format!("{}-{n}", t.name())))
+        .collect::<Result<_>>()?;
+    let mut b = Described {
+        batch: Batch::new(),
+        what: Vec::new(),
+    };
+    b.add(
+        &table,
+        MsgType::Add,
+        format!("table inet {}", old.nft_table),
+    );
+    for ((t, h), name) in bases.iter().zip(&base_names) {
+        let mut c = Chain::new(name, &table);
+        let (ty, prio) = base(*t, *h);
+        c.set_hook(nf_hook(*h), prio);
+        c.set_type(ty);
+        let what = format!("base chain {}-{}", t.name(), hook_name(*h));
+        b.add(&c, MsgType::Add, what.clone());
+        b.add(&c, MsgType::Del, format!("deleting {what}"));
+    }
+    for ((t, n), name) in users.iter().zip(&user_names) {
+        let c = Chain::new(name, &table);
+        let what = format!("chain {}-{n}", t.name());
+        b.add(&c, MsgType::Add, what.clone());
+        b.add(&c, MsgType::Del, format!("deleting {what}"));
+    }
+    send(
+        ns,
+        b,
+        &format!("deleting chains from nft table inet {}", old.nft_table),
+    )
+}
+
 /// Deletes the ruleset's table; an absent table is not an error.
 pub(crate) fn remove(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     let tname = cstring(&rs.nft_table)?;

@@ -182,6 +182,51 @@ impl Plan {
         Ok(())
     }
 
+    /// Applies this plan in a namespace where `old` may be applied (another
+    /// plan for the same nft table, such as the same profile with other
+    /// options), then removes what `old` has and this plan lacks: its ip
+    /// rules and routes, the chains this plan does not declare (with their
+    /// jumps and rules), and with iptables, `old`'s ip6tables chains when
+    /// this plan has no IPv6. Sets and sysctls are left alone.
+    ///
+    /// Traffic is never left uncaptured: the new rules are in place before
+    /// anything of the old plan goes. Idempotent; with `old == self` it is
+    /// [`Plan::apply`].
+    pub fn apply_replacing(&self, old: &Plan, ns: &NetNs, backend: Backend) -> Result<()> {
+        self.apply(ns, backend)?;
+        if old == self {
+            return Ok(());
+        }
+        let mut rt = Rtnl::open(Some(ns))?;
+        let rules: Vec<IpRule> = old
+            .rules
+            .iter()
+            .filter(|r| !self.rules.contains(r))
+            .copied()
+            .collect();
+        rt.del_rules(&rules)?;
+        let routes: Vec<Route> = old
+            .routes
+            .iter()
+            .filter(|r| !self.routes.contains(r))
+            .cloned()
+            .collect();
+        rt.del_routes(&routes)?;
+        let (was, now) = (old.ruleset(backend), self.ruleset(backend));
+        match backend {
+            Backend::Nft => backend::nft_remove_surplus(ns, &was, &now)?,
+            Backend::Iptables => {
+                backend::xt_remove(ns, &was.surplus_over(&now))?;
+                if was.ipv6 && !now.ipv6 {
+                    backend::xt_remove_family(ns, &was, crate::route::Family::V6)?;
+                }
+            }
+            #[cfg(feature = "nftnl")]
+            Backend::Nftnl => crate::nftnl_backend::remove_surplus(ns, &was, &now)?,
+        }
+        Ok(())
+    }
+
     /// Removes everything the plan owns: ip rules, routes, the packet-filter
     /// table or chains, and the sets. Sysctls are left as they are (they
     /// are shared with other users of the namespace). Idempotent.

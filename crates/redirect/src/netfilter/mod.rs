@@ -258,6 +258,37 @@ impl Ruleset {
         }
     }
 
+    /// What this ruleset has and `newer` lacks, for removal after `newer`
+    /// was applied over it: the user chains `newer` does not declare, the
+    /// jumps into them and their rules. Chains both declare are `newer`'s
+    /// (applying it rewrote them), so they are not part of it.
+    pub fn surplus_over(&self, newer: &Ruleset) -> Ruleset {
+        let gone = |t: &Table, n: &String| !newer.chains.iter().any(|(nt, nn)| nt == t && nn == n);
+        Ruleset {
+            nft_table: self.nft_table.clone(),
+            chains: self
+                .chains
+                .iter()
+                .filter(|(t, n)| gone(t, n))
+                .cloned()
+                .collect(),
+            jumps: self
+                .jumps
+                .iter()
+                .filter(|j| gone(&j.table, &j.chain))
+                .cloned()
+                .collect(),
+            rules: self
+                .rules
+                .iter()
+                .filter(|r| gone(&r.table, &r.chain))
+                .cloned()
+                .collect(),
+            sets: Vec::new(),
+            ipv6: self.ipv6,
+        }
+    }
+
     /// Declares a user chain (idempotent).
     pub fn chain(&mut self, table: Table, name: &str) {
         if !self.chains.iter().any(|(t, n)| *t == table && n == name) {

@@ -19,6 +19,45 @@ impl Ruleset {
         v
     }
 
+    /// A script for `nft -f -` that deletes, inside this ruleset's table,
+    /// what this ruleset has and `newer` (applied after it, in the same
+    /// table) lacks: base chains no jump of `newer` uses, then user chains
+    /// `newer` does not declare, with their rules. Each chain is first added
+    /// (a no-op when present), so absent chains are not an error; deleting
+    /// a base chain drops its jumps, after which the user chains are
+    /// unreferenced. Empty when there is nothing to delete.
+    pub fn nft_surplus_script(&self, newer: &Ruleset) -> Result<String> {
+        self.validate()?;
+        let t = &self.nft_table;
+        let keep = newer.base_chains();
+        let bases: Vec<(Table, Hook)> = self
+            .base_chains()
+            .into_iter()
+            .filter(|b| !keep.contains(b))
+            .collect();
+        let users: Vec<&(Table, String)> = self
+            .chains
+            .iter()
+            .filter(|c| !newer.chains.contains(c))
+            .collect();
+        let mut s = String::new();
+        if bases.is_empty() && users.is_empty() {
+            return Ok(s);
+        }
+        let _ = writeln!(s, "add table inet {t}");
+        for (table, hook) in bases {
+            let name = base_name(table, hook);
+            let _ = writeln!(s, "add chain inet {t} {name} {}", base_spec(table, hook));
+            let _ = writeln!(s, "delete chain inet {t} {name}");
+        }
+        for (table, name) in users {
+            let name = user_name(*table, name);
+            let _ = writeln!(s, "add chain inet {t} {name}");
+            let _ = writeln!(s, "delete chain inet {t} {name}");
+        }
+        Ok(s)
+    }
+
     /// The nftables rendering: a script for `nft -f -` that creates the
     /// table if needed, then atomically (re)writes every chain's rules.
     /// Set elements already in the table survive.

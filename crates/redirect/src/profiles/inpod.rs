@@ -196,29 +196,44 @@ pub fn inpod(cfg: &InpodConfig) -> Result<Plan> {
     Ok(p)
 }
 
+/// The host set of enrolled pods' IPv4 addresses whose kubelet probes are
+/// SNATed (Istio's `istio-inpod-probes` with its `-v4` suffix).
+pub const PROBE_SET_V4: &str = "istio-inpod-probes-v4";
+/// Its IPv6 counterpart, part of the host plan when [`InpodConfig::ipv6`].
+pub const PROBE_SET_V6: &str = "istio-inpod-probes-v6";
+
 /// The host half of in-pod capture: kubelet's probes to enrolled pods are
-/// SNATed to the probe address, which the pod rules let through.
+/// SNATed to the probe address, which the pod rules let through. With
+/// `ipv6`, probes to the pods' IPv6 addresses (set `istio-inpod-probes-v6`)
+/// are SNATed to `probe_ip6` as well.
 pub fn inpod_host_probes(cfg: &InpodConfig) -> Result<Plan> {
     let mut p = Plan::new("in-pod host probes", format!("{}-host", cfg.nft_table));
-    let set = IpSetSpec::new("istio-inpod-probes-v4", Family::V4)?;
+    p.netfilter.ipv6 = cfg.ipv6;
     p.netfilter
         .jump(Table::Nat, Hook::Postrouting, "ISTIO_POSTRT");
-    p.netfilter.push(
-        Table::Nat,
-        "ISTIO_POSTRT",
-        vec![
-            Match::SocketExists,
-            Match::Proto(Proto::Tcp),
-            Match::Set {
-                name: set.name.clone(),
-                dir: Dir::Dst,
-                family: Family::V4,
-                neg: false,
-            },
-        ],
-        Target::Snat(IpAddr::V4(cfg.probe_ip)),
-    );
-    p.sets.push(set);
+    let mut fams = vec![(PROBE_SET_V4, Family::V4, IpAddr::V4(cfg.probe_ip))];
+    if cfg.ipv6 {
+        fams.push((PROBE_SET_V6, Family::V6, IpAddr::V6(cfg.probe_ip6)));
+    }
+    for (name, family, snat) in fams {
+        let set = IpSetSpec::new(name, family)?;
+        p.netfilter.push(
+            Table::Nat,
+            "ISTIO_POSTRT",
+            vec![
+                Match::SocketExists,
+                Match::Proto(Proto::Tcp),
+                Match::Set {
+                    name: set.name.clone(),
+                    dir: Dir::Dst,
+                    family,
+                    neg: false,
+                },
+            ],
+            Target::Snat(snat),
+        );
+        p.sets.push(set);
+    }
     p.validate()?;
     Ok(p)
 }
