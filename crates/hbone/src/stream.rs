@@ -28,13 +28,22 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes offered to h2 in one DATA write (so the most in one DATA
-/// frame we send). 64 KiB rather than the 1 MiB the peer allows: each
-/// write is copied into a fresh `Bytes`, and allocations above glibc's
-/// 128 KiB mmap threshold showed up as page faults and TLB-shootdown IPIs
-/// in profiles; smaller frames also let the receiver's h2 hand data on
-/// sooner instead of buffering a whole large frame. Measured in
-/// PERFORMANCE.md (bulk through the loopback mesh).
-const MAX_WRITE: usize = 64 * 1024;
+/// frame we send). About 64 KiB rather than the 1 MiB the peer allows:
+/// each write is copied into a fresh `Bytes`, and allocations above
+/// glibc's 128 KiB mmap threshold showed up as page faults and
+/// TLB-shootdown IPIs in profiles; smaller frames also let the receiver's
+/// h2 hand data on sooner instead of buffering a whole large frame. Not
+/// exactly 64 KiB: h2 writes the 9-byte frame header and the payload in
+/// one vectored write, which rustls cuts into 16 KiB records, so header
+/// plus payload are made exactly four full records — with a 64 KiB
+/// payload every frame left a 9-byte fifth record (one more syscall and
+/// one more seal/open per frame). Measured in PERFORMANCE.md (bulk
+/// through the loopback mesh).
+const MAX_WRITE: usize = 4 * TLS_RECORD - FRAME_HEADER;
+/// TLS's largest record payload.
+const TLS_RECORD: usize = 16 * 1024;
+/// An HTTP/2 frame header.
+const FRAME_HEADER: usize = 9;
 
 /// A bidirectional byte stream carried by one HTTP/2 CONNECT stream, on
 /// either side of the tunnel.
