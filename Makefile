@@ -28,3 +28,4 @@ lint:
 bench:
 	$(CARGO) build --release -p ztunnel -p cni-node -p waypoint
 	$(CARGO) run --release -p ambit-examples --example bench-mesh
+	$(CARGO) run --release -p ambit-l7proxy --example vs-nginx

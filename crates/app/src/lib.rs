@@ -29,4 +29,6 @@ pub use self::mesh::{
     CaArgs, DEFAULT_ROOT_CERT, MeshSourceArgs, default_istiod_address, istio_address,
     prefixed_headers, root_pem,
 };
-pub use self::skeleton::{EXIT_CONFIG, Signals, Stop, bind, run_main, run_main_threads};
+pub use self::skeleton::{
+    EXIT_CONFIG, Signals, Stop, bind, raise_open_files_limit, run_main, run_main_threads,
+};

@@ -42,6 +42,7 @@ where
     F: FnOnce(A, C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    raise_open_files_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         builder.worker_threads(n.max(1));
@@ -71,6 +72,24 @@ where
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as istio/ztunnel
+/// does at start: a proxy holds two sockets per connection, and the
+/// usual soft limit (1,024) would cap it at a few hundred. Best effort: a
+/// failure leaves the limit as it was and is reported once the logs are
+/// up (here, on stderr).
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("cannot read the open-files limit: {e}"),
     }
 }
 

@@ -12,7 +12,8 @@
 //! - Each direction's buffer starts at [`INITIAL_BUFFER`] and quadruples
 //!   (up to [`MAX_BUFFER`]) after [`GROW_AFTER`] consecutive reads that
 //!   filled it: interactive streams keep small buffers, bulk ones get big
-//!   reads and writes.
+//!   reads and writes. A direction that is idle at the initial size holds
+//!   no buffer at all (idle connections cost no copy memory).
 
 use std::{
     fmt, io,
@@ -21,7 +22,9 @@ use std::{
     time::Duration,
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
 
 /// The first buffer size of each direction.
 pub const INITIAL_BUFFER: usize = 16 * 1024;
@@ -186,10 +189,12 @@ where
 
 /// One direction of a copy.
 struct Pipe {
-    buf: Vec<u8>,
-    /// `buf[pos..cap]` is read and not yet written.
-    pos: usize,
-    cap: usize,
+    /// Read and not yet written. Its allocation is `size` bytes while
+    /// data moves, and none at all while the direction is idle at its
+    /// initial size (see [`Pipe::poll_copy`]).
+    buf: BytesMut,
+    /// The buffer size reads use now.
+    size: usize,
     /// Consecutive reads that filled the buffer.
     full_reads: u32,
     /// The source reached EOF.
@@ -207,9 +212,8 @@ type PipeError = (&'static str, bool, io::Error);
 impl Pipe {
     fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_BUFFER],
-            pos: 0,
-            cap: 0,
+            buf: BytesMut::new(),
+            size: INITIAL_BUFFER,
             full_reads: 0,
             read_eof: false,
             need_flush: false,
@@ -218,6 +222,11 @@ impl Pipe {
         }
     }
 
+    /// Moves what `src` has to `dst`. An idle direction (a read found
+    /// nothing, the buffer is empty and has not grown) gives its buffer
+    /// back, so an idle connection holds no copy buffers at all; the next
+    /// read allocates again. Reads go into the buffer's spare capacity, so
+    /// a fresh allocation is never zeroed first.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -229,26 +238,23 @@ impl Pipe {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.pos == self.cap && !self.read_eof {
+            if self.buf.is_empty() && !self.read_eof {
                 self.grow_if_bulk();
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match src.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_eof = true;
+                self.buf.reserve(self.size);
+                match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
+                    Poll::Ready(Ok(0)) => self.read_eof = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.full_reads = if n >= self.size {
+                            self.full_reads + 1
                         } else {
-                            self.full_reads = if n == self.buf.len() {
-                                self.full_reads + 1
-                            } else {
-                                0
-                            };
-                            self.pos = 0;
-                            self.cap = n;
-                        }
+                            0
+                        };
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(("reading", true, e))),
                     Poll::Pending => {
+                        if self.size == INITIAL_BUFFER {
+                            self.buf = BytesMut::new();
+                        }
                         // Nothing more to read now: push out what was written.
                         if self.need_flush {
                             ready!(dst.as_mut().poll_flush(cx))
@@ -259,8 +265,8 @@ impl Pipe {
                     }
                 }
             }
-            while self.pos < self.cap {
-                let n = ready!(dst.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))
+            while !self.buf.is_empty() {
+                let n = ready!(dst.as_mut().poll_write(cx, &self.buf))
                     .map_err(|e| ("writing", false, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((
@@ -269,26 +275,26 @@ impl Pipe {
                         io::Error::new(io::ErrorKind::WriteZero, "write returned zero bytes"),
                     )));
                 }
-                self.pos += n;
+                self.buf.advance(n);
                 self.moved += n as u64;
                 self.need_flush = true;
             }
-            if self.pos == self.cap && self.read_eof {
+            if self.read_eof {
                 if self.need_flush {
                     ready!(dst.as_mut().poll_flush(cx)).map_err(|e| ("writing", false, e))?;
                     self.need_flush = false;
                 }
                 ready!(dst.as_mut().poll_shutdown(cx)).map_err(|e| ("shutting down", false, e))?;
                 self.done = true;
+                self.buf = BytesMut::new();
                 return Poll::Ready(Ok(()));
             }
         }
     }
 
     fn grow_if_bulk(&mut self) {
-        if self.full_reads >= GROW_AFTER && self.buf.len() < MAX_BUFFER {
-            let size = (self.buf.len() * 4).min(MAX_BUFFER);
-            self.buf.resize(size, 0);
+        if self.full_reads >= GROW_AFTER && self.size < MAX_BUFFER {
+            self.size = (self.size * 4).min(MAX_BUFFER);
             self.full_reads = 0;
         }
     }
@@ -341,14 +347,14 @@ mod tests {
         let mut p = Pipe::new();
         p.full_reads = GROW_AFTER - 1;
         p.grow_if_bulk();
-        assert_eq!(p.buf.len(), INITIAL_BUFFER);
+        assert_eq!(p.size, INITIAL_BUFFER);
         p.full_reads = GROW_AFTER;
         p.grow_if_bulk();
-        assert_eq!(p.buf.len(), INITIAL_BUFFER * 4);
+        assert_eq!(p.size, INITIAL_BUFFER * 4);
         for _ in 0..10 {
             p.full_reads = GROW_AFTER;
             p.grow_if_bulk();
         }
-        assert_eq!(p.buf.len(), MAX_BUFFER);
+        assert_eq!(p.size, MAX_BUFFER);
     }
 }

@@ -18,11 +18,24 @@
 //! mesh's apps (a greeting line, then echo), so bulk is an echo: the
 //! figure counts the bytes sent once.
 //!
+//! `--inpod`: the capture topology in in-pod mode (rules in each pod,
+//! ztunnel's listeners inside the pods).
+//!
+//! Memory (meshed only, after the rounds): ztunnel RSS with 1,000 idle
+//! proxied connections open against RSS before, per connection and per
+//! tunnel end; and RSS with 10,000 concurrent streams open. Every figure is
+//! printed beside the goal it is held against (issue 21).
+//!
 //! ```text
 //! cargo build --release -p ztunnel
-//! cargo run --release -p ambit-examples --example bench-mesh -- [--capture] [--json FILE]
+//! cargo run --release -p ambit-examples --example bench-mesh -- [--capture|--inpod] [--json FILE]
 //! ```
-//! Run as root (namespaces). Prints a table and writes the same as JSON.
+//! Run as root (namespaces; it raises its open-files limit to hold 10,000
+//! connections through the mesh). Prints a table and writes the same as
+//! JSON.
+
+mod goals;
+mod memory;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -34,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use ambit_netns::NetNs;
 use ambit_testbed::serve::{accept_each, echo};
-use ambit_testbed::{DEFAULT_MESH, DIRECT_SERVER, LocalMesh, rss_kib, tcpapp};
+use ambit_testbed::{Binaries, DIRECT_SERVER, LocalMesh, Mode, Options, rss_kib, tcpapp};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
@@ -45,6 +58,15 @@ struct Args {
     /// Use the two-node netns capture topology instead of loopback SOCKS5.
     #[arg(long)]
     capture: bool,
+    /// The capture topology in in-pod mode (implies `--capture`).
+    #[arg(long)]
+    inpod: bool,
+    /// Idle connections held for the per-connection memory figure.
+    #[arg(long, default_value_t = 1000)]
+    idle_conns: usize,
+    /// Concurrent streams held for the many-streams memory figure (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench-mesh.json")]
     json: PathBuf,
@@ -92,13 +114,18 @@ trait Client {
     /// New connections per second with a 1-byte echo each, from
     /// `threads` clients for `secs`.
     fn conn_rate(&self, secs: f64, threads: usize) -> anyhow::Result<f64>;
+    /// Opens `n` connections (each echoes a byte or reads the greeting,
+    /// so its stream is set up) and keeps them open until the returned
+    /// value is dropped.
+    fn hold(&self, n: usize) -> anyhow::Result<Box<dyn std::any::Any>>;
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ambit_testbed::preflight()?;
+    raise_open_files();
     let bin = ambit_testbed::ztunnel_binary(args.ztunnel.clone())?;
-    let results = if args.capture {
+    let results = if args.capture || args.inpod {
         run_capture(&args, &bin)?
     } else {
         run_loopback(&args, &bin)?
@@ -116,6 +143,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enough descriptors for the many-streams figure: client and server
+/// sockets in this process, and ztunnel (which inherits the limit) two
+/// per connection. As root the hard limit may be raised too.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, setrlimit};
+    const WANT: u64 = 65_536;
+    if setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_err() {
+        ambit_app::raise_open_files_limit();
+    }
+}
+
 /// A measure's name, its (direct, meshed) rounds, and whether higher is better.
 type Row<'a> = (&'static str, &'a (Vec<f64>, Vec<f64>), bool);
 
@@ -131,6 +169,9 @@ struct Results {
     rss_idle_kib: u64,
     rss_bulk_kib: u64,
     cpu_s_per_gb: Vec<f64>,
+    /// ztunnel processes measured (RSS figures are per process).
+    procs: usize,
+    memory: memory::Memory,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -180,8 +221,20 @@ impl Results {
             );
         }
         let (cmin, cmax) = min_max(&self.cpu_s_per_gb);
+        let goals: Vec<_> = self
+            .goals()
+            .into_iter()
+            .map(|g| json!({"measure": g.name, "value": g.value, "goal": g.goal, "met": g.met}))
+            .collect();
         json!({
             "mode": self.mode,
+            "goals": goals,
+            "memory": {
+                "idle_connections": self.memory.idle_conns,
+                "bytes_per_idle_connection_per_ztunnel": self.memory.per_conn_bytes,
+                "streams": self.memory.streams,
+                "rss_with_streams_kib_per_ztunnel": self.memory.streams_rss_kib,
+            },
             "rounds": args.rounds,
             "bulk_bytes": (args.bulk_mib as u64) << 20,
             "metrics": metrics,
@@ -223,13 +276,26 @@ fn print_table(r: &Results, args: &Args) {
     }
     let (cmin, cmax) = min_max(&r.cpu_s_per_gb);
     println!(
-        "ztunnel RSS: idle {:.1} MB, under bulk {:.1} MB (peak); CPU {:.2} s/GB [{:.2}–{:.2}]",
+        "ztunnel ({} process{}) RSS: idle {:.1} MB, under bulk {:.1} MB (peak); CPU {:.2} s/GB [{:.2}–{:.2}]",
+        r.procs,
+        if r.procs == 1 { "" } else { "es" },
         r.rss_idle_kib as f64 / 1024.0,
         r.rss_bulk_kib as f64 / 1024.0,
         median(&r.cpu_s_per_gb),
         cmin,
         cmax
     );
+    println!("\ngoals (issue 21), this run:");
+    println!("{:<50} {:>22} {:>10}  met", "measure", "value", "goal");
+    for g in r.goals() {
+        println!(
+            "{:<50} {:>22} {:>10}  {}",
+            g.name,
+            g.value,
+            g.goal,
+            if g.met { "yes" } else { "no" }
+        );
+    }
 }
 
 /// Runs every measurement, alternating direct and meshed rounds; samples
@@ -272,6 +338,14 @@ fn measure(
         r.conn_seq.1.push(meshed.conn_rate(args.conn_secs, 1)?);
         r.conn_par.0.push(direct.conn_rate(args.conn_secs, 4)?);
         r.conn_par.1.push(meshed.conn_rate(args.conn_secs, 4)?);
+    }
+    r.procs = pids.len();
+    if args.idle_conns > 0 && args.streams > 0 {
+        eprintln!(
+            "[bench] memory: {} idle connections, then {} concurrent streams",
+            args.idle_conns, args.streams
+        );
+        r.memory = memory::measure(meshed, pids, 2.0, args.idle_conns, args.streams)?;
     }
     Ok(r)
 }
@@ -452,6 +526,26 @@ impl Client for Loopback {
             Ok(total? as f64 / start.elapsed().as_secs_f64())
         })
     }
+
+    fn hold(&self, n: usize) -> anyhow::Result<Box<dyn std::any::Any>> {
+        self.hold_conns(n)
+    }
+}
+
+impl Loopback {
+    fn hold_conns(&self, n: usize) -> anyhow::Result<Box<dyn std::any::Any>> {
+        let conns = self.in_ns(|| {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut s = self.open(ECHO_PORT, b"x")?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                v.push(s);
+            }
+            Ok(v)
+        })?;
+        Ok(Box::new(conns))
+    }
 }
 
 /// Kills and reaps a child on drop.
@@ -477,6 +571,12 @@ fn run_loopback(args: &Args, bin: &Path) -> anyhow::Result<Results> {
     if !lo.status.success() {
         bail!("ip link set lo up: {}", String::from_utf8_lossy(&lo.stderr));
     }
+    // Connection-rate rounds open tens of thousands of connections (two
+    // ports each when meshed): without these, a round can start with the
+    // ephemeral ports still in TIME_WAIT from the one before and measure
+    // the kernel's port search instead of the proxy.
+    ns.set_sysctl("net/ipv4/ip_local_port_range", "1024 65535")?;
+    ns.set_sysctl("net/ipv4/tcp_tw_reuse", "1")?;
     let dir = std::env::temp_dir().join(format!("ambit-bench-mesh-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
@@ -642,10 +742,24 @@ impl Client for Captured<'_> {
             Ok(total)
         })
     }
+
+    fn hold(&self, n: usize) -> anyhow::Result<Box<dyn std::any::Any>> {
+        let (stop, opened) = tcpapp::hold_idle(self.pod, self.to, n)?;
+        if opened != n {
+            bail!("opened {opened} of {n} connections to {}", self.to);
+        }
+        // Dropping the sender ends the task holding them.
+        Ok(Box::new(stop))
+    }
 }
 
 fn run_capture(args: &Args, bin: &Path) -> anyhow::Result<Results> {
-    let mut mesh = LocalMesh::start(bin, DEFAULT_MESH, |s| eprintln!("[bench] {s}"))?;
+    let opts = Options {
+        mode: if args.inpod { Mode::InPod } else { Mode::Node },
+        ..Options::default()
+    };
+    let mut mesh =
+        LocalMesh::start_opts(&Binaries::beside(bin)?, opts, |s| eprintln!("[bench] {s}"))?;
     let pids = mesh.ztunnel_pids();
     let direct = Captured {
         pod: mesh.direct_client(),
@@ -658,7 +772,11 @@ fn run_capture(args: &Args, bin: &Path) -> anyhow::Result<Results> {
     };
     measure(
         args,
-        "capture: pod → ztunnel A → HBONE → ztunnel B → pod (bulk is an echo)",
+        if args.inpod {
+            "capture, in-pod: pod → ztunnel A (in the pod) → HBONE → ztunnel B (in the pod) → pod (bulk is an echo)"
+        } else {
+            "capture: pod → ztunnel A → HBONE → ztunnel B → pod (bulk is an echo)"
+        },
         &direct,
         &meshed,
         &pids,
