@@ -154,6 +154,12 @@ fn raise_open_files() {
     }
 }
 
+/// This process's open-files limit (ztunnel inherits it).
+fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
 /// A measure's name, its (direct, meshed) rounds, and whether higher is better.
 type Row<'a> = (&'static str, &'a (Vec<f64>, Vec<f64>), bool);
 
@@ -233,6 +239,7 @@ impl Results {
                 "idle_connections": self.memory.idle_conns,
                 "bytes_per_idle_connection_per_ztunnel": self.memory.per_conn_bytes,
                 "streams": self.memory.streams,
+                "streams_held": self.memory.streams_held,
                 "rss_with_streams_kib_per_ztunnel": self.memory.streams_rss_kib,
             },
             "rounds": args.rounds,
@@ -345,7 +352,8 @@ fn measure(
             "[bench] memory: {} idle connections, then {} concurrent streams",
             args.idle_conns, args.streams
         );
-        r.memory = memory::measure(meshed, pids, 2.0, args.idle_conns, args.streams)?;
+        let fit = (open_files_limit().saturating_sub(1000) / 2) as usize;
+        r.memory = memory::measure(meshed, pids, 2.0, args.idle_conns, args.streams, fit)?;
     }
     Ok(r)
 }
