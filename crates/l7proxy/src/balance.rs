@@ -250,7 +250,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(b.report("a", true, t0));
         assert_eq!(b.pick(&["a"], LoadBalancer::RoundRobin, t0), Some(0));
-        assert_eq!(b.pick(&[], LoadBalancer::LeastRequest, t0), None);
+        assert_eq!(b.pick::<&str>(&[], LoadBalancer::LeastRequest, t0), None);
     }
 
     #[test]
