@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, HboneStream};
 use ambit_identity::Identity;
-use ambit_mesh::{Endpoint, Workload};
+use ambit_mesh::{Endpoint, MeshState, Workload};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -97,6 +97,12 @@ impl Waypoint {
     /// the current mesh revision.
     pub(crate) fn source(&self, conn: &Conn) -> Option<Arc<Workload>> {
         let state = self.inner.state.read().ok()?;
+        self.cache_at(conn, &state).source.clone()
+    }
+
+    /// The connection's cache, emptied first (and its client's workload
+    /// looked up again) when `state` has moved to another revision.
+    fn cache_at<'c>(&self, conn: &'c Conn, state: &MeshState) -> MutexGuard<'c, CacheInner> {
         let mut c = conn.endpoints.lock();
         if c.revision != Some(state.revision()) {
             *c = CacheInner {
@@ -105,7 +111,7 @@ impl Waypoint {
                 lists: Vec::new(),
             };
         }
-        c.source.clone()
+        c
     }
 
     /// The candidate endpoints of `backend` (relative to the connection's
@@ -120,16 +126,8 @@ impl Waypoint {
         backend: &Backend,
     ) -> Option<Arc<[Candidate]>> {
         let state = self.inner.state.read().ok()?;
-        let revision = state.revision();
         let hbone_port = routes.hbone_port;
-        let mut c = conn.endpoints.lock();
-        if c.revision != Some(revision) {
-            *c = CacheInner {
-                revision: Some(revision),
-                source: state.workload_by_ip(&self.inner.cfg.network, conn.client.ip()),
-                lists: Vec::new(),
-            };
-        }
+        let mut c = self.cache_at(conn, &state);
         if let Some(l) = c.lists.iter().find(|l| {
             l.hbone_port == hbone_port
                 && l.port == backend.port
