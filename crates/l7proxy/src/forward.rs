@@ -2,13 +2,14 @@
 //! redirects and faults, backend and endpoint choice, then attempts under
 //! the route's timeout and retries on pooled upstream connections.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, HboneStream};
 use ambit_identity::Identity;
-use ambit_mesh::{Endpoint, Service, Workload};
+use ambit_mesh::{Endpoint, MeshState, Workload};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -18,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::authz::{self, AuthzFacts};
-use crate::config::{Backend, LoadBalancer, Route, RouteConfig, ServiceConfig};
+use crate::config::{Backend, LoadBalancer, Route, RouteConfig, ServiceConfig, Subset};
 use crate::metrics::{HttpLabels, SeriesKey};
 use crate::pool::{PoolKey, PooledBody};
 use crate::proxy::{Body, BoxError, Conn, Meta, Waypoint};
@@ -35,22 +36,107 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
 ];
 
+/// One endpoint a backend may use, with what every request to it needs:
+/// its balancer key (`uid:port`) and its upstream pool key.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) key: Arc<str>,
+    pub(crate) pool: Arc<PoolKey>,
+}
+
+impl AsRef<str> for Candidate {
+    fn as_ref(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Per connection: the client's workload and the candidate endpoints of
+/// each backend it has routed to, valid for one mesh revision (and HBONE
+/// port). Invariant: an entry is used only while
+/// [`MeshState::revision`](ambit_mesh::MeshState::revision) is the one it
+/// was built at, so any mesh change (workloads, services, health) is seen
+/// by the next request exactly as before; the lists are built by the same
+/// code as before, once per connection, backend and revision instead of
+/// once per request.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    revision: Option<u64>,
+    source: Option<Arc<Workload>>,
+    lists: Vec<CachedList>,
+}
+
+#[derive(Debug)]
+struct CachedList {
+    host: Option<String>,
+    port: Option<u16>,
+    subset: Subset,
+    hbone_port: u16,
+    candidates: Arc<[Candidate]>,
+}
+
+/// Backends one connection keeps lists for; more are rebuilt per request.
+const LISTS_MAX: usize = 8;
+
+impl EndpointCache {
+    fn lock(&self) -> MutexGuard<'_, CacheInner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
 impl Waypoint {
-    /// Healthy endpoints of `backend` (relative to `svc`), one picked by
-    /// the balancer under `policy`, preferring endpoints not in `tried`.
-    /// The endpoints are those the mesh prefers for the client's workload
-    /// (its routing preferences, health policy and capacity, see
-    /// [`ambit_mesh::MeshState::preferred`]), found by `client`'s address.
-    pub(crate) fn pick(
-        &self,
-        svc: &Service,
-        port: u16,
-        client: SocketAddr,
-        backend: &Backend,
-        tried: &[String],
-        policy: LoadBalancer,
-    ) -> Option<(Endpoint, String)> {
+    /// The workload of the connection's client (by its address), as of
+    /// the current mesh revision.
+    pub(crate) fn source(&self, conn: &Conn) -> Option<Arc<Workload>> {
         let state = self.inner.state.read().ok()?;
+        self.cache_at(conn, &state).source.clone()
+    }
+
+    /// The connection's cache, emptied first (and its client's workload
+    /// looked up again) when `state` has moved to another revision.
+    fn cache_at<'c>(&self, conn: &'c Conn, state: &MeshState) -> MutexGuard<'c, CacheInner> {
+        let mut c = conn.endpoints.lock();
+        if c.revision != Some(state.revision()) {
+            *c = CacheInner {
+                revision: Some(state.revision()),
+                source: state.workload_by_ip(&self.inner.cfg.network, conn.client.ip()),
+                lists: Vec::new(),
+            };
+        }
+        c
+    }
+
+    /// The candidate endpoints of `backend` (relative to the connection's
+    /// service): those the mesh prefers for the client's workload (its
+    /// routing preferences, health policy and capacity, see
+    /// [`ambit_mesh::MeshState::preferred`]) in the backend's subset, with
+    /// an address.
+    fn candidates(
+        &self,
+        conn: &Conn,
+        routes: &RouteConfig,
+        backend: &Backend,
+    ) -> Option<Arc<[Candidate]>> {
+        let state = self.inner.state.read().ok()?;
+        let hbone_port = routes.hbone_port;
+        let mut c = self.cache_at(conn, &state);
+        if let Some(l) = c.lists.iter().find(|l| {
+            l.hbone_port == hbone_port
+                && l.port == backend.port
+                && l.host == backend.host
+                && l.subset == backend.subset
+        }) {
+            return Some(Arc::clone(&l.candidates));
+        }
+        let svc = &conn.service;
         let target = match &backend.host {
             Some(h) if *h != svc.hostname => {
                 state.services().find(|s| s.hostname == *h).cloned()?
@@ -58,31 +144,51 @@ impl Waypoint {
             _ => state.service(&svc.key())?,
         };
         let network = &self.inner.cfg.network;
-        let source = state.workload_by_ip(network, client.ip());
-        let who = ambit_mesh::Client::new(network).with_source(source.as_deref());
-        let eps = state.preferred(&target, backend.port.unwrap_or(port), &who);
+        let who = ambit_mesh::Client::new(network).with_source(c.source.as_deref());
+        let eps = state.preferred(&target, backend.port.unwrap_or(conn.port), &who);
         drop(state);
-        let mut eps: Vec<(Endpoint, String)> = eps
+        let candidates: Arc<[Candidate]> = eps
             .into_iter()
             .filter(|e| backend.subset.contains(&e.workload))
             .filter(|e| !e.workload.addresses.is_empty())
-            .map(|e| {
-                let k = ep_key(&e);
-                (e, k)
+            .map(|e| Candidate {
+                key: ep_key(&e).into(),
+                pool: Arc::new(self.pool_key(&e, conn.client, hbone_port)),
+                endpoint: e,
             })
             .collect();
-        if !tried.is_empty() && eps.iter().any(|(_, k)| !tried.contains(k)) {
-            eps.retain(|(_, k)| !tried.contains(k));
+        if c.lists.len() < LISTS_MAX {
+            c.lists.push(CachedList {
+                host: backend.host.clone(),
+                port: backend.port,
+                subset: backend.subset.clone(),
+                hbone_port,
+                candidates: Arc::clone(&candidates),
+            });
         }
-        let i = if let [(_, k)] = eps.as_slice() {
-            self.inner
-                .balancer
-                .pick(&[k.as_str()], policy, Instant::now())?
-        } else {
-            let refs: Vec<&str> = eps.iter().map(|(_, k)| k.as_str()).collect();
-            self.inner.balancer.pick(&refs, policy, Instant::now())?
-        };
-        Some(eps.swap_remove(i))
+        Some(candidates)
+    }
+
+    /// One healthy endpoint of `backend`, picked by the balancer under
+    /// `policy`, preferring endpoints not in `tried`.
+    pub(crate) fn pick(
+        &self,
+        conn: &Conn,
+        routes: &RouteConfig,
+        backend: &Backend,
+        tried: &[Arc<str>],
+        policy: LoadBalancer,
+    ) -> Option<Candidate> {
+        let all = self.candidates(conn, routes, backend)?;
+        let now = Instant::now();
+        let untried = |c: &Candidate| !tried.contains(&c.key);
+        if !tried.is_empty() && all.iter().any(untried) && !all.iter().all(untried) {
+            let rest: Vec<&Candidate> = all.iter().filter(|c| untried(c)).collect();
+            let i = self.inner.balancer.pick(&rest, policy, now)?;
+            return rest.get(i).map(|c| (*c).clone());
+        }
+        let i = self.inner.balancer.pick(&all, policy, now)?;
+        all.get(i).cloned()
     }
 
     pub(crate) async fn connect(
@@ -114,14 +220,10 @@ impl Waypoint {
         let start = Instant::now();
         let routes = self.routes();
         let svc_cfg = routes.service(&conn.service.hostname);
-        let source = self
-            .inner
-            .state
-            .read()
-            .ok()
-            .and_then(|state| state.workload_by_ip(&self.inner.cfg.network, conn.client.ip()));
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let source = self.source(conn);
+        // Copied for the access log only when it is on.
+        let access = tracing::enabled!(target: "access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let mut meta = Meta {
             flags: "-",
             destination: None,
@@ -140,20 +242,22 @@ impl Waypoint {
         self.inner
             .metrics
             .record_cached(&conn.series, &key, || base_labels(conn), elapsed);
-        tracing::info!(
-            target: "access",
-            src = %conn.client,
-            peer = %conn.peer,
-            %method,
-            %path,
-            service = %conn.service.hostname,
-            route = route_name.unwrap_or("-"),
-            endpoint = %destination.map_or("", workload_name),
-            status = resp.status().as_u16(),
-            flags = %meta.flags,
-            duration_ms = elapsed.as_millis() as u64,
-            "request"
-        );
+        if let Some((method, path)) = access {
+            tracing::info!(
+                target: "access",
+                src = %conn.client,
+                peer = %conn.peer,
+                %method,
+                %path,
+                service = %conn.service.hostname,
+                route = route_name.unwrap_or("-"),
+                endpoint = %destination.map_or("", workload_name),
+                status = resp.status().as_u16(),
+                flags = %meta.flags,
+                duration_ms = elapsed.as_millis() as u64,
+                "request"
+            );
+        }
         resp
     }
 
@@ -165,13 +269,17 @@ impl Waypoint {
         mut req: Request<Incoming>,
         meta: &mut Meta,
     ) -> (Response<Body>, Option<&'r str>) {
-        let authority = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| format!("{}:{}", conn.service.hostname, conn.port));
+        // A clone of the header value is a reference count, not a copy.
+        let host = req.headers().get(header::HOST).cloned();
+        let authority: Cow<'_, str> = match host.as_ref().and_then(|h| h.to_str().ok()) {
+            Some(h) => Cow::Borrowed(h),
+            None => Cow::Owned(
+                req.uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| format!("{}:{}", conn.service.hostname, conn.port)),
+            ),
+        };
         // L7 authorization.
         if let Some(cfg) = svc_cfg {
             let facts = AuthzFacts {
@@ -248,10 +356,20 @@ impl Waypoint {
         {
             parts.headers.insert(header::HOST, v);
         }
-        if let Some(pq) = parts.uri.path_and_query()
-            && let Ok(uri) = pq.as_str().parse()
-        {
-            parts.uri = uri;
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            // Absolute form (HTTP/2, or an HTTP/1 proxy request): keep the
+            // path and query only (shared bytes, nothing parsed again).
+            let mut origin = http::uri::Parts::default();
+            origin.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            if let Ok(uri) = http::Uri::from_parts(origin) {
+                parts.uri = uri;
+            }
         }
         parts.version = http::Version::HTTP_11;
         for h in &HOP_BY_HOP {
@@ -308,22 +426,23 @@ impl Waypoint {
         // (bad chunking, early EOF): that is the client's fault (400), not
         // the upstream's.
         let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut parts = Some(parts);
         let work = async {
-            let mut tried: Vec<String> = Vec::new();
+            let mut tried: Vec<Arc<str>> = Vec::new();
             let mut last = Outcome::ConnectFailure;
             for attempt in 0..attempts {
-                let Some((ep, key)) = self.pick(
-                    &conn.service,
-                    conn.port,
-                    conn.client,
-                    backend,
-                    &tried,
-                    policy,
-                ) else {
+                let Some(Candidate {
+                    endpoint: ep,
+                    key,
+                    pool: pool_key,
+                }) = self.pick(conn, routes, backend, &tried, policy)
+                else {
                     meta.flags = "UH";
                     return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
                 };
-                let in_flight = self.inner.balancer.begin(&key);
+                // In-flight counts only matter to least request.
+                let in_flight =
+                    (policy == LoadBalancer::LeastRequest).then(|| self.inner.balancer.begin(&key));
                 meta.destination = Some(Arc::clone(&ep.workload));
                 let body: Body = match streamed.take() {
                     Some(b) => {
@@ -338,14 +457,20 @@ impl Waypoint {
                         .map_err(|e| match e {})
                         .boxed_unsync(),
                 };
-                let up_req = Request::from_parts(parts.clone(), body);
+                // The last attempt takes the head; earlier ones copy it.
+                let head = if attempt + 1 == attempts {
+                    parts.take()
+                } else {
+                    parts.clone()
+                };
+                let Some(head) = head else { break };
+                let up_req = Request::from_parts(head, body);
+                let send = self.send(&ep, &key, pool_key, conn.client, up_req);
                 let result = match per_try {
-                    Some(t) => {
-                        tokio::time::timeout(t, self.send(&ep, &key, conn.client, routes, up_req))
-                            .await
-                            .unwrap_or(Err(Outcome::Timeout))
-                    }
-                    None => self.send(&ep, &key, conn.client, routes, up_req).await,
+                    Some(t) => tokio::time::timeout(t, send)
+                        .await
+                        .unwrap_or(Err(Outcome::Timeout)),
+                    None => send.await,
                 };
                 let outcome = match &result {
                     Ok(r) => Outcome::Status(r.status()),
@@ -423,11 +548,10 @@ impl Waypoint {
         &self,
         ep: &Endpoint,
         ep_key: &str,
+        key: Arc<PoolKey>,
         client: SocketAddr,
-        routes: &RouteConfig,
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, Outcome> {
-        let key = self.pool_key(ep, client, routes);
         let pool = &self.inner.pool;
         while let Some(mut sender) = pool.checkout(&key) {
             match sender.try_send_request(req).await {
@@ -468,14 +592,14 @@ impl Waypoint {
         }
     }
 
-    fn pool_key(&self, ep: &Endpoint, client: SocketAddr, routes: &RouteConfig) -> PoolKey {
+    fn pool_key(&self, ep: &Endpoint, client: SocketAddr, hbone_port: u16) -> PoolKey {
         let ip = ep_ip(ep, client);
         let (hbone, identities) = if self.inner.cfg.plaintext_upstreams {
             (None, Vec::new())
         } else {
             let mut ids: Vec<Identity> = ep.workload.identity().into_iter().collect();
             ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            (Some(SocketAddr::new(ip, routes.hbone_port)), ids)
+            (Some(SocketAddr::new(ip, hbone_port)), ids)
         };
         PoolKey {
             hbone,

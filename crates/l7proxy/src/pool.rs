@@ -101,7 +101,7 @@ struct Idle {
 /// The pool: idle connections by key.
 pub(crate) struct HttpPool {
     cfg: PoolConfig,
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle: Mutex<HashMap<Arc<PoolKey>, Vec<Idle>>>,
     opened: AtomicU64,
     reused: AtomicU64,
 }
@@ -122,7 +122,7 @@ impl HttpPool {
         pool
     }
 
-    fn idle(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+    fn idle(&self) -> MutexGuard<'_, HashMap<Arc<PoolKey>, Vec<Idle>>> {
         match self.idle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -173,7 +173,7 @@ impl HttpPool {
     /// body is read to the end, if the connection may be reused.
     pub(crate) fn wrap(
         self: &Arc<Self>,
-        key: PoolKey,
+        key: Arc<PoolKey>,
         sender: SendRequest<Body>,
         resp: Response<Incoming>,
     ) -> Response<PooledBody> {
@@ -198,7 +198,7 @@ impl HttpPool {
         })
     }
 
-    fn checkin(self: Arc<Self>, key: PoolKey, mut sender: SendRequest<Body>) {
+    fn checkin(self: Arc<Self>, key: Arc<PoolKey>, mut sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
@@ -215,7 +215,7 @@ impl HttpPool {
         });
     }
 
-    fn push(&self, key: PoolKey, sender: SendRequest<Body>) {
+    fn push(&self, key: Arc<PoolKey>, sender: SendRequest<Body>) {
         let mut idle = self.idle();
         let conns = idle.entry(key).or_default();
         conns.push(Idle {
@@ -272,7 +272,7 @@ fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
 /// The connection a response body hands back at its end.
 struct Return {
     pool: Arc<HttpPool>,
-    key: PoolKey,
+    key: Arc<PoolKey>,
     sender: SendRequest<Body>,
     reusable: bool,
 }
@@ -295,10 +295,11 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
-    /// Counts the request as in flight to its endpoint until the body ends.
-    pub(crate) fn with_in_flight(mut self, guard: InFlight) -> Self {
+    /// Counts the request as in flight to its endpoint until the body
+    /// ends (`None`: not counted).
+    pub(crate) fn with_in_flight(mut self, guard: Option<InFlight>) -> Self {
         if self.ret.is_some() {
-            self.in_flight = Some(guard);
+            self.in_flight = guard;
         }
         self
     }

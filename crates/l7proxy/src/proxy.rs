@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 
 use crate::balance::Balancer;
 use crate::config::{Backend, LoadBalancer, Protocol, RouteConfig};
+use crate::forward::EndpointCache;
 use crate::metrics::{Metrics, SeriesCache};
 use crate::pool::{HttpPool, PoolConfig, PoolStats};
 use crate::sniff::{Rewind, Sniffed, sniff};
@@ -141,6 +142,9 @@ pub(crate) struct Conn {
     pub(crate) forwarded: Option<HeaderValue>,
     /// Metric handles for the label sets this connection has used.
     pub(crate) series: SeriesCache,
+    /// The client's workload and the endpoints of the backends this
+    /// connection has routed to, as of a mesh revision.
+    pub(crate) endpoints: EndpointCache,
 }
 
 impl Conn {
@@ -152,6 +156,7 @@ impl Conn {
             service,
             port,
             series: SeriesCache::default(),
+            endpoints: EndpointCache::default(),
         }
     }
 }
@@ -335,10 +340,10 @@ impl Waypoint {
     }
 
     async fn forward_tcp(self, conn: Conn, mut io: Rewind<HboneStream>) {
-        let Some((ep, key)) = self.pick(
-            &conn.service,
-            conn.port,
-            conn.client,
+        let routes = self.routes();
+        let Some(candidate) = self.pick(
+            &conn,
+            &routes,
             &Backend::default_for(),
             &[],
             LoadBalancer::RoundRobin,
@@ -346,10 +351,11 @@ impl Waypoint {
             tracing::info!(service = %conn.service.hostname, "tcp: no healthy endpoint");
             return;
         };
-        let mut up = match self.connect(&ep, conn.client).await {
+        let (ep, key) = (&candidate.endpoint, &candidate.key);
+        let mut up = match self.connect(ep, conn.client).await {
             Ok(s) => s,
             Err(error) => {
-                self.inner.balancer.report(&key, true, Instant::now());
+                self.inner.balancer.report(key, true, Instant::now());
                 tracing::info!(%error, service = %conn.service.hostname, "tcp: upstream connect failed");
                 return;
             }

@@ -324,3 +324,33 @@ async fn a_new_deny_applies_to_the_next_request_on_an_open_connection() {
     let got = send(&mut c, "GET", "/productpage", &[]).await;
     assert_eq!(got.status, 403, "same connection, after the push");
 }
+
+/// Endpoints are cached per connection for one mesh revision: a workload
+/// removed while an HTTP connection is open is no longer used by that
+/// connection's next request, and one added back is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_change_applies_to_the_next_request_on_an_open_connection() {
+    let mesh = Mesh::start(ROUTES).await;
+    let mut c = mesh.http1(sleep_id(), REVIEWS_VIP).await;
+    let jason = [("end-user", "jason")];
+    let got = send(&mut c, "GET", "/productpage", &jason).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "v2");
+    let uid = "cluster1//v1/Pod/default/reviews-v2";
+    let v2 = {
+        let mut state = mesh.waypoint.state().write().expect("state");
+        let w = state.workload(uid).expect("v2 workload");
+        assert!(state.remove_workload(uid));
+        w
+    };
+    let got = send(&mut c, "GET", "/productpage", &jason).await;
+    assert_eq!(got.status, 503, "v2 gone: no healthy upstream");
+    mesh.waypoint
+        .state()
+        .write()
+        .expect("state")
+        .insert_workload(v2.as_ref().clone());
+    let got = send(&mut c, "GET", "/productpage", &jason).await;
+    assert_eq!(got.status, 200, "v2 back");
+    assert_eq!(got.body, "v2");
+}
