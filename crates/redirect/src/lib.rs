@@ -32,7 +32,7 @@ pub mod route;
 
 pub use self::{
     backend::Backend,
-    nftset::SetUpdates,
     error::{Error, Result},
+    nftset::SetUpdates,
     plan::{Drift, Plan, Step},
 };

@@ -91,7 +91,10 @@ fn elements_add_list_delete_as_nft_sees_them() {
     sets.del(
         "T",
         "S",
-        &["10.0.0.9".parse().expect("ip"), "10.0.0.1".parse().expect("ip")],
+        &[
+            "10.0.0.9".parse().expect("ip"),
+            "10.0.0.1".parse().expect("ip"),
+        ],
     )
     .expect("delete with a missing element");
     assert_eq!(
@@ -149,7 +152,11 @@ fn bad_input_changes_nothing() {
     // A comment too long for nft: refused before anything is sent.
     let long = "c".repeat(200);
     let e = sets
-        .add("T", "S", &[el("10.0.0.2", None), el("10.0.0.3", Some(&long))])
+        .add(
+            "T",
+            "S",
+            &[el("10.0.0.2", None), el("10.0.0.3", Some(&long))],
+        )
         .expect_err("too long");
     assert!(matches!(e, Error::Invalid { .. }), "{e}");
     // An IPv6 address in an IPv4 set: the kernel refuses the batch, so the
@@ -207,7 +214,10 @@ fn plan_members_in_process_match_the_nft_command_path() {
             &ns,
             Backend::Nft,
             &cfg.set_name,
-            &["10.244.0.7".parse().expect("ip"), "10.244.0.9".parse().expect("ip")],
+            &[
+                "10.244.0.7".parse().expect("ip"),
+                "10.244.0.9".parse().expect("ip"),
+            ],
         )
         .expect("del");
         let m = plan
