@@ -95,10 +95,13 @@ struct Figures {
     seq_max: f64,
     ev_p50: f64,
     ev_p99: f64,
+    par_total: f64,
 }
 
 const N: usize = 1000;
 const EVENTS: usize = 200;
+/// Concurrent posters in the burst case.
+const THREADS: usize = 8;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -113,7 +116,7 @@ fn run(how: &str, base: &mut Vec<Duration>) -> Figures {
         .expect("cluster");
     let tmp = TempDir::new(&format!("bench-{how}"));
     let (run, pods) = (tmp.sub("run"), tmp.sub("pods"));
-    for i in 0..=N + EVENTS {
+    for i in 0..=2 * N + EVENTS {
         write_record(
             &pods,
             &format!("pod-{i}"),
@@ -173,6 +176,20 @@ fn run(how: &str, base: &mut Vec<Duration>) -> Figures {
     let mut events: Vec<Duration> = (N + 1..=N + EVENTS)
         .map(|i| post(&cluster, &run, i))
         .collect();
+    // A burst: N more pods' events from THREADS posters at once.
+    let first = N + EVENTS + 1;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for k in 0..THREADS {
+            let (cluster, run) = (&cluster, &run);
+            s.spawn(move || {
+                for i in (first + k..first + N).step_by(THREADS) {
+                    post(cluster, run, i);
+                }
+            });
+        }
+    });
+    let par_total = t.elapsed().as_secs_f64();
 
     let mut cfg = NodeConfig::new(
         "10.244.0.1".parse().expect("ip"),
@@ -184,7 +201,7 @@ fn run(how: &str, base: &mut Vec<Duration>) -> Figures {
     let members = plan
         .members(cluster.node(0).ns(), Backend::Nft, &cfg.set_name)
         .expect("members");
-    assert_eq!(members.len(), N + 1 + EVENTS);
+    assert_eq!(members.len(), 2 * N + 1 + EVENTS);
     assert!(agent.stop());
     Figures {
         one: ms(one),
@@ -194,6 +211,7 @@ fn run(how: &str, base: &mut Vec<Duration>) -> Figures {
         seq_max: ms(pct(&mut each, 1.0)),
         ev_p50: ms(pct(&mut events, 0.5)),
         ev_p99: ms(pct(&mut events, 0.99)),
+        par_total,
     }
 }
 
