@@ -274,4 +274,10 @@ fn add_to_enrolled_latency() {
         new.ev_p99,
         "ms",
     );
+    row(
+        &format!("{N} pods, {THREADS} concurrent events: total"),
+        old.par_total,
+        new.par_total,
+        "s",
+    );
 }
