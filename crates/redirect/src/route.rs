@@ -634,7 +634,12 @@ impl Rtnl {
         if strict {
             self.sock.set_strict_check(false)?;
         }
-        let msgs = msgs?;
+        let msgs = match msgs {
+            // A strict dump of a table that does not exist (no route was
+            // ever put in it) is ENOENT: no routes.
+            Err(e) if strict && e.errno() == Some(2) => return Ok(Vec::new()),
+            m => m?,
+        };
         let names = self.link_names()?;
         let name_of = |i: u32| names.iter().find(|(x, _)| *x == i).map(|(_, n)| n.clone());
         Ok(routes_from(&msgs, &name_of)
