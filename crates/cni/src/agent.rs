@@ -4,7 +4,9 @@
 //! Invariants:
 //! - every change to kernel state goes through the one [`Dataplane`] held
 //!   under `core`'s lock, so events, source polls and resyncs never
-//!   interleave;
+//!   interleave; plugin events wait in a queue (`inbox`) and the next
+//!   holder of the lock handles all of them with one reconcile, so a
+//!   burst of ADDs becomes one set update;
 //! - `State::enrolled` only ever lists what the data plane has confirmed;
 //!   a failed enrolment is retried by the next reconcile;
 //! - enrolment is per pod: one pod that cannot be enrolled (its netns is
