@@ -15,7 +15,7 @@ use ambit_tunnel::IstioTunnels;
 use anyhow::Context;
 use http::StatusCode;
 
-use crate::cli::{BackendArg, Mode, PodSourceArg, RunArgs, TunnelArg};
+use crate::cli::{BackendArg, Mode, PodSourceArg, RunArgs, SetUpdatesArg, TunnelArg};
 
 /// Opens a namespace given as a path, a pid or a name under /run/netns.
 fn open_netns(spec: &str) -> anyhow::Result<NetNs> {
@@ -67,6 +67,10 @@ pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
                 tunnels,
                 backend: backend(a.backend),
                 capture_dns: a.capture_dns,
+                set_updates: match a.nft_set_updates {
+                    SetUpdatesArg::Netlink => ambit_redirect::SetUpdates::Netlink,
+                    SetUpdatesArg::Nft => ambit_redirect::SetUpdates::NftCommand,
+                },
             })))
         }
         #[cfg(feature = "inpod")]

@@ -29,6 +29,15 @@ pub enum BackendArg {
     Nftnl,
 }
 
+/// `--nft-set-updates` values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SetUpdatesArg {
+    /// In process, over nfnetlink.
+    Netlink,
+    /// One `nft -f -` process per update (the former path; a benchmark baseline).
+    Nft,
+}
+
 /// `--tunnel` values.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum TunnelArg {
@@ -103,6 +112,10 @@ pub struct RunArgs {
     /// Packet-filter backend.
     #[arg(long, value_enum, default_value = "nft")]
     pub backend: BackendArg,
+    /// Node mode, nft backends: how pods' set entries are written. `nft`
+    /// spawns `nft -f -` per update, as before; kept for benchmarks.
+    #[arg(long, value_enum, default_value = "netlink", hide = true)]
+    pub nft_set_updates: SetUpdatesArg,
     /// Redirect pods' DNS to ztunnel's 15053. In-pod mode: a pod's
     /// `ambient.istio.io/dns-capture: "true"|"false"` annotation overrides
     /// this for that pod (other values are ignored with a warning); node

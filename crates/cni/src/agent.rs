@@ -4,7 +4,9 @@
 //! Invariants:
 //! - every change to kernel state goes through the one [`Dataplane`] held
 //!   under `core`'s lock, so events, source polls and resyncs never
-//!   interleave;
+//!   interleave; plugin events wait in a queue (`inbox`) and the next
+//!   holder of the lock handles all of them with one reconcile, so a
+//!   burst of ADDs becomes one set update;
 //! - `State::enrolled` only ever lists what the data plane has confirmed;
 //!   a failed enrolment is retried by the next reconcile;
 //! - enrolment is per pod: one pod that cannot be enrolled (its netns is
@@ -195,9 +197,29 @@ struct Core {
     source_dirty: bool,
 }
 
+/// Plugin events queued for the next holder of the core lock.
+#[derive(Default)]
+struct Inbox {
+    next: u64,
+    queued: Vec<(u64, EventKind, PodEvent)>,
+    done: BTreeMap<u64, Result<EventOutcome, Error>>,
+}
+
+impl Inbox {
+    fn push(&mut self, kind: EventKind, event: PodEvent) -> u64 {
+        self.next += 1;
+        self.queued.push((self.next, kind, event));
+        self.next
+    }
+}
+
 /// The node agent. Share it as `Arc<Agent>`.
 pub struct Agent {
     core: Mutex<Core>,
+    /// Plugin events waiting for the core lock, and the answers to events
+    /// another handler took from the queue. Locked briefly, and only
+    /// inside `core` when both are held.
+    inbox: Mutex<Inbox>,
     metrics: Metrics,
     source_changed: Option<Arc<tokio::sync::Notify>>,
 }
@@ -264,6 +286,7 @@ impl Agent {
         );
         Ok(Arc::new(Self {
             core: Mutex::new(core),
+            inbox: Mutex::new(Inbox::default()),
             metrics: cfg.metrics,
             source_changed,
         }))
@@ -278,69 +301,37 @@ impl Agent {
     /// Handles one plugin event (blocking). ADD enrols the pod now when the
     /// pod source says it is ambient; DEL forgets the sandbox and removes
     /// the enrolment unless the pod source still provides one.
+    ///
+    /// Events that arrive while another is being handled are coalesced:
+    /// each is queued, and whoever takes the agent's lock next handles
+    /// every queued event with one reconcile (one set update for all their
+    /// pods); the others find their answer ready when they get the lock.
+    /// A lone event is handled at once, as before.
     pub fn handle_event(&self, kind: EventKind, event: PodEvent) -> Result<EventOutcome, Error> {
+        let ticket = self.inbox()?.push(kind, event);
         let mut core = self.lock()?;
-        let mut event = event;
-        let key = (event.pod_namespace.clone(), event.pod_name.clone());
-        let outcome = match kind {
-            EventKind::Add => {
-                if !event.netns.is_empty() {
-                    let id = NetnsId::of_path(Path::new(&event.netns)).map_err(|e| {
-                        Error::io(
-                            format!("pod {}/{}: network namespace {}", key.0, key.1, event.netns),
-                            e,
-                        )
-                    })?;
-                    event.netns_id = Some(id);
-                }
-                core.remember(&event)?;
-                core.state.sandboxes.insert(key.clone(), event);
-                if matches!(core.state.decide(&key), Decision::Unknown) {
-                    // The pod record may have been written a moment ago.
-                    core.scan_source()?;
-                }
-                match core.state.decide(&key) {
-                    Decision::Enrol(_) => EventOutcome::Enrolled,
-                    d => EventOutcome::Skipped(d),
-                }
+        let queued = {
+            let mut inbox = self.inbox()?;
+            if let Some(done) = inbox.done.remove(&ticket) {
+                return done;
             }
-            EventKind::Del => {
-                let same = core
-                    .state
-                    .sandboxes
-                    .get(&key)
-                    .is_some_and(|s| s.container_id == event.container_id);
-                if same {
-                    core.state.sandboxes.remove(&key);
-                    core.forget(&key)?;
-                }
-                EventOutcome::Removed
-            }
+            std::mem::take(&mut inbox.queued)
         };
-        let result = core.reconcile(false).and_then(|mut failed| {
-            // Only this event's own pod failing fails the event.
-            match &outcome {
-                EventOutcome::Enrolled => match core.state.decide(&key) {
-                    Decision::Enrol(p) => failed.remove(&p.uid).map_or(Ok(()), Err),
-                    _ => Ok(()),
-                },
-                _ => Ok(()),
-            }
-        });
-        let label = |r: &str| {
-            vec![
-                (
-                    "event".to_owned(),
-                    kind.path().trim_start_matches('/').to_owned(),
-                ),
-                ("result".to_owned(), r.to_owned()),
-            ]
-        };
-        match &result {
-            Ok(()) => self.metrics.events.get_or_create(&label("ok")).inc(),
-            Err(_) => self.metrics.events.get_or_create(&label("error")).inc(),
-        };
-        result.map(|()| outcome)
+        let mut results = core.handle_events(queued, &self.metrics);
+        let mine = results.remove(&ticket);
+        self.inbox()?.done.extend(results);
+        mine.unwrap_or_else(|| {
+            Err(Error::invalid(
+                "plugin event",
+                "lost while queued (a previous operation panicked?)",
+            ))
+        })
+    }
+
+    fn inbox(&self) -> Result<MutexGuard<'_, Inbox>, Error> {
+        self.inbox
+            .lock()
+            .map_err(|_| Error::invalid("agent event queue", "a previous operation panicked"))
     }
 
     /// Re-reads the pod source if it changed, and reconciles.
@@ -378,6 +369,118 @@ impl Agent {
 }
 
 impl Core {
+    /// Handles queued plugin events with one reconcile; one result per
+    /// ticket. Only an event's own pod failing fails the event.
+    fn handle_events(
+        &mut self,
+        queued: Vec<(u64, EventKind, PodEvent)>,
+        metrics: &Metrics,
+    ) -> BTreeMap<u64, Result<EventOutcome, Error>> {
+        let mut early: BTreeMap<u64, Result<EventOutcome, Error>> = BTreeMap::new();
+        let kinds: BTreeMap<u64, EventKind> = queued.iter().map(|(t, k, _)| (*t, *k)).collect();
+        let mut taken = Vec::new();
+        for (ticket, kind, event) in queued {
+            let key = (event.pod_namespace.clone(), event.pod_name.clone());
+            match self.take_event(kind, event) {
+                Ok(outcome) => taken.push((ticket, kind, key, outcome)),
+                Err(e) => {
+                    early.insert(ticket, Err(e));
+                }
+            }
+        }
+        // Pods the source did not know: the record may have been written a
+        // moment ago; re-read it once for all of them, then decide again.
+        let unknown = taken.iter().any(|(_, k, key, _)| {
+            *k == EventKind::Add && self.state.decide(key) == Decision::Unknown
+        });
+        let scanned = if unknown {
+            self.scan_source().map(drop)
+        } else {
+            Ok(())
+        };
+        let reconciled = scanned.and_then(|()| self.reconcile(false));
+        let mut out = early;
+        let mut failed = match reconciled {
+            Ok(f) => Some(f),
+            Err(e) => {
+                // The kernel could not be read at all: every event fails.
+                let msg = e.to_string();
+                for (ticket, ..) in &taken {
+                    out.insert(*ticket, Err(Error::invalid("reconcile", msg.clone())));
+                }
+                None
+            }
+        };
+        if let Some(failed) = failed.as_mut() {
+            for (ticket, kind, key, outcome) in taken {
+                let outcome = match (kind, outcome) {
+                    (EventKind::Add, _) => match self.state.decide(&key) {
+                        Decision::Enrol(_) => EventOutcome::Enrolled,
+                        d => EventOutcome::Skipped(d),
+                    },
+                    (_, o) => o,
+                };
+                let result = match &outcome {
+                    EventOutcome::Enrolled => match self.state.decide(&key) {
+                        Decision::Enrol(p) => failed.remove(&p.uid).map_or(Ok(()), Err),
+                        _ => Ok(()),
+                    },
+                    _ => Ok(()),
+                };
+                out.insert(ticket, result.map(|()| outcome));
+            }
+        }
+        for (ticket, r) in &out {
+            let event = kinds
+                .get(ticket)
+                .map_or("", |k| k.path().trim_start_matches('/'));
+            let result = if r.is_ok() { "ok" } else { "error" };
+            metrics
+                .events
+                .get_or_create(&vec![
+                    ("event".to_owned(), event.to_owned()),
+                    ("result".to_owned(), result.to_owned()),
+                ])
+                .inc();
+        }
+        out
+    }
+
+    /// Records one event's sandbox (ADD) or forgets it (DEL), before the
+    /// reconcile that acts on it.
+    fn take_event(&mut self, kind: EventKind, mut event: PodEvent) -> Result<EventOutcome, Error> {
+        let key = (event.pod_namespace.clone(), event.pod_name.clone());
+        match kind {
+            EventKind::Add => {
+                if !event.netns.is_empty() {
+                    let id = NetnsId::of_path(Path::new(&event.netns)).map_err(|e| {
+                        Error::io(
+                            format!("pod {}/{}: network namespace {}", key.0, key.1, event.netns),
+                            e,
+                        )
+                    })?;
+                    event.netns_id = Some(id);
+                }
+                self.remember(&event)?;
+                self.state.sandboxes.insert(key, event);
+                // Decided after the reconcile.
+                Ok(EventOutcome::Skipped(Decision::Unknown))
+            }
+            EventKind::Del => {
+                let same = self
+                    .state
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|s| s.container_id == event.container_id);
+                if same {
+                    self.state.sandboxes.remove(&key);
+                    self.forget(&key)?;
+                }
+                Ok(EventOutcome::Removed)
+            }
+        }
+    }
+
     /// Reads the source if it changed; true when it did.
     fn scan_source(&mut self) -> Result<bool, Error> {
         let Some(src) = self.source.as_mut() else {

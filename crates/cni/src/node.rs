@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ambit_netns::NetNs;
 use ambit_redirect::profiles::{self, NodeConfig, PodRef, ZtunnelConfig};
 use ambit_redirect::route::{Family, Rtnl};
-use ambit_redirect::{Backend, Plan};
+use ambit_redirect::{Backend, Plan, SetUpdates};
 use ambit_tunnel::IstioTunnels;
 use tracing::{info, warn};
 
@@ -43,6 +43,9 @@ pub struct NodeSettings {
     pub backend: Backend,
     /// Capture pods' DNS to ztunnel's 15053.
     pub capture_dns: bool,
+    /// How pods' set entries are written with the nft backends: in process
+    /// (default) or, as a benchmark baseline, by `nft -f -`.
+    pub set_updates: SetUpdates,
 }
 
 /// The node-level data plane.
@@ -83,7 +86,8 @@ impl NodeDataplane {
         if let IpAddr::V4(a) = s.tunnels.outbound.ztunnel_addr.addr {
             cfg.outbound_peer = a;
         }
-        let host = profiles::node_host(&cfg).context(|| "building the node plan".into())?;
+        let mut host = profiles::node_host(&cfg).context(|| "building the node plan".into())?;
+        host.set_updates = s.set_updates;
         let mut zcfg = ZtunnelConfig::new(s.host_ip, s.ztunnel_ip);
         zcfg.inbound_tunnel
             .clone_from(&s.tunnels.inbound.ztunnel_name);

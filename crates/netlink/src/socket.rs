@@ -69,6 +69,16 @@ impl Socket {
         })
     }
 
+    /// Turns strict checking of dump requests on or off
+    /// (`NETLINK_GET_STRICT_CHK`): with it, the kernel validates a dump's
+    /// header and honours its filters (a route dump's table, say) instead
+    /// of returning everything. Fails on kernels older than 4.20.
+    pub fn set_strict_check(&self, on: bool) -> Result<()> {
+        self.sock
+            .set_netlink_get_strict_chk(on)
+            .map_err(|source| self.io("setting NETLINK_GET_STRICT_CHK", source))
+    }
+
     /// The namespace label, as used in errors.
     pub fn ns(&self) -> &str {
         &self.ns

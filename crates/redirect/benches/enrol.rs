@@ -3,6 +3,10 @@
 //!
 //! - enrol N pod IPs into a `hash:ip` set through this crate (batched
 //!   netlink) vs one `ipset add` process per pod, and vs `ipset restore`;
+//! - enrol N pods into the node plan's nft set (nft backend): in process
+//!   over nfnetlink vs one `nft -f -` process per pod ([`SetUpdates`]);
+//! - in-pod mode's per-pod work: verify then apply the in-pod plan in a
+//!   fresh pod namespace (what the agent does for a new pod), and apply alone;
 //! - the whole node-level host plan through each backend vs
 //!   `iptables-restore` of the same rules.
 
@@ -15,7 +19,7 @@ use ambit_netns::NetNs;
 use ambit_redirect::ipset::{IpSetEntry, IpSetSpec, Ipset};
 use ambit_redirect::profiles::{self, NodeConfig};
 use ambit_redirect::route::Family;
-use ambit_redirect::{Backend, Plan};
+use ambit_redirect::{Backend, Plan, SetUpdates, Step};
 
 fn pods(n: usize) -> Vec<IpSetEntry> {
     (0..n)
@@ -117,14 +121,17 @@ fn main() {
         );
     }
 
-    println!("\nnode-level host plan (rules, sets, routes, ip rules), median of 5:");
-    let (node, _keep) = node_ns();
     let cfg = NodeConfig::new(
         Ipv4Addr::new(10, 244, 0, 1),
         "veth0",
         Ipv4Addr::new(10, 244, 0, 2),
     );
-    let plan = profiles::node_host(&cfg).expect("plan");
+    let mut plan = profiles::node_host(&cfg).expect("plan");
+    nft_set_rows(&mut plan, &cfg.set_name);
+    inpod_rows();
+
+    println!("\nnode-level host plan (rules, sets, routes, ip rules), median of 5:");
+    let (node, _keep) = node_ns();
     let text = plan
         .netfilter
         .iptables_restore(Family::V4, &[])
@@ -203,4 +210,76 @@ fn node_ns() -> (NetNs, ()) {
 
 fn remove_xt(ns: &NetNs, plan: &Plan) {
     plan.remove(ns, Backend::Iptables).expect("remove");
+}
+
+/// Enrols pods into the node plan's nft set one call per pod (as
+/// sequential ADDs do) and all in one call, both ways.
+fn nft_set_rows(plan: &mut Plan, set: &str) {
+    println!("\nnft set of the node plan (nft backend), median of 3, same run:");
+    println!(
+        "{:>6} {:>10} {:>16} {:>16} {:>9}",
+        "N", "calls", "nft -f (base)", "nfnetlink", "speedup"
+    );
+    for (n, one_call) in [(1usize, false), (100, false), (1000, true), (10_000, true)] {
+        let entries = pods(n);
+        let mut t_of = |how: SetUpdates| {
+            plan.set_updates = how;
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let ns = NetNs::create_anonymous().expect("netns");
+                plan.apply_step(&ns, Backend::Nft, Step::Netfilter)
+                    .expect("table");
+                let t = Instant::now();
+                if one_call {
+                    plan.add_members(&ns, Backend::Nft, set, &entries)
+                        .expect("add");
+                } else {
+                    for e in &entries {
+                        plan.add_members(&ns, Backend::Nft, set, std::slice::from_ref(e))
+                            .expect("add");
+                    }
+                }
+                v.push(t.elapsed());
+            }
+            median(v)
+        };
+        let (old, new) = (t_of(SetUpdates::NftCommand), t_of(SetUpdates::Netlink));
+        println!(
+            "{n:>6} {:>10} {:>13.2} ms {:>13.2} ms {:>8.1}x",
+            if one_call { "1" } else { "1 per pod" },
+            old.as_secs_f64() * 1e3,
+            new.as_secs_f64() * 1e3,
+            old.as_secs_f64() / new.as_secs_f64()
+        );
+    }
+    plan.set_updates = SetUpdates::default();
+}
+
+/// In-pod mode's per-pod kernel work, nft backend.
+fn inpod_rows() {
+    println!("\nin-pod plan in a fresh pod namespace (nft backend), median of 10:");
+    let plan = profiles::inpod(&profiles::InpodConfig::default()).expect("plan");
+    let (mut both, mut apply) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let pod = NetNs::create_anonymous().expect("netns");
+        run(&pod, &["ip", "link", "set", "lo", "up"], None);
+        let t = Instant::now();
+        let drift = plan.verify(&pod, Backend::Nft).expect("verify");
+        assert!(!drift.is_empty());
+        plan.apply(&pod, Backend::Nft).expect("apply");
+        both.push(t.elapsed());
+        let pod = NetNs::create_anonymous().expect("netns");
+        run(&pod, &["ip", "link", "set", "lo", "up"], None);
+        let t = Instant::now();
+        plan.apply(&pod, Backend::Nft).expect("apply");
+        apply.push(t.elapsed());
+    }
+    println!(
+        "  verify + apply (the agent, new pod) {:>8.2} ms",
+        median(both).as_secs_f64() * 1e3
+    );
+    println!(
+        "  apply alone                         {:>8.2} ms",
+        median(apply).as_secs_f64() * 1e3
+    );
 }

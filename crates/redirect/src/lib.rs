@@ -12,7 +12,8 @@
 //! Backends ([`Backend`]): native nftables through `nft -f -` (default: one
 //! atomic transaction, one owned `inet` table), iptables through
 //! `iptables-restore --noflush`, and, with the `nftnl` feature, nftables in
-//! process through libnftnl. Sets, rules and routes always go over netlink.
+//! process through libnftnl. Sets, rules and routes always go over netlink;
+//! nftables set elements are added and deleted in process ([`nftset`]).
 #![deny(unsafe_code)]
 
 mod backend;
@@ -24,6 +25,7 @@ pub mod mark;
 pub mod netfilter;
 #[cfg(feature = "nftnl")]
 mod nftnl_backend;
+pub mod nftset;
 mod plan;
 pub mod profiles;
 pub mod route;
@@ -31,5 +33,6 @@ pub mod route;
 pub use self::{
     backend::Backend,
     error::{Error, Result},
+    nftset::SetUpdates,
     plan::{Drift, Plan, Step},
 };

@@ -13,6 +13,8 @@ use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
 use crate::ipset::{IpSetEntry, IpSetSpec, Ipset};
 use crate::netfilter::Ruleset;
+use crate::nftset::codec::Element;
+use crate::nftset::{NftSets, SetUpdates};
 use crate::route::{IpRule, Route, Rtnl, route_satisfies};
 
 /// The steps of [`Plan::apply`], in order. Sets and packet-filter rules come
@@ -97,6 +99,9 @@ pub struct Plan {
     pub routes: Vec<Route>,
     /// ip rules.
     pub rules: Vec<IpRule>,
+    /// How members of the plan's nft sets are written (in process by
+    /// default).
+    pub set_updates: SetUpdates,
 }
 
 impl Plan {
@@ -109,6 +114,7 @@ impl Plan {
             netfilter: Ruleset::new(nft_table),
             routes: Vec::new(),
             rules: Vec::new(),
+            set_updates: SetUpdates::default(),
         }
     }
 
@@ -350,7 +356,20 @@ impl Plan {
                     });
                 }
             }
-            backend::nft_add_elements(ns, &self.netfilter.nft_table, set, entries)
+            let table = &self.netfilter.nft_table;
+            match self.set_updates {
+                SetUpdates::Netlink => {
+                    let els: Vec<Element> = entries
+                        .iter()
+                        .map(|e| Element {
+                            ip: e.ip,
+                            comment: e.comment.clone(),
+                        })
+                        .collect();
+                    NftSets::open(Some(ns))?.add(table, set, &els)
+                }
+                SetUpdates::NftCommand => backend::nft_add_elements(ns, table, set, entries),
+            }
         } else {
             Ipset::open(Some(ns))?.add(spec, entries)
         }
@@ -366,7 +385,11 @@ impl Plan {
     ) -> Result<()> {
         let spec = self.set(set)?;
         if backend.nft_sets() {
-            backend::nft_del_elements(ns, &self.netfilter.nft_table, set, ips)
+            let table = &self.netfilter.nft_table;
+            match self.set_updates {
+                SetUpdates::Netlink => NftSets::open(Some(ns))?.del(table, set, ips),
+                SetUpdates::NftCommand => backend::nft_del_elements(ns, table, set, ips),
+            }
         } else {
             let entries: Vec<IpSetEntry> = ips
                 .iter()
@@ -388,7 +411,15 @@ impl Plan {
     ) -> Result<Vec<std::net::IpAddr>> {
         self.set(set)?;
         if backend.nft_sets() {
-            backend::nft_elements(ns, &self.netfilter.nft_table, set)
+            let table = &self.netfilter.nft_table;
+            match self.set_updates {
+                SetUpdates::Netlink => Ok(NftSets::open(Some(ns))?
+                    .list(table, set)?
+                    .into_iter()
+                    .map(|e| e.ip)
+                    .collect()),
+                SetUpdates::NftCommand => backend::nft_elements(ns, table, set),
+            }
         } else {
             Ok(Ipset::open(Some(ns))?
                 .list(set)?

@@ -280,3 +280,32 @@ fn routes_in_custom_tables() {
         );
     }
 }
+
+#[test]
+fn listing_one_table_ignores_the_others_and_missing_tables_are_empty() {
+    let ns = NetNs::create_anonymous().expect("netns");
+    sh(&ns, &["ip", "link", "set", "lo", "up"]);
+    let mut rt = Rtnl::open(Some(&ns)).expect("socket");
+    // Never used: empty, not an error, for both families.
+    assert!(rt.routes(Family::V4, 4242).expect("v4").is_empty());
+    assert!(rt.routes(Family::V6, 4242).expect("v6").is_empty());
+    let r = Route::local("0.0.0.0/0".parse().expect("net"), 4243).expect("route");
+    rt.add_routes(std::slice::from_ref(&r)).expect("add");
+    sh(
+        &ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            "10.9.0.0/16",
+            "dev",
+            "lo",
+            "table",
+            "4244",
+        ],
+    );
+    let got = rt.routes(Family::V4, 4243).expect("list");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].table, 4243);
+}
