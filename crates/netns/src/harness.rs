@@ -361,8 +361,8 @@ impl Cluster {
             "link set lo up".into(),
             format!("addr add {ip}/32 dev eth0"),
         ];
-        if self.ipv6 {
-            let (gw6, ip6) = (pod_gateway6(i), pod_ip6(i, j));
+        let v6 = self.ipv6.then(|| (pod_gateway6(i), pod_ip6(i, j)));
+        if let Some((gw6, ip6)) = v6 {
             node_cmds.push(format!("addr add {gw6}/128 dev veth{j} nodad"));
             pod_cmds.push(format!("addr add {ip6}/128 dev eth0 nodad"));
         }
@@ -375,8 +375,7 @@ impl Cluster {
             format!("route add {gw} dev eth0 scope link"),
             format!("route add default via {gw} dev eth0"),
         ]);
-        if self.ipv6 {
-            let (gw6, ip6) = (pod_gateway6(i), pod_ip6(i, j));
+        if let Some((gw6, ip6)) = v6 {
             node_cmds.push(format!("route add {ip6}/128 dev veth{j}"));
             pod_cmds.extend([
                 format!("route add {gw6} dev eth0"),

@@ -27,15 +27,10 @@
 //!   again before the error is returned.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -43,10 +38,13 @@ use prometheus_client::registry::Registry;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
-use crate::event::{ADD_PATH, AddAnswer, DEL_PATH, EventKind, PodEvent};
+use crate::event::{AddAnswer, EventKind, PodEvent};
 use crate::pod::{EnrolledPod, NetnsId};
 use crate::source::PodSource;
 use crate::state::{Changes, Decision, Removal, State};
+
+mod serve;
+pub use self::serve::serve;
 
 /// A capture mode's kernel side. Every method may block (netlink,
 /// subprocesses, entering namespaces); the agent calls them off the async
@@ -759,156 +757,4 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))
-}
-
-/// Plugin connections served at once (each is one short request).
-const PLUGIN_CONNECTIONS: usize = 256;
-
-/// Serves plugin events on `<run_dir>/pluginevent.sock`, polls the pod
-/// source every `poll`, reconciles with the kernel every `resync`, until
-/// `shutdown` completes. The socket file is removed on return.
-pub async fn serve(
-    agent: Arc<Agent>,
-    socket: PathBuf,
-    poll: Duration,
-    resync: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), Error> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    }
-    match std::fs::remove_file(&socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing stale {}", socket.display()), e)),
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| Error::io(format!("binding {}", socket.display()), e))?;
-    info!(socket = %socket.display(), "listening for plugin events");
-    let _cleanup = RemoveOnDrop(socket);
-    let mut poll_tick = tokio::time::interval(poll);
-    let changed = agent.source_changed.clone();
-    let source_news = || {
-        let changed = changed.clone();
-        async move {
-            match changed {
-                Some(n) => n.notified().await,
-                None => std::future::pending().await,
-            }
-        }
-    };
-    let mut resync_tick = tokio::time::interval(resync);
-    resync_tick.tick().await;
-    // Plugin connections: one short HTTP/1 exchange each, from the local
-    // plugin binary; the shared accept loop bounds them and backs off when
-    // accept fails (out of descriptors, say).
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let limits = ambit_server::Limits {
-        drain_deadline: Duration::from_secs(1),
-        max_connections: PLUGIN_CONNECTIONS,
-    };
-    let plugin_server = {
-        let agent = agent.clone();
-        ambit_server::run(
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            limits,
-            move |stream, _, _| {
-                let agent = agent.clone();
-                async move {
-                    let svc = hyper::service::service_fn(move |req| handle(agent.clone(), req));
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await
-                    {
-                        debug!(error = %e, "plugin connection");
-                    }
-                }
-            },
-        )
-    };
-    tokio::pin!(plugin_server);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                let _ = stop.send(());
-                plugin_server.await;
-                return Ok(());
-            }
-            () = &mut plugin_server => return Ok(()),
-            _ = poll_tick.tick() => {
-                let a = agent.clone();
-                if let Err(e) = blocking(move || a.poll_source()).await {
-                    warn!(error = %e, "pod source reconcile failed; retrying");
-                }
-            }
-            () = source_news() => {
-                let a = agent.clone();
-                if let Err(e) = blocking(move || a.poll_source()).await {
-                    warn!(error = %e, "pod source reconcile failed; retrying");
-                }
-            }
-            _ = resync_tick.tick() => {
-                let a = agent.clone();
-                if let Err(e) = blocking(move || a.resync()).await {
-                    warn!(error = %e, "kernel resync failed; retrying");
-                }
-            }
-        }
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Error::Stopped)?
-}
-
-async fn handle(
-    agent: Arc<Agent>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = |status: StatusCode, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        Ok(r)
-    };
-    let kind = match (req.method(), req.uri().path()) {
-        (&http::Method::POST, ADD_PATH) => EventKind::Add,
-        (&http::Method::POST, DEL_PATH) => EventKind::Del,
-        (_, path) => return reply(StatusCode::NOT_FOUND, format!("no handler for {path}")),
-    };
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
-    };
-    let event: PodEvent = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("invalid pod event: {e}")),
-    };
-    let pod = format!("{}/{}", event.pod_namespace, event.pod_name);
-    match blocking(move || agent.handle_event(kind, event)).await {
-        Ok(outcome) => {
-            debug!(%pod, ?outcome, "plugin event");
-            reply(StatusCode::OK, outcome.answer().as_str().to_owned())
-        }
-        Err(e) => {
-            warn!(%pod, error = %e, "plugin event failed");
-            reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        }
-    }
 }
