@@ -2,6 +2,7 @@
 //! opened/closed counters and the access-log line, written in one place.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ambit_mesh::Workload;
@@ -106,7 +107,7 @@ impl Peers<'_> {
 /// access-log line is written by [`ConnRecord::close`], exactly once.
 pub(crate) struct ConnRecord {
     metrics: Metrics,
-    labels: Option<TcpLabels>,
+    labels: Option<Arc<TcpLabels>>,
     opened: bool,
     direction: &'static str,
     src: SocketAddr,
@@ -142,7 +143,7 @@ impl ConnRecord {
     /// Sets the metric labels (and the identities the log shows).
     pub(crate) fn with_peers(mut self, peers: &Peers<'_>) -> Self {
         self.src_identity = peers.source_principal.map(str::to_owned);
-        self.labels = Some(peers.labels());
+        self.labels = Some(self.metrics.intern(peers.labels()));
         self
     }
 
@@ -178,7 +179,8 @@ impl ConnRecord {
     /// Sets Istio's `response_flags` (`REJECT`, `DENY`, `CONNECT`).
     pub(crate) fn flag(&mut self, flag: &str) {
         if let Some(l) = &mut self.labels {
-            l.response_flags = flag.into();
+            // This record's own copy from here on (refusals and failures).
+            Arc::make_mut(l).response_flags = flag.into();
         }
     }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics with Istio's names and labels, and access logs.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -81,6 +82,10 @@ pub struct Metrics {
     active: Gauge,
     inpod: InPodMetrics,
     dns: ambit_dns::Metrics,
+    /// One shared copy of every label set a connection has carried: an
+    /// open connection keeps a pointer to it rather than its own twenty
+    /// strings (the families keep one copy of each set anyway).
+    label_sets: Arc<Mutex<HashSet<Arc<TcpLabels>>>>,
 }
 
 /// istio/ztunnel's in-pod workload manager metrics
@@ -178,6 +183,7 @@ impl Metrics {
             .set(1);
         r.register("istio_build", "Istio component build info", build);
         Self {
+            label_sets: Arc::default(),
             registry: Arc::new(r),
             opened,
             closed,
@@ -188,6 +194,19 @@ impl Metrics {
             inpod,
             dns,
         }
+    }
+
+    /// The shared copy of `l` (made now if this set is new).
+    pub(crate) fn intern(&self, l: TcpLabels) -> Arc<TcpLabels> {
+        let Ok(mut sets) = self.label_sets.lock() else {
+            return Arc::new(l);
+        };
+        if let Some(shared) = sets.get(&l) {
+            return shared.clone();
+        }
+        let shared = Arc::new(l);
+        sets.insert(shared.clone());
+        shared
     }
 
     /// A connection opened.
