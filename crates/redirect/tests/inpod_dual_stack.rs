@@ -14,13 +14,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use ambit_netns::NetNs;
-use ambit_netns::harness::{Cluster, Pod};
+use ambit_netns::harness::Cluster;
 use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V6};
 use ambit_redirect::{Backend, Plan};
 use socket2::{Domain, Protocol, Type};
 
-const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
 const SERVER_PORT: u16 = 8080;
 
 fn sh(ns: &NetNs, args: &[&str]) -> String {
@@ -33,92 +32,6 @@ fn sh(ns: &NetNs, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pod6(pod: &Pod) -> Ipv6Addr {
-    let last = u16::try_from(pod.index() + 2).expect("small index");
-    Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, last)
-}
-
-/// Gives every pod of node 0 an IPv6 address routed through the node.
-fn add_ipv6(cluster: &Cluster) {
-    let node = cluster.node(0);
-    sh(
-        node.ns(),
-        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-    );
-    for pod in node.pods() {
-        let (veth, ip) = (pod.host_veth(), pod6(pod).to_string());
-        let n6 = NODE6.to_string();
-        sh(
-            node.ns(),
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{veth}.disable_ipv6=0"),
-            ],
-        );
-        sh(
-            node.ns(),
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{n6}/128"),
-                "dev",
-                &veth,
-                "nodad",
-            ],
-        );
-        sh(
-            node.ns(),
-            &[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                &format!("{ip}/128"),
-                "dev",
-                &veth,
-            ],
-        );
-        sh(
-            pod.ns(),
-            &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"],
-        );
-        sh(
-            pod.ns(),
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip}/128"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-        sh(
-            pod.ns(),
-            &[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                &format!("{n6}/128"),
-                "dev",
-                "eth0",
-            ],
-        );
-        sh(
-            pod.ns(),
-            &[
-                "ip", "-6", "route", "add", "default", "via", &n6, "dev", "eth0",
-            ],
-        );
-    }
 }
 
 /// What a plan could leave behind in a namespace.
@@ -205,11 +118,11 @@ fn ipv6_capture(backend: Backend) {
     let cluster = Cluster::builder()
         .nodes(1)
         .pods_per_node(2)
+        .ipv6(true)
         .build()
         .expect("cluster");
-    add_ipv6(&cluster);
     let (node, pod, peer) = (cluster.node(0), cluster.pod(0, 0), cluster.pod(0, 1));
-    let (pod_ip6, peer_ip6) = (pod6(pod), pod6(peer));
+    let (pod_ip6, peer_ip6) = (pod.ip6().expect("ipv6"), peer.ip6().expect("ipv6"));
     let before = snapshot(pod.ns());
     let before_node = snapshot(node.ns());
 
