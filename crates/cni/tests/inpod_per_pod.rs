@@ -6,27 +6,18 @@
 #![cfg(feature = "inpod")]
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use ambit_cni::Dataplane;
 use ambit_cni::inpod::{InpodDataplane, InpodSettings};
-use ambit_cni::{Dataplane, EnrolledPod};
 use ambit_netns::NetNs;
 use ambit_redirect::Backend;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V4, PROBE_SET_V6};
 
-/// Named namespaces and a directory removed on drop.
-struct Cleanup(Vec<String>, PathBuf);
+mod support;
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = NetNs::delete_named(n);
-        }
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
+use support::{Cleanup, pod};
 
 fn sh(ns: &NetNs, args: &str) {
     let out = ns
@@ -49,19 +40,6 @@ fn pod_ns(name: &str) -> NetNs {
     sh(&ns, "ip link set eth0 up");
     sh(&ns, "ip route add default via 10.79.0.1 dev eth0");
     ns
-}
-
-fn pod(name: &str, ns: &str, ips: &[&str], dns_capture: Option<bool>) -> EnrolledPod {
-    EnrolledPod {
-        uid: format!("uid-{name}"),
-        name: name.into(),
-        namespace: "shop".into(),
-        service_account: "sa".into(),
-        ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
-        netns: Some(PathBuf::from(format!("/run/netns/{ns}"))),
-        netns_id: None,
-        dns_capture,
-    }
 }
 
 /// Sends one UDP query from the pod to 192.0.2.53:53 and reports whether

@@ -4,39 +4,17 @@
 //! namespaces and nftables; needs root.
 #![cfg(feature = "inpod")]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use ambit_cni::inpod::{InpodDataplane, InpodSettings};
-use ambit_cni::{Dataplane, EnrolledPod, NetnsId};
+use ambit_cni::{Dataplane, NetnsId};
 use ambit_netns::NetNs;
 use ambit_redirect::Backend;
 use ambit_redirect::profiles::{self, InpodConfig};
 
-/// Named namespaces and a directory removed on drop.
-struct Cleanup(Vec<String>, PathBuf);
+mod support;
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = NetNs::delete_named(n);
-        }
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn pod(name: &str, ns: &str, ip: &str) -> EnrolledPod {
-    EnrolledPod {
-        uid: format!("uid-{name}"),
-        name: name.into(),
-        namespace: "shop".into(),
-        service_account: "sa".into(),
-        ips: vec![ip.parse().expect("ip")],
-        netns: Some(PathBuf::from(format!("/run/netns/{ns}"))),
-        netns_id: None,
-        dns_capture: None,
-    }
-}
+use support::{Cleanup, pod};
 
 fn ruleset(ns: &NetNs) -> String {
     let out = ns
@@ -70,7 +48,7 @@ fn failed_pod_is_rolled_back_others_stay_enrolled() {
     dp.start().expect("start");
     let plan = profiles::inpod(&InpodConfig::default()).expect("plan");
 
-    let a = pod("a", &names[1], "10.78.0.1");
+    let a = pod("a", &names[1], &["10.78.0.1"], None);
     let results = dp.enrol(std::slice::from_ref(&a));
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert!(plan.verify(&a_ns, Backend::Nft).expect("verify").is_empty());
@@ -81,7 +59,7 @@ fn failed_pod_is_rolled_back_others_stay_enrolled() {
         .output(Command::new("nft").args(["flush", "ruleset"]))
         .expect("nft");
     assert!(out.status.success());
-    let b = pod("b", &names[2], "10.78.0.2");
+    let b = pod("b", &names[2], &["10.78.0.2"], None);
     let results = dp.enrol(std::slice::from_ref(&b));
     assert_eq!(results.len(), 1);
     let err = results[0].as_ref().expect_err("b cannot be enrolled");
@@ -94,7 +72,7 @@ fn failed_pod_is_rolled_back_others_stay_enrolled() {
 
     // A namespace that is not the one recorded for the pod is refused
     // before anything is applied in it.
-    let mut wrong = pod("b", &names[2], "10.78.0.2");
+    let mut wrong = pod("b", &names[2], &["10.78.0.2"], None);
     wrong.netns_id = Some(NetnsId { dev: 0, ino: 1 });
     let results = dp.enrol(std::slice::from_ref(&wrong));
     let err = results[0].as_ref().expect_err("identity mismatch");
