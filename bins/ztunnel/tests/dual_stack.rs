@@ -32,27 +32,6 @@ fn v6(addr: &str) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(ipv6_twin(ip).expect("twin")), a.port())
 }
 
-/// Every access-log line with `dst.addr` starting with `prefix`, waiting
-/// up to 4 s for one (lines are written when connections end).
-fn access_logs_to(m: &LocalMesh, prefix: &str) -> Vec<(String, serde_json::Value)> {
-    for _ in 0..40 {
-        let hits: Vec<_> = m
-            .access_logs()
-            .into_iter()
-            .filter(|(_, v)| {
-                v["dst.addr"]
-                    .as_str()
-                    .is_some_and(|a| a.starts_with(prefix))
-            })
-            .collect();
-        if !hits.is_empty() {
-            return hits;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Vec::new()
-}
-
 #[test]
 fn ipv6_is_carried_end_to_end_in_inpod_mode_beside_ipv4() {
     let bins = Binaries::beside(Path::new(env!("CARGO_BIN_EXE_ztunnel"))).expect("binaries");
@@ -91,11 +70,14 @@ fn ipv6_is_carried_end_to_end_in_inpod_mode_beside_ipv4() {
     // It went through the mesh: node b's ztunnel took the HBONE
     // connection on productpage-v1's IPv6 address with sleep's identity.
     let v1_6 = ipv6_twin("10.244.1.3".parse().expect("ip")).expect("twin");
-    let logs = access_logs_to(&m, &format!("[{v1_6}]"));
-    let inbound = logs
-        .iter()
-        .find(|(n, v)| n == "node-b" && v["direction"] == "inbound")
-        .unwrap_or_else(|| panic!("an inbound IPv6 access log on node b: {logs:?}"));
+    let dst = format!("[{v1_6}]");
+    let inbound = m
+        .wait_access_log(|n, v| {
+            n == "node-b"
+                && v["direction"] == "inbound"
+                && v["dst.addr"].as_str().is_some_and(|a| a.starts_with(&dst))
+        })
+        .expect("an inbound IPv6 access log on node b");
     assert_eq!(
         inbound.1["src.identity"],
         "spiffe://cluster.local/ns/default/sa/sleep"

@@ -54,22 +54,6 @@ fn id(sa: &str) -> Identity {
         .expect("id")
 }
 
-/// The first access-log line `found` accepts, waiting up to 4 s (lines are
-/// written when connections end).
-fn wait_access_log(
-    m: &LocalMesh,
-    found: impl Fn(&str, &serde_json::Value) -> bool,
-) -> Option<(String, serde_json::Value)> {
-    for _ in 0..40 {
-        let hit = m.access_logs().into_iter().find(|(n, v)| found(n, v));
-        if hit.is_some() {
-            return hit;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    None
-}
-
 #[test]
 fn traffic_identities_and_endpoints() {
     let m = mesh();
@@ -96,7 +80,8 @@ fn traffic_identities_and_endpoints() {
     );
 
     // Access logs are written when connections end; give the last ones a moment.
-    let inbound = wait_access_log(&m, |n, v| n == "node-b" && v["direction"] == "inbound")
+    let inbound = m
+        .wait_access_log(|n, v| n == "node-b" && v["direction"] == "inbound")
         .expect("an inbound access log on node-b");
     assert_eq!(
         inbound.1["src.identity"],
@@ -160,7 +145,7 @@ fn traffic_identities_and_endpoints() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     }
-    wait_access_log(&m, |n, v| n == "node-b" && v["error"].is_string())
+    m.wait_access_log(|n, v| n == "node-b" && v["error"].is_string())
         .expect("a failed inbound connection logged on node-b");
     let zt_b = m.cluster.pod(1, 0).ns();
     let dump = http_get(zt_b, "127.0.0.1:15000", "/config_dump");
@@ -358,10 +343,11 @@ fn connection_to_ztunnel_itself_is_refused_not_looped() {
         "{got:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(4));
-    let (_, log) = wait_access_log(&m, |n, v| {
-        n == "node-a" && v["error"].as_str().is_some_and(|r| r.contains("self-loop"))
-    })
-    .expect("a self-loop refusal in ztunnel a's access log");
+    let (_, log) = m
+        .wait_access_log(|n, v| {
+            n == "node-a" && v["error"].as_str().is_some_and(|r| r.contains("self-loop"))
+        })
+        .expect("a self-loop refusal in ztunnel a's access log");
     assert_eq!(log["dst.addr"], to.to_string());
     // Exactly one connection was seen: no chain.
     let outbound = m

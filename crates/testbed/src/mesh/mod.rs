@@ -364,6 +364,22 @@ impl LocalMesh {
         self.cluster.pod(0, 3)
     }
 
+    /// The first access-log line `found` accepts (node name, line),
+    /// waiting up to 4 s: lines are written when connections end.
+    pub fn wait_access_log(
+        &self,
+        found: impl Fn(&str, &serde_json::Value) -> bool,
+    ) -> Option<(String, serde_json::Value)> {
+        for _ in 0..40 {
+            let hit = self.access_logs().into_iter().find(|(n, v)| found(n, v));
+            if hit.is_some() {
+                return hit;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// Access-log lines of every ztunnel (by node name) and of the
     /// waypoint (`waypoint`), as JSON values.
     pub fn access_logs(&self) -> Vec<(String, serde_json::Value)> {
