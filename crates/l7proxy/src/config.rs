@@ -211,6 +211,12 @@ pub enum Protocol {
     Http,
     /// Opaque bytes (an L4 hop).
     Tcp,
+    /// HTTP whose upstream leg is HTTP/2 cleartext (h2c) inside the HBONE
+    /// stream (appProtocol `http2`, `kubernetes.io/h2c`).
+    Http2,
+    /// gRPC: HTTP/2 upstream like `http2`, with gRPC status in metrics and
+    /// logs (appProtocol `grpc`).
+    Grpc,
 }
 
 /// Routing and policy for one service.
@@ -267,6 +273,32 @@ pub struct Route {
     /// Fault injection.
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// Copies of each request sent to other destinations; their answers
+    /// are dropped and never delay or fail the request.
+    #[serde(default)]
+    pub mirrors: Vec<Mirror>,
+    /// Each attempt's deadline when the retry policy sets none (Gateway
+    /// API `timeouts.backendRequest`; 504 after).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub backend_timeout: Option<Duration>,
+}
+
+/// A mirror destination (Gateway API `RequestMirror`, Istio `mirror`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// Another service's hostname (default: the service being routed).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Another service port (default: the port the request came to).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Endpoint selection.
+    #[serde(default)]
+    pub subset: Subset,
+    /// Share of requests copied, 0–100 (default 100).
+    #[serde(default = "hundred")]
+    pub percentage: f64,
 }
 
 /// A request match: every field given must hold.
@@ -397,6 +429,13 @@ pub struct Redirect {
     /// Replace the scheme (default `http`).
     #[serde(default)]
     pub scheme: Option<String>,
+    /// Replace the port (default: none in the `Location`).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Replace the matched path prefix (Gateway API
+    /// `ReplacePrefixMatch`); `path` replaces the whole path.
+    #[serde(default)]
+    pub prefix: Option<String>,
     /// 301 (default), 302, 303, 307 or 308.
     #[serde(default = "moved")]
     pub code: u16,
@@ -414,6 +453,10 @@ pub struct Rewrite {
     /// regex match).
     #[serde(default)]
     pub prefix: Option<String>,
+    /// Replaces the whole path (Gateway API `ReplaceFullPath`); the query
+    /// is kept.
+    #[serde(default)]
+    pub full_path: Option<String>,
     /// Replaces the `host`/`:authority`.
     #[serde(default)]
     pub host: Option<String>,
@@ -489,6 +532,10 @@ pub struct Retries {
     /// Each attempt's deadline.
     #[serde(default, deserialize_with = "opt_duration")]
     pub per_try_timeout: Option<Duration>,
+    /// Response statuses that are also retried (Gateway API
+    /// `retry.codes`, Envoy `retriable-status-codes`).
+    #[serde(default)]
+    pub codes: Vec<u16>,
 }
 
 fn default_retry_on() -> Vec<RetryOn> {

@@ -297,7 +297,7 @@ impl Waypoint {
     async fn serve_stream(self, conn: Conn, protocol: Protocol, mut stream: HboneStream) {
         let mut first = BytesMut::new();
         let is_http = match protocol {
-            Protocol::Http => true,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
             Protocol::Tcp => false,
             Protocol::Auto => {
                 let deadline = tokio::time::Instant::now() + self.inner.cfg.sniff_timeout;
