@@ -298,9 +298,8 @@ services:
     fn redirect_table() {
         let r = Redirect {
             path: Some("/v2/login".into()),
-            host: None,
-            scheme: None,
             code: 302,
+            ..Redirect::default()
         };
         assert_eq!(
             redirect(&r, "reviews:9080", "/login", Some("u=1")),
