@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod policy;
+
+pub use self::policy::{
+    Action, Cidr, CidrError, Condition, ConditionKey, From, L7Policy, L7Rule, Operation, Source, To,
+};
+
 /// Why a routing config did not load.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -101,6 +107,10 @@ impl RouteConfig {
             reason: reason.to_owned(),
         };
         for s in &self.services {
+            for p in &s.policies {
+                p.check()
+                    .map_err(|reason| invalid(format!("{} policy {}", s.host, p.name), &reason))?;
+            }
             for (i, r) in s.routes.iter().enumerate() {
                 let item = format!(
                     "{} route {}",
@@ -522,20 +532,47 @@ pub enum RetryOn {
 
 /// A retry policy.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(from = "RawRetries")]
 pub struct Retries {
     /// Retries after the first attempt.
     pub attempts: u32,
-    /// Conditions (default: connect-failure, reset, 503 via gateway-error).
-    #[serde(default = "default_retry_on")]
+    /// Conditions (default: connect-failure, reset, 503 via gateway-error;
+    /// none when only `codes` are given).
     pub retry_on: Vec<RetryOn>,
     /// Each attempt's deadline.
-    #[serde(default, deserialize_with = "opt_duration")]
     pub per_try_timeout: Option<Duration>,
     /// Response statuses that are also retried (Gateway API
     /// `retry.codes`, Envoy `retriable-status-codes`).
-    #[serde(default)]
     pub codes: Vec<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRetries {
+    attempts: u32,
+    #[serde(default)]
+    retry_on: Option<Vec<RetryOn>>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    codes: Vec<u16>,
+}
+
+impl std::convert::From<RawRetries> for Retries {
+    fn from(r: RawRetries) -> Self {
+        let retry_on = match r.retry_on {
+            Some(on) => on,
+            // A codes-only policy retries on those codes alone.
+            None if !r.codes.is_empty() => Vec::new(),
+            None => default_retry_on(),
+        };
+        Self {
+            attempts: r.attempts,
+            retry_on,
+            per_try_timeout: r.per_try_timeout,
+            codes: r.codes,
+        }
+    }
 }
 
 fn default_retry_on() -> Vec<RetryOn> {
@@ -583,122 +620,6 @@ pub struct FaultAbort {
 
 fn hundred() -> f64 {
     100.0
-}
-
-/// An L7 authorization policy, shaped like Istio's AuthorizationPolicy.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct L7Policy {
-    /// Name for logs.
-    pub name: String,
-    /// ALLOW or DENY.
-    #[serde(default)]
-    pub action: Action,
-    /// The policy matches when any rule does (no rules: matches nothing,
-    /// like Istio's ALLOW with no rules denying everything).
-    #[serde(default)]
-    pub rules: Vec<L7Rule>,
-}
-
-/// Policy action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Action {
-    /// Allow matching requests.
-    #[default]
-    Allow,
-    /// Deny matching requests (checked first).
-    Deny,
-}
-
-/// A rule: every non-empty section must match.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct L7Rule {
-    /// Sources; any may match.
-    #[serde(default)]
-    pub from: Vec<From>,
-    /// Operations; any may match.
-    #[serde(default)]
-    pub to: Vec<To>,
-    /// Conditions; all must match.
-    #[serde(default)]
-    pub when: Vec<Condition>,
-}
-
-/// `from:` entry.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct From {
-    /// The source.
-    pub source: Source,
-}
-
-/// Source fields (L4, from the HBONE peer).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Source {
-    /// Principals (`cluster.local/ns/NS/sa/SA`; `*` wildcards at either end).
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Not these principals.
-    #[serde(default)]
-    pub not_principals: Vec<String>,
-    /// Source namespaces.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Not these namespaces.
-    #[serde(default)]
-    pub not_namespaces: Vec<String>,
-}
-
-/// `to:` entry.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct To {
-    /// The operation.
-    pub operation: Operation,
-}
-
-/// Operation fields (L7).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Operation {
-    /// Methods.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Not these methods.
-    #[serde(default)]
-    pub not_methods: Vec<String>,
-    /// Paths (`*` wildcards at either end).
-    #[serde(default)]
-    pub paths: Vec<String>,
-    /// Not these paths.
-    #[serde(default)]
-    pub not_paths: Vec<String>,
-    /// Hosts (the request's authority).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Not these hosts.
-    #[serde(default)]
-    pub not_hosts: Vec<String>,
-    /// Destination ports.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-}
-
-/// `when:` entry: `request.headers[name]` against values.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Condition {
-    /// `request.headers[<name>]`, `source.principal` or `source.namespace`.
-    pub key: String,
-    /// Any may match.
-    #[serde(default)]
-    pub values: Vec<String>,
-    /// None may match.
-    #[serde(default)]
-    pub not_values: Vec<String>,
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `1m` or `1h`.

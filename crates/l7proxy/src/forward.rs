@@ -1,40 +1,29 @@
 //! The request path: per HTTP request, L7 authorization, route choice,
 //! redirects and faults, backend and endpoint choice, then attempts under
-//! the route's timeout and retries on pooled upstream connections.
+//! the route's timeout and retries on pooled upstream connections
+//! (HTTP/1.1, or HTTP/2 for `http2`/`grpc` ports and gRPC over HTTP/2), and
+//! copies to the route's mirrors.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, HboneStream};
-use ambit_identity::Identity;
 use ambit_mesh::{Endpoint, MeshState, Workload};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
-use crate::authz::{self, AuthzFacts};
-use crate::config::{Backend, LoadBalancer, Route, RouteConfig, ServiceConfig, Subset};
-use crate::metrics::{HttpLabels, SeriesKey};
-use crate::pool::{PoolKey, PooledBody};
+use crate::authz::{self, AuthzFacts, HttpFacts};
+use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig, Subset};
+use crate::grpc::{self, LocalReply};
+use crate::head;
+use crate::pool::PoolKey;
 use crate::proxy::{Body, BoxError, Conn, Meta, Waypoint};
+use crate::record::Finish;
 use crate::route::{self, Outcome, RequestFacts};
-
-/// Headers that apply to one hop only (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-];
+use crate::upstream::Upstream;
 
 /// One endpoint a backend may use, with what every request to it needs:
 /// its balancer key (`uid:port`) and its upstream pool key.
@@ -191,36 +180,16 @@ impl Waypoint {
         all.get(i).cloned()
     }
 
-    pub(crate) async fn connect(
-        &self,
-        ep: &Endpoint,
-        client: SocketAddr,
-    ) -> Result<HboneStream, ambit_hbone::ClientError> {
-        let ip = ep_ip(ep, client);
-        let routes = self.routes();
-        let headers = ConnectHeaders {
-            forwarded: Some(Forwarded::new(client)),
-            ..ConnectHeaders::default()
-        };
-        let req = ConnectRequest::new(
-            self.inner.cfg.identity.clone(),
-            ep.workload.identity().into_iter().collect(),
-            SocketAddr::new(ip, routes.hbone_port),
-            SocketAddr::new(ip, ep.port),
-        )
-        .with_headers(headers);
-        self.inner.client.connect(req).await
-    }
-
     pub(crate) async fn handle_request(
         &self,
-        conn: &Conn,
+        conn: &Arc<Conn>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
         let routes = self.routes();
         let svc_cfg = routes.service(&conn.service.hostname);
         let source = self.source(conn);
+        let grpc = grpc::is_grpc(&req);
         // Copied for the access log only when it is on.
         let access = tracing::enabled!(target: "access", tracing::Level::INFO)
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
@@ -229,45 +198,30 @@ impl Waypoint {
             destination: None,
         };
         let (resp, route_name) = self
-            .route_request(conn, &routes, svc_cfg, req, &mut meta)
+            .route_request(conn, &routes, svc_cfg, req, &mut meta, grpc)
             .await;
-        let elapsed = start.elapsed();
-        let destination = meta.destination.as_deref();
-        let key = SeriesKey {
-            source: source.as_deref(),
-            destination,
-            response_code: resp.status().as_u16(),
-            response_flags: meta.flags,
+        let done = Finish {
+            waypoint: self.clone(),
+            conn: Arc::clone(conn),
+            start,
+            source,
+            destination: meta.destination,
+            code: resp.status().as_u16(),
+            flags: meta.flags,
+            grpc,
+            access: access.map(|(m, p)| (m, p, route_name.map(str::to_owned))),
         };
-        self.inner
-            .metrics
-            .record_cached(&conn.series, &key, || base_labels(conn), elapsed);
-        if let Some((method, path)) = access {
-            tracing::info!(
-                target: "access",
-                src = %conn.client,
-                peer = %conn.peer,
-                %method,
-                %path,
-                service = %conn.service.hostname,
-                route = route_name.unwrap_or("-"),
-                endpoint = %destination.map_or("", workload_name),
-                status = resp.status().as_u16(),
-                flags = %meta.flags,
-                duration_ms = elapsed.as_millis() as u64,
-                "request"
-            );
-        }
-        resp
+        done.attach(resp)
     }
 
     async fn route_request<'r>(
         &self,
-        conn: &Conn,
+        conn: &Arc<Conn>,
         routes: &RouteConfig,
         svc_cfg: Option<&'r ServiceConfig>,
         mut req: Request<Incoming>,
         meta: &mut Meta,
+        grpc: bool,
     ) -> (Response<Body>, Option<&'r str>) {
         // A clone of the header value is a reference count, not a copy.
         let host = req.headers().get(header::HOST).cloned();
@@ -282,13 +236,18 @@ impl Waypoint {
         };
         // L7 authorization.
         if let Some(cfg) = svc_cfg {
+            let source_ip = Some(conn.client.ip());
             let facts = AuthzFacts {
                 peer: Some(&conn.peer),
-                method: req.method().as_str(),
-                path: req.uri().path(),
-                host: &authority,
+                source_ip,
+                remote_ip: authz::remote_ip(req.headers(), source_ip),
                 port: conn.port,
-                headers: req.headers(),
+                http: Some(HttpFacts {
+                    method: req.method().as_str(),
+                    path: req.uri().path(),
+                    host: &authority,
+                    headers: req.headers(),
+                }),
             };
             let verdict = authz::authorize(&cfg.policies, &facts);
             if !verdict.allowed() {
@@ -311,7 +270,7 @@ impl Waypoint {
         };
         if let Some(r) = &route.redirect {
             let (status, location) =
-                route::redirect(r, &authority, req.uri().path(), req.uri().query());
+                route::redirect(r, &authority, req.uri().path(), req.uri().query(), matched);
             let mut resp = local(status, "");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -337,11 +296,18 @@ impl Waypoint {
         }
         // Request edits.
         if let Some(rw) = &route.rewrite {
-            if let Some(prefix) = &rw.prefix {
-                let p = route::rewrite_path(req.uri().path(), req.uri().query(), matched, prefix);
-                if let Ok(uri) = p.parse() {
-                    *req.uri_mut() = uri;
-                }
+            let path = match (&rw.full_path, &rw.prefix) {
+                (Some(full), _) => Some(route::replace_full_path(full, req.uri().query())),
+                (None, Some(prefix)) => Some(route::rewrite_path(
+                    req.uri().path(),
+                    req.uri().query(),
+                    matched,
+                    prefix,
+                )),
+                (None, None) => None,
+            };
+            if let Some(uri) = path.and_then(|p| p.parse().ok()) {
+                *req.uri_mut() = uri;
             }
             if let Some(h) = &rw.host
                 && let Ok(v) = HeaderValue::from_str(h)
@@ -349,50 +315,39 @@ impl Waypoint {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
-        let (mut parts, body) = req.into_parts();
-        // Origin-form for the HTTP/1.1 upstream, with a `host` header.
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&authority)
+        let protocol = svc_cfg
+            .and_then(|c| c.ports.get(&conn.port).copied())
+            .unwrap_or_default();
+        let version = if matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+            || (grpc && req.version() == http::Version::HTTP_2)
         {
-            parts.headers.insert(header::HOST, v);
-        }
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            // Absolute form (HTTP/2, or an HTTP/1 proxy request): keep the
-            // path and query only (shared bytes, nothing parsed again).
-            let mut origin = http::uri::Parts::default();
-            origin.path_and_query = Some(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            );
-            if let Ok(uri) = http::Uri::from_parts(origin) {
-                parts.uri = uri;
-            }
-        }
-        parts.version = http::Version::HTTP_11;
-        for h in &HOP_BY_HOP {
-            parts.headers.remove(h);
-        }
+            Upstream::Http2
+        } else {
+            Upstream::Http1
+        };
+        let (mut parts, body) = req.into_parts();
+        head::prepare(&mut parts, &authority, version);
         route.request_headers.apply(&mut parts.headers);
         if let Some(v) = &conn.forwarded {
             parts.headers.append(header::FORWARDED, v.clone());
         }
-        // Body: buffered (retriable) when small and known, else streamed once.
+        // Body: buffered (retriable, mirrored) when small and of known
+        // length, else streamed once.
         let retries = route.retries.as_ref();
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= self.inner.cfg.max_retry_body as u64);
+        let known = if body.is_end_stream() {
+            Some(0)
+        } else {
+            body.size_hint().upper()
+        };
+        let cfg = &self.inner.cfg;
+        let fits = |cap: usize| known.is_some_and(|n| n <= cap as u64);
+        let buffer_retry = retries.is_some() && fits(cfg.max_retry_body);
+        let buffer_mirror = !route.mirrors.is_empty() && fits(cfg.max_mirror_body);
         let mut streamed = None;
         let mut buffered = Bytes::new();
-        if retries.is_some() && small {
-            match http_body_util::Limited::new(body, self.inner.cfg.max_retry_body)
-                .collect()
-                .await
-            {
+        if buffer_retry || buffer_mirror {
+            let cap = cfg.max_retry_body.max(cfg.max_mirror_body);
+            match http_body_util::Limited::new(body, cap).collect().await {
                 Ok(b) => buffered = b.to_bytes(),
                 Err(_) => return (local(StatusCode::BAD_REQUEST, "bad request body\n"), name),
             }
@@ -404,9 +359,16 @@ impl Waypoint {
         } else {
             1 + retries.map_or(0, |r| r.attempts)
         };
-        let per_try = retries.and_then(|r| r.per_try_timeout);
+        let per_try = retries
+            .and_then(|r| r.per_try_timeout)
+            .or(route.backend_timeout);
         let retry_on = retries.map_or(&[][..], |r| r.retry_on.as_slice());
+        let codes = retries.map_or(&[][..], |r| r.codes.as_slice());
         let policy = routes_load_balancer(svc_cfg, routes, &conn.service.hostname);
+        if !route.mirrors.is_empty() {
+            let body = buffer_mirror.then_some(&buffered);
+            self.mirror(conn, route, &parts, body, version, policy);
+        }
         // Backend.
         let default_backend;
         let backend = match (!route.backends.is_empty())
@@ -465,7 +427,7 @@ impl Waypoint {
                 };
                 let Some(head) = head else { break };
                 let up_req = Request::from_parts(head, body);
-                let send = self.send(&ep, &key, pool_key, conn.client, up_req);
+                let send = self.send(&ep, &key, pool_key, conn.client, up_req, version);
                 let result = match per_try {
                     Some(t) => tokio::time::timeout(t, send)
                         .await
@@ -480,13 +442,11 @@ impl Waypoint {
                     .balancer
                     .report(&key, outcome.is_failure(), Instant::now());
                 tried.push(key);
-                let more = attempt + 1 < attempts && route::retriable(retry_on, outcome);
+                let more = attempt + 1 < attempts && route::retriable(retry_on, codes, outcome);
                 match result {
                     Ok(resp) if !more => {
                         let (mut rp, body) = resp.into_parts();
-                        for h in &HOP_BY_HOP {
-                            rp.headers.remove(h);
-                        }
+                        head::strip_hop_by_hop(&mut rp.headers);
                         route.response_headers.apply(&mut rp.headers);
                         return Response::from_parts(
                             rp,
@@ -540,90 +500,6 @@ impl Waypoint {
         };
         (resp, name)
     }
-
-    /// One attempt: on a pooled connection to `ep` for `client`, or a new
-    /// one. A request a pooled connection hands back unsent (it was closed
-    /// while idle) moves on to the next; that is not an attempt.
-    async fn send(
-        &self,
-        ep: &Endpoint,
-        ep_key: &str,
-        key: Arc<PoolKey>,
-        client: SocketAddr,
-        mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, Outcome> {
-        let pool = &self.inner.pool;
-        while let Some(mut sender) = pool.checkout(&key) {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    pool.note_reused();
-                    return Ok(pool.wrap(key, sender, resp));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => {
-                        tracing::debug!(error = %e.error(), endpoint = %ep_key, "upstream request failed on a pooled connection");
-                        return Err(Outcome::Reset);
-                    }
-                },
-            }
-        }
-        let mut sender = if self.inner.cfg.plaintext_upstreams {
-            let tcp = TcpStream::connect(key.target).await.map_err(|error| {
-                tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
-                Outcome::ConnectFailure
-            })?;
-            let _ = tcp.set_nodelay(true);
-            handshake(tcp).await?
-        } else {
-            let stream = self.connect(ep, client).await.map_err(|error| {
-                tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
-                Outcome::ConnectFailure
-            })?;
-            handshake(stream).await?
-        };
-        pool.note_opened();
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(pool.wrap(key, sender, resp)),
-            Err(error) => {
-                tracing::debug!(%error, endpoint = %ep_key, "upstream request failed");
-                Err(Outcome::Reset)
-            }
-        }
-    }
-
-    fn pool_key(&self, ep: &Endpoint, client: SocketAddr, hbone_port: u16) -> PoolKey {
-        let ip = ep_ip(ep, client);
-        let (hbone, identities) = if self.inner.cfg.plaintext_upstreams {
-            (None, Vec::new())
-        } else {
-            let mut ids: Vec<Identity> = ep.workload.identity().into_iter().collect();
-            ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            (Some(SocketAddr::new(ip, hbone_port)), ids)
-        };
-        PoolKey {
-            hbone,
-            target: SocketAddr::new(ip, ep.port),
-            identities,
-            client_ip: client.ip(),
-        }
-    }
-}
-
-/// An HTTP/1.1 client connection over `io`, its driver spawned.
-async fn handshake<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Body>, Outcome>
-where
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|_| Outcome::ConnectFailure)?;
-    tokio::spawn(async move {
-        if let Err(error) = driver.await {
-            tracing::debug!(%error, "upstream http connection failed");
-        }
-    });
-    Ok(sender)
 }
 
 /// The balancing policy of the service being routed.
@@ -639,7 +515,7 @@ fn routes_load_balancer(
 
 /// The endpoint's first address (the client's when it has none, which
 /// `pick` rules out).
-fn ep_ip(ep: &Endpoint, client: SocketAddr) -> IpAddr {
+pub(crate) fn ep_ip(ep: &Endpoint, client: SocketAddr) -> IpAddr {
     ep.workload
         .addresses
         .first()
@@ -660,30 +536,11 @@ impl Backend {
 }
 
 /// The name a workload's metrics and logs use.
-fn workload_name(w: &Workload) -> &str {
+pub(crate) fn workload_name(w: &Workload) -> &str {
     if w.workload_name.is_empty() {
         &w.name
     } else {
         &w.workload_name
-    }
-}
-
-/// The metric labels that are fixed for `conn` (the rest are filled per
-/// request).
-fn base_labels(conn: &Conn) -> HttpLabels {
-    HttpLabels {
-        reporter: "waypoint".into(),
-        source_workload: "unknown".into(),
-        source_workload_namespace: conn.peer.namespace().to_owned(),
-        source_principal: conn.peer.to_string(),
-        destination_service: conn.service.hostname.clone(),
-        destination_service_name: conn.service.name.clone(),
-        destination_service_namespace: conn.service.namespace.clone(),
-        request_protocol: "http".into(),
-        grpc_response_status: "-".into(),
-        response_flags: "-".into(),
-        connection_security_policy: "mutual_tls".into(),
-        ..HttpLabels::default()
     }
 }
 
@@ -698,6 +555,7 @@ pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
             .boxed_unsync(),
     );
     *r.status_mut() = status;
+    r.extensions_mut().insert(LocalReply(body));
     if !body.is_empty() {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -21,14 +21,21 @@ pub mod authz;
 pub mod balance;
 pub mod config;
 mod forward;
+mod grpc;
+mod head;
 pub mod metrics;
+mod mirror;
 pub mod pool;
 mod proxy;
+mod record;
 pub mod route;
 pub mod sniff;
+mod tcp;
+mod upstream;
 
 pub use self::{
     config::{ConfigError, LoadBalancer, RouteConfig},
+    grpc::http_to_grpc_status,
     metrics::Metrics,
     pool::{PoolConfig, PoolStats},
     proxy::{Body, BoxError, Error, Waypoint, WaypointConfig},

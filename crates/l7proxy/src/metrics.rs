@@ -58,7 +58,8 @@ pub struct HttpLabels {
     pub request_protocol: String,
     /// The status answered.
     pub response_code: String,
-    /// The gRPC status (`-` for plain HTTP).
+    /// The gRPC status code (`0`–`16`; empty when the response carried
+    /// none).
     pub grpc_response_status: String,
     /// `-`, or Envoy-style flags: `NR` no route, `UH` no healthy upstream,
     /// `UF` connect failure, `UC` reset, `UT` timeout, `FI` fault, `DENY`.
@@ -97,6 +98,47 @@ fn side(w: Option<&ambit_mesh::Workload>) -> [String; 6] {
     }
 }
 
+/// The labels of Istio's TCP connection metrics
+/// (`istio_tcp_connections_opened_total`, `..._closed_total`) for opaque
+/// TCP connections through the waypoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+pub struct TcpLabels {
+    /// `waypoint`.
+    pub reporter: String,
+    /// Source workload name (by the client address), or `unknown`.
+    pub source_workload: String,
+    /// Source namespace (from the peer identity).
+    pub source_workload_namespace: String,
+    /// Source SPIFFE id.
+    pub source_principal: String,
+    /// Destination workload name, or `unknown`.
+    pub destination_workload: String,
+    /// Destination workload namespace, or `unknown`.
+    pub destination_workload_namespace: String,
+    /// Destination service hostname.
+    pub destination_service: String,
+    /// Destination service name.
+    pub destination_service_name: String,
+    /// Destination service namespace.
+    pub destination_service_namespace: String,
+    /// `tcp`.
+    pub request_protocol: String,
+    /// `-`, or `DENY` (authorization), `UH` (no healthy upstream), `UF`
+    /// (connect failure).
+    pub response_flags: String,
+    /// `mutual_tls`.
+    pub connection_security_policy: String,
+}
+
+/// The label of `ambit_waypoint_mirror_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    /// `sent` (the mirror answered), `failed` (connect failure, error or
+    /// timeout), `no_endpoint` (no healthy endpoint), `skipped_body` (the
+    /// body was larger than `max_mirror_body` or of unknown length).
+    pub outcome: &'static str,
+}
+
 type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
 
 /// The waypoint's metrics.
@@ -105,6 +147,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<HttpLabels, Counter>,
     duration: HistogramFamily,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    mirrors: Family<MirrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,8 +167,9 @@ fn duration_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers `istio_requests_total` and
-    /// `istio_request_duration_milliseconds`.
+    /// Registers `istio_requests_total`,
+    /// `istio_request_duration_milliseconds`, the TCP connection counters
+    /// and `ambit_waypoint_mirror_requests_total`.
     pub fn new() -> Self {
         let mut r = Registry::default();
         let requests = Family::<HttpLabels, Counter>::default();
@@ -134,11 +180,52 @@ impl Metrics {
             "HTTP request duration in milliseconds",
             duration.clone(),
         );
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        let mirrors = Family::<MirrorLabels, Counter>::default();
+        r.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            tcp_opened.clone(),
+        );
+        r.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            tcp_closed.clone(),
+        );
+        r.register(
+            "ambit_waypoint_mirror_requests",
+            "Mirrored (shadow) requests by outcome",
+            mirrors.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
             duration,
+            tcp_opened,
+            tcp_closed,
+            mirrors,
         }
+    }
+
+    /// Counts a TCP connection opened.
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// Counts a TCP connection closed.
+    pub fn tcp_closed(&self, labels: &TcpLabels) {
+        self.tcp_closed.get_or_create(labels).inc();
+    }
+
+    /// Counts a mirror request by outcome.
+    pub fn mirror(&self, outcome: &'static str) {
+        self.mirrors.get_or_create(&MirrorLabels { outcome }).inc();
+    }
+
+    /// Mirror requests with `outcome` so far.
+    pub fn mirrors(&self, outcome: &'static str) -> u64 {
+        self.mirrors.get_or_create(&MirrorLabels { outcome }).get()
     }
 
     /// Records one finished request.
@@ -198,6 +285,8 @@ impl Metrics {
             destination_cluster: dst_cluster,
             response_code: key.response_code.to_string(),
             response_flags: key.response_flags.to_owned(),
+            request_protocol: key.protocol.to_owned(),
+            grpc_response_status: key.grpc_status.map(|s| s.to_string()).unwrap_or_default(),
             ..base
         };
         let requests = self.requests.get_or_create(&labels).clone();
@@ -210,6 +299,8 @@ impl Metrics {
                 destination: key.destination.map(|w| w.uid.clone()),
                 response_code: key.response_code,
                 response_flags: key.response_flags,
+                protocol: key.protocol,
+                grpc_status: key.grpc_status,
                 requests,
                 duration,
             });
@@ -242,6 +333,10 @@ pub(crate) struct SeriesKey<'a> {
     pub(crate) destination: Option<&'a ambit_mesh::Workload>,
     pub(crate) response_code: u16,
     pub(crate) response_flags: &'static str,
+    /// `http` or `grpc`.
+    pub(crate) protocol: &'static str,
+    /// The gRPC status, when the response carried one.
+    pub(crate) grpc_status: Option<u16>,
 }
 
 /// Handles to the series one connection has recorded, by the values that
@@ -257,6 +352,8 @@ struct CachedSeries {
     destination: Option<String>,
     response_code: u16,
     response_flags: &'static str,
+    protocol: &'static str,
+    grpc_status: Option<u16>,
     requests: Counter,
     duration: Histogram,
 }
@@ -265,6 +362,8 @@ impl CachedSeries {
     fn is(&self, k: &SeriesKey<'_>) -> bool {
         self.response_code == k.response_code
             && self.response_flags == k.response_flags
+            && self.grpc_status == k.grpc_status
+            && self.protocol == k.protocol
             && self.destination.as_deref() == k.destination.map(|w| w.uid.as_str())
             && self.source.as_deref() == k.source.map(|w| w.uid.as_str())
     }

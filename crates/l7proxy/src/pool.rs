@@ -1,4 +1,6 @@
-//! Upstream HTTP/1.1 connection pool.
+//! Upstream HTTP connection pool: idle HTTP/1.1 connections, and one
+//! shared HTTP/2 connection per key (for `http2`/`grpc` ports and gRPC
+//! requests) carrying any number of concurrent streams.
 //!
 //! Each pooled connection is one hyper HTTP/1.1 client connection riding
 //! its own transport: an HBONE stream to the endpoint's ztunnel (the HBONE
@@ -85,12 +87,17 @@ pub(crate) struct PoolKey {
 /// Counters of the upstream pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Upstream HTTP connections opened.
+    /// Upstream HTTP connections opened (HTTP/1.1 and HTTP/2).
     pub opened: u64,
-    /// Requests sent on a pooled (reused) connection.
+    /// Requests sent on a pooled (reused) connection, HTTP/1.1 or HTTP/2.
     pub reused: u64,
-    /// Idle connections now.
+    /// Idle HTTP/1.1 connections now.
     pub idle: usize,
+    /// Upstream HTTP/2 connections opened (part of `opened`).
+    pub h2_opened: u64,
+    /// Open upstream HTTP/2 connections held by the pool now (each
+    /// carries any number of concurrent requests).
+    pub h2: usize,
 }
 
 struct Idle {
@@ -98,12 +105,29 @@ struct Idle {
     since: Instant,
 }
 
-/// The pool: idle connections by key.
+/// One shared HTTP/2 connection and when it last carried a request.
+pub(crate) struct H2Conn {
+    pub(crate) sender: H2Sender,
+    pub(crate) last_used: Instant,
+}
+
+/// The sending half of an upstream HTTP/2 connection.
+pub(crate) type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
+
+/// The HTTP/2 connection of one key; its async lock is held while the
+/// connection is being opened, so concurrent requests wait for it rather
+/// than opening their own.
+pub(crate) type H2Slot = Arc<tokio::sync::Mutex<Option<H2Conn>>>;
+
+/// The pool: idle HTTP/1.1 connections and shared HTTP/2 connections by
+/// key.
 pub(crate) struct HttpPool {
     cfg: PoolConfig,
     idle: Mutex<HashMap<Arc<PoolKey>, Vec<Idle>>>,
+    h2: Mutex<HashMap<Arc<PoolKey>, H2Slot>>,
     opened: AtomicU64,
     reused: AtomicU64,
+    h2_opened: AtomicU64,
 }
 
 impl HttpPool {
@@ -113,8 +137,10 @@ impl HttpPool {
         let pool = Arc::new(Self {
             cfg,
             idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
+            h2_opened: AtomicU64::new(0),
         });
         if cfg.max_idle_per_endpoint > 0 {
             tokio::spawn(sweep(Arc::downgrade(&pool)));
@@ -155,6 +181,41 @@ impl HttpPool {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a newly opened HTTP/2 connection.
+    pub(crate) fn note_h2_opened(&self) {
+        self.h2_opened.fetch_add(1, Ordering::Relaxed);
+        self.note_opened();
+    }
+
+    fn h2_slots(&self) -> MutexGuard<'_, HashMap<Arc<PoolKey>, H2Slot>> {
+        match self.h2.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The HTTP/2 slot of `key` (created empty), or `None` when pooling is
+    /// off.
+    pub(crate) fn h2_slot(&self, key: &Arc<PoolKey>) -> Option<H2Slot> {
+        if self.cfg.max_idle_per_endpoint == 0 {
+            return None;
+        }
+        Some(Arc::clone(
+            self.h2_slots().entry(Arc::clone(key)).or_default(),
+        ))
+    }
+
+    /// Wraps a response from an HTTP/2 connection (nothing to return: the
+    /// connection stays shared).
+    pub(crate) fn wrap_h2(resp: Response<Incoming>) -> Response<PooledBody> {
+        resp.map(|inner| PooledBody {
+            open: !inner.is_end_stream(),
+            inner,
+            ret: None,
+            in_flight: None,
+        })
+    }
+
     /// Counts a request sent on a reused connection.
     pub(crate) fn note_reused(&self) {
         self.reused.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +227,17 @@ impl HttpPool {
             opened: self.opened.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
             idle: self.idle().values().map(Vec::len).sum(),
+            h2_opened: self.h2_opened.load(Ordering::Relaxed),
+            h2: self
+                .h2_slots()
+                .values()
+                .filter(|s| {
+                    s.try_lock()
+                        .map(|c| c.as_ref().is_some_and(|c| !c.sender.is_closed()))
+                        // Being opened or used right now: open.
+                        .unwrap_or(true)
+                })
+                .count(),
         }
     }
 
@@ -190,6 +262,7 @@ impl HttpPool {
                 inner,
                 ret: Some(ret),
                 in_flight: None,
+                open: true,
             };
             if body.inner.is_end_stream() {
                 body.finish();
@@ -233,6 +306,20 @@ impl HttpPool {
         self.idle().retain(|_, conns| {
             conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
             !conns.is_empty()
+        });
+        // HTTP/2: drop closed connections and those idle past the timeout
+        // (hyper closes a connection once its last sender is gone and its
+        // streams have ended); a slot in use is left alone.
+        self.h2_slots().retain(|_, slot| match slot.try_lock() {
+            Ok(mut c) => {
+                if c.as_ref().is_some_and(|c| {
+                    c.sender.is_closed() || now.duration_since(c.last_used) >= timeout
+                }) {
+                    *c = None;
+                }
+                c.is_some()
+            }
+            Err(_) => true,
         });
     }
 }
@@ -284,6 +371,8 @@ pub struct PooledBody {
     /// Present until the end of the body or an error.
     ret: Option<Return>,
     in_flight: Option<InFlight>,
+    /// Until the end of the body or an error.
+    open: bool,
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -298,13 +387,14 @@ impl PooledBody {
     /// Counts the request as in flight to its endpoint until the body
     /// ends (`None`: not counted).
     pub(crate) fn with_in_flight(mut self, guard: Option<InFlight>) -> Self {
-        if self.ret.is_some() {
+        if self.open {
             self.in_flight = guard;
         }
         self
     }
 
     fn finish(&mut self) {
+        self.open = false;
         self.in_flight = None;
         if let Some(r) = self.ret.take()
             && r.reusable
@@ -332,6 +422,7 @@ impl HttpBody for PooledBody {
                 // Never reused: dropping the sender lets hyper close it.
                 this.ret = None;
                 this.in_flight = None;
+                this.open = false;
             }
         }
         Poll::Ready(frame)

@@ -13,11 +13,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ambit_hbone::{
     Authority, Client, ClientConfig, Decision, Handler, HboneStream, InboundRequest, Rejection,
-    Server, ServerConfig, copy_bidirectional,
+    Server, ServerConfig,
 };
 use ambit_identity::{CertManager, Identity};
 use ambit_mesh::{MeshState, Service, Workload};
@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::balance::Balancer;
-use crate::config::{Backend, LoadBalancer, Protocol, RouteConfig};
+use crate::config::{Protocol, RouteConfig};
 use crate::forward::EndpointCache;
 use crate::metrics::{Metrics, SeriesCache};
 use crate::pool::{HttpPool, PoolConfig, PoolStats};
@@ -80,6 +80,10 @@ pub struct WaypointConfig {
     /// The largest request body buffered so it can be retried; larger
     /// bodies are streamed and never retried.
     pub max_retry_body: usize,
+    /// The largest request body copied to mirrors (default 64 KiB); a
+    /// request with a larger body, or one of unknown length, is not
+    /// mirrored (counted as `skipped_body`).
+    pub max_mirror_body: usize,
     /// The upstream HTTP/1.1 connection pool.
     pub pool: PoolConfig,
     /// Dial endpoints' target ports over plain TCP instead of HBONE. For
@@ -98,6 +102,7 @@ impl WaypointConfig {
             hbone_server: ServerConfig::default(),
             sniff_timeout: Duration::from_secs(1),
             max_retry_body: 64 * 1024,
+            max_mirror_body: 64 * 1024,
             pool: PoolConfig::default(),
             plaintext_upstreams: false,
         }
@@ -336,39 +341,6 @@ impl Waypoint {
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(error) = builder.serve_connection(TokioIo::new(io), svc).await {
             tracing::debug!(%error, "http connection ended with an error");
-        }
-    }
-
-    async fn forward_tcp(self, conn: Conn, mut io: Rewind<HboneStream>) {
-        let routes = self.routes();
-        let Some(candidate) = self.pick(
-            &conn,
-            &routes,
-            &Backend::default_for(),
-            &[],
-            LoadBalancer::RoundRobin,
-        ) else {
-            tracing::info!(service = %conn.service.hostname, "tcp: no healthy endpoint");
-            return;
-        };
-        let (ep, key) = (&candidate.endpoint, &candidate.key);
-        let mut up = match self.connect(ep, conn.client).await {
-            Ok(s) => s,
-            Err(error) => {
-                self.inner.balancer.report(key, true, Instant::now());
-                tracing::info!(%error, service = %conn.service.hostname, "tcp: upstream connect failed");
-                return;
-            }
-        };
-        match copy_bidirectional(&mut io, &mut up).await {
-            Ok(stats) => tracing::info!(
-                service = %conn.service.hostname,
-                endpoint = %key,
-                sent = stats.a_to_b,
-                received = stats.b_to_a,
-                "tcp connection closed"
-            ),
-            Err(error) => tracing::debug!(%error, "tcp copy failed"),
         }
     }
 }

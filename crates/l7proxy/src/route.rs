@@ -126,12 +126,17 @@ pub fn rewrite_path(
     out
 }
 
-/// The status and `location` of a redirect.
+/// The status and `location` of a redirect. `matched` is the match that
+/// selected the route (for `prefix`, which replaces the matched path
+/// prefix like a prefix rewrite). The port is `port` when set (left out
+/// when it is the scheme's default), else the request authority's unless
+/// the scheme changes (then the new scheme's default, i.e. none).
 pub fn redirect(
     r: &Redirect,
     authority: &str,
     path: &str,
     query: Option<&str>,
+    matched: Option<&HttpMatch>,
 ) -> (StatusCode, String) {
     let status = match r.code {
         302 => StatusCode::FOUND,
@@ -142,13 +147,63 @@ pub fn redirect(
     };
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let host = r.host.as_deref().unwrap_or(authority);
-    let path = r.path.as_deref().unwrap_or(path);
+    let host: std::borrow::Cow<'_, str> = match (r.port, r.scheme.is_some()) {
+        (Some(port), _) if default_port(scheme) == Some(port) => strip_port(host).into(),
+        (Some(port), _) => format!("{}:{port}", strip_port(host)).into(),
+        (None, true) => strip_port(host).into(),
+        (None, false) => host.into(),
+    };
+    let path: std::borrow::Cow<'_, str> = match (&r.path, &r.prefix) {
+        (Some(p), _) => p.as_str().into(),
+        (None, Some(prefix)) => rewrite_path(path, None, matched, prefix).into(),
+        (None, None) => path.into(),
+    };
     let mut location = format!("{scheme}://{host}{path}");
     if let Some(q) = query {
         location.push('?');
         location.push_str(q);
     }
     (status, location)
+}
+
+/// The well-known port of `scheme`.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// `host` without a `:port` (IPv6 literals keep their brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') =>
+        {
+            if h.starts_with('[') && !h.ends_with(']') {
+                host
+            } else {
+                h
+            }
+        }
+        _ => host,
+    }
+}
+
+/// The path (and query) after a full-path replacement (Gateway API
+/// `ReplaceFullPath`): `to`, with the request's query kept.
+pub fn replace_full_path(to: &str, query: Option<&str>) -> String {
+    let mut out = if to.is_empty() {
+        "/".to_owned()
+    } else {
+        to.to_owned()
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// Whether a fault with `percentage` (0–100) fires for `roll` in `0..100`.
@@ -180,8 +235,14 @@ impl Outcome {
     }
 }
 
-/// Whether `outcome` is retried under `retry_on`.
-pub fn retriable(retry_on: &[RetryOn], outcome: Outcome) -> bool {
+/// Whether `outcome` is retried under `retry_on`, or (a response) has one
+/// of the status `codes`.
+pub fn retriable(retry_on: &[RetryOn], codes: &[u16], outcome: Outcome) -> bool {
+    if let Outcome::Status(s) = outcome
+        && codes.contains(&s.as_u16())
+    {
+        return true;
+    }
     retry_on.iter().any(|r| match (r, outcome) {
         (RetryOn::Status5xx, Outcome::Status(s)) => s.is_server_error(),
         (RetryOn::Status5xx, Outcome::Timeout | Outcome::Reset) => true,
@@ -302,7 +363,7 @@ services:
             ..Redirect::default()
         };
         assert_eq!(
-            redirect(&r, "reviews:9080", "/login", Some("u=1")),
+            redirect(&r, "reviews:9080", "/login", Some("u=1"), None),
             (StatusCode::FOUND, "http://reviews:9080/v2/login?u=1".into())
         );
         let r = Redirect {
@@ -311,9 +372,57 @@ services:
             ..Redirect::default()
         };
         assert_eq!(
-            redirect(&r, "old", "/p", None),
+            redirect(&r, "old", "/p", None, None),
             (StatusCode::MOVED_PERMANENTLY, "http://new.example/p".into())
         );
+        let prefix = HttpMatch {
+            path: Some(StrMatch::Prefix("/old".into())),
+            ..HttpMatch::default()
+        };
+        let r = |port, scheme: Option<&str>, prefix_to: Option<&str>| Redirect {
+            port,
+            scheme: scheme.map(Into::into),
+            prefix: prefix_to.map(Into::into),
+            code: 302,
+            ..Redirect::default()
+        };
+        for (redir, authority, want) in [
+            (
+                r(Some(8080), None, Some("/new")),
+                "a:9080",
+                "http://a:8080/new/x?q",
+            ),
+            (r(Some(80), None, None), "a:9080", "http://a/old/x?q"),
+            (
+                r(Some(443), Some("https"), None),
+                "a:9080",
+                "https://a/old/x?q",
+            ),
+            (
+                r(Some(80), Some("https"), None),
+                "a",
+                "https://a:80/old/x?q",
+            ),
+            (r(None, Some("https"), Some("/")), "a:9080", "https://a/x?q"),
+            (
+                r(None, None, Some("/v2")),
+                "[::1]:9080",
+                "http://[::1]:9080/v2/x?q",
+            ),
+            (
+                r(Some(81), None, None),
+                "[::1]:9080",
+                "http://[::1]:81/old/x?q",
+            ),
+        ] {
+            assert_eq!(
+                redirect(&redir, authority, "/old/x", Some("q"), Some(&prefix)).1,
+                want,
+                "{redir:?} {authority}"
+            );
+        }
+        assert_eq!(replace_full_path("/p", Some("a=1")), "/p?a=1");
+        assert_eq!(replace_full_path("", None), "/");
     }
 
     #[test]
@@ -331,8 +440,13 @@ services:
             (vec![], Outcome::Reset, false),
         ];
         for (on, outcome, want) in cases {
-            assert_eq!(retriable(&on, outcome), want, "{on:?} {outcome:?}");
+            assert_eq!(retriable(&on, &[], outcome), want, "{on:?} {outcome:?}");
         }
+        // Codes, alone or with kinds.
+        assert!(retriable(&[], &[409, 503], s(409)));
+        assert!(!retriable(&[], &[409], s(503)));
+        assert!(!retriable(&[], &[409], Outcome::Reset));
+        assert!(retriable(&[Reset], &[409], Outcome::Reset));
         assert!(s(503).is_failure() && !s(404).is_failure() && Outcome::Reset.is_failure());
     }
 

@@ -1,0 +1,270 @@
+//! One upstream attempt: an HBONE stream (or plain TCP in benchmark mode)
+//! to the endpoint, HTTP/1.1 on a pooled or new connection, or HTTP/2
+//! (h2c inside the stream) on the key's shared connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, HboneStream};
+use ambit_identity::Identity;
+use ambit_mesh::Endpoint;
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::forward::ep_ip;
+use crate::pool::{H2Conn, H2Sender, HttpPool, PoolKey, PooledBody};
+use crate::proxy::{Body, Waypoint};
+use crate::route::Outcome;
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    /// HTTP/1.1, one request at a time per connection.
+    Http1,
+    /// HTTP/2 cleartext, many streams per connection.
+    Http2,
+}
+
+impl Waypoint {
+    /// An HBONE stream to `ep`, as the waypoint, carrying `forwarded` for
+    /// `client`.
+    pub(crate) async fn connect(
+        &self,
+        ep: &Endpoint,
+        client: SocketAddr,
+    ) -> Result<HboneStream, ambit_hbone::ClientError> {
+        let ip = ep_ip(ep, client);
+        let routes = self.routes();
+        let headers = ConnectHeaders {
+            forwarded: Some(Forwarded::new(client)),
+            ..ConnectHeaders::default()
+        };
+        let req = ConnectRequest::new(
+            self.inner.cfg.identity.clone(),
+            ep.workload.identity().into_iter().collect(),
+            SocketAddr::new(ip, routes.hbone_port),
+            SocketAddr::new(ip, ep.port),
+        )
+        .with_headers(headers);
+        self.inner.client.connect(req).await
+    }
+
+    /// One attempt with `version`. HTTP/1.1: on a pooled connection to
+    /// `ep` for `client`, or a new one; a request a pooled connection hands
+    /// back unsent (it was closed while idle) moves on to the next, and
+    /// that is not an attempt. HTTP/2: on the key's shared connection,
+    /// opened (once, whoever asks first) when there is none or it closed.
+    pub(crate) async fn send(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: Arc<PoolKey>,
+        client: SocketAddr,
+        req: Request<Body>,
+        version: Upstream,
+    ) -> Result<Response<PooledBody>, Outcome> {
+        match version {
+            Upstream::Http1 => self.send_h1(ep, ep_key, key, client, req).await,
+            Upstream::Http2 => self.send_h2(ep, ep_key, key, client, req).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: Arc<PoolKey>,
+        client: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, Outcome> {
+        let pool = &self.inner.pool;
+        while let Some(mut sender) = pool.checkout(&key) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    pool.note_reused();
+                    return Ok(pool.wrap(key, sender, resp));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        tracing::debug!(error = %e.error(), endpoint = %ep_key, "upstream request failed on a pooled connection");
+                        return Err(Outcome::Reset);
+                    }
+                },
+            }
+        }
+        let mut sender = if self.inner.cfg.plaintext_upstreams {
+            handshake_h1(self.dial_tcp(&key, ep_key).await?).await?
+        } else {
+            handshake_h1(self.dial_hbone(ep, ep_key, client).await?).await?
+        };
+        pool.note_opened();
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(pool.wrap(key, sender, resp)),
+            Err(error) => {
+                tracing::debug!(%error, endpoint = %ep_key, "upstream request failed");
+                Err(Outcome::Reset)
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: Arc<PoolKey>,
+        client: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, Outcome> {
+        let pool = &self.inner.pool;
+        let Some(slot) = pool.h2_slot(&key) else {
+            // Pooling off: a connection per request.
+            let mut sender = self.open_h2(ep, ep_key, &key, client).await?;
+            return finish_h2(sender.send_request(req).await, ep_key);
+        };
+        let mut conn = slot.lock().await;
+        if let Some(c) = conn.as_mut().filter(|c| !c.sender.is_closed()) {
+            c.last_used = Instant::now();
+            let mut sender = c.sender.clone();
+            drop(conn);
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    pool.note_reused();
+                    return Ok(HttpPool::wrap_h2(resp));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed before the request went out: open another.
+                    Some(r) => req = r,
+                    None => {
+                        tracing::debug!(error = %e.error(), endpoint = %ep_key, "upstream h2 request failed");
+                        return Err(Outcome::Reset);
+                    }
+                },
+            }
+            conn = slot.lock().await;
+            if let Some(c) = conn.as_mut().filter(|c| !c.sender.is_closed()) {
+                // Another request reopened it meanwhile.
+                c.last_used = Instant::now();
+                let mut sender = c.sender.clone();
+                drop(conn);
+                return finish_h2(sender.send_request(req).await, ep_key);
+            }
+        }
+        let sender = self.open_h2(ep, ep_key, &key, client).await?;
+        *conn = Some(H2Conn {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        drop(conn);
+        let mut sender = sender;
+        finish_h2(sender.send_request(req).await, ep_key)
+    }
+
+    async fn open_h2(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: &PoolKey,
+        client: SocketAddr,
+    ) -> Result<H2Sender, Outcome> {
+        let sender = if self.inner.cfg.plaintext_upstreams {
+            handshake_h2(self.dial_tcp(key, ep_key).await?).await?
+        } else {
+            handshake_h2(self.dial_hbone(ep, ep_key, client).await?).await?
+        };
+        self.inner.pool.note_h2_opened();
+        Ok(sender)
+    }
+
+    async fn dial_tcp(&self, key: &PoolKey, ep_key: &str) -> Result<TcpStream, Outcome> {
+        let tcp = TcpStream::connect(key.target).await.map_err(|error| {
+            tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
+            Outcome::ConnectFailure
+        })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    async fn dial_hbone(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        client: SocketAddr,
+    ) -> Result<HboneStream, Outcome> {
+        self.connect(ep, client).await.map_err(|error| {
+            tracing::debug!(%error, endpoint = %ep_key, "upstream connect failed");
+            Outcome::ConnectFailure
+        })
+    }
+
+    /// The pool key of `ep` for `client`.
+    pub(crate) fn pool_key(&self, ep: &Endpoint, client: SocketAddr, hbone_port: u16) -> PoolKey {
+        let ip = ep_ip(ep, client);
+        let (hbone, identities) = if self.inner.cfg.plaintext_upstreams {
+            (None, Vec::new())
+        } else {
+            let mut ids: Vec<Identity> = ep.workload.identity().into_iter().collect();
+            ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            (Some(SocketAddr::new(ip, hbone_port)), ids)
+        };
+        PoolKey {
+            hbone,
+            target: SocketAddr::new(ip, ep.port),
+            identities,
+            client_ip: client.ip(),
+        }
+    }
+}
+
+fn finish_h2(
+    result: hyper::Result<Response<hyper::body::Incoming>>,
+    ep_key: &str,
+) -> Result<Response<PooledBody>, Outcome> {
+    match result {
+        Ok(resp) => Ok(HttpPool::wrap_h2(resp)),
+        Err(error) => {
+            tracing::debug!(%error, endpoint = %ep_key, "upstream h2 request failed");
+            Err(Outcome::Reset)
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection over `io`, its driver spawned.
+async fn handshake_h1<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Body>, Outcome>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|_| Outcome::ConnectFailure)?;
+    tokio::spawn(async move {
+        if let Err(error) = driver.await {
+            tracing::debug!(%error, "upstream http connection failed");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 (prior knowledge, cleartext) client connection over `io`, its
+/// driver spawned.
+async fn handshake_h2<IO>(io: IO) -> Result<H2Sender, Outcome>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, driver) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|error| {
+                tracing::debug!(%error, "upstream h2 handshake failed");
+                Outcome::ConnectFailure
+            })?;
+    tokio::spawn(async move {
+        if let Err(error) = driver.await {
+            tracing::debug!(%error, "upstream h2 connection failed");
+        }
+    });
+    Ok(sender)
+}
