@@ -19,6 +19,7 @@ mod control_plane;
 pub mod dns;
 mod host;
 pub mod httpapp;
+pub mod kubeapi;
 mod mesh;
 mod probe;
 mod report;
