@@ -11,18 +11,24 @@
 //! - [`services`]: which services use this waypoint (from the mesh state)
 //!   and their ports' protocols.
 //! - [`policy`]: AuthorizationPolicy → the engine's L7 policies.
+//! - [`status`]: route status entries and their merge patches.
+//! - [`GatewaySource`]: the watches, the translation loop, status writes.
 #![forbid(unsafe_code)]
 
 pub mod objects;
 pub mod policy;
 mod rules;
 pub mod services;
+pub mod source;
+pub mod status;
 pub mod translate;
 
 pub use self::policy::PolicyReport;
 pub use self::services::{
     ServiceKind, WaypointIdentity, WaypointPort, WaypointService, fill_ports, waypoint_services,
 };
+pub use self::source::{Error, GatewaySource, MeshServices, MeshStateServices, SourceConfig};
+pub use self::status::CONTROLLER_NAME;
 pub use self::translate::{
     Condition, ParentStatus, RouteKind, RouteStatus, Snapshot, Translation, Translator, translate,
 };
