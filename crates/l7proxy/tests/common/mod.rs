@@ -62,6 +62,10 @@ pub struct Pod {
     pub forwarded: Mutex<Vec<String>>,
     /// Shared across pods: `/flaky` fails the first time mesh-wide.
     pub flaky: Arc<AtomicU32>,
+    /// Shared across pods: `/once409` answers 409 the first time.
+    pub once: Arc<AtomicU32>,
+    /// `host` (or `:authority`) and path of every HTTP request received.
+    pub requests: Mutex<Vec<(String, String)>>,
 }
 
 #[derive(Clone)]
@@ -104,13 +108,23 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
         let pod = pod.clone();
         async move {
             pod.hits.fetch_add(1, Ordering::Relaxed);
-            let path = req.uri().to_string();
+            let version = format!("{:?}", req.version());
+            // Origin-form for HTTP/1.1, the path and query for HTTP/2.
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| req.uri().to_string());
             let host = req
                 .headers()
                 .get("host")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+                .map(str::to_owned)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            if let Ok(mut r) = pod.requests.lock() {
+                r.push((host.clone(), path.clone()));
+            }
             let header = |n: &str| {
                 req.headers()
                     .get(n)
@@ -120,7 +134,44 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
             };
             let rewritten = header("x-rewritten");
             let debug = header("x-debug");
+            let hang_on = header("x-hang-on");
+            let grpc_status = header("x-grpc-status");
+            let grpc = header("content-type").starts_with("application/grpc");
+            let te = header("te");
             let _ = req.into_body().collect().await;
+            if !hang_on.is_empty() && hang_on == pod.version {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            if grpc {
+                // A gRPC answer: grpc-status in the trailers, or in the
+                // headers (trailers-only) for `/trailers.only/*`.
+                let status = if grpc_status.is_empty() {
+                    "0".to_owned()
+                } else {
+                    grpc_status
+                };
+                let mut resp = Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("x-version", pod.version.as_str())
+                    .header("x-proto", version)
+                    .header("x-saw-te", te);
+                let body = if path.starts_with("/trailers.only/") {
+                    resp = resp.header("grpc-status", status);
+                    Full::new(Bytes::new())
+                        .map_err(|e| -> std::io::Error { match e {} })
+                        .boxed_unsync()
+                } else {
+                    let mut trailers = http::HeaderMap::new();
+                    if let Ok(v) = http::HeaderValue::from_str(&status) {
+                        trailers.insert("grpc-status", v);
+                    }
+                    Full::new(Bytes::from_static(b"\0\0\0\0\0"))
+                        .map_err(|e| -> std::io::Error { match e {} })
+                        .with_trailers(async move { Some(Ok(trailers)) })
+                        .boxed_unsync()
+                };
+                return Ok(resp.body(body).expect("response"));
+            }
             let mut status = StatusCode::OK;
             if pod.behaviour == Behaviour::Failing {
                 status = StatusCode::SERVICE_UNAVAILABLE;
@@ -130,6 +181,9 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
             }
             if path.starts_with("/flaky") && pod.flaky.fetch_add(1, Ordering::SeqCst) == 0 {
                 status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            if path.starts_with("/once409") && pod.once.fetch_add(1, Ordering::SeqCst) == 0 {
+                status = StatusCode::CONFLICT;
             }
             if path.starts_with("/partial") {
                 // Promises 100 bytes, sends 3, then fails the body: hyper
@@ -158,6 +212,7 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
                 .header("x-host", host)
                 .header("x-saw-rewritten", rewritten)
                 .header("x-saw-debug", debug)
+                .header("x-proto", version)
                 .body(
                     Full::new(body)
                         .map_err(|e| -> std::io::Error { match e {} })
@@ -167,7 +222,8 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), svc)
         .await;
 }
@@ -277,6 +333,7 @@ impl Mesh {
         let certs = Arc::new(CertManager::new(ca, ManagerConfig::default()));
         let (ips, listeners, hbone_port) = bind_pods(specs.len()).await;
         let flaky = Arc::new(AtomicU32::new(0));
+        let once = Arc::new(AtomicU32::new(0));
         let mut workloads = String::new();
         let mut pods = Vec::new();
         for ((spec, ip), listener) in specs.iter().zip(&ips).zip(listeners) {
@@ -293,6 +350,8 @@ impl Mesh {
                 authorities: Mutex::new(Vec::new()),
                 forwarded: Mutex::new(Vec::new()),
                 flaky: flaky.clone(),
+                once: once.clone(),
+                requests: Mutex::new(Vec::new()),
             });
             let pod_id = id(&format!("spiffe://cluster.local/ns/default/sa/{sa}"));
             let tls = Arc::new(certs.server_config(&pod_id).await.expect("pod tls"));
@@ -360,6 +419,25 @@ impl Mesh {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("http1 handshake");
+        tokio::spawn(conn);
+        sender
+    }
+}
+
+impl Mesh {
+    /// An HTTP/2 (prior knowledge) client over one tunnel.
+    pub async fn http2(
+        &self,
+        source: Identity,
+        vip: &str,
+    ) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let stream = self.tunnel(source, vip).await;
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("http2 handshake");
         tokio::spawn(conn);
         sender
     }
