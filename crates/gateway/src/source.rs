@@ -427,6 +427,9 @@ async fn run_loop(
         }
         seen = Some((generation, services.clone()));
         let t = translator.translate(&snap, &cfg.waypoint, &services);
+        if let Ok(mut last) = shared.last.lock() {
+            *last = Some(t.clone());
+        }
         match &t.error {
             Some(e) => {
                 warn!(error = %e, "the translated waypoint config does not validate; keeping the previous one")
@@ -447,9 +450,6 @@ async fn run_loop(
         }
         if cfg.write_status {
             write_status(&client, &cfg.controller_name, &snap, &t, &mut sent).await;
-        }
-        if let Ok(mut last) = shared.last.lock() {
-            *last = Some(t);
         }
     }
 }
