@@ -188,3 +188,58 @@ fn malformed_spec_denies_its_targets() {
     assert!(p.rules[0].from.is_empty() && p.rules[0].to.is_empty() && p.rules[0].when.is_empty());
     assert!(t.policies[0].problems[0].contains("does not parse"));
 }
+
+#[test]
+fn address_blocks_and_not_ports_reach_the_engine() {
+    use ambit_l7proxy::authz::{AuthzFacts, HttpFacts, authorize};
+    let target = json!([{"group": GW, "kind": "Gateway", "name": "wp"}]);
+    let s = snap(vec![
+        policy(
+            "blocks",
+            json!({"targetRefs": target, "action": "DENY", "rules": [
+            {"from": [{"source": {"ipBlocks": ["10.1.0.0/16"], "notRemoteIpBlocks": ["192.168.0.0/16"]}}]}]}),
+        ),
+        policy(
+            "ports",
+            json!({"targetRefs": target, "action": "DENY", "rules": [
+            {"to": [{"operation": {"notPorts": ["9080"]}}], "when": [{"key": "source.ip", "values": ["10.9.0.0/16"]}]}]}),
+        ),
+    ]);
+    let t = translate(&s, &id(), &[svc("a")]);
+    assert!(t.error.is_none(), "{:?}\n{}", t.error, t.yaml);
+    assert!(
+        t.policies.iter().all(|r| r.problems.is_empty()),
+        "{:?}",
+        t.policies
+    );
+    let headers = http::HeaderMap::new();
+    let allowed = |source: [u8; 4], remote: [u8; 4], port: u16| {
+        let facts = AuthzFacts {
+            peer: None,
+            source_ip: Some(source.into()),
+            remote_ip: Some(remote.into()),
+            port,
+            http: Some(HttpFacts {
+                method: "GET",
+                path: "/",
+                host: "a",
+                headers: &headers,
+            }),
+        };
+        authorize(policies(&t), &facts).allowed()
+    };
+    assert!(allowed([10, 2, 0, 1], [10, 2, 0, 1], 9080));
+    assert!(
+        !allowed([10, 1, 0, 1], [10, 1, 0, 1], 9080),
+        "ipBlocks deny"
+    );
+    assert!(
+        allowed([10, 1, 0, 1], [192, 168, 1, 1], 9080),
+        "notRemoteIpBlocks exempts"
+    );
+    assert!(
+        !allowed([10, 9, 0, 1], [10, 9, 0, 1], 9090),
+        "notPorts + source.ip deny"
+    );
+    assert!(allowed([10, 9, 0, 1], [10, 9, 0, 1], 9080));
+}
