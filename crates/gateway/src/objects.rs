@@ -9,7 +9,6 @@
 //! Enumerations (`type`, `action`, …) are plain strings for the same
 //! reason: a value this version does not know is reported, not fatal.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
@@ -643,12 +642,6 @@ pub struct GrantTo {
     /// One name (none: all of that kind).
     #[serde(default)]
     pub name: Option<String>,
-}
-
-/// Labels of an object, for lookups.
-pub fn labels(meta: &ObjectMeta) -> &BTreeMap<String, String> {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    meta.labels.as_ref().unwrap_or(&EMPTY)
 }
 
 #[cfg(test)]
