@@ -19,6 +19,7 @@ use crate::authz::{self, AuthzFacts, HttpFacts};
 use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig, Subset};
 use crate::grpc::{self, LocalReply};
 use crate::head;
+use crate::mirror::MirrorBody;
 use crate::pool::PoolKey;
 use crate::proxy::{Body, BoxError, Conn, Meta, Waypoint};
 use crate::record::Finish;
@@ -365,9 +366,16 @@ impl Waypoint {
         let retry_on = retries.map_or(&[][..], |r| r.retry_on.as_slice());
         let codes = retries.map_or(&[][..], |r| r.codes.as_slice());
         let policy = routes_load_balancer(svc_cfg, routes, &conn.service.hostname);
+        let mut taps = None;
         if !route.mirrors.is_empty() {
-            let body = buffer_mirror.then_some(&buffered);
-            self.mirror(conn, route, &parts, body, version, policy);
+            let body = if buffer_mirror {
+                MirrorBody::Buffered(&buffered)
+            } else if known.is_none() {
+                MirrorBody::Streamed
+            } else {
+                MirrorBody::TooLarge
+            };
+            taps = self.mirror(conn, route, &parts, body, version, policy);
         }
         // Backend.
         let default_backend;
@@ -409,11 +417,16 @@ impl Waypoint {
                 let body: Body = match streamed.take() {
                     Some(b) => {
                         let failed = client_body_failed.clone();
-                        b.map_err(move |e| {
-                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                            BoxError::from(e)
-                        })
-                        .boxed_unsync()
+                        let b = b
+                            .map_err(move |e| {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                BoxError::from(e)
+                            })
+                            .boxed_unsync();
+                        match taps.take() {
+                            Some(t) => t.wrap(b),
+                            None => b,
+                        }
                     }
                     None => Full::new(buffered.clone())
                         .map_err(|e| match e {})

@@ -244,6 +244,73 @@ async fn mirror_gets_a_shadow_copy_and_never_delays_the_request() {
     );
 }
 
+/// Sends a chunked (unknown-length) HTTP/1.1 POST of `body` on a raw
+/// tunnel and returns the response's text.
+async fn post_chunked(mesh: &Mesh, path: &str, body: &[u8]) -> String {
+    let mut s = mesh.tunnel(sleep_id(), REVIEWS_VIP).await;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(1000) {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&req).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_tees_bodies_of_unknown_length() {
+    let mesh = Mesh::start(ROUTES).await;
+    let small: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let resp = post_chunked(&mesh, "/m/chunked", &small).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let t = Instant::now();
+    while mesh.waypoint.metrics().mirrors("sent") < 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "no mirror sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let v2 = mesh.pod(1).bodies.lock().expect("lock").clone();
+    assert_eq!(
+        v2,
+        vec![("/m/chunked".to_owned(), Some(Bytes::from(small.clone())))]
+    );
+    let v1 = mesh.pod(0).bodies.lock().expect("lock").clone();
+    assert_eq!(
+        v1,
+        vec![("/m/chunked".to_owned(), Some(Bytes::from(small)))]
+    );
+    // Past the cap (64 KiB): the request gets it all, the mirror is cut
+    // off and counted as skipped.
+    let big = vec![b'z'; 100 * 1024];
+    let resp = post_chunked(&mesh, "/m/chunked-big", &big).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let t = Instant::now();
+    while mesh.waypoint.metrics().mirrors("skipped_body") < 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "no skipped mirror");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let v1 = mesh.pod(0).bodies.lock().expect("lock").clone();
+    assert!(
+        v1.iter()
+            .any(|(p, b)| p == "/m/chunked-big" && b.as_ref().map(Bytes::len) == Some(big.len())),
+        "{:?}",
+        v1.iter()
+            .map(|(p, b)| (p, b.as_ref().map(Bytes::len)))
+            .collect::<Vec<_>>()
+    );
+    let v2 = mesh.pod(1).bodies.lock().expect("lock").clone();
+    assert!(
+        v2.iter().all(|(p, b)| p != "/m/chunked-big" || b.is_none()),
+        "a truncated copy reached the mirror as complete"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_timeout_rewrite_redirect_and_retry_codes() {
     let mesh = Mesh::start(ROUTES).await;

@@ -66,6 +66,9 @@ pub struct Pod {
     pub once: Arc<AtomicU32>,
     /// `host` (or `:authority`) and path of every HTTP request received.
     pub requests: Mutex<Vec<(String, String)>>,
+    /// Path and body received (or `None` when reading it failed), per
+    /// HTTP request.
+    pub bodies: Mutex<Vec<(String, Option<Bytes>)>>,
 }
 
 #[derive(Clone)]
@@ -138,7 +141,10 @@ async fn serve_http(pod: Arc<Pod>, stream: HboneStream) {
             let grpc_status = header("x-grpc-status");
             let grpc = header("content-type").starts_with("application/grpc");
             let te = header("te");
-            let _ = req.into_body().collect().await;
+            let body = req.into_body().collect().await.ok().map(|b| b.to_bytes());
+            if let Ok(mut b) = pod.bodies.lock() {
+                b.push((path.clone(), body));
+            }
             if !hang_on.is_empty() && hang_on == pod.version {
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
@@ -352,6 +358,7 @@ impl Mesh {
                 flaky: flaky.clone(),
                 once: once.clone(),
                 requests: Mutex::new(Vec::new()),
+                bodies: Mutex::new(Vec::new()),
             });
             let pod_id = id(&format!("spiffe://cluster.local/ns/default/sa/{sa}"));
             let tls = Arc::new(certs.server_config(&pod_id).await.expect("pod tls"));
