@@ -139,6 +139,29 @@ impl RouteConfig {
                 {
                     return Err(invalid(item, "abort status is not an HTTP status"));
                 }
+                if r.redirect
+                    .as_ref()
+                    .is_some_and(|d| d.path.is_some() && d.prefix.is_some())
+                {
+                    return Err(invalid(item, "a redirect has either path or prefix"));
+                }
+                if r.rewrite
+                    .as_ref()
+                    .is_some_and(|w| w.full_path.is_some() && w.prefix.is_some())
+                {
+                    return Err(invalid(item, "a rewrite has either fullPath or prefix"));
+                }
+                if let Some(rt) = &r.retries
+                    && rt.codes.iter().any(|c| !(100..=599).contains(c))
+                {
+                    return Err(invalid(item, "a retry code is not an HTTP status"));
+                }
+                if r.mirrors
+                    .iter()
+                    .any(|m| !(0.0..=100.0).contains(&m.percentage))
+                {
+                    return Err(invalid(item, "a mirror percentage is outside 0-100"));
+                }
                 for h in r
                     .request_headers
                     .add
@@ -695,9 +718,59 @@ mod tests {
             "services:\n- host: a\n  routes:\n  - timeout: soon\n",
             "services:\n- host: a\n  routes:\n  - match: [{path: {regex: '('}}]\n",
             "loadBalancer: RANDOM\n",
+            "services:\n- host: a\n  routes:\n  - redirect: {path: /a, prefix: /b}\n",
+            "services:\n- host: a\n  routes:\n  - rewrite: {fullPath: /a, prefix: /b}\n",
+            "services:\n- host: a\n  routes:\n  - retries: {attempts: 1, codes: [42]}\n",
+            "services:\n- host: a\n  routes:\n  - mirrors: [{percentage: 101}]\n",
+            "services:\n- host: a\n  routes:\n  - backendTimeout: soon\n",
+            "services:\n- host: a\n  ports: {80: http3}\n",
         ] {
             assert!(RouteConfig::parse(text, "t").is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn gateway_route_fields() {
+        let c = RouteConfig::parse(
+            r#"
+services:
+- host: a
+  ports: {80: http2, 81: grpc}
+  routes:
+  - retries: {attempts: 2, codes: [409]}
+    backendTimeout: 250ms
+    mirrors: [{host: b, port: 8080, subset: {version: v2}}]
+  - retries: {attempts: 2}
+  - retries: {attempts: 2, retryOn: [reset], codes: [409]}
+    redirect: {prefix: /p, port: 8443}
+    rewrite: {fullPath: /f}
+"#,
+            "t",
+        )
+        .expect("parses");
+        let s = c.service("a").expect("service");
+        assert_eq!(s.ports.get(&80), Some(&Protocol::Http2));
+        assert_eq!(s.ports.get(&81), Some(&Protocol::Grpc));
+        let retry_on = |i: usize| {
+            s.routes
+                .get(i)
+                .and_then(|r| r.retries.as_ref())
+                .map(|r| (r.retry_on.clone(), r.codes.clone()))
+        };
+        // Codes only: nothing else is retried.
+        assert_eq!(retry_on(0), Some((vec![], vec![409])));
+        assert_eq!(retry_on(1), Some((default_retry_on(), vec![])));
+        assert_eq!(retry_on(2), Some((vec![RetryOn::Reset], vec![409])));
+        let r = &s.routes[0];
+        assert_eq!(r.backend_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(r.mirrors.first().map(|m| m.percentage), Some(100.0));
+        assert_eq!(r.mirrors.first().and_then(|m| m.port), Some(8080));
+        let r = &s.routes[2];
+        assert_eq!(r.redirect.as_ref().and_then(|d| d.port), Some(8443));
+        assert_eq!(
+            r.rewrite.as_ref().and_then(|w| w.full_path.as_deref()),
+            Some("/f")
+        );
     }
 
     #[test]
