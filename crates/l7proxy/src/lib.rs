@@ -8,7 +8,9 @@
 //! weighted subsets, redirects, rewrites, header edits, timeouts, retries,
 //! faults), then forwards over HBONE to a pod chosen by a round-robin or
 //! least-request balancer with outlier detection ([`balance`]), on pooled
-//! upstream HTTP/1.1 connections ([`pool`]). Decisions are plain
+//! upstream HTTP/1.1 connections or shared HTTP/2 (h2c) ones for `http2` /
+//! `grpc` ports and gRPC ([`pool`]), with request mirrors. Opaque TCP
+//! connections get L4 authorization and a byte hop. Decisions are plain
 //! functions of the [`config`] and the request, tested without sockets;
 //! [`Waypoint`] carries them out. Metrics use Istio's HTTP names
 //! ([`metrics`]); [`admin`] serves the admin, metrics and readiness ports.

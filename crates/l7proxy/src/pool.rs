@@ -7,7 +7,7 @@
 //! client below multiplexes those streams over pooled HTTP/2
 //! connections), or plain TCP in the benchmark mode
 //! ([`WaypointConfig::plaintext_upstreams`](crate::WaypointConfig)).
-//! Connections are keyed by [`PoolKey`]: transport address, target
+//! Connections are keyed by `PoolKey`: transport address, target
 //! `podIP:port`, the identities the endpoint may present, and the original
 //! client's IP — the CONNECT's `forwarded` header is fixed for the life of
 //! the stream and the destination ztunnel authorizes and dials with it, so

@@ -6,7 +6,8 @@
 //! one endpoint. Per HTTP request: L7 authorization, route selection,
 //! redirect, faults, backend choice, then attempts under the route's
 //! timeout and retry policy, each on a pooled upstream HTTP/1.1 connection
-//! ([`pool`](crate::pool)) or a new one over an HBONE stream to
+//! (or the key's shared HTTP/2 connection for `http2`/`grpc` ports and
+//! gRPC; [`pool`](crate::pool)) or a new one over an HBONE stream to
 //! `podIP:15008` with `:authority podIP:targetPort`, as the waypoint's
 //! identity.
 
