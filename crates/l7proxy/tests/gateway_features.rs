@@ -151,6 +151,35 @@ async fn grpc_over_h2c_upstream_with_grpc_status_in_metrics() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_http2_goes_upstream_as_h2c_on_an_http_port() {
+    let mesh = Mesh::start(
+        "services:\n- host: reviews.default.svc.cluster.local\n  ports: {9080: http}\n",
+    )
+    .await;
+    let mut c = mesh.http2(sleep_id(), REVIEWS_VIP).await;
+    let got = grpc_call(&mut c, "/pkg.Svc/Call", "0").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(grpc_status_of(got.trailers.as_ref()), "0");
+    assert_eq!(
+        got.headers.get("x-proto").map(|v| v.as_bytes()),
+        Some(&b"HTTP/2.0"[..])
+    );
+    // Plain HTTP/2 on an `http` port: HTTP/1.1 upstream, as before.
+    let req = Request::builder()
+        .uri("http://reviews:9080/plain")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    c.ready().await.expect("ready");
+    let resp = c.send_request(req).await.expect("response");
+    assert_eq!(
+        resp.headers().get("x-proto").map(|v| v.as_bytes()),
+        Some(&b"HTTP/1.1"[..])
+    );
+    let stats = mesh.waypoint.pool_stats();
+    assert_eq!((stats.h2_opened, stats.opened), (1, 2), "{stats:?}");
+}
+
 const ROUTES: &str = r#"
 services:
 - host: reviews.default.svc.cluster.local
