@@ -14,11 +14,12 @@ use anyhow::Context;
 use http::{Method, StatusCode};
 
 use crate::Args;
+use crate::routes::{self, Plan};
 
 /// Everything read and checked before serving.
 pub struct Setup {
     source: MeshSource,
-    routes: RouteConfig,
+    routes: Plan,
     ca: Arc<dyn CertificateAuthority>,
     identity: Identity,
 }
@@ -27,10 +28,7 @@ pub struct Setup {
 /// clients are built here).
 pub fn setup(a: &Args) -> anyhow::Result<Setup> {
     a.ca.apply_tls_settings()?;
-    let routes = match &a.config {
-        Some(path) => RouteConfig::from_file(path)?,
-        None => RouteConfig::parse("", "<none>")?,
-    };
+    let routes = routes::plan(a, std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())?;
     // istiod knows waypoints as Envoy routers, not as ztunnels.
     let node = ambit_xds::NodeIdentity::from_env().with_proxy_type("router");
     let identity = Identity::new(&a.ca.trust_domain, &a.pod_namespace, &a.service_account)
@@ -61,7 +59,20 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         .with_context(|| format!("certificate for {}", s.identity))?;
     let mut wc = WaypointConfig::new(s.identity.clone());
     wc.network = a.network.clone();
-    let waypoint = Waypoint::new(wc, state.clone(), s.routes, certs);
+    let routes_from = s.routes.name();
+    let (initial, kube) = match s.routes {
+        Plan::File(r) => (r, None),
+        Plan::Kube(id) => (RouteConfig::parse("", "<kube>")?, Some(id)),
+    };
+    let waypoint = Waypoint::new(wc, state.clone(), initial, certs);
+    // Kept for the process's life: dropping it stops the watches.
+    let _gateway = match kube {
+        Some(id) => {
+            tracing::info!(gateway = %format!("{}/{}", id.namespace, id.name), "routes from the Kubernetes API");
+            Some(routes::start_kube(&a, id, state.clone(), waypoint.clone()).await?)
+        }
+        None => None,
+    };
 
     let (hbone_l, admin_l, stats_l, ready_l) = (
         bind(a.hbone_addr).await?,
@@ -72,7 +83,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
     let admin = admin::with_route(
-        admin_responder(waypoint.clone(), quit.clone()),
+        admin_responder(waypoint.clone(), routes_from, quit.clone()),
         "/logging",
         |m, q| {
             let (status, body) = ambit_app::logging(m.as_str(), q);
@@ -94,6 +105,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         pod = %a.pod_name,
         instance_ip = ?a.instance_ip,
         hbone = %a.hbone_addr,
+        routes_from,
         admin = %a.admin.admin_addr,
         stats = %a.admin.stats_addr,
         readiness = %a.admin.readiness_addr,
@@ -114,9 +126,13 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin endpoint (15000): `/config_dump` (counts and routing per
-/// host), `/quitquitquit`.
-fn admin_responder(w: Waypoint, quit: Arc<tokio::sync::Notify>) -> Responder {
+/// The admin endpoint (15000): `/config_dump` (the routes' source,
+/// counts and routing per host), `/quitquitquit`.
+fn admin_responder(
+    w: Waypoint,
+    routes_from: &'static str,
+    quit: Arc<tokio::sync::Notify>,
+) -> Responder {
     Arc::new(
         move |method: &Method, path: &str, _: &str| match (method, path) {
             (&Method::POST, "/quitquitquit") => {
@@ -139,7 +155,7 @@ fn admin_responder(w: Waypoint, quit: Arc<tokio::sync::Notify>) -> Responder {
                     })
                     .collect();
                 let body = format!(
-                    "{{\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
+                    "{{\"routesFrom\":{routes_from:?},\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
                     counts.0,
                     counts.1,
                     counts.2,

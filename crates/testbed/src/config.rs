@@ -141,17 +141,39 @@ pub const NODES: [&str; 2] = ["node-a", "node-b"];
 /// Pods per node in the harness plan.
 pub(crate) const PODS: usize = 5;
 
-/// Addresses of the waypoints services name.
+/// Addresses of the waypoints services name: a workload address as is,
+/// a service VIP (as istiod names a Gateway's waypoint) resolved to the
+/// addresses of that service's workloads.
 pub(crate) fn waypoint_ips(config: &ambit_mesh::Config) -> Vec<IpAddr> {
-    config
+    let named = config
         .services
         .iter()
         .filter_map(|s| s.waypoint.as_ref())
         .filter_map(|g| match g {
             ambit_mesh::model::GatewayAddress::Address { ip, .. } => Some(*ip),
             ambit_mesh::model::GatewayAddress::Hostname { .. } => None,
-        })
-        .collect()
+        });
+    let mut out = Vec::new();
+    for ip in named {
+        let service = config
+            .services
+            .iter()
+            .find(|s| s.vips.iter().any(|(_, v)| *v == ip));
+        match service {
+            Some(svc) => {
+                let key = format!("{}/{}", svc.namespace, svc.hostname);
+                out.extend(
+                    config
+                        .workloads
+                        .iter()
+                        .filter(|w| w.services.contains_key(&key))
+                        .flat_map(|w| w.addresses.iter().copied()),
+                );
+            }
+            None => out.push(ip),
+        }
+    }
+    out
 }
 
 /// The waypoint rejects a bad routes file at start; checking that it is
@@ -182,6 +204,45 @@ pub fn ipv6_twin(ip: std::net::Ipv4Addr) -> Option<std::net::Ipv6Addr> {
         0,
         d.into(),
     ))
+}
+
+/// The waypoint's Service VIP in [`kube_mesh`].
+pub const WAYPOINT_VIP: &str = "10.96.0.40";
+
+/// The mesh for a waypoint configured from the Kubernetes API: as
+/// [`DEFAULT_MESH`], but the waypoint is a Service (`waypoint.default`,
+/// VIP [`WAYPOINT_VIP`], port 15008) that `reviews` names by VIP, as
+/// istiod announces the waypoint of a Gateway; and each reviews version
+/// is also a Service of its own (`reviews-v1`, `reviews-v2`), for routes'
+/// backendRefs to name.
+pub fn kube_mesh() -> String {
+    let mut yaml = DEFAULT_MESH.replace(
+        r#"waypoint: {destination: "/10.244.1.6", hboneMtlsPort: 15008}"#,
+        &format!(r#"waypoint: {{destination: "/{WAYPOINT_VIP}", hboneMtlsPort: 15008}}"#),
+    );
+    for v in ["v1", "v2"] {
+        yaml = yaml.replace(
+            &format!(
+                "  canonicalRevision: {v}\n  services: {{\"default/reviews.default.svc.cluster.local\": {{9080: 9080}}}}"
+            ),
+            &format!(
+                "  canonicalRevision: {v}\n  services: {{\"default/reviews.default.svc.cluster.local\": {{9080: 9080}}, \"default/reviews-{v}.default.svc.cluster.local\": {{9080: 9080}}}}"
+            ),
+        );
+    }
+    yaml = yaml.replace(
+        "  canonicalName: waypoint\n",
+        "  canonicalName: waypoint\n  services: {\"default/waypoint.default.svc.cluster.local\": {15008: 15008}}\n",
+    );
+    yaml.push_str(&format!(
+        "- name: waypoint\n  namespace: default\n  hostname: waypoint.default.svc.cluster.local\n  vips: [\"/{WAYPOINT_VIP}\"]\n  ports: {{15008: 15008}}\n"
+    ));
+    for (v, vip) in [("v1", "10.96.0.31"), ("v2", "10.96.0.32")] {
+        yaml.push_str(&format!(
+            "- name: reviews-{v}\n  namespace: default\n  hostname: reviews-{v}.default.svc.cluster.local\n  vips: [\"/{vip}\"]\n  ports: {{9080: 9080}}\n"
+        ));
+    }
+    yaml
 }
 
 /// A mesh config (ztunnel local YAML, as [`DEFAULT_MESH`]) made
@@ -230,6 +291,34 @@ pub fn dual_stack(yaml: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_mesh_names_the_waypoint_by_its_service_vip() {
+        let yaml = kube_mesh();
+        let c = ambit_mesh::Config::parse(&yaml, "kube").expect("parses");
+        let reviews = c
+            .services
+            .iter()
+            .find(|s| s.name == "reviews")
+            .expect("reviews");
+        assert!(matches!(
+            reviews.waypoint,
+            Some(ambit_mesh::model::GatewayAddress::Address { ip, .. })
+                if ip.to_string() == WAYPOINT_VIP
+        ));
+        for name in ["waypoint", "reviews-v1", "reviews-v2"] {
+            assert!(c.services.iter().any(|s| s.name == name), "{name}");
+        }
+        let members = |w: &str| {
+            c.workloads
+                .iter()
+                .find(|x| x.name == w)
+                .map(|x| x.services.len())
+        };
+        assert_eq!(members("reviews-v1"), Some(2));
+        assert_eq!(members("reviews-v2"), Some(2));
+        assert_eq!(members("waypoint"), Some(1));
+    }
 
     #[test]
     fn dual_stack_adds_the_ipv6_twins_and_stays_valid() {

@@ -5,7 +5,7 @@
 //!
 //! The app answers every request with `200` and a body
 //! `<name> <METHOD> <path> <request-body-bytes>`, and an `x-served-by`
-//! header, except:
+//! header, except (HTTP/1.1, or HTTP/2 with prior knowledge):
 //! - `x-fail-on: <name>` naming this app → `503` (an endpoint failing,
 //!   for retries);
 //! - a path starting with `/hang` → no answer until the client gives up.
@@ -35,11 +35,37 @@ pub fn serve(pod: &Pod, port: u16, name: String) -> anyhow::Result<NsTask<()>> {
         let name = name.clone();
         async move {
             let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
+            if is_h2c(&s).await {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            }
         }
     })
+}
+
+/// Whether the client opened with HTTP/2's connection preface (prior
+/// knowledge, as a waypoint's h2c upstream does), peeked, not consumed.
+async fn is_h2c(s: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    for _ in 0..50 {
+        let Ok(n) = s.peek(&mut buf).await else {
+            return false;
+        };
+        if n == 0 || !PREFACE.starts_with(&buf[..n]) {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
 }
 
 async fn answer(
@@ -126,6 +152,8 @@ pub struct Resp {
     pub served_by: Option<String>,
     /// The body, as text.
     pub body: String,
+    /// The response headers (lower-case names), in order.
+    pub headers: Vec<(String, String)>,
     /// Time to the whole response.
     pub elapsed: Duration,
     /// Why there is no response.
@@ -187,10 +215,11 @@ pub fn send(
             })
             .await;
             let resp = match res {
-                Ok(Ok((status, served_by, body))) => Resp {
+                Ok(Ok((status, served_by, body, headers))) => Resp {
                     status,
                     served_by,
                     body,
+                    headers,
                     elapsed: t.elapsed(),
                     error: None,
                 },
@@ -215,6 +244,7 @@ fn failed(t: Instant, error: String) -> Resp {
         status: 0,
         served_by: None,
         body: String::new(),
+        headers: Vec::new(),
         elapsed: t.elapsed(),
         error: Some(error),
     }
@@ -258,7 +288,7 @@ impl Sender {
         &mut self,
         r: &Req,
         to: SocketAddr,
-    ) -> anyhow::Result<(u16, Option<String>, String)> {
+    ) -> anyhow::Result<(u16, Option<String>, String, Vec<(String, String)>)> {
         let mut b = hyper::Request::builder().method(r.method.as_str());
         b = match self {
             Self::H1(_) => b.uri(r.path.as_str()).header("host", to.to_string()),
@@ -287,11 +317,22 @@ impl Sender {
             .get(SERVED_BY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((
             status,
             served_by,
             String::from_utf8_lossy(&body).into_owned(),
+            headers,
         ))
     }
 }

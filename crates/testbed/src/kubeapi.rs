@@ -96,7 +96,12 @@ impl FakeApi {
     /// Starts serving on 127.0.0.1 with a random port (inside a Tokio
     /// runtime, which keeps serving).
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Serves on `listener` (one bound inside a test's namespace, say),
+    /// from the current Tokio runtime.
+    pub fn serve(listener: tokio::net::TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             store: Mutex::new(Store {
@@ -130,6 +135,15 @@ impl FakeApi {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A kubeconfig file's text naming it (plain HTTP, no credentials),
+    /// for a child process's `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster: {{server: 'http://{}'}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\nusers:\n- name: fake\n  user: {{}}\n",
+            self.addr
+        )
     }
 
     /// A kube client for it (plain HTTP, no credentials).

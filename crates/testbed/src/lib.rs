@@ -28,7 +28,7 @@ pub mod tcpapp;
 
 pub use self::config::{
     DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, DIRECT_SERVER_IP, NODES, REVIEWS_VIP, VIP,
-    dual_stack, ipv6_twin,
+    WAYPOINT_VIP, dual_stack, ipv6_twin, kube_mesh,
 };
 pub use self::control_plane::{ControlPlane, PORT as CONTROL_PLANE_PORT, publish};
 pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};

@@ -11,7 +11,7 @@ use anyhow::bail;
 
 /// One `GET path` to `addr` from inside `ns` (1 s read timeout); the whole
 /// response as text, or `None` if the connection or the request failed.
-fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = ns.tcp_connect(addr).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())

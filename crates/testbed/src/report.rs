@@ -77,6 +77,7 @@ mod tests {
             status,
             served_by: None,
             body: String::new(),
+            headers: Vec::new(),
             elapsed: Duration::from_millis(ms),
             error: None,
         }

@@ -21,9 +21,11 @@ use crate::probe::{read_metric, wait_metric, wait_ready};
 use crate::{DEFAULT_MESH, DEFAULT_ROUTES, httpapp, tcpapp};
 
 mod cni;
+mod kube;
 mod processes;
 
 use self::cni::NodeCni;
+use self::kube::MeshKube;
 pub use self::processes::Binaries;
 
 /// How pods' traffic is captured.
@@ -73,6 +75,13 @@ pub struct Options {
     /// ([`crate::config::dual_stack`]). IPv6 is captured in in-pod mode;
     /// node mode stays IPv4-only.
     pub dual_stack: bool,
+    /// The waypoint takes its routes from the Kubernetes API
+    /// (`WAYPOINT_ROUTES_FROM=kube`): a fake API server in process
+    /// ([`LocalMesh::kube`]) holding the waypoint's Gateway and the mesh's
+    /// Services; tests add routes and policies to it. `routes_yaml` is
+    /// then unused. Use a mesh whose services name the waypoint by its
+    /// Service's VIP ([`crate::config::kube_mesh`]).
+    pub kube_routes: bool,
 }
 
 impl Default for Options {
@@ -85,6 +94,7 @@ impl Default for Options {
             dns_capture: false,
             dns_upstream: None,
             dual_stack: false,
+            kube_routes: false,
         }
     }
 }
@@ -99,6 +109,8 @@ pub struct LocalMesh {
     agents: Vec<Option<ChildGuard>>,
     /// The in-process control plane (xDS and CA).
     pub control_plane: Option<ControlPlane>,
+    /// The fake Kubernetes API server (with [`Options::kube_routes`]).
+    kube: Option<MeshKube>,
     /// The CA behind the control plane (kept to restart it).
     ca: Arc<LocalCa>,
     /// The mesh config the control plane serves.
@@ -169,6 +181,7 @@ impl LocalMesh {
             apps: Vec::new(),
             agents: Vec::new(),
             control_plane: None,
+            kube: None,
             ca: ca.clone(),
             config: config.clone(),
             opts: opts.clone(),
@@ -258,6 +271,18 @@ impl LocalMesh {
                 },
             )?;
         }
+        if opts.kube_routes {
+            progress(&format!(
+                "a Kubernetes API server in process on http://{cp_ip}:{}: Gateway default/{}, the mesh's Services",
+                kube::PORT,
+                kube::GATEWAY_NAME
+            ));
+            let k = MeshKube::start(mesh.cluster.node(0).ns(), cp_ip, &config)?;
+            if let Some(api) = k.api() {
+                std::fs::write(mesh.dir.join("kubeconfig"), api.kubeconfig())?;
+            }
+            mesh.kube = Some(k);
+        }
         if let Some((i, j)) = mesh.waypoint_pod() {
             progress(&format!(
                 "starting the waypoint in {} ({})",
@@ -300,6 +325,12 @@ impl LocalMesh {
     /// what the proxies get as `XDS_ROOT_CA` and `CA_ROOT_CA`.
     pub fn root_cert_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
+    }
+
+    /// The fake Kubernetes API server the waypoint watches (with
+    /// [`Options::kube_routes`]).
+    pub fn kube(&self) -> Option<&crate::kubeapi::FakeApi> {
+        self.kube.as_ref().and_then(MeshKube::api)
     }
 
     /// The capture mode.
@@ -423,6 +454,7 @@ impl LocalMesh {
         self.waypoint = None;
         self.apps.clear();
         self.control_plane = None;
+        self.kube = None;
         for a in self.agents.iter_mut().flatten() {
             let pid = a.child().id();
             let _ = Command::new("kill")

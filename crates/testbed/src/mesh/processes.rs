@@ -54,6 +54,17 @@ impl LocalMesh {
         self.dir.join("waypoint.log")
     }
 
+    /// The waypoint's Prometheus metrics (`:15020/metrics` in its pod),
+    /// as text.
+    pub fn waypoint_metrics(&self) -> Option<String> {
+        let (i, j) = self.waypoint_pod()?;
+        crate::probe::get(
+            self.cluster.pod(i, j).ns(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 15020)),
+            "/metrics",
+        )
+    }
+
     /// The waypoint process's pid.
     pub fn waypoint_pid(&mut self) -> Option<u32> {
         self.waypoint.as_mut().map(|w| w.child().id())
@@ -195,9 +206,15 @@ impl LocalMesh {
             .env("POD_NAME", &w.name)
             .env("POD_NAMESPACE", &w.namespace)
             .env("SERVICE_ACCOUNT", &w.service_account)
-            .env("WAYPOINT_CONFIG", self.dir.join("waypoint.yaml"))
             .stdout(log.try_clone()?)
             .stderr(log);
+        if self.opts.kube_routes {
+            cmd.env("WAYPOINT_ROUTES_FROM", "kube")
+                .env("KUBECONFIG", self.dir.join("kubeconfig"))
+                .env("GATEWAY_NAME", super::kube::GATEWAY_NAME);
+        } else {
+            cmd.env("WAYPOINT_CONFIG", self.dir.join("waypoint.yaml"));
+        }
         Ok(pod.spawn(&mut cmd)?)
     }
 
