@@ -3,6 +3,7 @@
 //! serializes back to, so that fields k8s-openapi silently ignored are
 //! reported as unknown.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use k8s_openapi::Resource;
@@ -101,6 +102,39 @@ pub struct GatewaySpec {
     pub addresses: Vec<GatewayAddress>,
     /// Listeners (a waypoint: one, `HBONE` on 15008).
     pub listeners: Vec<GatewayListener>,
+    /// What istiod deploys for it: labels, annotations and the ConfigMap
+    /// patching its Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+/// `Gateway.spec.infrastructure`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    /// Labels for the objects istiod creates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations for the objects istiod creates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The ConfigMap whose `deployment` (and `service`, ...) keys patch
+    /// what istiod creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_ref: Option<ParametersRef>,
+}
+
+/// `Gateway.spec.infrastructure.parametersRef`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ParametersRef {
+    /// API group (`""` for a ConfigMap).
+    #[serde(default)]
+    pub group: String,
+    /// `ConfigMap`.
+    pub kind: String,
+    /// Its name, in the Gateway's namespace.
+    pub name: String,
 }
 
 /// `Gateway.spec.addresses[]`.

@@ -156,7 +156,7 @@ fn catches_a_typoed_field() {
         &["deploy/ztunnel.yaml", "DaemonSet ztunnel", "containerPrt"],
     );
     let p = broken(
-        "waypoint/waypoint.yaml",
+        "waypoint-manual/waypoint.yaml",
         "  minAvailable: 1",
         "  minAvaliable: 1",
     );
@@ -189,7 +189,7 @@ fn catches_a_wrong_port() {
         ],
     );
     let p = broken(
-        "waypoint/waypoint.yaml",
+        "waypoint-manual/waypoint.yaml",
         "containerPort: 15008",
         "containerPort: 15009",
     );
@@ -249,7 +249,7 @@ fn catches_drift_between_manifests_and_binaries() {
     );
     // The token is mounted elsewhere than AUTH_TOKEN_PATH.
     let p = broken(
-        "waypoint/waypoint.yaml",
+        "waypoint-manual/waypoint.yaml",
         "mountPath: /var/run/secrets/tokens",
         "mountPath: /var/run/secrets/token",
     );
@@ -309,4 +309,77 @@ fn catches_unknown_kinds_and_unlisted_files() {
         &["deploy/extra.yaml, document 1 (Secret x)", "unknown kind"],
     );
     assert_caught(&p, &["resources does not list extra.yaml"]);
+}
+
+#[test]
+fn checks_the_waypoint_istiod_deploys_as_patched() {
+    // Without the args line istiod's `proxy waypoint --domain ...` stays.
+    let p = broken(
+        "waypoint/waypoint.yaml",
+        "              args: [\"--routes-from\", \"kube\"]\n",
+        "",
+    );
+    assert_caught(
+        &p,
+        &[
+            "Deployment waypoint (istiod's, for Gateway waypoint, patched by ConfigMap ambit-waypoint)",
+            "is not one waypoint accepts",
+        ],
+    );
+    // A typo in the patch's env.
+    let p = broken(
+        "waypoint/waypoint.yaml",
+        "name: XDS_ADDRESS",
+        "name: XDS_ADRESS",
+    );
+    assert_caught(&p, &["istiod's", "env XDS_ADRESS is not read by waypoint"]);
+    // The Gateway names a ConfigMap that is not there.
+    let p = broken(
+        "waypoint/waypoint.yaml",
+        "      name: ambit-waypoint\n",
+        "      name: ambit-waypoint-typo\n",
+    );
+    assert_caught(
+        &p,
+        &[
+            "Gateway waypoint",
+            "ConfigMap ambit-waypoint-typo, which is not in these manifests",
+        ],
+    );
+    // No patch at all: istiod's Envoy would run.
+    let p = broken(
+        "waypoint/waypoint.yaml",
+        "  infrastructure:\n    parametersRef:\n      group: \"\"\n      kind: ConfigMap\n      name: ambit-waypoint\n",
+        "",
+    );
+    assert_caught(&p, &["Gateway waypoint", "parametersRef"]);
+    // RBAC: the routes' watches and status writes.
+    let p = broken(
+        "waypoint/rbac.yaml",
+        "\"httproutes\", \"grpcroutes\",",
+        "\"httproutes\",",
+    );
+    assert_caught(
+        &p,
+        &[
+            "may not list grpcroutes",
+            "routes come from the Kubernetes API",
+        ],
+    );
+    let p = broken(
+        "waypoint/rbac.yaml",
+        "resources: [\"httproutes/status\", \"grpcroutes/status\"]",
+        "resources: [\"httproutes/status\"]",
+    );
+    assert_caught(&p, &["may not patch grpcroutes/status"]);
+    // The HBONE listener must be the port the waypoint serves HBONE on.
+    let p = broken(
+        "waypoint/waypoint.yaml",
+        "      port: 15008\n      protocol: HBONE",
+        "      port: 15009\n      protocol: HBONE",
+    );
+    assert_caught(
+        &p,
+        &["Gateway waypoint", "port 15009 is not the HBONE listener"],
+    );
 }

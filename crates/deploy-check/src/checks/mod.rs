@@ -11,7 +11,10 @@
 //! the ZDS socket where the binary looks for them, and the capabilities
 //! and user must be exactly what the binary needs ([`SECURITY`]). Across
 //! objects: selectors, service accounts, RBAC, Services, the
-//! PodDisruptionBudget and HPA, the waypoint Gateway, and the
+//! PodDisruptionBudget and HPA, the waypoint Gateway (a waypoint istiod
+//! deploys is checked as the Deployment istiod renders, patched by the
+//! Gateway's `parametersRef` ConfigMap; one taking routes from the
+//! Kubernetes API must be allowed its watches and status writes), and the
 //! kustomizations listing every file and image.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::binaries::{ArgDef, Binaries, Binary};
 
+mod istiod;
 mod objects;
 mod pod;
 mod run;
@@ -276,6 +280,36 @@ struct Facts {
 
 /// Checks the parsed objects (see the module documentation).
 pub fn check_objects(parsed: &[Parsed], bins: &Binaries) -> Vec<Problem> {
+    let mut out = Vec::new();
+    // Waypoints istiod deploys are checked as the Deployment it renders.
+    let rendered = istiod::render_all(parsed, &mut out);
+    let mut all: Vec<Parsed> = parsed.to_vec();
+    for r in &rendered {
+        all.push(r.deployment.clone());
+        all.push(r.service_account.clone());
+    }
+    let mut problems = check_all(&all, bins);
+    for p in &mut problems {
+        let Some(r) = rendered.iter().find(|r| {
+            p.file == r.deployment.file
+                && p.doc == Some(r.deployment.doc)
+                && p.object.as_deref() == Some(r.deployment.label().as_str())
+        }) else {
+            continue;
+        };
+        p.object = Some(format!(
+            "{} (istiod's, for {}, patched by {})",
+            r.deployment.label(),
+            r.gateway,
+            r.config_map
+        ));
+    }
+    problems.retain(|p| !istiod::template_env_noise(p));
+    out.extend(problems);
+    out
+}
+
+fn check_all(parsed: &[Parsed], bins: &Binaries) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut facts = Facts::default();
     let pods: Vec<Pod<'_>> = parsed.iter().filter_map(pod_of).collect();

@@ -42,10 +42,12 @@ pub(super) fn check_binding(p: &Parsed, parsed: &[Parsed], out: &mut Vec<Problem
     }
 }
 
-/// Pods (workloads) in `ns` whose template labels include `selector`.
+/// Pods (workloads) in `ns` whose template labels include `selector`,
+/// among those applied with `by` (the same `deploy/` directory: each is
+/// one `kubectl apply -k`, and two directories may be alternatives).
 pub(super) fn selected<'a>(
     pods: &'a [Pod<'a>],
-    ns: &Option<String>,
+    by: &Parsed,
     selector: &BTreeMap<String, String>,
 ) -> Vec<&'a Pod<'a>> {
     if selector.is_empty() {
@@ -53,7 +55,9 @@ pub(super) fn selected<'a>(
     }
     pods.iter()
         .filter(|p| {
-            &p.owner.namespace == ns && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+            p.owner.namespace == by.namespace
+                && dir_of(&p.owner.file) == dir_of(&by.file)
+                && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
         })
         .collect()
 }
@@ -67,7 +71,7 @@ pub(super) fn check_service(p: &Parsed, pods: &[Pod<'_>], bins: &Binaries, out: 
         return;
     };
     let selector = spec.selector.clone().unwrap_or_default();
-    let targets = selected(pods, &p.namespace, &selector);
+    let targets = selected(pods, p, &selector);
     if targets.is_empty() {
         out.push(p.problem(format!(
             "selector {selector:?} matches no workload in these manifests"
@@ -108,7 +112,7 @@ pub(super) fn check_pdb(p: &Parsed, parsed: &[Parsed], pods: &[Pod<'_>], out: &m
         .selector
         .and_then(|s| s.match_labels)
         .unwrap_or_default();
-    let targets = selected(pods, &p.namespace, &selector);
+    let targets = selected(pods, p, &selector);
     if targets.is_empty() {
         out.push(p.problem("selector matches no workload in these manifests"));
     }
@@ -202,9 +206,15 @@ pub(super) fn check_gateway(
         out.push(p.problem("gatewayClassName must be istio-waypoint"));
     }
     let ns = p.namespace.clone().unwrap_or_default();
+    if g.spec.addresses.is_empty() {
+        // istiod deploys it: its Service maps each listener port to the
+        // same port of the Deployment it renders (checked as such).
+        check_istiod_gateway(p, pods, bins, out);
+        return;
+    }
     let [addr] = g.spec.addresses.as_slice() else {
         out.push(p.problem(
-            "needs exactly one address of type Hostname (the waypoint Service): without it istiod deploys its own Envoy waypoint",
+            "needs exactly one address of type Hostname (the waypoint Service), or none (istiod deploys it, patched by infrastructure.parametersRef)",
         ));
         return;
     };
@@ -217,6 +227,7 @@ pub(super) fn check_gateway(
             matches!(q.object, Object::Service(_))
                 && q.object.name() == name
                 && q.namespace == p.namespace
+                && dir_of(&q.file) == dir_of(&p.file)
         })
     });
     let Some(svc) = svc else {
@@ -230,11 +241,7 @@ pub(super) fn check_gateway(
         return;
     };
     let spec = s.spec.clone().unwrap_or_default();
-    let targets = selected(
-        pods,
-        &svc.namespace,
-        &spec.selector.clone().unwrap_or_default(),
-    );
+    let targets = selected(pods, svc, &spec.selector.clone().unwrap_or_default());
     for l in &g.spec.listeners {
         if l.protocol != "HBONE" {
             out.push(p.problem(format!("listener {}: protocol must be HBONE", l.name)));
@@ -273,6 +280,46 @@ pub(super) fn check_gateway(
                 l.name,
                 svc.label(),
                 l.port
+            )));
+        }
+    }
+}
+
+fn check_istiod_gateway(p: &Parsed, pods: &[Pod<'_>], bins: &Binaries, out: &mut Vec<Problem>) {
+    let Object::Gateway(g) = &p.object else {
+        return;
+    };
+    // The rendered Deployment (absent when the reference or patch is bad,
+    // which is reported already).
+    let Some(pod) = pods.iter().find(|pod| {
+        matches!(pod.owner.object, Object::Deployment(_))
+            && pod.owner.object.name() == p.object.name()
+            && pod.owner.namespace == p.namespace
+            && dir_of(&pod.owner.file) == dir_of(&p.file)
+            && pod
+                .labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .map(String::as_str)
+                == Some(p.object.name())
+    }) else {
+        return;
+    };
+    for l in &g.spec.listeners {
+        if l.protocol != "HBONE" {
+            out.push(p.problem(format!("listener {}: protocol must be HBONE", l.name)));
+            continue;
+        }
+        let mut sink = Vec::new();
+        let hbone = containers(pod.spec).into_iter().any(|(c, _)| {
+            read_run(pod, c, bins, &mut sink).is_some_and(|r| {
+                r.listener_for(&IntOrString::Int(i32::from(l.port)))
+                    .is_ok_and(|(f, _)| f == "hbone_addr")
+            })
+        });
+        if !hbone {
+            out.push(p.problem(format!(
+                "listener {}: port {} is not the HBONE listener of the waypoint istiod deploys",
+                l.name, l.port
             )));
         }
     }

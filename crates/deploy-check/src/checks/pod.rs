@@ -423,6 +423,9 @@ pub(super) fn check_names(run: &Run<'_>, parsed: &[Parsed], sa: &str, out: &mut 
             )));
         }
     }
+    if run.bin.name == "waypoint" {
+        check_waypoint_rbac(run, parsed, sa, out);
+    }
     if run.bin.name == "cni-node" && run.sub_is("run") {
         for resource in ["pods", "namespaces"] {
             for verb in ["get", "list", "watch"] {
@@ -456,6 +459,18 @@ pub(super) fn may(
     resource: &str,
     verb: &str,
 ) -> bool {
+    may_in(parsed, sa, ns, "", resource, verb)
+}
+
+/// [`may`] for a resource of API group `group`.
+pub(super) fn may_in(
+    parsed: &[Parsed],
+    sa: &str,
+    ns: Option<&str>,
+    group: &str,
+    resource: &str,
+    verb: &str,
+) -> bool {
     let has = |v: &Option<Vec<String>>, x: &str| v.iter().flatten().any(|s| s == x || s == "*");
     parsed.iter().any(|b| {
         let Object::ClusterRoleBinding(b) = &b.object else {
@@ -471,7 +486,7 @@ pub(super) fn may(
                     if role.metadata.name.as_deref() == Some(b.role_ref.name.as_str()) =>
                 {
                     role.rules.iter().flatten().any(|rule| {
-                        has(&rule.api_groups, "")
+                        has(&rule.api_groups, group)
                             && has(&rule.resources, resource)
                             && rule.verbs.iter().any(|v| v == verb || v == "*")
                     })
@@ -479,4 +494,35 @@ pub(super) fn may(
                 _ => false,
             })
     })
+}
+
+/// A waypoint taking its routes from the Kubernetes API (`routes_from`
+/// kube, or auto without a file: in a cluster that is kube) must be
+/// allowed to list and watch what it reads, and to patch route status
+/// unless it is told not to write it.
+fn check_waypoint_rbac(run: &Run<'_>, parsed: &[Parsed], sa: &str, out: &mut Vec<Problem>) {
+    let from = run.value("routes_from").unwrap_or("auto");
+    let kube = from == "kube" || (from == "auto" && run.value("config").is_none());
+    if !kube {
+        return;
+    }
+    let ns = run.pod.owner.namespace.as_deref();
+    for (group, resource) in super::istiod::WAYPOINT_WATCHES {
+        for verb in ["list", "watch"] {
+            if !may_in(parsed, sa, ns, group, resource, verb) {
+                out.push(run.problem(format!(
+                    "service account {sa} may not {verb} {resource} ({group:?}): the waypoint's routes come from the Kubernetes API"
+                )));
+            }
+        }
+    }
+    if run.value("write_status") != Some("false") {
+        for (group, resource) in super::istiod::WAYPOINT_STATUS {
+            if !may_in(parsed, sa, ns, group, resource, "patch") {
+                out.push(run.problem(format!(
+                    "service account {sa} may not patch {resource} ({group:?}): the waypoint writes route status (or set WAYPOINT_WRITE_STATUS=false)"
+                )));
+            }
+        }
+    }
 }
