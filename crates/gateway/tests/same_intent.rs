@@ -1044,13 +1044,9 @@ spec:
                     "http://reviews.default.svc.cluster.local:8443/v2/login?next=%2F",
                 )]),
                 get("/older").want([to(&[("reviews-v1", 100)])]),
-                // Known gap, shared by both sources (the engine's
-                // `route::redirect`): with neither scheme nor port, the
-                // Gateway API wants the listener's port kept
-                // (`reviews.example.com:9080`); the engine drops the
-                // request's port when the host is replaced. Asserted as it
-                // is today.
-                get("/moved/x").want([Redirect(301, "http://reviews.example.com/moved/x")]),
+                // With neither scheme nor port, the Gateway API keeps the
+                // listener's port: the request's (`:9080`).
+                get("/moved/x").want([Redirect(301, "http://reviews.example.com:9080/moved/x")]),
             ],
         },
         Case {

@@ -151,7 +151,12 @@ pub fn redirect(
         (Some(port), _) if default_port(scheme) == Some(port) => strip_port(host).into(),
         (Some(port), _) => format!("{}:{port}", strip_port(host)).into(),
         (None, true) => strip_port(host).into(),
-        (None, false) => host.into(),
+        // A new host without a port or scheme keeps the request's port
+        // (the Gateway API's "listener port").
+        (None, false) => match (&r.host, port_of(authority)) {
+            (Some(h), Some(p)) => format!("{}:{p}", strip_port(h)).into(),
+            _ => host.into(),
+        },
     };
     let path: std::borrow::Cow<'_, str> = match (&r.path, &r.prefix) {
         (Some(p), _) => p.as_str().into(),
@@ -173,6 +178,12 @@ fn default_port(scheme: &str) -> Option<u16> {
         "https" => Some(443),
         _ => None,
     }
+}
+
+/// The `:port` of an authority, if it has one.
+fn port_of(authority: &str) -> Option<&str> {
+    let bare = strip_port(authority);
+    (bare.len() < authority.len()).then(|| &authority[bare.len() + 1..])
 }
 
 /// `host` without a `:port` (IPv6 literals keep their brackets).
@@ -374,6 +385,15 @@ services:
         assert_eq!(
             redirect(&r, "old", "/p", None, None),
             (StatusCode::MOVED_PERMANENTLY, "http://new.example/p".into())
+        );
+        // A new host keeps the request's port (Gateway API: the listener's).
+        assert_eq!(
+            redirect(&r, "old:9080", "/p", None, None).1,
+            "http://new.example:9080/p"
+        );
+        assert_eq!(
+            redirect(&r, "[::1]:9080", "/p", None, None).1,
+            "http://new.example:9080/p"
         );
         let prefix = HttpMatch {
             path: Some(StrMatch::Prefix("/old".into())),
