@@ -14,6 +14,11 @@
 //!   filled it: interactive streams keep small buffers, bulk ones get big
 //!   reads and writes. A direction that is idle at the initial size holds
 //!   no buffer at all (idle connections cost no copy memory).
+//! - Bytes move as [chunks](ChunkIo): what a read returns is handed to the
+//!   write as it is, so a stream that already holds its bytes in a `Bytes`
+//!   (an HTTP/2 DATA frame) gives them on without a copy, and one that
+//!   sends `Bytes` (an HBONE stream) takes the read buffer's bytes without
+//!   a copy.
 
 use std::{
     fmt, io,
@@ -22,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
@@ -80,6 +85,105 @@ impl<T: Abort + ?Sized> Abort for &mut T {
     }
 }
 
+/// A stream [`copy_bidirectional`] can move bytes through as whole
+/// chunks (`Bytes`) rather than through a borrowed slice, so that streams
+/// which hold or send their bytes as `Bytes` — an [`HboneStream`]'s HTTP/2
+/// DATA frames — pass them on without copying them.
+///
+/// The default methods read into the caller's spare buffer and write
+/// through [`AsyncWrite::poll_write`], which is right for any plain byte
+/// stream (TCP, TLS); a stream overrides them when it can do better.
+///
+/// [`HboneStream`]: crate::HboneStream
+pub trait ChunkIo: AsyncRead + AsyncWrite + Abort {
+    /// Reads at most `size` bytes (at least one unless at EOF) as one
+    /// chunk; an empty chunk is EOF.
+    ///
+    /// `spare` is the caller's read buffer: the default reserves `size`
+    /// bytes in it, reads into its spare capacity (never zeroed first) and
+    /// splits the bytes read off, so the buffer's allocation is reused
+    /// once the chunk is dropped. A stream that already holds its bytes as
+    /// `Bytes` hands them out and leaves `spare` alone.
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        spare.reserve(size.max(1));
+        let n = ready!(poll_read_buf(self, cx, spare))?;
+        Poll::Ready(Ok(spare.split_to(n).freeze()))
+    }
+
+    /// Writes a prefix of `chunk` and advances `chunk` past it; returns
+    /// how many bytes that was (zero only for an empty chunk or a stream
+    /// that cannot take more).
+    ///
+    /// The default writes through [`AsyncWrite::poll_write`]; a stream
+    /// that sends `Bytes` takes its part of the chunk without a copy.
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(self.poll_write(cx, chunk))?;
+        chunk.advance(n.min(chunk.len()));
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl ChunkIo for tokio::net::TcpStream {}
+
+impl ChunkIo for tokio::io::DuplexStream {}
+
+impl<IO> ChunkIo for tokio_rustls::client::TlsStream<IO> where
+    IO: AsyncRead + AsyncWrite + Abort + Unpin
+{
+}
+
+impl<IO> ChunkIo for tokio_rustls::server::TlsStream<IO> where
+    IO: AsyncRead + AsyncWrite + Abort + Unpin
+{
+}
+
+impl<T: ChunkIo + Unpin + ?Sized> ChunkIo for Box<T> {
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        Pin::new(&mut **self.get_mut()).poll_read_chunk(cx, spare, size)
+    }
+
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self.get_mut()).poll_write_chunk(cx, chunk)
+    }
+}
+
+impl<T: ChunkIo + Unpin + ?Sized> ChunkIo for &mut T {
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        spare: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        Pin::new(&mut **self.get_mut()).poll_read_chunk(cx, spare, size)
+    }
+
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self.get_mut()).poll_write_chunk(cx, chunk)
+    }
+}
+
 /// Bytes moved by [`copy_bidirectional`], per direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CopyStats {
@@ -130,14 +234,18 @@ impl CopyError {
 }
 
 /// Copies `a → b` and `b → a` until both directions have ended, with
-/// half-close and reset propagation (see the [module docs](self)).
+/// half-close and reset propagation: EOF on one side shuts down the other
+/// side's write half while the opposite direction goes on, and an error on
+/// one side aborts the other. Bytes move as [`ChunkIo`] chunks, through
+/// buffers that start at [`INITIAL_BUFFER`] and grow to [`MAX_BUFFER`]
+/// under bulk transfer.
 ///
 /// Returns the bytes moved each way. On an error, the other stream is
 /// aborted before returning; drop both streams afterwards.
 pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<CopyStats, CopyError>
 where
-    A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+    A: ChunkIo + Unpin + ?Sized,
+    B: ChunkIo + Unpin + ?Sized,
 {
     let mut ab = Pipe::new();
     let mut ba = Pipe::new();
@@ -189,10 +297,13 @@ where
 
 /// One direction of a copy.
 struct Pipe {
-    /// Read and not yet written. Its allocation is `size` bytes while
-    /// data moves, and none at all while the direction is idle at its
-    /// initial size (see [`Pipe::poll_copy`]).
-    buf: BytesMut,
+    /// The read buffer sources that read into one fill (see
+    /// [`ChunkIo::poll_read_chunk`]). Its allocation is at least `size`
+    /// bytes while data moves, and none at all while the direction is
+    /// idle at its initial size (see [`Pipe::poll_copy`]).
+    spare: BytesMut,
+    /// Read and not yet written.
+    held: Bytes,
     /// The buffer size reads use now.
     size: usize,
     /// Consecutive reads that filled the buffer.
@@ -212,7 +323,8 @@ type PipeError = (&'static str, bool, io::Error);
 impl Pipe {
     fn new() -> Self {
         Self {
-            buf: BytesMut::new(),
+            spare: BytesMut::new(),
+            held: Bytes::new(),
             size: INITIAL_BUFFER,
             full_reads: 0,
             read_eof: false,
@@ -222,11 +334,12 @@ impl Pipe {
         }
     }
 
-    /// Moves what `src` has to `dst`. An idle direction (a read found
-    /// nothing, the buffer is empty and has not grown) gives its buffer
-    /// back, so an idle connection holds no copy buffers at all; the next
-    /// read allocates again. Reads go into the buffer's spare capacity, so
-    /// a fresh allocation is never zeroed first.
+    /// Moves what `src` has to `dst`, one chunk at a time: the chunk a
+    /// read returns is what the writes take, so neither side copies bytes
+    /// it can hand over as `Bytes`. An idle direction (a read found
+    /// nothing, nothing is held and the size has not grown) gives its read
+    /// buffer back, so an idle connection holds no copy buffers at all;
+    /// the next read allocates again.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -234,26 +347,26 @@ impl Pipe {
         mut dst: Pin<&mut W>,
     ) -> Poll<Result<(), PipeError>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: ChunkIo + ?Sized,
+        W: ChunkIo + ?Sized,
     {
         loop {
-            if self.buf.is_empty() && !self.read_eof {
+            if self.held.is_empty() && !self.read_eof {
                 self.grow_if_bulk();
-                self.buf.reserve(self.size);
-                match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
-                    Poll::Ready(Ok(0)) => self.read_eof = true,
-                    Poll::Ready(Ok(n)) => {
-                        self.full_reads = if n >= self.size {
+                match src.as_mut().poll_read_chunk(cx, &mut self.spare, self.size) {
+                    Poll::Ready(Ok(chunk)) if chunk.is_empty() => self.read_eof = true,
+                    Poll::Ready(Ok(chunk)) => {
+                        self.full_reads = if chunk.len() >= self.size {
                             self.full_reads + 1
                         } else {
                             0
                         };
+                        self.held = chunk;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(("reading", true, e))),
                     Poll::Pending => {
                         if self.size == INITIAL_BUFFER {
-                            self.buf = BytesMut::new();
+                            self.spare = BytesMut::new();
                         }
                         // Nothing more to read now: push out what was written.
                         if self.need_flush {
@@ -265,8 +378,8 @@ impl Pipe {
                     }
                 }
             }
-            while !self.buf.is_empty() {
-                let n = ready!(dst.as_mut().poll_write(cx, &self.buf))
+            while !self.held.is_empty() {
+                let n = ready!(dst.as_mut().poll_write_chunk(cx, &mut self.held))
                     .map_err(|e| ("writing", false, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((
@@ -275,7 +388,6 @@ impl Pipe {
                         io::Error::new(io::ErrorKind::WriteZero, "write returned zero bytes"),
                     )));
                 }
-                self.buf.advance(n);
                 self.moved += n as u64;
                 self.need_flush = true;
             }
@@ -286,7 +398,8 @@ impl Pipe {
                 }
                 ready!(dst.as_mut().poll_shutdown(cx)).map_err(|e| ("shutting down", false, e))?;
                 self.done = true;
-                self.buf = BytesMut::new();
+                self.spare = BytesMut::new();
+                self.held = Bytes::new();
                 return Poll::Ready(Ok(()));
             }
         }
@@ -302,6 +415,8 @@ impl Pipe {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
@@ -340,6 +455,135 @@ mod tests {
                 b_to_a: 6
             }
         );
+    }
+
+    /// A stream of given chunks (then EOF) that keeps the chunks written
+    /// to it whole, to see whether the copy passed them on or copied them.
+    #[derive(Default)]
+    struct Chunks {
+        to_read: std::collections::VecDeque<Bytes>,
+        written: Vec<Bytes>,
+        shut_down: bool,
+    }
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if let Some(front) = this.to_read.front_mut() {
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front.split_to(n));
+                if front.is_empty() {
+                    this.to_read.pop_front();
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Chunks {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().written.push(Bytes::copy_from_slice(buf));
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().shut_down = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Abort for Chunks {
+        fn abort(&mut self) {}
+    }
+
+    impl ChunkIo for Chunks {
+        fn poll_read_chunk(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _spare: &mut BytesMut,
+            size: usize,
+        ) -> Poll<io::Result<Bytes>> {
+            let this = self.get_mut();
+            let Some(front) = this.to_read.front_mut() else {
+                return Poll::Ready(Ok(Bytes::new()));
+            };
+            let chunk = front.split_to(front.len().min(size));
+            if front.is_empty() {
+                this.to_read.pop_front();
+            }
+            Poll::Ready(Ok(chunk))
+        }
+
+        fn poll_write_chunk(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            chunk: &mut Bytes,
+        ) -> Poll<io::Result<usize>> {
+            let n = chunk.len();
+            self.get_mut().written.push(std::mem::take(chunk));
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_pass_through_without_a_copy() {
+        let first = Bytes::from(vec![1u8; 1000]);
+        let second = Bytes::from(vec![2u8; INITIAL_BUFFER + 10]);
+        let mut a = Chunks {
+            to_read: [first.clone(), second.clone()].into(),
+            ..Chunks::default()
+        };
+        let mut b = Chunks::default();
+        let stats = copy_bidirectional(&mut a, &mut b).await.expect("copy");
+        assert_eq!(
+            stats,
+            CopyStats {
+                a_to_b: 1000 + INITIAL_BUFFER as u64 + 10,
+                b_to_a: 0
+            }
+        );
+        // The very bytes read were written: same memory, no copy; a chunk
+        // larger than the read size came as two reads.
+        let ptrs: Vec<_> = b.written.iter().map(|c| (c.as_ptr(), c.len())).collect();
+        assert_eq!(
+            ptrs,
+            vec![
+                (first.as_ptr(), 1000),
+                (second.as_ptr(), INITIAL_BUFFER),
+                (second[INITIAL_BUFFER..].as_ptr(), 10),
+            ]
+        );
+        assert!(a.shut_down && b.shut_down, "EOF shut both write halves");
+    }
+
+    #[test]
+    fn an_idle_direction_holds_no_buffer() {
+        let (mut src, mut peer) = duplex(1 << 16);
+        let mut dst = Chunks::default();
+        let mut pipe = Pipe::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let poll = pipe.poll_copy(&mut cx, Pin::new(&mut src), Pin::new(&mut dst));
+        assert!(poll.is_pending());
+        assert_eq!(pipe.spare.capacity(), 0, "idle: no read buffer");
+        let mut write = std::pin::pin!(peer.write_all(b"hello"));
+        assert!(write.as_mut().poll(&mut cx).is_ready());
+        let poll = pipe.poll_copy(&mut cx, Pin::new(&mut src), Pin::new(&mut dst));
+        assert!(poll.is_pending());
+        assert_eq!(dst.written, vec![Bytes::from_static(b"hello")]);
+        assert_eq!(pipe.moved, 5);
+        assert_eq!(pipe.spare.capacity(), 0, "idle again: buffer given back");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! - [`HboneStream`]: one CONNECT stream as `AsyncRead + AsyncWrite`, with
 //!   HTTP/2 flow control done right.
 //! - [`copy_bidirectional`]: moves bytes both ways with half-close and
-//!   reset propagation and adaptive buffers.
+//!   reset propagation and adaptive buffers, as whole chunks through
+//!   [`ChunkIo`], so HBONE streams' bytes pass without copies.
 //!
 //! Wire facts (settings, keepalive, status codes) follow ztunnel; see the
 //! crate README.
@@ -38,7 +39,7 @@ pub use self::{
     },
     config::{ClientConfig, H2Settings, ServerConfig},
     copy::{
-        Abort, CopyError, CopyStats, GROW_AFTER, INITIAL_BUFFER, MAX_BUFFER, Side,
+        Abort, ChunkIo, CopyError, CopyStats, GROW_AFTER, INITIAL_BUFFER, MAX_BUFFER, Side,
         copy_bidirectional,
     },
     headers::{

@@ -1,4 +1,6 @@
-//! [`HboneStream`]: one CONNECT stream as `AsyncRead + AsyncWrite`.
+//! [`HboneStream`]: one CONNECT stream as `AsyncRead + AsyncWrite`, and as
+//! [`ChunkIo`] without copies: reads hand out the received DATA frames'
+//! `Bytes`, writes send slices of the caller's `Bytes`.
 //!
 //! Flow control invariants:
 //! - Receive: capacity is released to the peer only as the reader consumes
@@ -23,13 +25,16 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::ChunkIo;
+
 /// The most bytes offered to h2 in one DATA write (so the most in one DATA
 /// frame we send). About 64 KiB rather than the 1 MiB the peer allows:
-/// each write is copied into a fresh `Bytes`, and allocations above
+/// each [`AsyncWrite`] write is copied into a fresh `Bytes` (a
+/// [`ChunkIo`] write is not), and allocations above
 /// glibc's 128 KiB mmap threshold showed up as page faults and
 /// TLB-shootdown IPIs in profiles; smaller frames also let the receiver's
 /// h2 hand data on sooner instead of buffering a whole large frame. Not
@@ -101,6 +106,71 @@ impl HboneStream {
         self.send.send_reset(reason);
     }
 
+    /// Waits until received bytes are pending or the peer ended the
+    /// stream (then `pending` stays empty).
+    fn poll_received(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() && !self.read_eof {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => self.read_eof = true,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes up to `max` pending bytes for the reader, without a copy,
+    /// and lets the peer send as many more.
+    fn take_received(&mut self, max: usize) -> Bytes {
+        let n = self.pending.len().min(max);
+        if n == 0 {
+            return Bytes::new();
+        }
+        let data = self.pending.split_to(n);
+        // The reader has taken n bytes: let the peer send n more. Fails
+        // only if the stream is already gone, which the next read reports.
+        let _ = self.recv.flow_control().release_capacity(n);
+        data
+    }
+
+    /// Waits for send capacity for up to `len` bytes (at most
+    /// [`MAX_WRITE`]) and returns how much was granted: zero only when
+    /// `len` is.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        if len == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "hbone stream already closed for writing",
+            )));
+        }
+        let want = len.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(0)) => {
+                // Capacity was assigned and taken back (window shrank); wait.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Some(Ok(n)) => Poll::Ready(Ok(n.min(want))),
+            // The stream is closed or reset: report why.
+            Some(Err(_)) | None => self.poll_send_error(cx).map(Err),
+        }
+    }
+
+    /// Sends `data` (no more than [`poll_send_capacity`] granted) as DATA.
+    ///
+    /// [`poll_send_capacity`]: Self::poll_send_capacity
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: Bytes) -> Poll<io::Result<usize>> {
+        let n = data.len();
+        match self.send.send_data(data, false) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => self.poll_send_error(cx).map(Err),
+        }
+    }
+
     /// The error to report once the send side is unusable: the peer's
     /// reset reason if it sent one.
     fn poll_send_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -147,21 +217,8 @@ impl AsyncRead for HboneStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        while this.pending.is_empty() {
-            if this.read_eof {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => this.pending = data,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => this.read_eof = true,
-            }
-        }
-        let n = this.pending.len().min(buf.remaining());
-        buf.put_slice(&this.pending.split_to(n));
-        // The reader has taken n bytes: let the peer send n more. Fails
-        // only if the stream is already gone, which the next read reports.
-        let _ = this.recv.flow_control().release_capacity(n);
+        ready!(this.poll_received(cx))?;
+        buf.put_slice(&this.take_received(buf.remaining()));
         Poll::Ready(Ok(()))
     }
 }
@@ -173,36 +230,11 @@ impl AsyncWrite for HboneStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if buf.is_empty() {
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
+        if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        if this.write_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "hbone stream already closed for writing",
-            )));
-        }
-        let want = buf.len().min(MAX_WRITE);
-        this.send.reserve_capacity(want);
-        let granted = match ready!(this.send.poll_capacity(cx)) {
-            Some(Ok(n)) => Some(n.min(want)),
-            // The stream is closed or reset: report why below.
-            Some(Err(_)) | None => None,
-        };
-        if let Some(n) = granted.filter(|n| *n > 0) {
-            if this
-                .send
-                .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                .is_ok()
-            {
-                return Poll::Ready(Ok(n));
-            }
-        } else if granted == Some(0) {
-            // Capacity was assigned and taken back (window shrank); wait.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        this.poll_send_error(cx).map(Err)
+        this.poll_send(cx, Bytes::copy_from_slice(&buf[..n]))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -222,6 +254,37 @@ impl AsyncWrite for HboneStream {
             }
             Err(_) => this.poll_send_error(cx).map(Err),
         }
+    }
+}
+
+/// Without copies: reads hand out the received DATA frames' own `Bytes`
+/// (up to `size` bytes; flow-control capacity is released as they are
+/// handed out, as for [`AsyncRead`]); writes send `DATA` frames that are
+/// slices of the caller's chunk, of the same sizes an [`AsyncWrite`] write
+/// of the same bytes sends.
+impl ChunkIo for HboneStream {
+    fn poll_read_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        _spare: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        let this = self.get_mut();
+        ready!(this.poll_received(cx))?;
+        Poll::Ready(Ok(this.take_received(size.max(1))))
+    }
+
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(this.poll_send_capacity(cx, chunk.len()))?;
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        this.poll_send(cx, chunk.split_to(n))
     }
 }
 
