@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use ambit_testbed::httpapp::{self, Req, Version};
 use ambit_testbed::{
-    Binaries, DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, Figures, HostSnapshot, LocalMesh, Mode,
-    NODES, Options, REVIEWS_VIP, VIP, tcpapp,
+    Binaries, DEFAULT_KUBE_ROUTES, DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, Figures,
+    HostSnapshot, LocalMesh, Mode, NODES, Options, REVIEWS_VIP, VIP, kube_mesh, tcpapp,
 };
 use anyhow::Context;
 use clap::Parser;
@@ -42,6 +42,11 @@ struct Args {
     /// Another waypoint routing config (ambit-l7proxy YAML).
     #[arg(long)]
     routes: Option<PathBuf>,
+    /// Where the waypoint's routes come from: `file` (the routes YAML) or
+    /// `kube` (HTTPRoute and AuthorizationPolicy objects with the same
+    /// intent, from an in-process Kubernetes API server, as in a cluster).
+    #[arg(long, value_enum, default_value = "file")]
+    routes_from: RoutesFrom,
     /// Capture mode: node-level (Istio 1.16–1.20) or in-pod (current Istio).
     #[arg(long, value_enum, default_value = "node")]
     mode: ModeArg,
@@ -54,6 +59,12 @@ struct Args {
     /// Bulk transfer size per measurement, MiB.
     #[arg(long, default_value_t = 64)]
     bulk_mib: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoutesFrom {
+    File,
+    Kube,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -75,12 +86,12 @@ fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
     let opts = Options {
-        mesh_yaml: a
-            .config
-            .as_ref()
-            .map(read)
-            .transpose()?
-            .unwrap_or(DEFAULT_MESH.to_owned()),
+        mesh_yaml: a.config.as_ref().map(read).transpose()?.unwrap_or_else(|| {
+            match a.routes_from {
+                RoutesFrom::File => DEFAULT_MESH.to_owned(),
+                RoutesFrom::Kube => kube_mesh(),
+            }
+        }),
         routes_yaml: a
             .routes
             .as_ref()
@@ -92,6 +103,8 @@ fn main() -> anyhow::Result<()> {
             ModeArg::Inpod => Mode::InPod,
         },
         dns_capture: true,
+        kube_routes: a.routes_from == RoutesFrom::Kube,
+        kube_objects: DEFAULT_KUBE_ROUTES.to_owned(),
         ..Options::default()
     };
     let bins = Binaries::beside(&bin)?;

@@ -123,6 +123,49 @@ services:
     rules: [{to: [{operation: {methods: [DELETE], paths: ["/admin*"]}}]}]
 "#;
 
+/// [`DEFAULT_ROUTES`]' intent as Kubernetes objects, for a waypoint that
+/// takes its routes from the API server ([`kube_mesh`]'s services): an
+/// HTTPRoute on the `reviews` Service and an AuthorizationPolicy on the
+/// waypoint's Gateway. Gateway API precedence puts a longer path before a
+/// header-only match, so `x-version: v2` is also matched together with
+/// `/v1` to keep the file's "header first" outcome.
+pub const DEFAULT_KUBE_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches:
+    - headers: [{name: x-version, value: v2}]
+    - path: {type: PathPrefix, value: /v1}
+      headers: [{name: x-version, value: v2}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /v1}}]
+    backendRefs: [{name: reviews-v1, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 90}
+    - {name: reviews-v2, port: 9080, weight: 10}
+  - matches: [{path: {type: PathPrefix, value: /flaky}}]
+    retry: {attempts: 2, codes: [500, 502, 503, 504]}
+    backendRefs: [{name: reviews, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /hang}}]
+    timeouts: {request: 500ms}
+    backendRefs: [{name: reviews, port: 9080}]
+  - backendRefs: [{name: reviews, port: 9080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin-delete, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE], paths: ["/admin*"]}}]}]
+"#;
+
 /// The `reviews` service VIP (behind the waypoint) of the default mesh.
 pub const REVIEWS_VIP: &str = "10.96.0.30:9080";
 

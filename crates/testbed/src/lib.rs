@@ -27,8 +27,8 @@ pub mod serve;
 pub mod tcpapp;
 
 pub use self::config::{
-    DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, DIRECT_SERVER_IP, NODES, REVIEWS_VIP, VIP,
-    WAYPOINT_VIP, dual_stack, ipv6_twin, kube_mesh,
+    DEFAULT_KUBE_ROUTES, DEFAULT_MESH, DEFAULT_ROUTES, DIRECT_SERVER, DIRECT_SERVER_IP, NODES,
+    REVIEWS_VIP, VIP, WAYPOINT_VIP, dual_stack, ipv6_twin, kube_mesh,
 };
 pub use self::control_plane::{ControlPlane, PORT as CONTROL_PLANE_PORT, publish};
 pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};

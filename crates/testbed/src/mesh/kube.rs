@@ -35,6 +35,7 @@ impl MeshKube {
         ns: &ambit_netns::NetNs,
         ip: IpAddr,
         config: &ambit_mesh::Config,
+        objects: &str,
     ) -> anyhow::Result<Self> {
         let listener = ns
             .tcp_listener(SocketAddr::new(ip, PORT))
@@ -67,6 +68,16 @@ impl MeshKube {
         for s in &config.services {
             api.apply("", "v1", "services", service(s));
         }
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(objects).enumerate() {
+            let obj = <Value as serde::Deserialize>::deserialize(doc)
+                .with_context(|| format!("Kubernetes object {} of the mesh's", i + 1))?;
+            if obj.is_null() {
+                continue;
+            }
+            let (group, version, plural) = address(&obj)
+                .with_context(|| format!("Kubernetes object {} of the mesh's", i + 1))?;
+            api.apply(group, version, plural, obj.clone());
+        }
         Ok(Self {
             api: Some(api),
             runtime: Some(runtime),
@@ -87,6 +98,23 @@ impl Drop for MeshKube {
             rt.shutdown_background();
         }
     }
+}
+
+/// Where an object lives in the API: its group, version and plural, for
+/// the kinds the waypoint watches.
+fn address(obj: &Value) -> anyhow::Result<(&str, &str, &'static str)> {
+    let api = obj["apiVersion"].as_str().unwrap_or("");
+    let (group, version) = api.rsplit_once('/').unwrap_or(("", api));
+    let plural = match obj["kind"].as_str().unwrap_or("") {
+        "Gateway" => "gateways",
+        "HTTPRoute" => "httproutes",
+        "GRPCRoute" => "grpcroutes",
+        "ReferenceGrant" => "referencegrants",
+        "AuthorizationPolicy" => "authorizationpolicies",
+        "Service" => "services",
+        other => anyhow::bail!("kind {other:?} ({api}) is none the waypoint watches"),
+    };
+    Ok((group, version, plural))
 }
 
 /// The Kubernetes Service of a mesh service: its ports named `http-<port>`
@@ -110,4 +138,28 @@ fn service(s: &ambit_mesh::model::Service) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": s.name, "namespace": s.namespace},
            "spec": {"ports": ports, "clusterIP": vips.first()}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_kube_routes_have_addresses() {
+        let mut kinds = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(crate::config::DEFAULT_KUBE_ROUTES) {
+            let obj = <Value as serde::Deserialize>::deserialize(doc).expect("yaml");
+            let (group, version, plural) = address(&obj).expect("watched kind");
+            kinds.push(format!("{group}/{version}/{plural}"));
+        }
+        assert_eq!(
+            kinds,
+            [
+                "gateway.networking.k8s.io/v1/httproutes",
+                "security.istio.io/v1/authorizationpolicies"
+            ]
+        );
+        let bad = json!({"apiVersion": "v1", "kind": "Secret"});
+        assert!(address(&bad).is_err());
+    }
 }

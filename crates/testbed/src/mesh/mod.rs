@@ -82,6 +82,10 @@ pub struct Options {
     /// then unused. Use a mesh whose services name the waypoint by its
     /// Service's VIP ([`crate::config::kube_mesh`]).
     pub kube_routes: bool,
+    /// With `kube_routes`: objects (YAML documents with `apiVersion` and
+    /// `kind`, e.g. [`crate::config::DEFAULT_KUBE_ROUTES`]) the API server
+    /// holds before the waypoint starts.
+    pub kube_objects: String,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             dns_upstream: None,
             dual_stack: false,
             kube_routes: false,
+            kube_objects: String::new(),
         }
     }
 }
@@ -277,7 +282,12 @@ impl LocalMesh {
                 kube::PORT,
                 kube::GATEWAY_NAME
             ));
-            let k = MeshKube::start(mesh.cluster.node(0).ns(), cp_ip, &config)?;
+            let k = MeshKube::start(
+                mesh.cluster.node(0).ns(),
+                cp_ip,
+                &config,
+                &opts.kube_objects,
+            )?;
             if let Some(api) = k.api() {
                 std::fs::write(mesh.dir.join("kubeconfig"), api.kubeconfig())?;
             }
