@@ -241,3 +241,77 @@ async fn missing_crds_count_as_empty_kinds() {
             .is_some_and(|t| t.routes.is_empty() && t.error.is_none())
     );
 }
+
+/// A CRD installed after the waypoint started (GRPCRoute here) is picked
+/// up by the watch's retries: its routes apply and get status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_installed_later_is_picked_up() {
+    let api = FakeApi::start().await.unwrap();
+    for (group, version, plural) in [(G, "v1", "gateways"), ("", "v1", "services")] {
+        api.register(group, version, plural);
+    }
+    api.apply("", "v1", "services", service("reviews"));
+    api.apply("", "v1", "services", service("v2"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mesh = || {
+        vec![WaypointService {
+            hostname: REVIEWS.into(),
+            namespace: "shop".into(),
+            name: "reviews".into(),
+            kind: ServiceKind::Service,
+            ports: vec![WaypointPort {
+                port: 9080,
+                name: Some("grpc".into()),
+                app_protocol: None,
+            }],
+        }]
+    };
+    let mut cfg = SourceConfig::new(WaypointIdentity::new("shop", "wp"));
+    cfg.debounce = Duration::from_millis(20);
+    cfg.mesh_poll = Duration::from_millis(100);
+    let source = GatewaySource::start(api.client().unwrap(), cfg, mesh, move |c| {
+        let _ = tx.send(c);
+    });
+    source
+        .wait_synced(Duration::from_secs(10))
+        .await
+        .expect("synced with the Gateway API route CRDs missing");
+    next_config(&mut rx, "no routes yet", |c| {
+        c.service(REVIEWS).is_some_and(|s| s.routes.is_empty())
+    })
+    .await;
+
+    // The GRPCRoute CRD arrives, then a route.
+    api.register(G, "v1", "grpcroutes");
+    api.apply(
+        G,
+        "v1",
+        "grpcroutes",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+               "metadata": {"name": "by-method", "namespace": "shop"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                        "rules": [{"matches": [{"method": {"service": "shop.Reviews", "method": "Get"}}],
+                                   "backendRefs": [{"name": "v2", "port": 9080}]}]}}),
+    );
+    let wait = async {
+        loop {
+            let c = rx.recv().await.expect("source running");
+            if c.service(REVIEWS).is_some_and(|s| !s.routes.is_empty()) {
+                return c;
+            }
+        }
+    };
+    // kube-runtime's watcher backs off between failed lists (up to ~30 s).
+    let c = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("the GRPCRoute applied once its CRD exists");
+    assert_eq!(c.service(REVIEWS).map(|s| s.routes.len()), Some(1));
+    let status = api
+        .get(G, "v1", "grpcroutes", "shop", "by-method")
+        .map(|o| o["status"].clone());
+    let t = source.last().expect("a translation");
+    assert!(
+        t.routes.iter().any(|r| r.name == "by-method"),
+        "status computed for the late route: {status:?}"
+    );
+}
