@@ -441,11 +441,17 @@ impl Waypoint {
                 let Some(head) = head else { break };
                 let up_req = Request::from_parts(head, body);
                 let send = self.send(&ep, &key, pool_key, conn.client, up_req, version);
-                let result = match per_try {
-                    Some(t) => tokio::time::timeout(t, send)
-                        .await
-                        .unwrap_or(Err(Outcome::Timeout)),
-                    None => send.await,
+                // Pinned and awaited through a reference: one slot in this
+                // future's state whether or not a timeout wraps it (awaited
+                // by value, each arm held its own copy).
+                let result = {
+                    let mut send = std::pin::pin!(send);
+                    match per_try {
+                        Some(t) => tokio::time::timeout(t, send.as_mut())
+                            .await
+                            .unwrap_or(Err(Outcome::Timeout)),
+                        None => send.as_mut().await,
+                    }
                 };
                 let outcome = match &result {
                     Ok(r) => Outcome::Status(r.status()),
@@ -501,16 +507,18 @@ impl Waypoint {
             meta.flags = flags;
             local(status, msg)
         };
-        let resp = match route.timeout {
-            Some(t) => match tokio::time::timeout(t, work).await {
-                Ok(r) => r,
-                Err(_) => {
-                    meta.flags = "UT";
-                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
-                }
-            },
-            None => work.await,
+        // Pinned, as `send` above.
+        let resp = {
+            let mut work = std::pin::pin!(work);
+            match route.timeout {
+                Some(t) => tokio::time::timeout(t, work.as_mut()).await.ok(),
+                None => Some(work.as_mut().await),
+            }
         };
+        let resp = resp.unwrap_or_else(|| {
+            meta.flags = "UT";
+            local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
+        });
         (resp, name)
     }
 }

@@ -96,11 +96,9 @@ impl Waypoint {
                 },
             }
         }
-        let mut sender = if self.inner.cfg.plaintext_upstreams {
-            handshake_h1(self.dial_tcp(&key, ep_key).await?).await?
-        } else {
-            handshake_h1(self.dial_hbone(ep, ep_key, client).await?).await?
-        };
+        // Boxed: the dial's future is large and only needed when no pooled
+        // connection is at hand; inline it would enlarge every request's.
+        let mut sender = Box::pin(self.open_h1(ep, ep_key, &key, client)).await?;
         pool.note_opened();
         match sender.send_request(req).await {
             Ok(resp) => Ok(pool.wrap(key, sender, resp)),
@@ -122,7 +120,7 @@ impl Waypoint {
         let pool = &self.inner.pool;
         let Some(slot) = pool.h2_slot(&key) else {
             // Pooling off: a connection per request.
-            let mut sender = self.open_h2(ep, ep_key, &key, client).await?;
+            let mut sender = Box::pin(self.open_h2(ep, ep_key, &key, client)).await?;
             return finish_h2(sender.send_request(req).await, ep_key);
         };
         let mut conn = slot.lock().await;
@@ -153,7 +151,7 @@ impl Waypoint {
                 return finish_h2(sender.send_request(req).await, ep_key);
             }
         }
-        let sender = self.open_h2(ep, ep_key, &key, client).await?;
+        let sender = Box::pin(self.open_h2(ep, ep_key, &key, client)).await?;
         *conn = Some(H2Conn {
             sender: sender.clone(),
             last_used: Instant::now(),
@@ -161,6 +159,20 @@ impl Waypoint {
         drop(conn);
         let mut sender = sender;
         finish_h2(sender.send_request(req).await, ep_key)
+    }
+
+    async fn open_h1(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: &PoolKey,
+        client: SocketAddr,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, Outcome> {
+        if self.inner.cfg.plaintext_upstreams {
+            handshake_h1(self.dial_tcp(key, ep_key).await?).await
+        } else {
+            handshake_h1(self.dial_hbone(ep, ep_key, client).await?).await
+        }
     }
 
     async fn open_h2(
