@@ -12,7 +12,7 @@ use std::time::Instant;
 use ambit_mesh::{Endpoint, MeshState, Workload};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::authz::{self, AuthzFacts, HttpFacts};
@@ -395,7 +395,8 @@ impl Waypoint {
         // Set when the client's own body turns out malformed mid-stream
         // (bad chunking, early EOF): that is the client's fault (400), not
         // the upstream's.
-        let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Made only when a body is streamed.
+        let mut client_body_failed: Option<Arc<std::sync::atomic::AtomicBool>> = None;
         let mut parts = Some(parts);
         let work = async {
             let mut tried: Vec<Arc<str>> = Vec::new();
@@ -415,8 +416,13 @@ impl Waypoint {
                     (policy == LoadBalancer::LeastRequest).then(|| self.inner.balancer.begin(&key));
                 meta.destination = Some(Arc::clone(&ep.workload));
                 let body: Body = match streamed.take() {
+                    // Nothing to stream, fail or copy to mirrors: an empty
+                    // body (no allocation, the same request on the wire).
+                    Some(b) if b.is_end_stream() && taps.is_none() => {
+                        Empty::new().map_err(|e| match e {}).boxed_unsync()
+                    }
                     Some(b) => {
-                        let failed = client_body_failed.clone();
+                        let failed = Arc::clone(client_body_failed.get_or_insert_default());
                         let b = b
                             .map_err(move |e| {
                                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -460,8 +466,11 @@ impl Waypoint {
                 self.inner
                     .balancer
                     .report(&key, outcome.is_failure(), Instant::now());
-                tried.push(key);
                 let more = attempt + 1 < attempts && route::retriable(retry_on, codes, outcome);
+                // Only a next attempt looks at `tried`.
+                if more {
+                    tried.push(key);
+                }
                 match result {
                     Ok(resp) if !more => {
                         let (mut rp, body) = resp.into_parts();
@@ -484,7 +493,10 @@ impl Waypoint {
                     }
                 }
             }
-            if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            if client_body_failed
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            {
                 meta.flags = "DPE";
                 let mut r = local(StatusCode::BAD_REQUEST, "bad request body\n");
                 r.headers_mut()
