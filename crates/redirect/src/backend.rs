@@ -16,8 +16,9 @@ use crate::route::Family;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Backend {
-    /// nftables: one `inet` table owned by the plan, written with `nft -f -`
-    /// as one atomic transaction. Sets are nft sets in that table.
+    /// nftables: one `inet` table owned by the plan, written as one atomic
+    /// transaction — in process over nfnetlink, or with `nft -f -`
+    /// ([`crate::RuleWrites`]). Sets are nft sets in that table.
     #[default]
     Nft,
     /// iptables (legacy or nft-based `iptables`): user chains written with

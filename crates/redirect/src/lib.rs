@@ -9,11 +9,13 @@
 //! without touching anything it does not own. [`profiles`] builds Istio's
 //! plans: node-level (1.16–1.20), in-pod (current) and sidecar.
 //!
-//! Backends ([`Backend`]): native nftables through `nft -f -` (default: one
-//! atomic transaction, one owned `inet` table), iptables through
-//! `iptables-restore --noflush`, and, with the `nftnl` feature, nftables in
-//! process through libnftnl. Sets, rules and routes always go over netlink;
-//! nftables set elements are added and deleted in process ([`nftset`]).
+//! Backends ([`Backend`]): native nftables (default: one atomic
+//! transaction, one owned `inet` table), written in process over nfnetlink
+//! and read back the same way for verification, or through `nft -f -`
+//! ([`RuleWrites`]); iptables through `iptables-restore --noflush`; and,
+//! with the `nftnl` feature, nftables in process through libnftnl. Sets,
+//! rules and routes always go over netlink; nftables set elements are
+//! added and deleted in process ([`nftset`]).
 #![deny(unsafe_code)]
 
 mod backend;
@@ -25,6 +27,7 @@ pub mod mark;
 pub mod netfilter;
 #[cfg(feature = "nftnl")]
 mod nftnl_backend;
+mod nftrules;
 pub mod nftset;
 mod plan;
 pub mod profiles;
@@ -33,6 +36,7 @@ pub mod route;
 pub use self::{
     backend::Backend,
     error::{Error, Result},
+    nftrules::RuleWrites,
     nftset::SetUpdates,
     plan::{Drift, Plan, Step},
 };

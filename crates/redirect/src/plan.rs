@@ -13,6 +13,7 @@ use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
 use crate::ipset::{IpSetEntry, IpSetSpec, Ipset};
 use crate::netfilter::Ruleset;
+use crate::nftrules::{self, RuleWrites};
 use crate::nftset::codec::Element;
 use crate::nftset::{NftSets, SetUpdates};
 use crate::route::{IpRule, Route, Rtnl, route_satisfies};
@@ -102,6 +103,9 @@ pub struct Plan {
     /// How members of the plan's nft sets are written (in process by
     /// default).
     pub set_updates: SetUpdates,
+    /// How the nft backend's table (sets, chains, rules) is written and
+    /// read back for [`Plan::verify`] (in process by default).
+    pub rule_writes: RuleWrites,
 }
 
 impl Plan {
@@ -115,6 +119,7 @@ impl Plan {
             routes: Vec::new(),
             rules: Vec::new(),
             set_updates: SetUpdates::default(),
+            rule_writes: RuleWrites::default(),
         }
     }
 
@@ -169,7 +174,10 @@ impl Plan {
                 }
             }
             Step::Netfilter => match backend {
-                Backend::Nft => backend::nft_apply(ns, &self.ruleset(backend))?,
+                Backend::Nft => match self.rule_writes {
+                    RuleWrites::Netlink => nftrules::apply(ns, &self.ruleset(backend))?,
+                    RuleWrites::NftCommand => backend::nft_apply(ns, &self.ruleset(backend))?,
+                },
                 Backend::Iptables => backend::xt_apply(ns, &self.ruleset(backend))?,
                 #[cfg(feature = "nftnl")]
                 Backend::Nftnl => crate::nftnl_backend::apply(ns, &self.ruleset(backend))?,
@@ -220,7 +228,10 @@ impl Plan {
         rt.del_routes(&routes)?;
         let (was, now) = (old.ruleset(backend), self.ruleset(backend));
         match backend {
-            Backend::Nft => backend::nft_remove_surplus(ns, &was, &now)?,
+            Backend::Nft => match self.rule_writes {
+                RuleWrites::Netlink => nftrules::remove_surplus(ns, &was, &now)?,
+                RuleWrites::NftCommand => backend::nft_remove_surplus(ns, &was, &now)?,
+            },
             Backend::Iptables => {
                 backend::xt_remove(ns, &was.surplus_over(&now))?;
                 if was.ipv6 && !now.ipv6 {
@@ -241,7 +252,10 @@ impl Plan {
         rt.del_rules(&self.rules)?;
         rt.del_routes(&self.routes)?;
         match backend {
-            Backend::Nft => backend::nft_remove(ns, &self.ruleset(backend))?,
+            Backend::Nft => match self.rule_writes {
+                RuleWrites::Netlink => nftrules::remove(ns, &self.ruleset(backend))?,
+                RuleWrites::NftCommand => backend::nft_remove(ns, &self.ruleset(backend))?,
+            },
             Backend::Iptables => backend::xt_remove(ns, &self.ruleset(backend))?,
             #[cfg(feature = "nftnl")]
             Backend::Nftnl => crate::nftnl_backend::remove(ns, &self.ruleset(backend))?,
@@ -255,24 +269,31 @@ impl Plan {
         Ok(())
     }
 
-    /// The packet-filter part as the kernel prints it, for this plan applied
-    /// alone in a scratch namespace: the canonical text to compare with.
+    /// The packet-filter part as the kernel shows it, for this plan
+    /// applied alone in a scratch namespace: the canonical text to compare
+    /// with. Made once per ruleset and process (the text of a ruleset
+    /// determines it), not once per check.
     fn reference_listing(&self, backend: Backend) -> Result<Option<String>> {
-        let scratch = NetNs::create_anonymous()?;
         let rs = self.ruleset(backend);
-        match backend {
-            Backend::Iptables => {
-                let mut ipset = Ipset::open(Some(&scratch))?;
-                for s in &self.sets {
-                    ipset.create(s)?;
-                }
-                backend::xt_apply(&scratch, &rs)?;
-                backend::xt_listing(&scratch, &rs)
+        match (backend, self.rule_writes) {
+            (Backend::Iptables, _) => {
+                let key = format!("iptables\n{rs:?}\n{:?}", self.sets);
+                nftrules::cached(&key, || {
+                    let scratch = NetNs::create_anonymous()?;
+                    let mut ipset = Ipset::open(Some(&scratch))?;
+                    for s in &self.sets {
+                        ipset.create(s)?;
+                    }
+                    backend::xt_apply(&scratch, &rs)?;
+                    backend::xt_listing(&scratch, &rs)
+                })
             }
-            _ => {
+            (Backend::Nft, RuleWrites::Netlink) => nftrules::reference(&rs),
+            _ => nftrules::cached(&format!("nft -f\n{}", rs.nft_script()?), || {
+                let scratch = NetNs::create_anonymous()?;
                 backend::nft_apply(&scratch, &rs)?;
                 backend::nft_listing(&scratch, &rs.nft_table)
-            }
+            }),
         }
     }
 
@@ -304,8 +325,9 @@ impl Plan {
             }
         }
         let want = self.reference_listing(backend)?;
-        let have = match backend {
-            Backend::Iptables => backend::xt_listing(ns, &rs)?,
+        let have = match (backend, self.rule_writes) {
+            (Backend::Iptables, _) => backend::xt_listing(ns, &rs)?,
+            (Backend::Nft, RuleWrites::Netlink) => nftrules::listing(ns, &rs.nft_table)?,
             _ => backend::nft_listing(ns, &rs.nft_table)?,
         };
         if want != have {

@@ -141,7 +141,7 @@ pub fn check_element(e: &Element) -> Result<(), EncodeError> {
     }
 }
 
-fn put_attr(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
+pub(crate) fn put_attr(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
     let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
@@ -149,7 +149,7 @@ fn put_attr(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
     buf.resize(align4(buf.len()), 0);
 }
 
-fn put_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
+pub(crate) fn put_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
     let mut v = Vec::with_capacity(s.len() + 1);
     v.extend_from_slice(s.as_bytes());
     v.push(0);
@@ -157,14 +157,14 @@ fn put_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
 }
 
 /// Opens a nested attribute; [`end_nest`] writes its length.
-fn begin_nest(buf: &mut Vec<u8>, ty: u16) -> usize {
+pub(crate) fn begin_nest(buf: &mut Vec<u8>, ty: u16) -> usize {
     let at = buf.len();
     buf.extend_from_slice(&[0, 0]);
     buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
     at
 }
 
-fn end_nest(buf: &mut [u8], at: usize) {
+pub(crate) fn end_nest(buf: &mut [u8], at: usize) {
     let len = u16::try_from(buf.len() - at).unwrap_or(u16::MAX);
     buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
 }
@@ -197,13 +197,13 @@ fn emit_element(buf: &mut Vec<u8>, index: usize, e: &Element, with_comment: bool
     end_nest(buf, elem);
 }
 
-fn nfgen(buf: &mut Vec<u8>, family: u8, res_id: u16) {
+pub(crate) fn nfgen(buf: &mut Vec<u8>, family: u8, res_id: u16) {
     buf.push(family);
     buf.push(0); // NFNETLINK_V0
     buf.extend_from_slice(&res_id.to_be_bytes());
 }
 
-fn fix_len(msg: &mut [u8]) {
+pub(crate) fn fix_len(msg: &mut [u8]) {
     let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
     msg[..4].copy_from_slice(&len.to_ne_bytes());
 }
@@ -300,7 +300,7 @@ pub fn list_request(table: &str, set: &str) -> Vec<u8> {
 
 /// Iterates over the attributes in `data` as `(type, value)`; an `Err`
 /// names the first malformed one.
-fn attrs(data: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), String>> {
+pub(crate) fn attrs(data: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), String>> {
     let mut rest = data;
     std::iter::from_fn(move || {
         if rest.len() < 4 {
