@@ -87,6 +87,10 @@ pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
                     config,
                     zds_socket: a.zds_socket.clone(),
                     runtime: tokio::runtime::Handle::current(),
+                    rule_writes: match a.nft_rule_writes {
+                        SetUpdatesArg::Netlink => ambit_redirect::RuleWrites::Netlink,
+                        SetUpdatesArg::Nft => ambit_redirect::RuleWrites::NftCommand,
+                    },
                 },
             )?))
         }

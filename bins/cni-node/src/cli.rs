@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// spawns `nft -f -` per update, as before; kept for benchmarks.
     #[arg(long, value_enum, default_value = "netlink", hide = true)]
     pub nft_set_updates: SetUpdatesArg,
+    /// In-pod mode, nft backend: how the in-pod and probe tables are
+    /// written and read back for verification. `nft` runs `nft -f -` and
+    /// `nft list` processes, as before; kept for benchmarks.
+    #[arg(long, value_enum, default_value = "netlink", hide = true)]
+    pub nft_rule_writes: SetUpdatesArg,
     /// Redirect pods' DNS to ztunnel's 15053. In-pod mode: a pod's
     /// `ambient.istio.io/dns-capture: "true"|"false"` annotation overrides
     /// this for that pod (other values are ignored with a warning); node

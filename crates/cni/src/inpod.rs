@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use ambit_netns::NetNs;
 use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V4, PROBE_SET_V6};
-use ambit_redirect::{Backend, Plan};
+use ambit_redirect::{Backend, Plan, RuleWrites};
 use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
 use ambit_xds::{ZdsConnection, ZdsListener};
@@ -101,6 +101,9 @@ pub struct InpodSettings {
     pub zds_socket: PathBuf,
     /// The runtime the ZDS task runs on.
     pub runtime: tokio::runtime::Handle,
+    /// How the nft backend's tables are written and read back: in process
+    /// (default) or, as a benchmark baseline, by `nft` processes.
+    pub rule_writes: RuleWrites,
 }
 
 enum ZdsCmd {
@@ -136,8 +139,9 @@ impl std::fmt::Debug for InpodDataplane {
 impl InpodDataplane {
     /// A data plane that will program `s` when started.
     pub fn new(s: InpodSettings) -> Result<Self, Error> {
-        let host_plan = profiles::inpod_host_probes(&s.config)
+        let mut host_plan = profiles::inpod_host_probes(&s.config)
             .context(|| "building the host probe plan".into())?;
+        host_plan.rule_writes = s.rule_writes;
         let mut dp = Self {
             s,
             host_plan,
@@ -172,8 +176,9 @@ impl InpodDataplane {
                 ipv6: key.ipv6,
                 ..self.s.config.clone()
             };
-            let plan =
+            let mut plan =
                 profiles::inpod(&cfg).context(|| format!("building the in-pod plan {key:?}"))?;
+            plan.rule_writes = self.s.rule_writes;
             self.plans.insert(key, plan);
         }
         Ok(&self.plans[&key])

@@ -89,6 +89,7 @@ fn data_plane(
         config: cfg,
         zds_socket: dir.join(format!("zds-{tag}.sock")),
         runtime: rt.handle().clone(),
+        rule_writes: Default::default(),
     })
     .expect("data plane");
     dp.start().expect("start");

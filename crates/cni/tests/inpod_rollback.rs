@@ -43,6 +43,7 @@ fn failed_pod_is_rolled_back_others_stay_enrolled() {
         config: InpodConfig::default(),
         zds_socket: dir.join("zds.sock"),
         runtime: rt.handle().clone(),
+        rule_writes: Default::default(),
     })
     .expect("data plane");
     dp.start().expect("start");
