@@ -27,45 +27,32 @@ use nftnl::{
 use crate::error::{Error, Result};
 use crate::mark::Mark;
 use crate::netfilter::{Dir, Hook, Match, Proto, Rule, Ruleset, Table, Target};
+use crate::nftrules::wire::*;
 use crate::route::Family;
-
-const ENOENT: i32 = 2;
-
-// Registers, verdicts and keys from linux/netfilter/nf_tables.h.
-const REG_VERDICT: u32 = 0;
-const REG_1: u32 = 1;
-const REG_2: u32 = 2;
-const NF_ACCEPT: i32 = 1;
-const NFT_JUMP: i32 = -3;
-const NFT_RETURN: i32 = -5;
-const CMP_EQ: u32 = 0;
-const CMP_NEQ: u32 = 1;
-const CMP_GTE: u32 = 5;
-const META_MARK: u32 = 3;
-const META_IIFNAME: u32 = 6;
-const META_OIFNAME: u32 = 7;
-const META_SKUID: u32 = 10;
-const META_SKGID: u32 = 11;
-const META_NFPROTO: u32 = 15;
-const META_L4PROTO: u32 = 16;
-const CT_MARK: u32 = 3;
-const CT_ZONE: u32 = 17;
-const PAYLOAD_NETWORK: u32 = 1;
-const PAYLOAD_TRANSPORT: u32 = 2;
-const BYTEORDER_HTON: u32 = 1;
-const NAT_SNAT: u32 = 0;
-const NAT_DNAT: u32 = 1;
-const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
-const LOOKUP_F_INV: u32 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-const IFNAMSIZ: usize = 16;
 
 /// An attribute value of a libnftnl expression.
 enum Val {
     U32(u32),
     Data(Vec<u8>),
     Str(CString),
+}
+
+/// Gives an address set nft's user data — the key's byte order, big
+/// endian — so the set is the one `nft -f` and the in-process writer
+/// create (and `nft list` prints its elements as addresses).
+fn set_key_byteorder<K>(s: &Set<'_, K>) {
+    let mut udata = vec![UDATA_SET_KEYBYTEORDER, 4];
+    udata.extend_from_slice(&BYTEORDER_BIG_ENDIAN.to_ne_bytes());
+    #[allow(unsafe_code)]
+    // SAFETY: `s` owns a live set; libnftnl copies the data.
+    unsafe {
+        sys::nftnl_set_set_data(
+            s.as_ptr().as_ptr(),
+            sys::NFTNL_SET_USERDATA as u16,
+            udata.as_ptr().cast(),
+            udata.len() as u32,
+        );
+    }
 }
 
 /// One expression: a libnftnl expression name and its attributes.
@@ -553,11 +540,13 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
             Family::V4 => {
                 let s: Set<'_, std::net::Ipv4Addr> =
                     Set::new_named(cname, id, &table, ProtoFamily::Inet);
+                set_key_byteorder(&s);
                 b.add(&s, MsgType::Add, format!("set {name}"));
             }
             Family::V6 => {
                 let s: Set<'_, std::net::Ipv6Addr> =
                     Set::new_named(cname, id, &table, ProtoFamily::Inet);
+                set_key_byteorder(&s);
                 b.add(&s, MsgType::Add, format!("set {name}"));
             }
         }

@@ -836,8 +836,18 @@ mod nftnl {
                     .collect::<Vec<_>>()
                     .join("\n")
             );
-            // And the text backend sees no drift in what nftnl wrote.
-            assert!(plan.verify(&ns, Backend::Nft).expect("verify").is_empty());
+            // And the nft backend sees no drift in what nftnl wrote.
+            let drift = plan.verify(&ns, Backend::Nft).expect("verify");
+            assert!(
+                drift.is_empty(),
+                "{} (nft's verify of nftnl's table): {}",
+                plan.name,
+                drift
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             plan.remove(&ns, Backend::Nftnl).expect("remove");
             plan.remove(&ns, Backend::Nftnl).expect("remove again");
         }
