@@ -41,6 +41,21 @@ fn bad_route() -> Value {
                                "backendRefs": [{"name": "nowhere", "port": 9080}]}]}})
 }
 
+/// `reviews` as the mesh state names it, its port 9080 named `port_name`.
+fn reviews_service(port_name: Option<&str>) -> WaypointService {
+    WaypointService {
+        hostname: REVIEWS.into(),
+        namespace: "shop".into(),
+        name: "reviews".into(),
+        kind: ServiceKind::Service,
+        ports: vec![WaypointPort {
+            port: 9080,
+            name: port_name.map(Into::into),
+            app_protocol: None,
+        }],
+    }
+}
+
 /// The weights of the first route of `reviews` (empty: no route).
 fn weights(c: &RouteConfig) -> Vec<u32> {
     c.service(REVIEWS)
@@ -127,19 +142,7 @@ async fn routes_follow_the_api_server_and_status_is_written() {
     );
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mesh = || {
-        vec![WaypointService {
-            hostname: REVIEWS.into(),
-            namespace: "shop".into(),
-            name: "reviews".into(),
-            kind: ServiceKind::Service,
-            ports: vec![WaypointPort {
-                port: 9080,
-                name: None,
-                app_protocol: None,
-            }],
-        }]
-    };
+    let mesh = || vec![reviews_service(None)];
     let mut cfg = SourceConfig::new(WaypointIdentity::new("shop", "wp"));
     cfg.debounce = Duration::from_millis(20);
     cfg.mesh_poll = Duration::from_millis(100);
@@ -253,19 +256,7 @@ async fn a_crd_installed_later_is_picked_up() {
     api.apply("", "v1", "services", service("reviews"));
     api.apply("", "v1", "services", service("v2"));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mesh = || {
-        vec![WaypointService {
-            hostname: REVIEWS.into(),
-            namespace: "shop".into(),
-            name: "reviews".into(),
-            kind: ServiceKind::Service,
-            ports: vec![WaypointPort {
-                port: 9080,
-                name: Some("grpc".into()),
-                app_protocol: None,
-            }],
-        }]
-    };
+    let mesh = || vec![reviews_service(Some("grpc"))];
     let mut cfg = SourceConfig::new(WaypointIdentity::new("shop", "wp"));
     cfg.debounce = Duration::from_millis(20);
     cfg.mesh_poll = Duration::from_millis(100);
