@@ -552,9 +552,7 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
         }
     }
 
-    let mut bases: Vec<(Table, Hook)> = rs.jumps.iter().map(|j| (j.table, j.hook)).collect();
-    bases.sort();
-    bases.dedup();
+    let bases = rs.base_chains();
     let base_names: Vec<CString> = bases
         .iter()
         .map(|(t, h)| cstring(&format!("{}-{}", t.name(), hook_name(*h))))
@@ -637,22 +635,7 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
 /// declare (see `Ruleset::nft_surplus_script`). Each chain is added first,
 /// so absent chains are fine. One batch.
 pub(crate) fn remove_surplus(ns: &NetNs, old: &Ruleset, newer: &Ruleset) -> Result<()> {
-    let jump_bases = |rs: &Ruleset| {
-        let mut v: Vec<(Table, Hook)> = rs.jumps.iter().map(|j| (j.table, j.hook)).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let keep = jump_bases(newer);
-    let bases: Vec<(Table, Hook)> = jump_bases(old)
-        .into_iter()
-        .filter(|b| !keep.contains(b))
-        .collect();
-    let users: Vec<&(Table, String)> = old
-        .chains
-        .iter()
-        .filter(|c| !newer.chains.contains(c))
-        .collect();
+    let (bases, users) = old.surplus(newer);
     if bases.is_empty() && users.is_empty() {
         return Ok(());
     }

@@ -10,13 +10,35 @@ use crate::error::{Error, Result};
 use crate::mark::Mark;
 use crate::route::Family;
 
+/// What an older ruleset has and a newer one lacks: (base chains, user
+/// chains).
+pub(crate) type Surplus<'a> = (Vec<(Table, Hook)>, Vec<&'a (Table, String)>);
+
 impl Ruleset {
-    /// The base chains the nft rendering needs: every (table, hook) with a jump.
-    fn base_chains(&self) -> Vec<(Table, Hook)> {
+    /// The base chains the nft rendering needs: every (table, hook) with a
+    /// jump, sorted.
+    pub(crate) fn base_chains(&self) -> Vec<(Table, Hook)> {
         let mut v: Vec<(Table, Hook)> = self.jumps.iter().map(|j| (j.table, j.hook)).collect();
         v.sort();
         v.dedup();
         v
+    }
+
+    /// What this ruleset has and `newer` lacks: base chains no jump of
+    /// `newer` uses, and user chains `newer` does not declare.
+    pub(crate) fn surplus<'a>(&'a self, newer: &Ruleset) -> Surplus<'a> {
+        let keep = newer.base_chains();
+        let bases = self
+            .base_chains()
+            .into_iter()
+            .filter(|b| !keep.contains(b))
+            .collect();
+        let users = self
+            .chains
+            .iter()
+            .filter(|c| !newer.chains.contains(c))
+            .collect();
+        (bases, users)
     }
 
     /// A script for `nft -f -` that deletes, inside this ruleset's table,
@@ -29,17 +51,7 @@ impl Ruleset {
     pub fn nft_surplus_script(&self, newer: &Ruleset) -> Result<String> {
         self.validate()?;
         let t = &self.nft_table;
-        let keep = newer.base_chains();
-        let bases: Vec<(Table, Hook)> = self
-            .base_chains()
-            .into_iter()
-            .filter(|b| !keep.contains(b))
-            .collect();
-        let users: Vec<&(Table, String)> = self
-            .chains
-            .iter()
-            .filter(|c| !newer.chains.contains(c))
-            .collect();
+        let (bases, users) = self.surplus(newer);
         let mut s = String::new();
         if bases.is_empty() && users.is_empty() {
             return Ok(s);

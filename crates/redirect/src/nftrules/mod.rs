@@ -89,13 +89,6 @@ fn base(table: Table, hook: Hook) -> (&'static str, i32) {
     }
 }
 
-fn base_chains(rs: &Ruleset) -> Vec<(Table, Hook)> {
-    let mut v: Vec<(Table, Hook)> = rs.jumps.iter().map(|j| (j.table, j.hook)).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 fn base_name(t: Table, h: Hook) -> String {
     format!("{}-{}", t.name(), hook_name(h))
 }
@@ -261,7 +254,7 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     for (i, (name, fam)) in rs.sets.iter().enumerate() {
         b.set(t, name, *fam, u32::try_from(i + 1).unwrap_or(u32::MAX));
     }
-    for (table, hook) in base_chains(rs) {
+    for (table, hook) in rs.base_chains() {
         let name = base_name(table, hook);
         b.chain(t, &name, Some((table, hook)), NEWCHAIN);
         b.flush(t, &name);
@@ -296,16 +289,7 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
 /// chains are fine. One batch.
 pub(crate) fn remove_surplus(ns: &NetNs, old: &Ruleset, newer: &Ruleset) -> Result<()> {
     old.validate()?;
-    let keep = base_chains(newer);
-    let bases: Vec<(Table, Hook)> = base_chains(old)
-        .into_iter()
-        .filter(|b| !keep.contains(b))
-        .collect();
-    let users: Vec<&(Table, String)> = old
-        .chains
-        .iter()
-        .filter(|c| !newer.chains.contains(c))
-        .collect();
+    let (bases, users) = old.surplus(newer);
     if bases.is_empty() && users.is_empty() {
         return Ok(());
     }
