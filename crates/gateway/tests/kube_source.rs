@@ -56,6 +56,24 @@ fn reviews_service(port_name: Option<&str>) -> WaypointService {
     }
 }
 
+/// The source for waypoint `shop/wp` whose mesh holds `reviews`
+/// ([`reviews_service`]), quick to react; each config it applies arrives
+/// on the receiver.
+fn start(
+    api: &FakeApi,
+    port_name: Option<&'static str>,
+) -> (GatewaySource, mpsc::UnboundedReceiver<RouteConfig>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut cfg = SourceConfig::new(WaypointIdentity::new("shop", "wp"));
+    cfg.debounce = Duration::from_millis(20);
+    cfg.mesh_poll = Duration::from_millis(100);
+    let mesh = move || vec![reviews_service(port_name)];
+    let source = GatewaySource::start(api.client().unwrap(), cfg, mesh, move |c| {
+        let _ = tx.send(c);
+    });
+    (source, rx)
+}
+
 /// The weights of the first route of `reviews` (empty: no route).
 fn weights(c: &RouteConfig) -> Vec<u32> {
     c.service(REVIEWS)
@@ -141,14 +159,7 @@ async fn routes_follow_the_api_server_and_status_is_written() {
                  "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}}),
     );
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mesh = || vec![reviews_service(None)];
-    let mut cfg = SourceConfig::new(WaypointIdentity::new("shop", "wp"));
-    cfg.debounce = Duration::from_millis(20);
-    cfg.mesh_poll = Duration::from_millis(100);
-    let source = GatewaySource::start(api.client().unwrap(), cfg, mesh, move |c| {
-        let _ = tx.send(c);
-    });
+    let (source, mut rx) = start(&api, None);
     source
         .wait_synced(Duration::from_secs(10))
         .await
@@ -255,14 +266,7 @@ async fn a_crd_installed_later_is_picked_up() {
     }
     api.apply("", "v1", "services", service("reviews"));
     api.apply("", "v1", "services", service("v2"));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mesh = || vec![reviews_service(Some("grpc"))];
-    let mut cfg = SourceConfig::new(WaypointIdentity::new("shop", "wp"));
-    cfg.debounce = Duration::from_millis(20);
-    cfg.mesh_poll = Duration::from_millis(100);
-    let source = GatewaySource::start(api.client().unwrap(), cfg, mesh, move |c| {
-        let _ = tx.send(c);
-    });
+    let (source, mut rx) = start(&api, Some("grpc"));
     source
         .wait_synced(Duration::from_secs(10))
         .await
