@@ -15,7 +15,6 @@ use std::ffi::{CStr, CString};
 use std::net::IpAddr;
 use std::ptr::NonNull;
 
-use ambit_netlink::{NETLINK_NETFILTER, Socket as NlSocket};
 use ambit_netns::NetNs;
 use nftnl::expr::Expression;
 use nftnl::nftnl_sys as sys;
@@ -41,8 +40,7 @@ enum Val {
 /// endian — so the set is the one `nft -f` and the in-process writer
 /// create (and `nft list` prints its elements as addresses).
 fn set_key_byteorder<K>(s: &Set<'_, K>) {
-    let mut udata = vec![UDATA_SET_KEYBYTEORDER, 4];
-    udata.extend_from_slice(&BYTEORDER_BIG_ENDIAN.to_ne_bytes());
+    let udata = crate::nftrules::set_key_byteorder_udata();
     #[allow(unsafe_code)]
     // SAFETY: `s` owns a live set; libnftnl copies the data.
     unsafe {
@@ -705,19 +703,5 @@ fn send(ns: &NetNs, b: Described, op: &str) -> Result<()> {
         .iter()
         .flat_map(|chunk| chunk.iter().copied())
         .collect();
-    let mut sock = NlSocket::open(Some(ns), NETLINK_NETFILTER)?;
-    let errors = sock.send_batch(&bytes, seqs.clone())?;
-    if let Some((seq, e)) = errors.into_iter().next() {
-        let idx = seq.checked_sub(seqs.start).map(|i| i as usize);
-        let what = idx
-            .and_then(|i| b.what.get(i))
-            .cloned()
-            .unwrap_or_else(|| format!("message {seq}"));
-        return Err(Error::nack(
-            e,
-            format!("{op}: the kernel refused {what}; nothing was applied"),
-            sock.ns(),
-        ));
-    }
-    Ok(())
+    crate::nftrules::send_batch(ns, &bytes, seqs, &b.what, op)
 }

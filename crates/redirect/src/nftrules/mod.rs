@@ -202,11 +202,7 @@ impl Batch {
             u32a(b, SET_KEY_TYPE, ty);
             u32a(b, SET_KEY_LEN, len);
             u32a(b, SET_ID, id);
-            // nft's user data: the key's byte order (big endian), as nft
-            // writes it for address sets.
-            let mut udata = vec![UDATA_SET_KEYBYTEORDER, 4];
-            udata.extend_from_slice(&BYTEORDER_BIG_ENDIAN.to_ne_bytes());
-            put_attr(b, SET_USERDATA, &udata);
+            put_attr(b, SET_USERDATA, &set_key_byteorder_udata());
         });
         self.push(m, format!("set {name}"));
     }
@@ -217,22 +213,43 @@ impl Batch {
         let n = u32::try_from(self.msgs.len() + 2).unwrap_or(u32::MAX);
         let first = SEQ.fetch_add(n, Ordering::Relaxed);
         let (bytes, seqs) = codec::batch(&mut self.msgs, first);
-        let mut sock = NlSocket::open(Some(ns), NETLINK_NETFILTER)?;
-        let errors = sock.send_batch(&bytes, seqs.clone())?;
-        if let Some((seq, e)) = errors.into_iter().next() {
-            let what = seq
-                .checked_sub(seqs.start)
-                .and_then(|i| self.what.get(i as usize))
-                .cloned()
-                .unwrap_or_else(|| format!("message {seq}"));
-            return Err(Error::nack(
-                e,
-                format!("{op}: the kernel refused {what}; nothing was applied"),
-                sock.ns(),
-            ));
-        }
-        Ok(())
+        send_batch(ns, &bytes, seqs, &self.what, op)
     }
+}
+
+/// Sends an nf_tables batch (`seqs`: its acknowledged messages, described
+/// in order by `what`) inside `ns`; all or nothing. A refusal names the
+/// message the kernel refused.
+pub(crate) fn send_batch(
+    ns: &NetNs,
+    bytes: &[u8],
+    seqs: std::ops::Range<u32>,
+    what: &[String],
+    op: &str,
+) -> Result<()> {
+    let mut sock = NlSocket::open(Some(ns), NETLINK_NETFILTER)?;
+    let errors = sock.send_batch(bytes, seqs.clone())?;
+    if let Some((seq, e)) = errors.into_iter().next() {
+        let what = seq
+            .checked_sub(seqs.start)
+            .and_then(|i| what.get(i as usize))
+            .cloned()
+            .unwrap_or_else(|| format!("message {seq}"));
+        return Err(Error::nack(
+            e,
+            format!("{op}: the kernel refused {what}; nothing was applied"),
+            sock.ns(),
+        ));
+    }
+    Ok(())
+}
+
+/// nft's user data for an address set: the key's byte order, big endian
+/// (what `nft -f` writes, and what makes `nft list` print addresses).
+pub(crate) fn set_key_byteorder_udata() -> Vec<u8> {
+    let mut udata = vec![UDATA_SET_KEYBYTEORDER, 4];
+    udata.extend_from_slice(&BYTEORDER_BIG_ENDIAN.to_ne_bytes());
+    udata
 }
 
 /// Applies the ruleset as one batch: the table and sets are created if
