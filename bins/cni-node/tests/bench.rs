@@ -114,6 +114,30 @@ struct Figures {
     par_total: f64,
 }
 
+impl Figures {
+    /// The figures of one case: the idle-agent ADD, the sequential ADDs
+    /// (each, and their total), the agent's share per event, and the
+    /// concurrent total (seconds).
+    fn new(
+        one: Duration,
+        seq_total: Duration,
+        each: &mut [Duration],
+        events: &mut [Duration],
+        par_total: f64,
+    ) -> Self {
+        Self {
+            one: ms(one),
+            seq_total: seq_total.as_secs_f64(),
+            seq_p50: ms(pct(each, 0.5)),
+            seq_p99: ms(pct(each, 0.99)),
+            seq_max: ms(pct(each, 1.0)),
+            ev_p50: ms(pct(events, 0.5)),
+            ev_p99: ms(pct(events, 0.99)),
+            par_total,
+        }
+    }
+}
+
 const N: usize = 1000;
 
 /// Pods per case: `AMBIT_BENCH_PODS`, else [`N`].
@@ -228,16 +252,7 @@ fn run(how: &str, base: &mut Vec<Duration>) -> Figures {
         .expect("members");
     assert_eq!(members.len(), 2 * n + 1 + EVENTS);
     assert!(agent.stop());
-    Figures {
-        one: ms(one),
-        seq_total: total.as_secs_f64(),
-        seq_p50: ms(pct(&mut each, 0.5)),
-        seq_p99: ms(pct(&mut each, 0.99)),
-        seq_max: ms(pct(&mut each, 1.0)),
-        ev_p50: ms(pct(&mut events, 0.5)),
-        ev_p99: ms(pct(&mut events, 0.99)),
-        par_total,
-    }
+    Figures::new(one, total, &mut each, &mut events, par_total)
 }
 
 #[test]
@@ -393,16 +408,7 @@ fn run_inpod() -> Figures {
         assert!(drift.is_empty(), "pod {i}: {drift:?}");
     }
     assert!(agent.stop());
-    Figures {
-        one: ms(one),
-        seq_total: seq_total.as_secs_f64(),
-        seq_p50: ms(pct(&mut each, 0.5)),
-        seq_p99: ms(pct(&mut each, 0.99)),
-        seq_max: ms(pct(&mut each, 1.0)),
-        ev_p50: ms(pct(&mut events, 0.5)),
-        ev_p99: ms(pct(&mut events, 0.99)),
-        par_total,
-    }
+    Figures::new(one, seq_total, &mut each, &mut events, par_total)
 }
 
 #[test]
