@@ -87,6 +87,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// Consecutive dumps of the same object kept disagreeing, so no
+    /// consistent listing could be taken.
+    #[error("{op}: {attempts} dumps in a row disagreed; the object kept changing")]
+    Unstable {
+        /// The listing that was attempted.
+        op: String,
+        /// How many dumps were taken.
+        attempts: u32,
+    },
+
     /// Socket I/O failed.
     #[error("{op}: {source}")]
     Io {

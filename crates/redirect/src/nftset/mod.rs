@@ -28,6 +28,9 @@ const MAX_BATCH_BYTES: usize = 128 * 1024;
 /// acks at once overflow the socket's receive buffer (`ENOBUFS`).
 const MAX_BATCH_MSGS: usize = 256;
 
+/// Most dumps [`NftSets::list`] takes while waiting for two that agree.
+pub const LIST_ATTEMPTS: u32 = 8;
+
 /// How a plan's nftables set members are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -115,9 +118,32 @@ impl NftSets {
     }
 
     /// The elements of set `set` of `inet` table `table`
-    /// (`nft list set inet TABLE SET`).
+    /// (`nft list set inet TABLE SET`), sorted by address.
+    ///
+    /// A set element dump spans several netlink reads and the kernel resumes
+    /// it by position. A hash set that grows past its table size is resized
+    /// by a kernel worker shortly after the insert returns; a dump that
+    /// crosses the resize can skip or repeat elements without saying so. The
+    /// listing is therefore repeated until two dumps in a row agree (at most
+    /// [`LIST_ATTEMPTS`] dumps), which costs one extra dump on a quiet set.
     pub fn list(&mut self, table: &str, set: &str) -> Result<Vec<Element>> {
         check(table, set, &[])?;
+        let mut last = self.list_once(table, set)?;
+        for attempt in 1..LIST_ATTEMPTS {
+            let next = self.list_once(table, set)?;
+            if next == last {
+                return Ok(next);
+            }
+            last = next;
+            std::thread::sleep(std::time::Duration::from_millis(1 << attempt.min(6)));
+        }
+        Err(Error::Unstable {
+            op: format!("listing set {set} of table inet {table}"),
+            attempts: LIST_ATTEMPTS,
+        })
+    }
+
+    fn list_once(&mut self, table: &str, set: &str) -> Result<Vec<Element>> {
         let op = || format!("listing set {set} of table inet {table}");
         let replies = self
             .sock
@@ -129,6 +155,8 @@ impl NftSets {
                 codec::parse_setelem(&r).map_err(|reason| Error::Decode { op: op(), reason })?,
             );
         }
+        out.sort_by(|a, b| a.ip.cmp(&b.ip).then_with(|| a.comment.cmp(&b.comment)));
+        out.dedup();
         Ok(out)
     }
 
