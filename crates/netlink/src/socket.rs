@@ -3,11 +3,15 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use ambit_netns::NetNs;
 use netlink_sys::{Socket as SysSocket, SocketAddr};
 
+use crate::NETLINK_NETFILTER;
 use crate::error::{Error, Nack, Result};
 use crate::message::{DumpProgress, Messages, NLMSG_ERROR, dump_datagram, set_seq};
 
@@ -26,11 +30,53 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// (see [`header`](crate::header)); codecs build and parse the payloads.
 /// Each request is stamped with a fresh sequence number, and replies to
 /// other sequence numbers (a request given up on) are skipped.
+///
+/// Dropping a `NETLINK_NETFILTER` socket does not wait for the kernel: its
+/// last reference is released on a background thread, because nf_tables makes the closing thread wait for
+/// the clean-up of the previous commit (an RCU grace period, ~10 ms here).
 #[derive(Debug)]
 pub struct Socket {
     sock: SysSocket,
     seq: u32,
     ns: String,
+    protocol: isize,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.protocol == NETLINK_NETFILTER {
+            // The duplicate keeps the socket alive, so closing `sock` below
+            // is only a reference drop; the release happens with the
+            // duplicate, on the closer thread.
+            if let Ok(dup) = self.sock.as_fd().try_clone_to_owned() {
+                close_later(dup);
+            }
+        }
+    }
+}
+
+/// Closes `fd` on a background thread (one per process, started on first
+/// use), or here if that thread cannot be started.
+///
+/// Releasing a `NETLINK_NETFILTER` socket runs nf_tables' netlink notifier,
+/// which flushes the destruction of every committed transaction
+/// (`nft_rcv_nl_event` → `nf_tables_trans_destroy_flush_work`): after any
+/// commit, the close blocks for an RCU grace period. Nothing the caller
+/// does depends on that release, so it need not wait for it.
+fn close_later(fd: OwnedFd) {
+    static CLOSER: OnceLock<Option<mpsc::Sender<OwnedFd>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        std::thread::Builder::new()
+            .name("netlink-close".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = closer {
+        // A send fails only if the thread is gone; the fd then closes here.
+        let _ = tx.send(fd);
+    }
 }
 
 impl Socket {
@@ -66,6 +112,7 @@ impl Socket {
             sock,
             seq,
             ns: label,
+            protocol,
         })
     }
 
