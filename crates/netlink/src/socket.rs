@@ -2,8 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -36,7 +36,8 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// the clean-up of the previous commit (an RCU grace period, ~10 ms here).
 #[derive(Debug)]
 pub struct Socket {
-    sock: SysSocket,
+    /// Dropped by hand, in `Drop`: on the closer thread or here.
+    sock: ManuallyDrop<SysSocket>,
     seq: u32,
     ns: String,
     protocol: isize,
@@ -44,18 +45,18 @@ pub struct Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        // SAFETY: `sock` is taken once, here, and never used again.
+        #[allow(unsafe_code)]
+        let sock = unsafe { ManuallyDrop::take(&mut self.sock) };
         if self.protocol == NETLINK_NETFILTER {
-            // The duplicate keeps the socket alive, so closing `sock` below
-            // is only a reference drop; the release happens with the
-            // duplicate, on the closer thread.
-            if let Ok(dup) = self.sock.as_fd().try_clone_to_owned() {
-                close_later(dup);
-            }
+            close_later(sock);
+        } else {
+            drop(sock);
         }
     }
 }
 
-/// Closes `fd` on a background thread (one per process, started on first
+/// Closes `sock` on a background thread (one per process, started on first
 /// use), or here if that thread cannot be started.
 ///
 /// Releasing a `NETLINK_NETFILTER` socket runs nf_tables' netlink notifier,
@@ -63,10 +64,10 @@ impl Drop for Socket {
 /// (`nft_rcv_nl_event` → `nf_tables_trans_destroy_flush_work`): after any
 /// commit, the close blocks for an RCU grace period. Nothing the caller
 /// does depends on that release, so it need not wait for it.
-fn close_later(fd: OwnedFd) {
-    static CLOSER: OnceLock<Option<mpsc::Sender<OwnedFd>>> = OnceLock::new();
+fn close_later(sock: SysSocket) {
+    static CLOSER: OnceLock<Option<mpsc::Sender<SysSocket>>> = OnceLock::new();
     let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        let (tx, rx) = mpsc::channel::<SysSocket>();
         std::thread::Builder::new()
             .name("netlink-close".into())
             .spawn(move || rx.into_iter().for_each(drop))
@@ -74,8 +75,9 @@ fn close_later(fd: OwnedFd) {
             .map(|_| tx)
     });
     if let Some(tx) = closer {
-        // A send fails only if the thread is gone; the fd then closes here.
-        let _ = tx.send(fd);
+        // A send fails only if the thread is gone; the socket then closes
+        // here.
+        let _ = tx.send(sock);
     }
 }
 
@@ -109,7 +111,7 @@ impl Socket {
         })?;
         let seq = std::process::id().wrapping_mul(2_654_435_761);
         Ok(Self {
-            sock,
+            sock: ManuallyDrop::new(sock),
             seq,
             ns: label,
             protocol,
@@ -228,7 +230,7 @@ impl Socket {
     }
 
     fn set_timeout(&self, d: Option<Duration>) -> Result<()> {
-        socket2::SockRef::from(&self.sock)
+        socket2::SockRef::from(&*self.sock)
             .set_read_timeout(d)
             .map_err(|source| self.io("setting a netlink timeout", source))
     }
