@@ -77,7 +77,7 @@ pub fn netns_has_ipv6(ns: &NetNs) -> bool {
         .is_ok_and(|v| v.trim() == "0");
     enabled
         && ns
-            .run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
+            .run_reused(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
             .ok()
             .and_then(Result::ok)
             .is_some_and(|t| {

@@ -25,8 +25,9 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A synchronous netlink socket opened inside one network namespace.
 ///
 /// A netlink socket talks to the namespace it was created in for its whole
-/// life, so it is created on a thread that [`NetNs::run`] moved there and
-/// then used from the caller's thread. It deals in whole messages as bytes
+/// life, so it is created on a thread that has joined it
+/// ([`NetNs::run_reused`]: no thread is created per socket) and then used
+/// from the caller's thread. It deals in whole messages as bytes
 /// (see [`header`](crate::header)); codecs build and parse the payloads.
 /// Each request is stamped with a fresh sequence number, and replies to
 /// other sequence numbers (a request given up on) are skipped.
@@ -100,7 +101,7 @@ impl Socket {
         };
         let made = match ns {
             Some(ns) => ns
-                .run(make)
+                .run_reused(make)
                 .map_err(|source| Error::Netns { protocol, source })?,
             None => make(),
         };

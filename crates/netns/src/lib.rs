@@ -7,7 +7,10 @@
 //! elsewhere. Work that must happen inside it ([`NetNs::run`],
 //! [`NetNs::socket`], [`NetNs::spawn_command`], [`NetNs::spawn_async`]) runs
 //! on a dedicated thread that joins the namespace, so the calling thread —
-//! often a tokio worker — never changes namespace. A socket keeps the
+//! often a tokio worker — never changes namespace; short work that leaves
+//! the thread as it found it ([`NetNs::run_reused`], [`NetNs::sysctl`])
+//! shares one long-lived worker thread that joins the namespace and leaves
+//! it again, instead of a thread per call. A socket keeps the
 //! namespace it was created in, so it can then be used from any thread.
 //!
 //! With the `test-harness` feature, [`harness`] builds multi-node clusters

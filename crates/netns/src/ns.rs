@@ -315,6 +315,68 @@ impl NetNs {
         })?
     }
 
+    /// Runs `f` inside the namespace on a long-lived worker thread, which
+    /// joins the namespace for `f` and returns to the process's namespace
+    /// afterwards; the calling thread's namespace is untouched, as with
+    /// [`NetNs::run`], but no thread is created per call (a thread costs far
+    /// more than the two `setns` calls).
+    ///
+    /// For short work that leaves the thread as it found it: `f` must not
+    /// change the thread's credentials, namespaces, signal mask or
+    /// thread-locals, nor block for long (calls from every thread share
+    /// the one worker, one at a time). Anything else belongs in
+    /// [`NetNs::run`]. A panic in `f` is propagated to the caller.
+    ///
+    /// Whenever the worker cannot run `f` — it cannot be started, cannot
+    /// join the namespace (the error is then the one [`NetNs::run`] gives
+    /// from the calling thread), or the call comes from inside such an `f`
+    /// — `f` runs through [`NetNs::run`] instead.
+    pub fn run_reused<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if worker::unusable() {
+            return self.run(f);
+        }
+        // `f` stays reachable from here until the worker takes it, so
+        // every way the worker can fail leaves it to run on a fresh thread.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let theirs = std::sync::Arc::clone(&slot);
+        let job: worker::Job = Box::new(move |entered| {
+            let taken = if entered {
+                theirs.lock().ok().and_then(|mut f| f.take())
+            } else {
+                None
+            };
+            let out = taken.map(|f| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+            // The caller is waiting for this (unless it panicked meanwhile).
+            let _ = tx.send(out);
+        });
+        let submitted = self.fd.try_clone().is_ok_and(|fd| worker::submit(fd, job));
+        let ran = if submitted {
+            rx.recv().ok().flatten()
+        } else {
+            None
+        };
+        match ran {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => {
+                let f = slot.lock().ok().and_then(|mut f| f.take());
+                match f {
+                    Some(f) => self.run(f),
+                    // Taken but no answer: the worker died running it.
+                    None => Err(Error::Thread {
+                        ns: self.label.clone(),
+                        source: io::Error::other("the namespace worker thread stopped"),
+                    }),
+                }
+            }
+        }
+    }
+
     /// Starts `f` on a new thread inside the namespace and returns its handle.
     /// The thread fails with the setns error if the namespace cannot be entered.
     pub fn spawn<T, F>(&self, f: F) -> Result<thread::JoinHandle<Result<T>>>
@@ -386,7 +448,8 @@ impl NetNs {
     /// or in sysctl(8)'s dotted form when it holds no slash (`net.ipv4.ip_forward`).
     pub fn sysctl(&self, key: &str) -> Result<String> {
         let path = sysctl_path(key);
-        self.run(|| fs::read_to_string(&path))?
+        let at = path.clone();
+        self.run_reused(move || fs::read_to_string(&at))?
             .map(|s| s.trim_end().to_owned())
             .map_err(|source| Error::Io {
                 ns: self.label.clone(),
@@ -558,6 +621,114 @@ mod async_support {
 
 #[cfg(feature = "tokio")]
 pub use async_support::NsTask;
+
+/// The long-lived thread of [`NetNs::run_reused`].
+///
+/// One per process, started on first use. It joins the process's namespace
+/// (that of the main thread) when it starts, and for each job joins the
+/// job's namespace, runs it and joins the process's again. If it cannot get
+/// back (which would take an allocation failure in the kernel), it stops,
+/// and the next job starts a new worker: a job never runs on a thread left
+/// in another namespace. If a worker cannot be started at all, the process
+/// stops trying and every call falls back to a fresh thread.
+mod worker {
+    use std::cell::Cell;
+    use std::fs::File;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{self, Sender};
+    use std::thread;
+
+    use nix::sched::CloneFlags;
+
+    /// A job: told whether the namespace was joined, it runs (or declines)
+    /// and answers its caller itself.
+    pub(super) type Job = Box<dyn FnOnce(bool) + Send>;
+
+    /// The worker's queue; `None` until started, or after it stopped.
+    static QUEUE: Mutex<Option<Sender<(OwnedFd, Job)>>> = Mutex::new(None);
+
+    /// Set once a worker could not be started.
+    static BROKEN: AtomicBool = AtomicBool::new(false);
+
+    thread_local! {
+        static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Whether the caller must not use the worker: none can be started, or
+    /// the caller is the worker (a job must not wait for another job).
+    pub(super) fn unusable() -> bool {
+        BROKEN.load(Ordering::Relaxed) || ON_WORKER.with(Cell::get)
+    }
+
+    /// Queues `job` to run inside the namespace `ns`, starting the worker
+    /// if there is none; false if no worker took it.
+    pub(super) fn submit(ns: OwnedFd, job: Job) -> bool {
+        let mut queue = QUEUE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut item = (ns, job);
+        // Twice at most: a worker that stopped since the last job is
+        // replaced once.
+        for _ in 0..2 {
+            if queue.is_none() {
+                match start() {
+                    Some(tx) => *queue = Some(tx),
+                    None => {
+                        BROKEN.store(true, Ordering::Relaxed);
+                        return false;
+                    }
+                }
+            }
+            match queue.as_ref().map(|tx| tx.send(item)) {
+                Some(Ok(())) => return true,
+                Some(Err(mpsc::SendError(back))) => {
+                    item = back;
+                    *queue = None;
+                }
+                None => return false,
+            }
+        }
+        false
+    }
+
+    fn start() -> Option<Sender<(OwnedFd, Job)>> {
+        let (tx, rx) = mpsc::channel::<(OwnedFd, Job)>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<bool>(1);
+        let spawned = thread::Builder::new()
+            .name("ns:worker".into())
+            .spawn(move || {
+                ON_WORKER.with(|w| w.set(true));
+                // Home is the process's namespace, whatever namespace the
+                // thread that started the worker was in.
+                let home = File::open("/proc/self/ns/net").map(OwnedFd::from);
+                let home = match home {
+                    Ok(h) if nix::sched::setns(h.as_fd(), CloneFlags::CLONE_NEWNET).is_ok() => h,
+                    _ => {
+                        let _ = ready_tx.send(false);
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(true);
+                for (ns, job) in rx {
+                    let entered = nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).is_ok();
+                    job(entered);
+                    drop(ns);
+                    if entered && nix::sched::setns(home.as_fd(), CloneFlags::CLONE_NEWNET).is_err()
+                    {
+                        // Stuck elsewhere: stop; the next job starts a new
+                        // worker.
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) if ready_rx.recv() == Ok(true) => Some(tx),
+            _ => None,
+        }
+    }
+}
 
 /// Runs `f` on a fresh scoped thread, so namespace changes never leak into
 /// the caller's thread. Panics in `f` propagate.

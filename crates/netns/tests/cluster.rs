@@ -227,6 +227,50 @@ fn anonymous_namespace_isolates_sockets() {
 }
 
 #[test]
+fn reused_worker_runs_inside_and_leaves_the_caller_alone() {
+    let (a, b) = (
+        NetNs::create_anonymous().expect("create"),
+        NetNs::create_anonymous().expect("create"),
+    );
+    let home = NetNs::current().expect("current");
+    for _ in 0..3 {
+        for ns in [&a, &b, &home] {
+            let inside = ns
+                .run_reused(NetNs::current)
+                .expect("run")
+                .expect("current inside");
+            assert!(inside.same_as(ns).expect("compare"), "{ns}");
+        }
+    }
+    assert!(
+        NetNs::current()
+            .expect("current")
+            .same_as(&home)
+            .expect("compare")
+    );
+
+    // A panic reaches the caller; the worker keeps serving.
+    let panicked = std::panic::catch_unwind(|| a.run_reused(|| panic!("boom")));
+    assert!(panicked.is_err());
+    let inside = b.run_reused(NetNs::current).expect("run").expect("current");
+    assert!(inside.same_as(&b).expect("compare"));
+
+    // Called from a job, it runs on a fresh thread (no waiting for itself).
+    let b2 = b.try_clone().expect("clone");
+    let nested = a
+        .run_reused(move || b2.run_reused(NetNs::current))
+        .expect("outer")
+        .expect("inner")
+        .expect("current");
+    assert!(nested.same_as(&b).expect("compare"));
+
+    // Sysctls are read through it.
+    a.set_sysctl("net.ipv4.ip_forward", "1").expect("write");
+    assert_eq!(a.sysctl("net.ipv4.ip_forward").expect("read"), "1");
+    assert_eq!(b.sysctl("net.ipv4.ip_forward").expect("read"), "0");
+}
+
+#[test]
 fn missing_namespace_is_a_clear_error() {
     let err = NetNs::open("/run/netns/ambit-does-not-exist").expect_err("must fail");
     let msg = err.to_string();
