@@ -14,6 +14,8 @@ packages=(
     strace        # captures of iproute2's netlink requests (tunnel golden tests)
     containernetworking-plugins  # bridge + host-local: the real CNI chain in cni-node tests
     make
+    clang         # builds the eBPF capture programs (ambit-redirect feature ebpf)
+    linux-libc-dev  # the kernel UAPI headers those programs include
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -87,6 +87,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// Loading, attaching or updating the eBPF capture failed.
+    #[error("eBPF capture: {op}: {reason}")]
+    Ebpf {
+        /// What was being done.
+        op: String,
+        /// Why it failed (the loader's or kernel's error chain).
+        reason: String,
+    },
+
     /// Consecutive dumps of the same object kept disagreeing, so no
     /// consistent listing could be taken.
     #[error("{op}: {attempts} dumps in a row disagreed; the object kept changing")]

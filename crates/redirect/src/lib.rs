@@ -16,9 +16,16 @@
 //! with the `nftnl` feature, nftables in process through libnftnl. Sets,
 //! rules and routes always go over netlink; nftables set elements are
 //! added and deleted in process ([`nftset`]).
+//!
+//! With the `ebpf` feature, [`ebpf`] carries out the in-pod capture intent
+//! with eBPF instead of netfilter NAT: connect-time redirection in cgroup
+//! hooks, `SO_ORIGINAL_DST` answered from a map, inbound steered by
+//! `sk_lookup`.
 #![deny(unsafe_code)]
 
 mod backend;
+#[cfg(feature = "ebpf")]
+pub mod ebpf;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

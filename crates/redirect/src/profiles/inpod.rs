@@ -70,21 +70,7 @@ pub fn inpod(cfg: &InpodConfig) -> Result<Plan> {
     nf.jump(Table::Nat, Hook::Prerouting, pre);
     let not_zt = || Match::Mark(m.inpod, true);
     let tcp = || Match::Proto(Proto::Tcp);
-    nf.push(
-        Table::Mangle,
-        pre,
-        vec![Match::Mark(m.inpod, false)],
-        Target::ConnMarkSetXmark(m.inpod_tproxy),
-    );
-    nf.push(
-        Table::Mangle,
-        out,
-        vec![Match::ConnMark(m.inpod_tproxy, false)],
-        Target::ConnMarkRestore {
-            nfmask: u32::MAX,
-            ctmask: u32::MAX,
-        },
-    );
+    return_marks(nf, &m);
     let mut fams = vec![(host(cfg.probe_ip), host(Ipv4Addr::LOCALHOST))];
     if cfg.ipv6 {
         fams.push((host(cfg.probe_ip6), host(Ipv6Addr::LOCALHOST)));
@@ -180,6 +166,35 @@ pub fn inpod(cfg: &InpodConfig) -> Result<Plan> {
             Target::CtZone(1),
         );
     }
+    return_routes(&mut p, cfg)?;
+    p.validate()?;
+    Ok(p)
+}
+
+/// Connections ztunnel makes to the app from the original client's
+/// address get connmark 0x111 on arrival; the app's replies restore it as
+/// their mark, which [`return_routes`] routes back to ztunnel.
+fn return_marks(nf: &mut crate::netfilter::Ruleset, m: &Marks) {
+    let (pre, out) = ("ISTIO_PRERT", "ISTIO_OUTPUT");
+    nf.push(
+        Table::Mangle,
+        pre,
+        vec![Match::Mark(m.inpod, false)],
+        Target::ConnMarkSetXmark(m.inpod_tproxy),
+    );
+    nf.push(
+        Table::Mangle,
+        out,
+        vec![Match::ConnMark(m.inpod_tproxy, false)],
+        Target::ConnMarkRestore {
+            nfmask: u32::MAX,
+            ctmask: u32::MAX,
+        },
+    );
+}
+
+/// Packets marked 0x111 are local: table 100 holds a local default route.
+fn return_routes(p: &mut Plan, cfg: &InpodConfig) -> Result<()> {
     let mut nets: Vec<IpNet> = vec!["0.0.0.0/0".parse().map_err(|_| bad("default"))?];
     if cfg.ipv6 {
         nets.push("::/0".parse().map_err(|_| bad("default6"))?);
@@ -188,10 +203,26 @@ pub fn inpod(cfg: &InpodConfig) -> Result<Plan> {
         p.routes.push(Route::local(n, cfg.table)?);
         p.rules.push(
             IpRule::lookup(cfg.rule_priority, cfg.table)?
-                .fwmark(m.inpod_tproxy)
+                .fwmark(cfg.marks.inpod_tproxy)
                 .family(Family::of(n.addr())),
         );
     }
+    Ok(())
+}
+
+/// The return path of in-pod capture alone: the two mangle rules and the
+/// policy route that bring the app's replies to ztunnel's original-source
+/// connections back to ztunnel. This is what the eBPF capture backend
+/// (feature `ebpf`) still needs from netfilter: no socket hook sees those
+/// reply packets. Table `<nft_table>-return`.
+pub fn inpod_return_path(cfg: &InpodConfig) -> Result<Plan> {
+    let mut p = Plan::new("in-pod return path", format!("{}-return", cfg.nft_table));
+    let nf = &mut p.netfilter;
+    nf.ipv6 = cfg.ipv6;
+    nf.jump(Table::Mangle, Hook::Prerouting, "ISTIO_PRERT");
+    nf.jump(Table::Mangle, Hook::Output, "ISTIO_OUTPUT");
+    return_marks(nf, &cfg.marks);
+    return_routes(&mut p, cfg)?;
     p.validate()?;
     Ok(p)
 }

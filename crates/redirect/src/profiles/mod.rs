@@ -23,7 +23,7 @@ mod sidecar;
 mod ztunnel;
 
 pub use self::{
-    inpod::{InpodConfig, PROBE_SET_V4, PROBE_SET_V6, inpod, inpod_host_probes},
+    inpod::{InpodConfig, PROBE_SET_V4, PROBE_SET_V6, inpod, inpod_host_probes, inpod_return_path},
     node::{NodeConfig, PodRef, enrol, node_host, unenrol},
     sidecar::{SidecarConfig, sidecar},
     ztunnel::{ZtunnelConfig, ztunnel_ns},

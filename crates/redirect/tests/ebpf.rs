@@ -1,0 +1,312 @@
+//! The eBPF capture backend with real sockets in a harness cluster: the
+//! in-pod capture cases of `capture.rs`, carried out by cgroup hooks and
+//! sk_lookup instead of netfilter.
+//!
+//! The programs attach to the root cgroup v2 and act only on enrolled
+//! namespaces, so other tests running at the same time are untouched. Each
+//! test mounts its own bpf filesystem on a temporary directory and takes
+//! everything away at the end, pass or fail.
+#![cfg(feature = "ebpf")]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambit_netns::harness::Cluster;
+use ambit_redirect::Backend;
+use ambit_redirect::ebpf::{self, EbpfCapture, EbpfConfig};
+use ambit_redirect::profiles::{self, InpodConfig};
+use socket2::{Domain, Protocol, Type};
+
+const SERVER_PORT: u16 = 8080;
+
+/// A private bpf filesystem, unmounted and removed on drop.
+struct BpfFs {
+    root: PathBuf,
+}
+
+impl BpfFs {
+    fn new(tag: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("ambit-bpffs-{}-{tag}", std::process::id()));
+        ebpf::ensure_bpffs(&root).expect("mount a bpf filesystem");
+        Self { root }
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.root.join("ambit")
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = ebpf::remove(&self.pin_dir());
+        let _ = nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// Whether this kernel can run the programs; prints why not.
+fn supported() -> bool {
+    match ebpf::supported() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("skipping: eBPF capture is not available here: {why}");
+            false
+        }
+    }
+}
+
+fn config(fs: &BpfFs) -> EbpfConfig {
+    EbpfConfig {
+        pin_dir: fs.pin_dir(),
+        ..EbpfConfig::default()
+    }
+}
+
+/// SO_ORIGINAL_DST of an accepted connection, as ztunnel reads it.
+fn original_dst(s: &TcpStream) -> SocketAddr {
+    socket2::SockRef::from(s)
+        .original_dst_v4()
+        .expect("SO_ORIGINAL_DST")
+        .as_socket()
+        .expect("inet")
+}
+
+fn accept(l: &TcpListener) -> TcpStream {
+    l.set_nonblocking(false).expect("blocking");
+    let (s, _) = l.accept().expect("accept");
+    s
+}
+
+/// Nothing arrives on `l` within a short time.
+fn nothing_on(l: &TcpListener) -> bool {
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::sleep(Duration::from_millis(200));
+    l.accept().is_err()
+}
+
+fn ids(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
+    if !supported() {
+        return;
+    }
+    let fs = BpfFs::new("capture");
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .build()
+        .expect("cluster");
+    let (pod, other, remote) = (cluster.pod(0, 0), cluster.pod(0, 1), cluster.pod(1, 0));
+    let mut cap = EbpfCapture::start(config(&fs)).expect("start");
+    // Starting again replaces the node links in place.
+    let mut cap2 = EbpfCapture::start(config(&fs)).expect("start again");
+    assert_eq!(
+        ids(&fs.pin_dir().join("links")),
+        ["connect4", "connect6", "getsockopt", "sockops"]
+    );
+    // The return path of ztunnel's original-source deliveries stays in
+    // netfilter (two mangle rules and a policy route).
+    let ret = profiles::inpod_return_path(&InpodConfig::default()).expect("plan");
+    ret.apply(pod.ns(), Backend::Nft).expect("return path");
+    cap.enroll("pod-a", pod.ns(), &[IpAddr::V4(pod.ip())])
+        .expect("enroll");
+    cap2.enroll("pod-a", pod.ns(), &[IpAddr::V4(pod.ip())])
+        .expect("enroll again");
+    assert!(cap.verify().expect("verify").is_empty());
+    assert_eq!(cap.enrolled().expect("list").len(), 1);
+
+    // ztunnel's listeners, opened in the pod after enrolment.
+    let l15001 = pod
+        .ns()
+        .tcp_listener(([0, 0, 0, 0], 15001).into())
+        .expect("15001");
+    let l15006 = pod
+        .ns()
+        .tcp_listener(([0, 0, 0, 0], 15006).into())
+        .expect("15006");
+    let l15008 = pod
+        .ns()
+        .tcp_listener(([0, 0, 0, 0], 15008).into())
+        .expect("15008");
+    assert_eq!(cap.listeners().expect("listeners"), 1);
+    let target = SocketAddr::from((remote.ip(), SERVER_PORT));
+    let real = remote.ns().tcp_listener(target).expect("server");
+
+    // Outbound from the app → 15001 on loopback, original destination kept.
+    let mut c = pod.ns().tcp_connect(target).expect("connect");
+    c.write_all(b"x").expect("write");
+    let s = accept(&l15001);
+    assert_eq!(original_dst(&s), target);
+    assert_eq!(s.peer_addr().expect("peer"), c.local_addr().expect("local"));
+    assert_eq!(c.peer_addr().expect("peer").port(), 15001);
+
+    // ztunnel's own sockets (SO_MARK 1337) go straight out.
+    let zt = pod
+        .ns()
+        .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+        .expect("socket");
+    zt.set_mark(1337).expect("SO_MARK");
+    zt.connect(&target.into()).expect("marked connect");
+    let (_, peer) = real.accept().expect("real server");
+    assert_eq!(peer.ip(), IpAddr::V4(pod.ip()));
+
+    // Loopback and the pod's own address are not captured.
+    let own = pod.ns().tcp_listener((pod.ip(), 9999).into()).expect("own");
+    let c = pod.ns().tcp_connect((pod.ip(), 9999).into()).expect("self");
+    assert_eq!(c.peer_addr().expect("peer"), (pod.ip(), 9999).into());
+    accept(&own);
+    // ztunnel delivering inbound traffic: marked, from the original
+    // client's address (IP_TRANSPARENT), to the app on the pod's address.
+    let deliver = pod
+        .ns()
+        .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+        .expect("socket");
+    deliver.set_mark(1337).expect("SO_MARK");
+    deliver.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+    deliver
+        .bind(&SocketAddr::from((remote.ip(), 0)).into())
+        .expect("bind spoofed");
+    deliver
+        .connect(&SocketAddr::from((pod.ip(), 9999)).into())
+        .expect("deliver");
+    let (s, peer) = own.accept().expect("app gets the delivery");
+    assert_eq!(peer.ip(), IpAddr::V4(remote.ip()));
+    drop(s);
+    assert!(nothing_on(&l15006));
+
+    // An unenrolled pod on the same node is untouched.
+    let _c = other.ns().tcp_connect(target).expect("unenrolled");
+    let (_, peer) = real.accept().expect("direct");
+    assert_eq!(peer.ip(), IpAddr::V4(other.ip()));
+    assert!(nothing_on(&l15001));
+
+    // Inbound plaintext → 15006, the destination kept as the local address
+    // and answered as SO_ORIGINAL_DST; HBONE 15008 is not redirected.
+    let app = SocketAddr::from((pod.ip(), 80));
+    let mut ic = remote.ns().tcp_connect(app).expect("inbound");
+    ic.write_all(b"in").expect("write");
+    let s = accept(&l15006);
+    assert_eq!(s.local_addr().expect("local"), app);
+    assert_eq!(original_dst(&s), app);
+    assert_eq!(
+        s.peer_addr().expect("peer"),
+        ic.local_addr().expect("local")
+    );
+    let mut buf = [0u8; 2];
+    (&s).read_exact(&mut buf).expect("read");
+    assert_eq!(&buf, b"in");
+    let _h = remote
+        .ns()
+        .tcp_connect((pod.ip(), 15008).into())
+        .expect("hbone");
+    let s = accept(&l15008);
+    assert_eq!(s.local_addr().expect("local").port(), 15008);
+
+    // Unenrolled: traffic goes straight out again, nothing else changed.
+    cap.unenroll("pod-a").expect("unenroll");
+    cap.unenroll("pod-a").expect("unenroll again");
+    assert!(cap.enrolled().expect("list").is_empty());
+    assert_eq!(cap.listeners().expect("listeners"), 0);
+    let _c = pod.ns().tcp_connect(target).expect("connect");
+    let (_, peer) = real.accept().expect("direct");
+    assert_eq!(peer.ip(), IpAddr::V4(pod.ip()));
+    ret.remove(pod.ns(), Backend::Nft)
+        .expect("remove return path");
+    // Removed: verify now reports everything it owns as missing.
+    assert!(
+        !ret.verify(pod.ns(), Backend::Nft)
+            .expect("verify")
+            .is_empty()
+    );
+    drop((cap, cap2));
+    ebpf::remove(&fs.pin_dir()).expect("remove");
+    ebpf::remove(&fs.pin_dir()).expect("remove again");
+    assert!(!fs.pin_dir().exists());
+}
+
+#[test]
+fn capture_survives_the_agent_and_the_next_start_cleans_up() {
+    if !supported() {
+        return;
+    }
+    let fs = BpfFs::new("restart");
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .pods_per_node(1)
+        .build()
+        .expect("cluster");
+    let (pod, remote) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let target = SocketAddr::from((remote.ip(), SERVER_PORT));
+    let real = remote.ns().tcp_listener(target).expect("server");
+    {
+        let mut cap = EbpfCapture::start(config(&fs)).expect("start");
+        cap.enroll("pod-a", pod.ns(), &[IpAddr::V4(pod.ip())])
+            .expect("enroll");
+        // The agent goes away without removing anything (a crash).
+    }
+    let l15001 = pod
+        .ns()
+        .tcp_listener(([0, 0, 0, 0], 15001).into())
+        .expect("15001");
+    let _c = pod.ns().tcp_connect(target).expect("connect");
+    assert_eq!(original_dst(&accept(&l15001)), target, "still captured");
+
+    // The next start finds the pod, and drops it once told it is gone.
+    let mut cap = EbpfCapture::start(config(&fs)).expect("restart");
+    let pods = cap.enrolled().expect("list");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].key, "pod-a");
+    assert!(cap.verify().expect("verify").is_empty());
+    assert_eq!(cap.retain(|_| false).expect("retain"), ["pod-a"]);
+    assert!(cap.verify().expect("verify").is_empty());
+    let _c = pod.ns().tcp_connect(target).expect("connect");
+    real.accept().expect("direct after cleanup");
+    assert!(nothing_on(&l15001));
+
+    // Bad input: a key that cannot be a file name changes nothing.
+    let e = cap
+        .enroll("../x", pod.ns(), &[IpAddr::V4(pod.ip())])
+        .expect_err("bad key");
+    assert!(e.to_string().contains("pod key"), "{e}");
+    assert!(cap.enrolled().expect("list").is_empty());
+
+    // Removal takes the programs away even from a pod still enrolled.
+    cap.enroll("pod-a", pod.ns(), &[IpAddr::V4(pod.ip())])
+        .expect("enroll");
+    drop(cap);
+    ebpf::remove(&fs.pin_dir()).expect("remove");
+    assert!(!fs.pin_dir().exists());
+    let _c = pod.ns().tcp_connect(target).expect("connect");
+    real.accept().expect("direct after removal");
+    assert!(nothing_on(&l15001));
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_is_refused_clearly() {
+    if !supported() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ambit-not-bpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let e = EbpfCapture::start(EbpfConfig {
+        pin_dir: dir.join("ambit"),
+        ..EbpfConfig::default()
+    })
+    .expect_err("not bpffs");
+    assert!(e.to_string().contains("not on a bpf filesystem"), "{e}");
+    assert!(!dir.join("ambit").exists());
+    let _ = std::fs::remove_dir(&dir);
+}
