@@ -1,13 +1,18 @@
 //! Pod sources: where the agent learns which pods run on its node and
 //! whether they belong in the mesh. [`DirSource`] is a directory of pod
 //! records (one per file, `.yaml`, `.yml` or `.json`), re-read when any
-//! file changes — what tests and local runs use; with the `kube` feature,
+//! file changes (an inotify watch says when something may have, so a quiet
+//! directory costs one `read` per poll, not a `stat` per file) — what tests
+//! and local runs use; with the `kube` feature,
 //! [`crate::kube::KubeSource`] watches the Kubernetes API. Both produce the
 //! same [`PodRecord`]s through the [`PodSource`] trait.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::error::Error;
 use crate::pod::{PodKey, PodRecord};
@@ -60,6 +65,35 @@ pub struct DirSource {
     stamp: BTreeMap<PathBuf, (SystemTime, u64)>,
     /// Whether a scan has been returned yet.
     scanned: bool,
+    /// Watches the directory; `None` until it could be set up (the
+    /// directory may not exist yet) or after it went stale. Without it,
+    /// every poll stats every file.
+    watch: Option<Inotify>,
+}
+
+/// What the watch reports about the directory since the last look.
+enum Watched {
+    /// Nothing happened: the files are as last scanned.
+    Quiet,
+    /// Something may have changed: scan.
+    Changed,
+    /// The watch is gone (the directory was removed or moved, the queue
+    /// overflowed, or reading failed): scan, and set up a new watch first.
+    Lost,
+}
+
+/// Directory events that can change a scan's outcome.
+fn watch_mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR
 }
 
 /// One scan's outcome.
@@ -80,6 +114,7 @@ impl DirSource {
             node,
             stamp: BTreeMap::new(),
             scanned: false,
+            watch: None,
         }
     }
 
@@ -90,7 +125,18 @@ impl DirSource {
 
     /// Reads the directory if anything changed since the last call;
     /// `Ok(None)` when nothing did. A missing directory reads as empty.
+    ///
+    /// The files are stat'ed only when the directory's inotify watch has
+    /// seen an event since the last call (or there is no watch); the
+    /// stamps then decide, as without a watch. The watch is set up before
+    /// the scan it vouches for, so a change during the scan is seen next
+    /// time.
     pub fn poll(&mut self) -> Result<Option<Scan>, Error> {
+        match self.watched() {
+            Watched::Quiet if self.scanned => return Ok(None),
+            Watched::Quiet | Watched::Changed => {}
+            Watched::Lost => self.watch = Self::watch(&self.dir),
+        }
         let stamp = self.stamps()?;
         if self.scanned && stamp == self.stamp {
             return Ok(None);
@@ -115,6 +161,44 @@ impl DirSource {
             }
         }
         scan
+    }
+
+    /// A watch on `dir`, or `None` (no inotify, or no directory yet).
+    fn watch(dir: &Path) -> Option<Inotify> {
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        watch.add_watch(dir, watch_mask()).ok()?;
+        Some(watch)
+    }
+
+    /// Drains the watch's events.
+    fn watched(&self) -> Watched {
+        let Some(watch) = &self.watch else {
+            return Watched::Lost;
+        };
+        let mut changed = false;
+        loop {
+            match watch.read_events() {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => {
+                    let gone = AddWatchFlags::IN_Q_OVERFLOW
+                        | AddWatchFlags::IN_IGNORED
+                        | AddWatchFlags::IN_DELETE_SELF
+                        | AddWatchFlags::IN_MOVE_SELF;
+                    if events.iter().any(|e| e.mask.intersects(gone)) {
+                        return Watched::Lost;
+                    }
+                    changed = true;
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return Watched::Lost,
+            }
+        }
+        if changed {
+            Watched::Changed
+        } else {
+            Watched::Quiet
+        }
     }
 
     fn stamps(&self) -> Result<BTreeMap<PathBuf, (SystemTime, u64)>, Error> {
@@ -198,6 +282,40 @@ mod tests {
         std::fs::remove_file(d.join("a.yaml")).expect("rm");
         let scan = s.poll().expect("poll").expect("changed");
         assert!(scan.pods.is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn in_place_edits_and_a_replaced_directory_are_seen() {
+        use std::io::Write;
+        let d = tmpdir("watch");
+        let mut s = DirSource::new(&d, None);
+        assert!(s.poll().expect("poll").expect("first scan").pods.is_empty());
+        std::fs::write(d.join("a.yaml"), "name: a\nnamespace: x\nuid: ua\n").expect("write");
+        assert_eq!(s.poll().expect("poll").expect("added").pods.len(), 1);
+        assert!(s.poll().expect("poll").is_none(), "quiet");
+        // Edited in place (no rename): the watch sees the write.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("a.yaml"))
+            .and_then(|mut f| f.write_all(b"ips: [10.0.0.9]\n"))
+            .expect("append");
+        let scan = s.poll().expect("poll").expect("edited");
+        let pod = scan.pods.values().next().expect("pod");
+        assert_eq!(
+            pod.ips,
+            vec!["10.0.0.9".parse::<std::net::IpAddr>().expect("ip")]
+        );
+        // The directory removed, then made again with another record.
+        std::fs::remove_dir_all(&d).expect("rm dir");
+        assert!(s.poll().expect("poll").expect("gone").pods.is_empty());
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("b.yaml"), "name: b\nnamespace: x\nuid: ub\n").expect("write");
+        let scan = s.poll().expect("poll").expect("back");
+        assert_eq!(scan.pods.len(), 1);
+        assert!(s.poll().expect("poll").is_none(), "quiet again");
+        std::fs::remove_file(d.join("b.yaml")).expect("rm");
+        assert!(s.poll().expect("poll").expect("removed").pods.is_empty());
         let _ = std::fs::remove_dir_all(&d);
     }
 }
