@@ -4,7 +4,8 @@
 //! real CNI chain (`ptp` + `static`, then Ambit's `istio-cni` plugin,
 //! installed by `cni-node install`), runs a `cni-node` agent per node that
 //! captures the enrolled pods (node-level capture by default, VXLAN
-//! standing in for Geneve; `--mode inpod` for Istio's current design), a
+//! standing in for Geneve; `--mode inpod` for Istio's current design, `--redirect
+//! ebpf` for in-pod capture by eBPF instead of NAT rules), a
 //! `ztunnel` per node and a `waypoint`, all real child processes, with an
 //! in-process control plane (delta ADS + CA). It drives TCP to
 //! `productpage` (L4) and HTTP to `reviews` (through the waypoint), prints
@@ -50,6 +51,11 @@ struct Args {
     /// Capture mode: node-level (Istio 1.16–1.20) or in-pod (current Istio).
     #[arg(long, value_enum, default_value = "node")]
     mode: ModeArg,
+    /// How in-pod capture redirects connections: `netfilter` (NAT rules in
+    /// each pod, as Istio) or `ebpf` (cgroup hooks and sk_lookup;
+    /// implies `--mode inpod`; DNS is then not captured).
+    #[arg(long, value_enum, default_value = "netfilter")]
+    redirect: RedirectArg,
     /// The ztunnel binary (default: next to this example's build).
     #[arg(long, env = "AMBIT_ZTUNNEL")]
     ztunnel: Option<PathBuf>,
@@ -65,6 +71,12 @@ struct Args {
 enum RoutesFrom {
     File,
     Kube,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RedirectArg {
+    Netfilter,
+    Ebpf,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -85,6 +97,7 @@ fn main() -> anyhow::Result<()> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
+    let ebpf = a.redirect == RedirectArg::Ebpf;
     let opts = Options {
         mesh_yaml: a.config.as_ref().map(read).transpose()?.unwrap_or_else(|| {
             match a.routes_from {
@@ -98,11 +111,12 @@ fn main() -> anyhow::Result<()> {
             .map(read)
             .transpose()?
             .unwrap_or(DEFAULT_ROUTES.to_owned()),
-        mode: match a.mode {
-            ModeArg::Node => Mode::Node,
-            ModeArg::Inpod => Mode::InPod,
+        mode: match (a.mode, ebpf) {
+            (_, true) | (ModeArg::Inpod, _) => Mode::InPod,
+            (ModeArg::Node, false) => Mode::Node,
         },
-        dns_capture: true,
+        dns_capture: !ebpf,
+        ebpf,
         kube_routes: a.routes_from == RoutesFrom::Kube,
         kube_objects: DEFAULT_KUBE_ROUTES.to_owned(),
         ..Options::default()
@@ -174,7 +188,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     let l7_figures = Figures::of_http(&l7);
 
-    println!("\nDNS (captured into ztunnel's DNS proxy on 15053):");
+    if ebpf {
+        println!("\nDNS: not captured with --redirect ebpf (sleep's resolver is asked directly):");
+    } else {
+        println!("\nDNS (captured into ztunnel's DNS proxy on 15053):");
+    }
     match &resolved {
         Ok(ips) => println!(
             "  sleep resolves {dns_name} via {resolver}: {}",
@@ -210,16 +228,28 @@ fn main() -> anyhow::Result<()> {
             txt(&out["dst.service"]),
             txt(&out["dst.hbone_addr"])
         );
-        println!(
-            "  2. node-a captures it (mark 0x100 -> table 101 -> istioout) into ztunnel-a:15001"
-        );
+        let (capture, arrive) = match (ebpf, a.mode) {
+            (true, _) => (
+                "node-a's eBPF program (cgroup connect4) rewrites the connect to ztunnel-a:15001 in sleep's namespace",
+                "arrives in productpage's namespace, where ztunnel-b listens on 15008",
+            ),
+            (false, ModeArg::Inpod) => (
+                "the in-pod rule in sleep's namespace redirects it to ztunnel-a:15001",
+                "arrives in productpage's namespace, where ztunnel-b listens on 15008",
+            ),
+            (false, ModeArg::Node) => (
+                "node-a captures it (mark 0x100 -> table 101 -> istioout) into ztunnel-a:15001",
+                "node-b routes it (table 100 -> istioin) to ztunnel-b:15008",
+            ),
+        };
+        println!("  2. {capture}");
         println!(
             "  3. ztunnel-a (as {}) opens HBONE to {} over mTLS: HTTP/2 CONNECT",
             txt(&out["src.identity"]),
             txt(&out["dst.addr"])
         );
         println!(
-            "  4. node-b routes it (table 100 -> istioin) to ztunnel-b:15008, which verifies {} and authorizes",
+            "  4. it {arrive}, which verifies {} and authorizes",
             txt(&inb["src.identity"])
         );
         println!(
@@ -378,6 +408,7 @@ fn main() -> anyhow::Result<()> {
             ips.iter().any(|ip| ip.to_string() == "10.96.0.30"),
             "{dns_name} resolved to {ips:?}, not reviews' VIP"
         ),
+        Err(_) if ebpf => {} // DNS is not captured with --redirect ebpf.
         Err(e) => anyhow::bail!("DNS through ztunnel failed: {e:#}"),
     }
     anyhow::ensure!(

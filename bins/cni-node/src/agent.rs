@@ -15,7 +15,7 @@ use ambit_tunnel::IstioTunnels;
 use anyhow::Context;
 use http::StatusCode;
 
-use crate::cli::{BackendArg, Mode, PodSourceArg, RunArgs, SetUpdatesArg, TunnelArg};
+use crate::cli::{BackendArg, Mode, PodSourceArg, RedirectArg, RunArgs, SetUpdatesArg, TunnelArg};
 
 /// Opens a namespace given as a path, a pid or a name under /run/netns.
 fn open_netns(spec: &str) -> anyhow::Result<NetNs> {
@@ -46,6 +46,9 @@ pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
         None => NetNs::current().context("opening this process's network namespace")?,
     };
     match a.mode {
+        Mode::Node if a.redirect == RedirectArg::Ebpf => {
+            anyhow::bail!("--redirect ebpf needs --mode inpod (node mode captures on the host)")
+        }
         Mode::Node => {
             let zt = a
                 .ztunnel_netns
@@ -80,25 +83,61 @@ pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
                 ipv6: a.ipv6,
                 ..Default::default()
             };
-            Ok(Box::new(ambit_cni::inpod::InpodDataplane::new(
-                ambit_cni::inpod::InpodSettings {
-                    host,
-                    backend: backend(a.backend),
-                    config,
-                    zds_socket: a.zds_socket.clone(),
-                    runtime: tokio::runtime::Handle::current(),
-                    rule_writes: match a.nft_rule_writes {
-                        SetUpdatesArg::Netlink => ambit_redirect::RuleWrites::Netlink,
-                        SetUpdatesArg::Nft => ambit_redirect::RuleWrites::NftCommand,
-                    },
+            let dp = ambit_cni::inpod::InpodDataplane::new(ambit_cni::inpod::InpodSettings {
+                host,
+                backend: backend(a.backend),
+                config,
+                zds_socket: a.zds_socket.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                rule_writes: match a.nft_rule_writes {
+                    SetUpdatesArg::Netlink => ambit_redirect::RuleWrites::Netlink,
+                    SetUpdatesArg::Nft => ambit_redirect::RuleWrites::NftCommand,
                 },
-            )?))
+            })?;
+            match a.redirect {
+                RedirectArg::Netfilter => Ok(Box::new(dp)),
+                RedirectArg::Ebpf => ebpf_dataplane(a, dp),
+            }
         }
         #[cfg(not(feature = "inpod"))]
         Mode::Inpod => {
             anyhow::bail!("this build has no in-pod mode (feature `inpod`)")
         }
     }
+}
+
+/// The in-pod data plane with eBPF capture attached.
+#[cfg(all(feature = "inpod", feature = "ebpf"))]
+fn ebpf_dataplane(
+    a: &RunArgs,
+    dp: ambit_cni::inpod::InpodDataplane,
+) -> anyhow::Result<Box<dyn ambit_cni::agent::Dataplane>> {
+    use ambit_redirect::ebpf;
+    if a.capture_dns {
+        tracing::warn!("--redirect ebpf does not capture DNS; AMBIENT_DNS_CAPTURE is ignored");
+    }
+    ebpf::supported().map_err(|why| anyhow::anyhow!("--redirect ebpf: {why}"))?;
+    let dir = &a.ebpf_pin_dir;
+    let parent = dir
+        .parent()
+        .context("--ebpf-pin-dir needs a parent directory on a bpf filesystem")?;
+    ebpf::ensure_bpffs(parent)?;
+    let cap = ebpf::EbpfCapture::start(ebpf::EbpfConfig {
+        pin_dir: dir.clone(),
+        cgroup: a.ebpf_cgroup.clone(),
+        ..ebpf::EbpfConfig::default()
+    })?;
+    let pods = cap.enrolled()?.len();
+    tracing::info!(pin_dir = %dir.display(), pods, "eBPF capture attached");
+    Ok(Box::new(dp.with_ebpf(cap)?))
+}
+
+#[cfg(all(feature = "inpod", not(feature = "ebpf")))]
+fn ebpf_dataplane(
+    _a: &RunArgs,
+    _dp: ambit_cni::inpod::InpodDataplane,
+) -> anyhow::Result<Box<dyn ambit_cni::agent::Dataplane>> {
+    anyhow::bail!("this build has no eBPF capture (feature `ebpf`)")
 }
 
 async fn pod_source(a: &RunArgs) -> anyhow::Result<Option<Box<dyn PodSource>>> {

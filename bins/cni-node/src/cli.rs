@@ -29,6 +29,18 @@ pub enum BackendArg {
     Nftnl,
 }
 
+/// `--redirect` values: how in-pod capture redirects connections.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RedirectArg {
+    /// NAT rules in each pod (nftables or iptables, per `--backend`), as
+    /// Istio does.
+    Netfilter,
+    /// eBPF (feature `ebpf`): connect-time redirection in cgroup hooks and
+    /// sk_lookup for inbound; `--backend` then only writes the return path
+    /// and the host's probe rules. No DNS capture in this mode.
+    Ebpf,
+}
+
 /// `--nft-set-updates` values.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum SetUpdatesArg {
@@ -121,6 +133,17 @@ pub struct RunArgs {
     /// `nft list` processes, as before; kept for benchmarks.
     #[arg(long, value_enum, default_value = "netlink", hide = true)]
     pub nft_rule_writes: SetUpdatesArg,
+    /// In-pod mode: how connections are redirected to ztunnel.
+    #[arg(long, env = "AMBIT_REDIRECT", value_enum, default_value = "netfilter")]
+    pub redirect: RedirectArg,
+    /// `--redirect ebpf`: directory for the pinned programs and maps (on a
+    /// bpf filesystem; one is mounted on its parent when there is none).
+    #[arg(long, env = "AMBIT_EBPF_PIN_DIR", default_value = "/sys/fs/bpf/ambit")]
+    pub ebpf_pin_dir: PathBuf,
+    /// `--redirect ebpf`: the cgroup v2 directory the programs attach to
+    /// (default: the root of the cgroup v2 hierarchy, covering every pod).
+    #[arg(long, env = "AMBIT_EBPF_CGROUP")]
+    pub ebpf_cgroup: Option<PathBuf>,
     /// Redirect pods' DNS to ztunnel's 15053. In-pod mode: a pod's
     /// `ambient.istio.io/dns-capture: "true"|"false"` annotation overrides
     /// this for that pod (other values are ignored with a warning); node

@@ -126,6 +126,9 @@ pub struct InpodDataplane {
     /// The plan this run applied in each enrolled pod, by uid.
     applied: BTreeMap<String, PodPlanKey>,
     zds: Option<(mpsc::UnboundedSender<ZdsCmd>, tokio::task::JoinHandle<()>)>,
+    /// eBPF capture, when it replaces the in-pod NAT rules.
+    #[cfg(feature = "ebpf")]
+    ebpf: Option<ambit_redirect::ebpf::EbpfCapture>,
 }
 
 impl std::fmt::Debug for InpodDataplane {
@@ -148,10 +151,68 @@ impl InpodDataplane {
             plans: BTreeMap::new(),
             applied: BTreeMap::new(),
             zds: None,
+            #[cfg(feature = "ebpf")]
+            ebpf: None,
         };
         // Build the default pod plan now, so a bad configuration fails here.
         dp.plan_for(dp.default_key())?;
         Ok(dp)
+    }
+
+    /// Captures with eBPF instead of the in-pod NAT rules: `cap` (already
+    /// attached) redirects each enrolled pod's connections, and the pod
+    /// plans keep only the return path of ztunnel's original-source
+    /// connections ([`profiles::inpod_return_path`]). DNS is not captured
+    /// in this mode.
+    #[cfg(feature = "ebpf")]
+    pub fn with_ebpf(mut self, cap: ambit_redirect::ebpf::EbpfCapture) -> Result<Self, Error> {
+        self.ebpf = Some(cap);
+        self.plans.clear();
+        self.s.config.capture_dns = false;
+        self.plan_for(self.default_key())?;
+        Ok(self)
+    }
+
+    fn uses_ebpf(&self) -> bool {
+        #[cfg(feature = "ebpf")]
+        if self.ebpf.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Puts the pod in (`Some(ips)`) or out (`None`) of eBPF capture.
+    #[allow(unused_variables)]
+    fn ebpf_pod(&mut self, uid: &str, ns: Option<&NetNs>, ips: &[IpAddr]) -> Result<(), Error> {
+        #[cfg(feature = "ebpf")]
+        if let Some(cap) = self.ebpf.as_mut() {
+            match ns {
+                Some(ns) => {
+                    cap.enroll(uid, ns, ips)
+                        .context(|| format!("eBPF capture of pod {uid}"))?;
+                }
+                None => {
+                    cap.unenroll(uid)
+                        .context(|| format!("ending eBPF capture of pod {uid}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes stale pods known only by address out of eBPF capture.
+    #[allow(unused_variables)]
+    fn ebpf_forget(&mut self, ips: &[IpAddr]) -> Result<(), Error> {
+        #[cfg(feature = "ebpf")]
+        if let Some(cap) = self.ebpf.as_mut() {
+            let gone = cap
+                .unenroll_addresses(ips)
+                .context(|| "ending eBPF capture of stale pods".into())?;
+            if !gone.is_empty() {
+                info!(?gone, "stale pods left eBPF capture");
+            }
+        }
+        Ok(())
     }
 
     /// The plan for pods that follow the agent's settings.
@@ -172,12 +233,16 @@ impl InpodDataplane {
     pub fn plan_for(&mut self, key: PodPlanKey) -> Result<&Plan, Error> {
         if !self.plans.contains_key(&key) {
             let cfg = InpodConfig {
-                capture_dns: key.capture_dns,
+                capture_dns: key.capture_dns && !self.uses_ebpf(),
                 ipv6: key.ipv6,
                 ..self.s.config.clone()
             };
-            let mut plan =
-                profiles::inpod(&cfg).context(|| format!("building the in-pod plan {key:?}"))?;
+            let build = if self.uses_ebpf() {
+                profiles::inpod_return_path
+            } else {
+                profiles::inpod
+            };
+            let mut plan = build(&cfg).context(|| format!("building the in-pod plan {key:?}"))?;
             plan.rule_writes = self.s.rule_writes;
             self.plans.insert(key, plan);
         }
@@ -187,7 +252,7 @@ impl InpodDataplane {
     /// The plan `p` gets in `ns`.
     fn key_for(&self, p: &EnrolledPod, ns: &NetNs) -> PodPlanKey {
         PodPlanKey {
-            capture_dns: p.dns_capture.unwrap_or(self.s.config.capture_dns),
+            capture_dns: p.dns_capture.unwrap_or(self.s.config.capture_dns) && !self.uses_ebpf(),
             ipv6: self.s.config.ipv6 && netns_has_ipv6(ns),
         }
     }
@@ -196,7 +261,7 @@ impl InpodDataplane {
     /// superset (DNS on) of the family it would get.
     fn previous_key(&self, uid: &str, want: PodPlanKey) -> PodPlanKey {
         self.applied.get(uid).copied().unwrap_or(PodPlanKey {
-            capture_dns: true,
+            capture_dns: !self.uses_ebpf(),
             ipv6: want.ipv6,
         })
     }
@@ -303,6 +368,7 @@ impl InpodDataplane {
         let sets = self.probe_entries(p);
         let rest = (|| {
             self.put_rules(p, &ns, want, !drift.is_empty())?;
+            self.ebpf_pod(&p.uid, Some(&ns), &p.ips)?;
             for (set, entries) in &sets {
                 self.host_plan
                     .add_members(&self.s.host, self.s.backend, set, entries)
@@ -339,6 +405,9 @@ impl InpodDataplane {
                     }
                 }
                 self.applied.remove(&p.uid);
+                if let Err(e) = self.ebpf_pod(&p.uid, None, &[]) {
+                    warn!(pod = %where_(), error = %e, "rolling back eBPF capture");
+                }
                 if let Err(e) = self.del_probe_members(&p.ips) {
                     warn!(pod = %where_(), error = %e, "rolling back the probe-set entries");
                 }
@@ -455,7 +524,7 @@ impl Dataplane for InpodDataplane {
                             .as_ref()
                             .and_then(|u| self.applied.get(u).copied())
                             .unwrap_or(PodPlanKey {
-                                capture_dns: true,
+                                capture_dns: !self.uses_ebpf(),
                                 ipv6,
                             });
                         let backend = self.s.backend;
@@ -469,6 +538,10 @@ impl Dataplane for InpodDataplane {
                     self.applied.remove(uid);
                 }
             }
+            match &r.uid {
+                Some(uid) => self.ebpf_pod(uid, None, &[])?,
+                None => self.ebpf_forget(&r.ips)?,
+            }
             if let Some(uid) = &r.uid {
                 self.send(ZdsCmd::Del { uid: uid.clone() })?;
             }
@@ -481,6 +554,23 @@ impl Dataplane for InpodDataplane {
         if let Some((tx, task)) = self.zds.take() {
             drop(tx);
             task.abort();
+        }
+        // eBPF capture stays while pods are enrolled in it, as their in-pod
+        // rules do: the next agent takes the pins over. With no pod left,
+        // the programs go (unless asked to keep everything).
+        #[cfg(feature = "ebpf")]
+        if let Some(cap) = self.ebpf.take() {
+            let dir = cap.config().pin_dir.clone();
+            let pods = cap
+                .enrolled()
+                .context(|| "listing eBPF-captured pods".into())?;
+            drop(cap);
+            if keep_rules || !pods.is_empty() {
+                info!(pods = pods.len(), pin_dir = %dir.display(), "eBPF capture left in place for the next agent");
+            } else {
+                ambit_redirect::ebpf::remove(&dir)
+                    .context(|| format!("removing eBPF capture ({})", dir.display()))?;
+            }
         }
         if keep_rules {
             return Ok(());

@@ -3,7 +3,8 @@
  * Ambit's eBPF capture for enrolled pods (Istio's in-pod intent):
  *
  * - outbound: a TCP connect() from an enrolled network namespace is sent to
- *   ztunnel's outbound port on loopback (cgroup connect4/connect6), unless
+ *   ztunnel's outbound port on the pod's own address (loopback if it has
+ *   none of that family) (cgroup connect4/connect6), unless
  *   the socket carries ztunnel's mark or the destination is loopback, the
  *   pod itself or the kubelet probe address. The original destination is
  *   kept by socket cookie, then by the client's address once the port is
@@ -209,7 +210,9 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
 	if (!keep_orig(ctx, &orig))
 		return 1;
-	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	/* To the pod's own address, so the connection's source stays the pod
+	 * (as after a netfilter redirect) and ztunnel knows the workload. */
+	ctx->user_ip4 = pod->ip4 ? pod->ip4 : bpf_htonl(0x7f000001);
 	ctx->user_port = bpf_htons((__u16)cfg->outbound_port);
 	return 1;
 }
@@ -241,7 +244,7 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;
 		ctx->user_ip6[2] = bpf_htonl(0xffff);
-		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+		ctx->user_ip6[3] = pod->ip4 ? pod->ip4 : bpf_htonl(0x7f000001);
 	} else {
 		__u32 any = ip[0] | ip[1] | ip[2] | ip[3];
 		int lo = ip[0] == 0 && ip[1] == 0 && ip[2] == 0 &&
@@ -255,10 +258,12 @@ int ambit_connect6(struct bpf_sock_addr *ctx)
 		orig.ip[3] = ip[3];
 		if (!keep_orig(ctx, &orig))
 			return 1;
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
+		__u32 any6 = pod->ip6[0] | pod->ip6[1] | pod->ip6[2] |
+			     pod->ip6[3];
+		ctx->user_ip6[0] = any6 ? pod->ip6[0] : 0;
+		ctx->user_ip6[1] = any6 ? pod->ip6[1] : 0;
+		ctx->user_ip6[2] = any6 ? pod->ip6[2] : 0;
+		ctx->user_ip6[3] = any6 ? pod->ip6[3] : bpf_htonl(1);
 	}
 	ctx->user_port = bpf_htons((__u16)cfg->outbound_port);
 	return 1;
@@ -285,7 +290,6 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 				 ops->local_port);
 			bpf_map_update_elem(&ambit_local_conns, &local, &one,
 					    BPF_ANY);
-			return 1;
 		}
 		/* The client's port is bound now: re-key the destination by
 		 * the client's address, which ztunnel sees as its peer. */

@@ -145,13 +145,15 @@ fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
     let target = SocketAddr::from((remote.ip(), SERVER_PORT));
     let real = remote.ns().tcp_listener(target).expect("server");
 
-    // Outbound from the app → 15001 on loopback, original destination kept.
+    // Outbound from the app → 15001 on the pod's address, original
+    // destination kept, the source still the pod.
     let mut c = pod.ns().tcp_connect(target).expect("connect");
     c.write_all(b"x").expect("write");
     let s = accept(&l15001);
     assert_eq!(original_dst(&s), target);
     assert_eq!(s.peer_addr().expect("peer"), c.local_addr().expect("local"));
-    assert_eq!(c.peer_addr().expect("peer").port(), 15001);
+    assert_eq!(c.peer_addr().expect("peer"), (pod.ip(), 15001).into());
+    assert_eq!(s.peer_addr().expect("peer").ip(), IpAddr::V4(pod.ip()));
 
     // ztunnel's own sockets (SO_MARK 1337) go straight out.
     let zt = pod
@@ -270,6 +272,14 @@ fn capture_survives_the_agent_and_the_next_start_cleans_up() {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].key, "pod-a");
     assert!(cap.verify().expect("verify").is_empty());
+    // A stale pod known only by its address goes as well.
+    cap.enroll("pod-b", remote.ns(), &[IpAddr::V4(remote.ip())])
+        .expect("enroll b");
+    assert_eq!(
+        cap.unenroll_addresses(&[IpAddr::V4(remote.ip())])
+            .expect("by address"),
+        ["pod-b"]
+    );
     assert_eq!(cap.retain(|_| false).expect("retain"), ["pod-a"]);
     assert!(cap.verify().expect("verify").is_empty());
     let _c = pod.ns().tcp_connect(target).expect("connect");

@@ -56,6 +56,15 @@ impl PodValue {
     }
 }
 
+/// A missing key, however the loader reports it.
+fn not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).ok_or_else(|| Error::Ebpf {
         op: format!("opening map {name}"),
@@ -115,10 +124,20 @@ pub(super) fn enroll(ebpf: &mut Ebpf, cookie: u64, pod: &PodValue, ips: &[IpAddr
         .map_err(|e| ebpf_err(op(), e))
 }
 
+/// The namespace cookie enrolled with address `ip`, if any.
+pub(super) fn cookie_of(ebpf: &mut Ebpf, ip: IpAddr) -> Result<Option<u64>> {
+    match pod_netns_map(ebpf)?.get(&addr_key(ip), 0) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(ebpf_err(format!("looking up {ip}"), e)),
+    }
+}
+
 pub(super) fn unenroll(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
     let op = || format!("unenrolling namespace cookie {cookie}");
     match enrolled_map(ebpf)?.remove(&cookie) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Ok(()) => {}
+        Err(e) if not_found(&e) => {}
         Err(e) => return Err(ebpf_err(op(), e)),
     }
     let mut by_ip = pod_netns_map(ebpf)?;
@@ -130,7 +149,8 @@ pub(super) fn unenroll(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
         .collect();
     for k in mine {
         match by_ip.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if not_found(&e) => {}
             Err(e) => return Err(ebpf_err(op(), e)),
         }
     }
@@ -171,7 +191,8 @@ pub(super) fn forget_listeners(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
     for k in keys {
         if k[0..8] == cookie.to_ne_bytes() {
             match m.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(ebpf_err("dropping an inbound listener", e)),
             }
         }

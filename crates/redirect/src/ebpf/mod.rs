@@ -8,8 +8,9 @@
 //!
 //! - `cgroup/connect4`, `cgroup/connect6`: an enrolled pod's TCP connect to
 //!   anything but loopback, the pod itself or the probe address goes to
-//!   ztunnel's outbound port (15001) on loopback, unless the socket carries
-//!   ztunnel's mark (1337);
+//!   ztunnel's outbound port (15001) on the pod's own address (so the
+//!   source stays the pod's, as after a netfilter redirect), unless the
+//!   socket carries ztunnel's mark (1337);
 //! - `sockops`: keeps the original destination under the client's address
 //!   once its port is bound, and registers ztunnel's inbound listener
 //!   (15006) of each enrolled namespace when it calls `listen()`;
@@ -443,6 +444,31 @@ impl EbpfCapture {
             }
         }
         Ok(())
+    }
+
+    /// Takes out of capture the pods enrolled with any of `ips` (what a
+    /// restarted agent knows of a stale pod: its addresses). Returns their
+    /// keys.
+    pub fn unenroll_addresses(&mut self, ips: &[IpAddr]) -> Result<Vec<String>> {
+        let mut cookies = Vec::new();
+        for ip in ips {
+            if let Some(c) = maps::cookie_of(&mut self.ebpf, *ip)? {
+                cookies.push(c);
+            }
+        }
+        let mut gone = Vec::new();
+        for p in self.enrolled()? {
+            if cookies.contains(&p.netns_cookie) {
+                self.drop_pod(&p)?;
+                gone.push(p.key);
+            }
+        }
+        // Map entries without a pinned pod (a crash between the two).
+        for c in cookies {
+            maps::unenroll(&mut self.ebpf, c)?;
+            maps::forget_listeners(&mut self.ebpf, c)?;
+        }
+        Ok(gone)
     }
 
     fn drop_pod(&mut self, p: &EnrolledPod) -> Result<()> {

@@ -86,6 +86,10 @@ pub struct Options {
     /// `kind`, e.g. [`crate::config::DEFAULT_KUBE_ROUTES`]) the API server
     /// holds before the waypoint starts.
     pub kube_objects: String,
+    /// In-pod mode: the agents capture with eBPF (`cni-node --redirect
+    /// ebpf`) instead of NAT rules; each agent pins its programs on a bpf
+    /// filesystem mounted under the mesh's directory. No DNS capture.
+    pub ebpf: bool,
 }
 
 impl Default for Options {
@@ -100,6 +104,7 @@ impl Default for Options {
             dual_stack: false,
             kube_routes: false,
             kube_objects: String::new(),
+            ebpf: false,
         }
     }
 }
@@ -167,6 +172,9 @@ impl LocalMesh {
     ) -> anyhow::Result<Self> {
         let config = ambit_mesh::Config::parse(&opts.mesh_yaml, "mesh config")?;
         check_routes_yaml(&opts.routes_yaml)?;
+        if opts.ebpf && (opts.mode != Mode::InPod || opts.dns_capture) {
+            anyhow::bail!("eBPF capture needs in-pod mode and no DNS capture");
+        }
         progress(&format!(
             "building 2 nodes x {PODS} bare pod namespaces (pod 3 of each stays outside the mesh)"
         ));
@@ -478,6 +486,22 @@ impl LocalMesh {
             }
         }
         self.agents.clear();
+        if self.opts.ebpf {
+            for i in 0..self.cni.len() {
+                // The agents removed their pins; the mounts go too.
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(self.bpf_dir(i))
+                    .status();
+            }
+        }
+    }
+
+    /// Node `i`'s bpf filesystem (with [`Options::ebpf`]); the agent pins
+    /// under `ambit/` in it.
+    pub fn bpf_dir(&self, i: usize) -> PathBuf {
+        self.dir
+            .join(format!("bpf-{}", NODES.get(i).copied().unwrap_or("x")))
     }
 }
 

@@ -99,6 +99,10 @@ impl LocalMesh {
             }
             Mode::InPod => {
                 cmd.arg("--zds-socket").arg(self.zds_socket(i));
+                if self.opts.ebpf {
+                    cmd.args(["--redirect", "ebpf", "--ebpf-pin-dir"])
+                        .arg(self.bpf_dir(i).join("ambit"));
+                }
             }
         }
         cmd.stdout(log.try_clone()?)
