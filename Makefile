@@ -29,3 +29,9 @@ bench:
 	$(CARGO) build --release -p ztunnel -p cni-node -p waypoint
 	$(CARGO) run --release -p ambit-examples --example bench-mesh
 	$(CARGO) run --release -p ambit-l7proxy --example vs-nginx
+
+# In-pod capture by nftables vs eBPF vs no mesh, same node (as root).
+.PHONY: bench-redirect
+bench-redirect:
+	$(CARGO) build --release -p ztunnel -p cni-node -p waypoint
+	$(CARGO) run --release -p ambit-examples --example bench-redirect
