@@ -62,6 +62,9 @@ struct Round {
     bulk_mbps: f64,
 }
 
+/// A table row: its label and the figure it shows.
+type Row = (&'static str, fn(&Round) -> f64);
+
 const SAME_NODE_SERVER: &str = "10.244.0.4:9080";
 
 fn us(d: Duration) -> f64 {
@@ -157,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         "  {:<30} {:>12} {:>12} {:>12}   {:>10} {:>10}",
         "figure", names[0], names[1], names[2], "nft/none", "eBPF/none"
     );
-    let rows: [(&str, fn(&Round) -> f64); 6] = [
+    let rows: [Row; 6] = [
         ("new connection p50 (µs)", |r| r.conn_p50_us),
         ("new connection p99 (µs)", |r| r.conn_p99_us),
         ("new connections/s", |r| r.conn_per_s),
