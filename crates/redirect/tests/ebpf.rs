@@ -9,7 +9,7 @@
 #![cfg(feature = "ebpf")]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,10 +73,37 @@ fn original_dst(s: &TcpStream) -> SocketAddr {
         .expect("inet")
 }
 
+/// Accepts one connection within a few seconds (a test fails, never hangs).
 fn accept(l: &TcpListener) -> TcpStream {
-    l.set_nonblocking(false).expect("blocking");
-    let (s, _) = l.accept().expect("accept");
-    s
+    l.set_nonblocking(true).expect("nonblocking");
+    for _ in 0..100 {
+        if let Ok((s, _)) = l.accept() {
+            s.set_nonblocking(false).expect("blocking");
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing arrived on {:?}", l.local_addr());
+}
+
+/// A `[::]:port` listener with IPV6_V6ONLY off, as ztunnel binds in-pod.
+fn dual_listener(ns: &ambit_netns::NetNs, port: u16) -> TcpListener {
+    let s = ns
+        .socket(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))
+        .expect("socket");
+    s.set_only_v6(false).expect("IPV6_V6ONLY off");
+    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())
+        .expect("bind");
+    s.listen(16).expect("listen");
+    s.into()
+}
+
+fn original_dst6(s: &TcpStream) -> SocketAddr {
+    socket2::SockRef::from(s)
+        .original_dst_v6()
+        .expect("IP6T_SO_ORIGINAL_DST")
+        .as_socket()
+        .expect("inet")
 }
 
 /// Nothing arrives on `l` within a short time.
@@ -237,6 +264,56 @@ fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
     ebpf::remove(&fs.pin_dir()).expect("remove");
     ebpf::remove(&fs.pin_dir()).expect("remove again");
     assert!(!fs.pin_dir().exists());
+}
+
+#[test]
+fn ebpf_captures_both_families_on_dual_stack_listeners() {
+    if !supported() {
+        return;
+    }
+    let fs = BpfFs::new("dual");
+    let cluster = Cluster::builder()
+        .nodes(1)
+        .pods_per_node(2)
+        .ipv6(true)
+        .build()
+        .expect("cluster");
+    let (pod, peer) = (cluster.pod(0, 0), cluster.pod(0, 1));
+    let (pod6, peer6) = (pod.ip6().expect("ipv6"), peer.ip6().expect("ipv6"));
+    let mut cap = EbpfCapture::start(config(&fs)).expect("start");
+    cap.enroll("pod-6", pod.ns(), &[IpAddr::V4(pod.ip()), IpAddr::V6(pod6)])
+        .expect("enroll");
+    let l15001 = dual_listener(pod.ns(), 15001);
+    let l15006 = dual_listener(pod.ns(), 15006);
+    let real = dual_listener(peer.ns(), SERVER_PORT);
+
+    // Outbound IPv6 → 15001 on the pod's IPv6 address, destination kept.
+    let target6 = SocketAddr::V6(SocketAddrV6::new(peer6, SERVER_PORT, 0, 0));
+    let _c = pod.ns().tcp_connect(target6).expect("connect v6");
+    let s = accept(&l15001);
+    assert_eq!(original_dst6(&s), target6);
+    assert_eq!(s.peer_addr().expect("peer").ip(), IpAddr::V6(pod6));
+    // Outbound IPv4 lands on the same listener, IPv4-mapped.
+    let target4 = SocketAddr::from((peer.ip(), SERVER_PORT));
+    let _c4 = pod.ns().tcp_connect(target4).expect("connect v4");
+    let s = accept(&l15001);
+    assert_eq!(original_dst(&s), target4);
+    assert!(nothing_on(&real), "captured, not delivered");
+
+    // Inbound, both families → the one dual-stack 15006 listener.
+    let in6 = SocketAddr::V6(SocketAddrV6::new(pod6, 80, 0, 0));
+    let _i6 = peer.ns().tcp_connect(in6).expect("inbound v6");
+    let s = accept(&l15006);
+    assert_eq!(original_dst6(&s), in6);
+    assert_eq!(s.peer_addr().expect("peer").ip(), IpAddr::V6(peer6));
+    let in4 = SocketAddr::from((pod.ip(), 80));
+    let _i4 = peer.ns().tcp_connect(in4).expect("inbound v4");
+    let s = accept(&l15006);
+    assert_eq!(original_dst(&s), in4);
+
+    cap.unenroll("pod-6").expect("unenroll");
+    drop(cap);
+    ebpf::remove(&fs.pin_dir()).expect("remove");
 }
 
 #[test]
