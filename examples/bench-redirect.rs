@@ -1,10 +1,12 @@
-//! In-pod capture by nftables vs by eBPF vs no mesh, in one run: new
+//! In-pod capture by nftables vs by eBPF (with and without the same-pod
+//! splice) vs no mesh, in one run: new
 //! connection latency and rate, 1-byte round trips and bulk echo between
 //! two pods on the same node.
 //!
-//! Two local meshes run side by side (in-pod mode; one with NAT rules in
-//! the pods, one with `cni-node --redirect ebpf`), and a bare two-pod node
-//! serves as the no-mesh baseline. Each round measures the three paths one
+//! Three local meshes run side by side (in-pod mode; one with NAT rules in
+//! the pods, one with `cni-node --redirect ebpf`, one with eBPF plus the
+//! sk_msg splice of app ↔ ztunnel connections, `--ebpf-splice true`), and
+//! a bare two-pod node serves as the no-mesh baseline. Each round measures the three paths one
 //! after another; the table shows medians over rounds and the ratios to no
 //! mesh. Run as root, with release binaries:
 //!
@@ -119,18 +121,24 @@ fn main() -> anyhow::Result<()> {
         .map_err(|why| anyhow::anyhow!("eBPF capture is not available here: {why}"))?;
     let bin = ambit_testbed::ztunnel_binary(a.ztunnel.clone())?;
     let bins = Binaries::beside(&bin)?;
-    let start = |ebpf: bool| {
+    let start = |ebpf: bool, ebpf_splice: bool| {
         let opts = Options {
             mode: Mode::InPod,
             ebpf,
+            ebpf_splice,
             ..Options::default()
         };
-        let what = if ebpf { "eBPF" } else { "nftables" };
+        let what = match (ebpf, ebpf_splice) {
+            (false, _) => "nftables",
+            (true, false) => "eBPF",
+            (true, true) => "eBPF+splice",
+        };
         LocalMesh::start_opts(&bins, opts, |s| eprintln!("[bench {what}] {s}"))
             .with_context(|| format!("starting the {what} mesh"))
     };
-    let nft = start(false)?;
-    let ebpf = start(true)?;
+    let nft = start(false, false)?;
+    let ebpf = start(true, false)?;
+    let splice = start(true, true)?;
     // No mesh: two wired pods on one node of a bare cluster.
     let bare = Cluster::builder()
         .nodes(1)
@@ -142,12 +150,13 @@ fn main() -> anyhow::Result<()> {
     let direct_to = SocketAddr::from((server.ip(), 9080));
     let meshed_to: SocketAddr = SAME_NODE_SERVER.parse()?;
 
-    let names = ["no mesh", "nftables", "eBPF"];
-    let mut all: [Vec<Round>; 3] = Default::default();
+    let names = ["no mesh", "nftables", "eBPF", "eBPF+splice"];
+    let mut all: [Vec<Round>; 4] = Default::default();
     for round in 1..=a.rounds {
         all[0].push(measure(&a, bare.pod(0, 0), direct_to)?);
         all[1].push(measure(&a, nft.sleep(), meshed_to)?);
         all[2].push(measure(&a, ebpf.sleep(), meshed_to)?);
+        all[3].push(measure(&a, splice.sleep(), meshed_to)?);
         eprintln!("[bench] round {round}/{} done", a.rounds);
     }
     let med: Vec<Round> = all.iter().map(|r| medians(r)).collect();
@@ -157,8 +166,8 @@ fn main() -> anyhow::Result<()> {
         a.rounds
     );
     println!(
-        "  {:<30} {:>12} {:>12} {:>12}   {:>10} {:>10}",
-        "figure", names[0], names[1], names[2], "nft/none", "eBPF/none"
+        "  {:<26} {:>10} {:>10} {:>10} {:>12}   {:>9} {:>9} {:>9}",
+        "figure", names[0], names[1], names[2], names[3], "nft/none", "eBPF/none", "splice/none"
     );
     let rows: [Row; 6] = [
         ("new connection p50 (µs)", |r| r.conn_p50_us),
@@ -173,25 +182,29 @@ fn main() -> anyhow::Result<()> {
         let v: Vec<f64> = med.iter().map(f).collect();
         let ratio = |x: f64| if v[0] > 0.0 { x / v[0] } else { 0.0 };
         println!(
-            "  {label:<30} {:>12.1} {:>12.1} {:>12.1}   {:>9.2}x {:>9.2}x",
+            "  {label:<26} {:>10.1} {:>10.1} {:>10.1} {:>12.1}   {:>8.2}x {:>8.2}x {:>10.2}x",
             v[0],
             v[1],
             v[2],
+            v[3],
             ratio(v[1]),
-            ratio(v[2])
+            ratio(v[2]),
+            ratio(v[3])
         );
         json_rows.push(serde_json::json!({
             "figure": label,
             "no_mesh": v[0],
             "nftables": v[1],
             "ebpf": v[2],
+            "ebpf_splice": v[3],
         }));
     }
     let conn = |r: &Round| r.conn_p50_us;
     println!(
-        "\n  added per new connection (p50): nftables +{:.0} µs, eBPF +{:.0} µs",
+        "\n  added per new connection (p50): nftables +{:.0} µs, eBPF +{:.0} µs, eBPF+splice +{:.0} µs",
         conn(&med[1]) - conn(&med[0]),
-        conn(&med[2]) - conn(&med[0])
+        conn(&med[2]) - conn(&med[0]),
+        conn(&med[3]) - conn(&med[0])
     );
     let json = serde_json::json!({
         "rounds": a.rounds,
@@ -206,6 +219,6 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&a.json, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", a.json.display()))?;
     println!("  JSON: {}", a.json.display());
-    drop((nft, ebpf));
+    drop((nft, ebpf, splice));
     Ok(())
 }

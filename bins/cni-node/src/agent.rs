@@ -125,6 +125,7 @@ fn ebpf_dataplane(
     let cap = ebpf::EbpfCapture::start(ebpf::EbpfConfig {
         pin_dir: dir.clone(),
         cgroup: a.ebpf_cgroup.clone(),
+        splice_local: a.ebpf_splice,
         ..ebpf::EbpfConfig::default()
     })?;
     let pods = cap.enrolled()?.len();

@@ -144,6 +144,11 @@ pub struct RunArgs {
     /// (default: the root of the cgroup v2 hierarchy, covering every pod).
     #[arg(long, env = "AMBIT_EBPF_CGROUP")]
     pub ebpf_cgroup: Option<PathBuf>,
+    /// `--redirect ebpf`: splice connections whose both ends are in one pod
+    /// (the app and its ztunnel) with sockops + sk_msg, skipping TCP/IP on
+    /// loopback.
+    #[arg(long, env = "AMBIT_EBPF_SPLICE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ebpf_splice: bool,
     /// Redirect pods' DNS to ztunnel's 15053. In-pod mode: a pod's
     /// `ambient.istio.io/dns-capture: "true"|"false"` annotation overrides
     /// this for that pod (other values are ignored with a warning); node

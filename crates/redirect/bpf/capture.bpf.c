@@ -20,6 +20,11 @@
  *   TCP_LISTEN_CB). Without a listener the connection is dropped: an
  *   enrolled pod fails closed.
  *
+ * - optional (config splice_local): the sockets of connections with both
+ *   ends in one enrolled namespace (the app and its ztunnel) go into a
+ *   SOCKHASH when established, and sk_msg hands each send to the peer
+ *   socket's receive queue, skipping TCP/IP on loopback.
+ *
  * Every program returns "allow"; none ever refuses a connect or an option.
  */
 #include "helpers.h"
@@ -44,6 +49,7 @@ struct config {
 	__u32 hbone_port;
 	__u32 probe4;		/* network byte order */
 	__u32 probe6[4];	/* network byte order */
+	__u32 splice_local;	/* sk_msg between local sockets: 1 on */
 };
 
 /* An enrolled namespace (key: netns cookie) and its pod's addresses. */
@@ -118,6 +124,22 @@ struct {
 	__type(key, struct peer);
 	__type(value, __u32);
 } ambit_local_conns SEC(".maps");
+
+/* Both ends of a connection inside one namespace, by (local, remote). */
+struct conn_key {
+	__u64 netns;
+	struct addr local;
+	struct addr remote;
+};
+
+/* Sockets of connections with both ends in one enrolled namespace (the
+ * app and ztunnel): sk_msg hands their bytes to the peer socket directly. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, __u32);
+} ambit_local_socks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -304,6 +326,42 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 			 ops->local_port);
 		bpf_map_update_elem(&ambit_orig_by_peer, &key, orig, BPF_ANY);
 		bpf_map_delete_elem(&ambit_orig_by_cookie, &cookie);
+	} else if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ||
+		   op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		struct config *cfg = config();
+		if (!cfg || !cfg->splice_local)
+			return 1;
+		__u64 ns = bpf_get_netns_cookie(ops);
+		if (!bpf_map_lookup_elem(&ambit_enrolled, &ns))
+			return 1;
+		__u32 l6[4] = {ops->local_ip6[0], ops->local_ip6[1],
+			       ops->local_ip6[2], ops->local_ip6[3]};
+		__u32 r6[4] = {ops->remote_ip6[0], ops->remote_ip6[1],
+			       ops->remote_ip6[2], ops->remote_ip6[3]};
+		struct conn_key key = {};
+		key.netns = ns;
+		set_addr(&key.local, ops->family, ops->local_ip4, l6,
+			 ops->local_port);
+		set_addr(&key.remote, ops->family, ops->remote_ip4, r6,
+			 bpf_ntohs((__u16)ops->remote_port));
+		/* The other end is here: the pod's own address (the app and
+		 * ztunnel's 15001), or a connection recorded as made inside
+		 * the namespace (ztunnel's original-source delivery). */
+		struct addr remote_ip = key.remote;
+		remote_ip.port = 0;
+		__u64 *owner = bpf_map_lookup_elem(&ambit_pod_netns, &remote_ip);
+		struct peer client = {};
+		client.netns = ns;
+		client.a = key.remote;
+		int local = (owner && *owner == ns) ||
+			    bpf_map_lookup_elem(&ambit_local_conns, &client);
+		if (!local) {
+			client.a = key.local;
+			local = bpf_map_lookup_elem(&ambit_local_conns, &client) != 0;
+		}
+		if (local)
+			bpf_sock_hash_update(ops, &ambit_local_socks, &key,
+					     BPF_ANY);
 	} else if (op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
 		struct config *cfg = config();
 		if (!cfg || ops->local_port != cfg->inbound_port)
@@ -433,4 +491,24 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return err ? SK_DROP : SK_PASS;
+}
+
+SEC("sk_msg")
+int ambit_sk_msg(struct sk_msg_md *msg)
+{
+	__u32 l6[4] = {msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2],
+		       msg->local_ip6[3]};
+	__u32 r6[4] = {msg->remote_ip6[0], msg->remote_ip6[1],
+		       msg->remote_ip6[2], msg->remote_ip6[3]};
+	struct conn_key peer = {};
+	peer.netns = bpf_get_netns_cookie(msg);
+	/* The peer socket sees this connection the other way round. */
+	set_addr(&peer.local, msg->family, msg->remote_ip4, r6,
+		 bpf_ntohs((__u16)msg->remote_port));
+	set_addr(&peer.remote, msg->family, msg->local_ip4, l6,
+		 msg->local_port);
+	/* Without a peer in the map nothing is redirected and the bytes take
+	 * the normal path. */
+	bpf_msg_redirect_hash(msg, &ambit_local_socks, &peer, BPF_F_INGRESS);
+	return SK_PASS;
 }

@@ -31,6 +31,9 @@ static long (*bpf_sock_hash_update)(struct bpf_sock_ops *skops, void *map,
 static long (*bpf_sk_assign)(void *ctx, struct bpf_sock *sk, __u64 flags) =
 	(void *)BPF_FUNC_sk_assign;
 static long (*bpf_sk_release)(void *sk) = (void *)BPF_FUNC_sk_release;
+static long (*bpf_msg_redirect_hash)(struct sk_msg_md *msg, void *map,
+				     void *key, __u64 flags) =
+	(void *)BPF_FUNC_msg_redirect_hash;
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define bpf_htons(x) __builtin_bswap16(x)

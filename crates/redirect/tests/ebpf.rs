@@ -317,6 +317,83 @@ fn ebpf_captures_both_families_on_dual_stack_listeners() {
 }
 
 #[test]
+fn same_namespace_splice_carries_bytes_and_eof_both_ways() {
+    if !supported() {
+        return;
+    }
+    let fs = BpfFs::new("splice");
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .pods_per_node(1)
+        .build()
+        .expect("cluster");
+    let (pod, remote) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let mut cap = EbpfCapture::start(EbpfConfig {
+        splice_local: true,
+        ..config(&fs)
+    })
+    .expect("start");
+    cap.enroll("pod-s", pod.ns(), &[IpAddr::V4(pod.ip())])
+        .expect("enroll");
+    let l15001 = pod
+        .ns()
+        .tcp_listener(([0, 0, 0, 0], 15001).into())
+        .expect("15001");
+    let target = SocketAddr::from((remote.ip(), SERVER_PORT));
+
+    // The app's connection to ztunnel: both ends in the pod, both spliced.
+    let mut c = pod.ns().tcp_connect(target).expect("connect");
+    let mut s = accept(&l15001);
+    assert_eq!(original_dst(&s), target);
+    assert_eq!(cap.spliced_sockets().expect("count"), 2);
+    let up: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let down: Vec<u8> = up.iter().rev().copied().collect();
+    let writer = {
+        let (mut c2, up) = (c.try_clone().expect("clone"), up.clone());
+        std::thread::spawn(move || {
+            c2.write_all(&up).expect("write up");
+            c2.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        })
+    };
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read up to EOF");
+    writer.join().expect("writer");
+    assert!(
+        got == up,
+        "upstream bytes intact ({} of {})",
+        got.len(),
+        up.len()
+    );
+    s.write_all(&down).expect("write down");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).expect("read down to EOF");
+    assert!(
+        back == down,
+        "downstream bytes intact ({} of {})",
+        back.len(),
+        down.len()
+    );
+    drop((c, s));
+
+    // A connection leaving the pod is never spliced.
+    let real = remote.ns().tcp_listener(target).expect("server");
+    let zt = pod
+        .ns()
+        .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+        .expect("socket");
+    zt.set_mark(1337).expect("SO_MARK");
+    zt.connect(&target.into()).expect("marked connect");
+    let _r = accept(&real);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(cap.spliced_sockets().expect("count"), 0);
+
+    cap.unenroll("pod-s").expect("unenroll");
+    drop(cap);
+    ebpf::remove(&fs.pin_dir()).expect("remove");
+}
+
+#[test]
 fn capture_survives_the_agent_and_the_next_start_cleans_up() {
     if !supported() {
         return;

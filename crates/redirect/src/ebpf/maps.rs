@@ -18,11 +18,12 @@ pub(super) struct ConfigValue {
     pub(super) hbone_port: u16,
     pub(super) probe4: Ipv4Addr,
     pub(super) probe6: Ipv6Addr,
+    pub(super) splice_local: bool,
 }
 
 impl ConfigValue {
-    fn encode(&self) -> [u8; 40] {
-        let mut b = [0u8; 40];
+    fn encode(&self) -> [u8; 44] {
+        let mut b = [0u8; 44];
         b[0..4].copy_from_slice(&self.mark.to_ne_bytes());
         b[4..8].copy_from_slice(&self.mark_mask.to_ne_bytes());
         b[8..12].copy_from_slice(&u32::from(self.outbound_port).to_ne_bytes());
@@ -30,6 +31,7 @@ impl ConfigValue {
         b[16..20].copy_from_slice(&u32::from(self.hbone_port).to_ne_bytes());
         b[20..24].copy_from_slice(&self.probe4.octets());
         b[24..40].copy_from_slice(&self.probe6.octets());
+        b[40..44].copy_from_slice(&u32::from(self.splice_local).to_ne_bytes());
         b
     }
 }
@@ -83,7 +85,7 @@ fn listener_map(ebpf: &mut Ebpf) -> Result<SockHash<&mut MapData, [u8; 16]>> {
 }
 
 pub(super) fn write_config(ebpf: &mut Ebpf, v: &ConfigValue) -> Result<()> {
-    let mut a: Array<&mut MapData, [u8; 40]> = Array::try_from(map(ebpf, "ambit_config")?)
+    let mut a: Array<&mut MapData, [u8; 44]> = Array::try_from(map(ebpf, "ambit_config")?)
         .map_err(|e| ebpf_err("opening map ambit_config", e))?;
     a.set(0, v.encode(), 0)
         .map_err(|e| ebpf_err("writing the capture configuration", e))

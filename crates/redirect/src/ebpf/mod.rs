@@ -76,15 +76,17 @@ const NODE_PROGRAMS: [(&str, &str, u32); 4] = [
 ];
 
 const SK_LOOKUP: &str = "ambit_sk_lookup";
+const SK_MSG: &str = "ambit_sk_msg";
 
 /// The maps, pinned by name under `maps/` and reused by the next start.
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 8] = [
     "ambit_config",
     "ambit_enrolled",
     "ambit_pod_netns",
     "ambit_orig_by_cookie",
     "ambit_orig_by_peer",
     "ambit_local_conns",
+    "ambit_local_socks",
     "ambit_listeners",
 ];
 
@@ -104,6 +106,10 @@ pub struct EbpfConfig {
     pub probe_ip: std::net::Ipv4Addr,
     /// Its IPv6 counterpart.
     pub probe_ip6: std::net::Ipv6Addr,
+    /// Same-namespace splice: the bytes of connections with both ends in
+    /// one enrolled pod (the app and its ztunnel) go from socket to socket
+    /// by sk_msg instead of through TCP/IP on loopback.
+    pub splice_local: bool,
 }
 
 impl Default for EbpfConfig {
@@ -116,6 +122,7 @@ impl Default for EbpfConfig {
             ports: inpod.ports,
             probe_ip: inpod.probe_ip,
             probe_ip6: inpod.probe_ip6,
+            splice_local: false,
         }
     }
 }
@@ -271,6 +278,7 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
         Program::SockOps(p) => p.load(),
         Program::CgroupSockopt(p) => p.load(),
         Program::SkLookup(p) => p.load(),
+        Program::SkMsg(p) => p.load(),
         _ => {
             return Err(Error::Ebpf {
                 op: format!("loading program {name}"),
@@ -325,6 +333,9 @@ impl EbpfCapture {
             let path = this.cfg.pin_dir.join("links").join(pin);
             this.attach_node(name, attach_type, cgroup.as_fd(), &path)?;
         }
+        if this.cfg.splice_local {
+            this.attach_splice()?;
+        }
         Ok(this)
     }
 
@@ -339,6 +350,7 @@ impl EbpfCapture {
             hbone_port: c.ports.hbone,
             probe4: c.probe_ip,
             probe6: c.probe_ip6,
+            splice_local: c.splice_local,
         };
         maps::write_config(&mut self.ebpf, &v)
     }
@@ -373,6 +385,47 @@ impl EbpfCapture {
         unpin(path)?;
         sys::obj_pin(link.as_fd(), path)
             .map_err(|e| io_err(format!("pinning {}", path.display()), e))
+    }
+
+    /// Attaches the sk_msg program to the local-sockets map. The map holds
+    /// the attachment (and the pin holds the map), so it outlives this
+    /// process as the links do; a later start replaces it.
+    fn attach_splice(&mut self) -> Result<()> {
+        let op = "attaching sk_msg to ambit_local_socks";
+        let map = self
+            .ebpf
+            .take_map("ambit_local_socks")
+            .ok_or_else(|| Error::Ebpf {
+                op: op.into(),
+                reason: "map not in the capture object".into(),
+            })?;
+        let socks: aya::maps::SockHash<aya::maps::MapData, [u8; 56]> =
+            aya::maps::SockHash::try_from(map).map_err(|e| ebpf_err(op, e))?;
+        match load_program(&mut self.ebpf, SK_MSG)? {
+            Program::SkMsg(p) => {
+                let id = p.attach(socks.fd()).map_err(|e| ebpf_err(op, e))?;
+                let link = p.take_link(id).map_err(|e| ebpf_err(op, e))?;
+                // Dropping the link would detach the program; the map
+                // keeps it attached instead.
+                std::mem::forget(link);
+                Ok(())
+            }
+            _ => Err(Error::Ebpf {
+                op: op.into(),
+                reason: "not an sk_msg program".into(),
+            }),
+        }
+    }
+
+    /// How many sockets are in the same-namespace splice map now.
+    pub fn spliced_sockets(&self) -> Result<usize> {
+        let path = self.cfg.pin_dir.join("maps").join("ambit_local_socks");
+        let data = aya::maps::MapData::from_pin(&path)
+            .map_err(|e| ebpf_err(format!("opening {}", path.display()), e))?;
+        let socks: aya::maps::SockHash<aya::maps::MapData, [u8; 56]> =
+            aya::maps::SockHash::try_from(aya::maps::Map::SockHash(data))
+                .map_err(|e| ebpf_err("opening ambit_local_socks", e))?;
+        Ok(socks.keys().filter(|k| k.is_ok()).count())
     }
 
     /// The configuration in force.

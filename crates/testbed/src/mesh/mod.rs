@@ -90,6 +90,9 @@ pub struct Options {
     /// ebpf`) instead of NAT rules; each agent pins its programs on a bpf
     /// filesystem mounted under the mesh's directory. No DNS capture.
     pub ebpf: bool,
+    /// With `ebpf`: splice app ↔ ztunnel connections inside each pod with
+    /// sk_msg (`cni-node --ebpf-splice true`).
+    pub ebpf_splice: bool,
 }
 
 impl Default for Options {
@@ -105,6 +108,7 @@ impl Default for Options {
             kube_routes: false,
             kube_objects: String::new(),
             ebpf: false,
+            ebpf_splice: false,
         }
     }
 }
@@ -492,6 +496,7 @@ impl LocalMesh {
                 let _ = Command::new("umount")
                     .arg("-l")
                     .arg(self.bpf_dir(i))
+                    .stderr(std::process::Stdio::null())
                     .status();
             }
         }

@@ -102,6 +102,9 @@ impl LocalMesh {
                 if self.opts.ebpf {
                     cmd.args(["--redirect", "ebpf", "--ebpf-pin-dir"])
                         .arg(self.bpf_dir(i).join("ambit"));
+                    if self.opts.ebpf_splice {
+                        cmd.args(["--ebpf-splice", "true"]);
+                    }
                 }
             }
         }
