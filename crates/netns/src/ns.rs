@@ -315,6 +315,14 @@ impl NetNs {
         })?
     }
 
+    /// Whether the calling thread is in this namespace now (same nsfs
+    /// inode); false when either cannot be read.
+    fn is_current_thread_ns(&self) -> bool {
+        let here = nix::sys::stat::stat("/proc/thread-self/ns/net");
+        let mine = nix::sys::stat::fstat(self.fd.as_fd());
+        matches!((here, mine), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+    }
+
     /// Runs `f` inside the namespace on a long-lived worker thread, which
     /// joins the namespace for `f` and returns to the process's namespace
     /// afterwards; the calling thread's namespace is untouched, as with
@@ -327,7 +335,8 @@ impl NetNs {
     /// the one worker, one at a time). Anything else belongs in
     /// [`NetNs::run`]. A panic in `f` is propagated to the caller.
     ///
-    /// Whenever the worker cannot run `f` — it cannot be started, cannot
+    /// When the calling thread is already in the namespace, `f` runs right
+    /// there. Whenever the worker cannot run `f` — it cannot be started, cannot
     /// join the namespace (the error is then the one [`NetNs::run`] gives
     /// from the calling thread), or the call comes from inside such an `f`
     /// — `f` runs through [`NetNs::run`] instead.
@@ -336,6 +345,12 @@ impl NetNs {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        if self.is_current_thread_ns() {
+            // Already inside (the caller joined it, or it is the process's
+            // own namespace): nothing to join, and `f` leaves the thread as
+            // it found it.
+            return Ok(f());
+        }
         if worker::unusable() {
             return self.run(f);
         }

@@ -264,6 +264,16 @@ fn reused_worker_runs_inside_and_leaves_the_caller_alone() {
         .expect("current");
     assert!(nested.same_as(&b).expect("compare"));
 
+    // From a thread already inside, it runs right there.
+    let inline = a
+        .run(|| {
+            let me = std::thread::current().id();
+            a.run_reused(move || std::thread::current().id() == me)
+        })
+        .expect("run")
+        .expect("run_reused");
+    assert!(inline);
+
     // Sysctls are read through it.
     a.set_sysctl("net.ipv4.ip_forward", "1").expect("write");
     assert_eq!(a.sysctl("net.ipv4.ip_forward").expect("read"), "1");
