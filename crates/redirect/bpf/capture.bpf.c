@@ -213,15 +213,27 @@ INLINE int outbound_candidate(struct bpf_sock_addr *ctx,
 	return (cfg->mark_mask & sk->mark) != cfg->mark;
 }
 
+/* The configuration and the pod of a connect to redirect; 0 when the
+ * connect is left alone (not enrolled, not TCP, ztunnel's own). */
+INLINE int outbound_begin(struct bpf_sock_addr *ctx, struct config **cfg,
+			  struct pod **pod)
+{
+	*cfg = config();
+	if (!*cfg)
+		return 0;
+	__u64 ns = bpf_get_netns_cookie(ctx);
+	*pod = bpf_map_lookup_elem(&ambit_enrolled, &ns);
+	if (!*pod)
+		return 0;
+	return outbound_candidate(ctx, *cfg);
+}
+
 SEC("cgroup/connect4")
 int ambit_connect4(struct bpf_sock_addr *ctx)
 {
-	struct config *cfg = config();
-	if (!cfg)
-		return 1;
-	__u64 ns = bpf_get_netns_cookie(ctx);
-	struct pod *pod = bpf_map_lookup_elem(&ambit_enrolled, &ns);
-	if (!pod || !outbound_candidate(ctx, cfg))
+	struct config *cfg = 0;
+	struct pod *pod = 0;
+	if (!outbound_begin(ctx, &cfg, &pod) || !cfg || !pod)
 		return 1;
 	__u32 dst = ctx->user_ip4;
 	if (exempt4(cfg, pod, dst))
@@ -242,12 +254,9 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int ambit_connect6(struct bpf_sock_addr *ctx)
 {
-	struct config *cfg = config();
-	if (!cfg)
-		return 1;
-	__u64 ns = bpf_get_netns_cookie(ctx);
-	struct pod *pod = bpf_map_lookup_elem(&ambit_enrolled, &ns);
-	if (!pod || !outbound_candidate(ctx, cfg))
+	struct config *cfg = 0;
+	struct pod *pod = 0;
+	if (!outbound_begin(ctx, &cfg, &pod) || !cfg || !pod)
 		return 1;
 	__u32 ip[4];
 	ip[0] = ctx->user_ip6[0];

@@ -9,7 +9,7 @@
 #![cfg(feature = "ebpf")]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +18,16 @@ use ambit_redirect::Backend;
 use ambit_redirect::ebpf::{self, EbpfCapture, EbpfConfig};
 use ambit_redirect::profiles::{self, InpodConfig};
 use socket2::{Domain, Protocol, Type};
+
+mod common;
+use common::{
+    dual_listener, marked_connect, nothing_on, original_dst4 as original_dst, original_dst6,
+};
+
+/// The accepted stream alone.
+fn accept(l: &TcpListener) -> TcpStream {
+    common::accept(l).0
+}
 
 const SERVER_PORT: u16 = 8080;
 
@@ -57,60 +67,35 @@ fn supported() -> bool {
     }
 }
 
+/// A bpf filesystem and a cluster of `nodes` × `pods`, or `None` (with
+/// the reason printed) where eBPF capture is not available.
+fn setup(tag: &str, nodes: usize, pods: usize, ipv6: bool) -> Option<(BpfFs, Cluster)> {
+    if !supported() {
+        return None;
+    }
+    let fs = BpfFs::new(tag);
+    let cluster = Cluster::builder()
+        .nodes(nodes)
+        .pods_per_node(pods)
+        .ipv6(ipv6)
+        .build()
+        .expect("cluster");
+    Some((fs, cluster))
+}
+
+/// Drops the capture and removes its pins; nothing may be left.
+fn teardown(cap: EbpfCapture, fs: &BpfFs) {
+    drop(cap);
+    ebpf::remove(&fs.pin_dir()).expect("remove");
+    ebpf::remove(&fs.pin_dir()).expect("remove again");
+    assert!(!fs.pin_dir().exists());
+}
+
 fn config(fs: &BpfFs) -> EbpfConfig {
     EbpfConfig {
         pin_dir: fs.pin_dir(),
         ..EbpfConfig::default()
     }
-}
-
-/// SO_ORIGINAL_DST of an accepted connection, as ztunnel reads it.
-fn original_dst(s: &TcpStream) -> SocketAddr {
-    socket2::SockRef::from(s)
-        .original_dst_v4()
-        .expect("SO_ORIGINAL_DST")
-        .as_socket()
-        .expect("inet")
-}
-
-/// Accepts one connection within a few seconds (a test fails, never hangs).
-fn accept(l: &TcpListener) -> TcpStream {
-    l.set_nonblocking(true).expect("nonblocking");
-    for _ in 0..100 {
-        if let Ok((s, _)) = l.accept() {
-            s.set_nonblocking(false).expect("blocking");
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing arrived on {:?}", l.local_addr());
-}
-
-/// A `[::]:port` listener with IPV6_V6ONLY off, as ztunnel binds in-pod.
-fn dual_listener(ns: &ambit_netns::NetNs, port: u16) -> TcpListener {
-    let s = ns
-        .socket(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))
-        .expect("socket");
-    s.set_only_v6(false).expect("IPV6_V6ONLY off");
-    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())
-        .expect("bind");
-    s.listen(16).expect("listen");
-    s.into()
-}
-
-fn original_dst6(s: &TcpStream) -> SocketAddr {
-    socket2::SockRef::from(s)
-        .original_dst_v6()
-        .expect("IP6T_SO_ORIGINAL_DST")
-        .as_socket()
-        .expect("inet")
-}
-
-/// Nothing arrives on `l` within a short time.
-fn nothing_on(l: &TcpListener) -> bool {
-    l.set_nonblocking(true).expect("nonblocking");
-    std::thread::sleep(Duration::from_millis(200));
-    l.accept().is_err()
 }
 
 fn ids(dir: &Path) -> Vec<String> {
@@ -127,15 +112,9 @@ fn ids(dir: &Path) -> Vec<String> {
 
 #[test]
 fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
-    if !supported() {
+    let Some((fs, cluster)) = setup("capture", 2, 2, false) else {
         return;
-    }
-    let fs = BpfFs::new("capture");
-    let cluster = Cluster::builder()
-        .nodes(2)
-        .pods_per_node(2)
-        .build()
-        .expect("cluster");
+    };
     let (pod, other, remote) = (cluster.pod(0, 0), cluster.pod(0, 1), cluster.pod(1, 0));
     let mut cap = EbpfCapture::start(config(&fs)).expect("start");
     // Starting again replaces the node links in place.
@@ -183,12 +162,7 @@ fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
     assert_eq!(s.peer_addr().expect("peer").ip(), IpAddr::V4(pod.ip()));
 
     // ztunnel's own sockets (SO_MARK 1337) go straight out.
-    let zt = pod
-        .ns()
-        .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-        .expect("socket");
-    zt.set_mark(1337).expect("SO_MARK");
-    zt.connect(&target.into()).expect("marked connect");
+    let _zt = marked_connect(pod.ns(), target);
     let (_, peer) = real.accept().expect("real server");
     assert_eq!(peer.ip(), IpAddr::V4(pod.ip()));
 
@@ -260,24 +234,15 @@ fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
             .expect("verify")
             .is_empty()
     );
-    drop((cap, cap2));
-    ebpf::remove(&fs.pin_dir()).expect("remove");
-    ebpf::remove(&fs.pin_dir()).expect("remove again");
-    assert!(!fs.pin_dir().exists());
+    drop(cap2);
+    teardown(cap, &fs);
 }
 
 #[test]
 fn ebpf_captures_both_families_on_dual_stack_listeners() {
-    if !supported() {
+    let Some((fs, cluster)) = setup("dual", 1, 2, true) else {
         return;
-    }
-    let fs = BpfFs::new("dual");
-    let cluster = Cluster::builder()
-        .nodes(1)
-        .pods_per_node(2)
-        .ipv6(true)
-        .build()
-        .expect("cluster");
+    };
     let (pod, peer) = (cluster.pod(0, 0), cluster.pod(0, 1));
     let (pod6, peer6) = (pod.ip6().expect("ipv6"), peer.ip6().expect("ipv6"));
     let mut cap = EbpfCapture::start(config(&fs)).expect("start");
@@ -312,21 +277,14 @@ fn ebpf_captures_both_families_on_dual_stack_listeners() {
     assert_eq!(original_dst(&s), in4);
 
     cap.unenroll("pod-6").expect("unenroll");
-    drop(cap);
-    ebpf::remove(&fs.pin_dir()).expect("remove");
+    teardown(cap, &fs);
 }
 
 #[test]
 fn same_namespace_splice_carries_bytes_and_eof_both_ways() {
-    if !supported() {
+    let Some((fs, cluster)) = setup("splice", 2, 1, false) else {
         return;
-    }
-    let fs = BpfFs::new("splice");
-    let cluster = Cluster::builder()
-        .nodes(2)
-        .pods_per_node(1)
-        .build()
-        .expect("cluster");
+    };
     let (pod, remote) = (cluster.pod(0, 0), cluster.pod(1, 0));
     let mut cap = EbpfCapture::start(EbpfConfig {
         splice_local: true,
@@ -378,32 +336,20 @@ fn same_namespace_splice_carries_bytes_and_eof_both_ways() {
 
     // A connection leaving the pod is never spliced.
     let real = remote.ns().tcp_listener(target).expect("server");
-    let zt = pod
-        .ns()
-        .socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-        .expect("socket");
-    zt.set_mark(1337).expect("SO_MARK");
-    zt.connect(&target.into()).expect("marked connect");
+    let _zt = marked_connect(pod.ns(), target);
     let _r = accept(&real);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(cap.spliced_sockets().expect("count"), 0);
 
     cap.unenroll("pod-s").expect("unenroll");
-    drop(cap);
-    ebpf::remove(&fs.pin_dir()).expect("remove");
+    teardown(cap, &fs);
 }
 
 #[test]
 fn capture_survives_the_agent_and_the_next_start_cleans_up() {
-    if !supported() {
+    let Some((fs, cluster)) = setup("restart", 2, 1, false) else {
         return;
-    }
-    let fs = BpfFs::new("restart");
-    let cluster = Cluster::builder()
-        .nodes(2)
-        .pods_per_node(1)
-        .build()
-        .expect("cluster");
+    };
     let (pod, remote) = (cluster.pod(0, 0), cluster.pod(1, 0));
     let target = SocketAddr::from((remote.ip(), SERVER_PORT));
     let real = remote.ns().tcp_listener(target).expect("server");
@@ -450,9 +396,7 @@ fn capture_survives_the_agent_and_the_next_start_cleans_up() {
     // Removal takes the programs away even from a pod still enrolled.
     cap.enroll("pod-a", pod.ns(), &[IpAddr::V4(pod.ip())])
         .expect("enroll");
-    drop(cap);
-    ebpf::remove(&fs.pin_dir()).expect("remove");
-    assert!(!fs.pin_dir().exists());
+    teardown(cap, &fs);
     let _c = pod.ns().tcp_connect(target).expect("connect");
     real.accept().expect("direct after removal");
     assert!(nothing_on(&l15001));

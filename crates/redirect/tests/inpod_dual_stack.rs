@@ -9,7 +9,7 @@
 //! Both pods route fd00:10:244::/64 via the node.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V6};
 use ambit_redirect::{Backend, Plan};
 use socket2::{Domain, Protocol, Type};
+
+mod common;
+use common::{accept, dual_listener, nothing_on, original_dst4, original_dst6};
 
 const SERVER_PORT: u16 = 8080;
 
@@ -56,57 +59,6 @@ fn snapshot(ns: &NetNs) -> Vec<String> {
         iptables("iptables-save"),
         iptables("ip6tables-save"),
     ]
-}
-
-/// A `[::]:port` listener with IPV6_V6ONLY off, as ztunnel binds in-pod.
-fn dual_listener(ns: &NetNs, port: u16) -> TcpListener {
-    let s = ns
-        .socket(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))
-        .expect("socket");
-    s.set_only_v6(false).expect("IPV6_V6ONLY off");
-    s.set_reuse_address(true).expect("reuse");
-    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())
-        .expect("bind");
-    s.listen(16).expect("listen");
-    s.into()
-}
-
-/// Accepts one connection within a few seconds.
-fn accept(l: &TcpListener) -> (TcpStream, SocketAddr) {
-    l.set_nonblocking(true).expect("nonblocking");
-    for _ in 0..100 {
-        match l.accept() {
-            Ok((s, peer)) => {
-                s.set_nonblocking(false).expect("blocking");
-                return (s, peer);
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-    panic!("nothing arrived on {:?}", l.local_addr());
-}
-
-/// Nothing arrives on `l` within a short time.
-fn nothing_on(l: &TcpListener) -> bool {
-    l.set_nonblocking(true).expect("nonblocking");
-    std::thread::sleep(Duration::from_millis(200));
-    l.accept().is_err()
-}
-
-fn original_dst6(s: &TcpStream) -> SocketAddr {
-    socket2::SockRef::from(s)
-        .original_dst_v6()
-        .expect("IP6T_SO_ORIGINAL_DST")
-        .as_socket()
-        .expect("inet")
-}
-
-fn original_dst4(s: &TcpStream) -> SocketAddr {
-    socket2::SockRef::from(s)
-        .original_dst_v4()
-        .expect("SO_ORIGINAL_DST")
-        .as_socket()
-        .expect("inet")
 }
 
 /// An IPv4 address as a dual-stack socket reports it.
