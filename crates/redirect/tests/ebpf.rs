@@ -403,7 +403,7 @@ fn capture_survives_the_agent_and_the_next_start_cleans_up() {
 }
 
 #[test]
-fn a_pin_dir_off_bpffs_is_refused_clearly() {
+fn bad_pin_dir_or_cgroup_is_refused_and_leaves_nothing() {
     if !supported() {
         return;
     }
@@ -417,4 +417,15 @@ fn a_pin_dir_off_bpffs_is_refused_clearly() {
     assert!(e.to_string().contains("not on a bpf filesystem"), "{e}");
     assert!(!dir.join("ambit").exists());
     let _ = std::fs::remove_dir(&dir);
+
+    // A "cgroup" that is a plain directory: attaching fails, and a first
+    // start leaves no pin behind.
+    let fs = BpfFs::new("badcg");
+    let e = EbpfCapture::start(EbpfConfig {
+        cgroup: Some(std::env::temp_dir()),
+        ..config(&fs)
+    })
+    .expect_err("not a cgroup");
+    assert!(e.to_string().contains("attaching"), "{e}");
+    assert!(!fs.pin_dir().exists(), "nothing half-applied");
 }

@@ -315,7 +315,7 @@ impl EbpfCapture {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader
+        let ebpf = loader
             .load(OBJECT)
             .map_err(|e| {
                 ebpf_err(
@@ -326,17 +326,34 @@ impl EbpfCapture {
                     e,
                 )
             })?;
-        load_program(&mut ebpf, SK_LOOKUP)?;
+        let fresh = list_dir(&cfg.pin_dir.join("links"))?.is_empty();
         let mut this = Self { cfg, ebpf };
-        this.write_config()?;
+        match this.attach_all(cgroup.as_fd()) {
+            Ok(()) => Ok(this),
+            Err(e) => {
+                // A first start leaves nothing behind; a restart keeps the
+                // previous run's links, which still capture.
+                if fresh {
+                    let dir = this.cfg.pin_dir.clone();
+                    drop(this);
+                    let _ = remove(&dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_all(&mut self, cgroup: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        load_program(&mut self.ebpf, SK_LOOKUP)?;
+        self.write_config()?;
         for (name, pin, attach_type) in NODE_PROGRAMS {
-            let path = this.cfg.pin_dir.join("links").join(pin);
-            this.attach_node(name, attach_type, cgroup.as_fd(), &path)?;
+            let path = self.cfg.pin_dir.join("links").join(pin);
+            self.attach_node(name, attach_type, cgroup, &path)?;
         }
-        if this.cfg.splice_local {
-            this.attach_splice()?;
+        if self.cfg.splice_local {
+            self.attach_splice()?;
         }
-        Ok(this)
+        Ok(())
     }
 
     fn write_config(&mut self) -> Result<()> {
@@ -449,23 +466,29 @@ impl EbpfCapture {
         }
         unpin(&path)?;
         let op = || format!("attaching sk_lookup to the namespace of pod {key}");
-        let link: FdLink = match load_program(&mut self.ebpf, SK_LOOKUP)? {
-            Program::SkLookup(p) => {
+        let attached: Result<FdLink> = match load_program(&mut self.ebpf, SK_LOOKUP) {
+            Ok(Program::SkLookup(p)) => {
                 let p: &mut SkLookup = p;
-                let id = p.attach(ns.as_fd()).map_err(|e| ebpf_err(op(), e))?;
-                p.take_link(id).map_err(|e| ebpf_err(op(), e))?.into()
+                p.attach(ns.as_fd())
+                    .and_then(|id| p.take_link(id))
+                    .map(FdLink::from)
+                    .map_err(|e| ebpf_err(op(), e))
             }
-            _ => {
-                return Err(Error::Ebpf {
-                    op: op(),
-                    reason: "not an sk_lookup program".into(),
-                });
-            }
+            Ok(_) => Err(Error::Ebpf {
+                op: op(),
+                reason: "not an sk_lookup program".into(),
+            }),
+            Err(e) => Err(e),
         };
-        if let Err(e) = link.pin(&path) {
-            // Nothing half-done: the map entry goes with the failed link.
+        let pinned = attached.and_then(|link| {
+            link.pin(&path)
+                .map(drop)
+                .map_err(|e| ebpf_err(format!("pinning {}", path.display()), e))
+        });
+        if let Err(e) = pinned {
+            // Nothing half-done: the map entries go with the failed link.
             let _ = maps::unenroll(&mut self.ebpf, cookie);
-            return Err(ebpf_err(format!("pinning {}", path.display()), e));
+            return Err(e);
         }
         // A stale pin of the same key for another namespace goes.
         for old in self.enrolled()? {
@@ -603,6 +626,18 @@ fn check_key(key: &str) -> Result<()> {
     }
 }
 
+/// The entries of `dir` (none if it does not exist).
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| io_err(format!("listing {}", dir.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(format!("listing {}", dir.display()), e)),
+    }
+}
+
 fn list_pods(pin_dir: &Path) -> Result<Vec<EnrolledPod>> {
     let dir = pin_dir.join("pods");
     let rd = match std::fs::read_dir(&dir) {
@@ -642,14 +677,8 @@ fn unpin(path: &Path) -> Result<()> {
 pub fn remove(pin_dir: &Path) -> Result<()> {
     for sub in ["pods", "links", "maps"] {
         let d = pin_dir.join(sub);
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(format!("listing {}", d.display()), e)),
-        };
-        for ent in rd {
-            let ent = ent.map_err(|e| io_err(format!("listing {}", d.display()), e))?;
-            unpin(&ent.path())?;
+        for pin in list_dir(&d)? {
+            unpin(&pin)?;
         }
         match std::fs::remove_dir(&d) {
             Ok(()) => {}
