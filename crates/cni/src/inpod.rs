@@ -26,9 +26,9 @@
 //! The plan is chosen per pod, from two facts: DNS capture (the pod's
 //! `ambient.istio.io/dns-capture` annotation, else the agent's setting) and
 //! IPv6 (the agent's setting, and only if the pod's namespace has IPv6:
-//! `net.ipv6.conf.all.disable_ipv6` readable there and `0`, `::1` on an up
-//! loopback; a pod without
-//! it gets the IPv4-only plan rather than a half-applied dual-stack one).
+//! `::1` on an up loopback, which `net.ipv6.conf.all.disable_ipv6=1` takes
+//! away; a pod without it gets the IPv4-only plan rather than a
+//! half-applied dual-stack one).
 //! Each combination's plan is built once. When a pod's choice changes, the
 //! new plan is applied over the old one ([`Plan::apply_replacing`]): the
 //! new rules are in place before the old plan's surplus (the DNS raw-table
@@ -67,25 +67,27 @@ pub struct PodPlanKey {
     pub ipv6: bool,
 }
 
-/// Whether a namespace has IPv6: its `all.disable_ipv6` sysctl exists (the
-/// kernel has IPv6) and is `0`, and its loopback is up with `::1` (the
-/// plan's `local ::/0 dev lo` route needs it; listed in the namespace's
-/// `/proc/thread-self/net/if_inet6`).
+/// Whether a namespace has IPv6: its loopback is up with `::1` (listed in
+/// the namespace's `/proc/thread-self/net/if_inet6`), which the plan's
+/// `local ::/0 dev lo` route needs.
+///
+/// That also answers whether the kernel has IPv6 (no `if_inet6` without
+/// it) and whether it is disabled there: `net.ipv6.conf.all.disable_ipv6=1`
+/// disables every interface, loopback included, and takes `::1` away. The
+/// sysctl itself is not read: a lookup under `/proc/sys/net` compares the
+/// name with the entry of every namespace the host has (one dentry per
+/// namespace, all in one hash chain), which made it the agent's largest
+/// cost per pod with a couple of thousand pods (issue 21).
 pub fn netns_has_ipv6(ns: &NetNs) -> bool {
-    let enabled = ns
-        .sysctl("net/ipv6/conf/all/disable_ipv6")
-        .is_ok_and(|v| v.trim() == "0");
-    enabled
-        && ns
-            .run_reused(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
-            .ok()
-            .and_then(Result::ok)
-            .is_some_and(|t| {
-                t.lines().any(|l| {
-                    l.starts_with("00000000000000000000000000000001")
-                        && l.split_whitespace().last() == Some("lo")
-                })
+    ns.run_reused(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
+        .ok()
+        .and_then(Result::ok)
+        .is_some_and(|t| {
+            t.lines().any(|l| {
+                l.starts_with("00000000000000000000000000000001")
+                    && l.split_whitespace().last() == Some("lo")
             })
+        })
 }
 
 /// What in-pod capture needs.
