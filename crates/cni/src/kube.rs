@@ -268,7 +268,7 @@ impl PodSource for KubeSource {
         Some(self.shared.notify.clone())
     }
 
-    fn enrolled(&mut self, uids: &BTreeSet<String>) {
+    fn enrolled(&mut self, uids: &BTreeMap<String, crate::pod::EnrolledPod>) {
         let Ok(cache) = self.shared.state.lock() else {
             return;
         };
@@ -277,7 +277,7 @@ impl PodSource for KubeSource {
                 .annotations
                 .get(REDIRECTION_ANNOTATION)
                 .map(String::as_str);
-            let value = match (uids.contains(&pod.uid), have) {
+            let value = match (uids.contains_key(&pod.uid), have) {
                 (true, Some("enabled" | "disabled")) | (false, None | Some("disabled")) => continue,
                 (true, _) => serde_json::Value::from("enabled"),
                 (false, Some(_)) => serde_json::Value::Null,

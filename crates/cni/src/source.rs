@@ -43,7 +43,7 @@ pub trait PodSource: Send + 'static {
     /// a source can publish it — the Kubernetes source sets Istio's
     /// `ambient.istio.io/redirection: enabled` annotation, which istiod
     /// reads to send HBONE to the pod. Must not block.
-    fn enrolled(&mut self, _uids: &std::collections::BTreeSet<String>) {}
+    fn enrolled(&mut self, _enrolled: &BTreeMap<String, crate::pod::EnrolledPod>) {}
 }
 
 impl PodSource for DirSource {

@@ -156,38 +156,8 @@ impl State {
         let desired = self.desired();
         let mut c = Changes::default();
         for (uid, have) in &self.enrolled {
-            match desired.get(uid) {
-                None => c.remove.push(Removal {
-                    uid: Some(uid.clone()),
-                    ips: have.ips.clone(),
-                    netns: have.netns.clone(),
-                    netns_id: have.netns_id,
-                }),
-                // Same sandbox, same addresses, another choice (the DNS
-                // annotation): nothing to take away, the data plane
-                // re-applies in place when the pod is enrolled again.
-                Some(want)
-                    if want != have
-                        && have.ips.iter().all(|ip| want.ips.contains(ip))
-                        && have.netns == want.netns
-                        && have.netns_id == want.netns_id => {}
-                Some(want) if want != have => c.remove.push(Removal {
-                    uid: Some(uid.clone()),
-                    ips: have
-                        .ips
-                        .iter()
-                        .filter(|ip| !want.ips.contains(ip))
-                        .copied()
-                        .collect(),
-                    // The rules live in the old namespace only if it is
-                    // not the one the pod keeps.
-                    netns: have
-                        .netns
-                        .clone()
-                        .filter(|_| have.netns != want.netns || have.netns_id != want.netns_id),
-                    netns_id: have.netns_id,
-                }),
-                Some(_) => {}
+            if let Some(r) = removal(uid, have, desired.get(uid)) {
+                c.remove.push(r);
             }
         }
         for (uid, want) in &desired {
@@ -218,6 +188,90 @@ impl State {
             }
         }
         c
+    }
+
+    /// [`State::changes`] without `observed`, looking only at the pods of
+    /// `keys` (those whose sandboxes changed): cost by the number of keys,
+    /// not of pods.
+    ///
+    /// Exact only while every other pod's applied state is its desired one
+    /// (the caller's to know: the last reconcile left nothing to do, and
+    /// only the sandboxes of `keys` changed since). `None` when the keys
+    /// alone cannot tell: an enrolment of the uid made under another pod
+    /// name.
+    pub fn changes_for<'a>(&self, keys: impl IntoIterator<Item = &'a PodKey>) -> Option<Changes> {
+        let mut c = Changes::default();
+        let mut seen = BTreeSet::new();
+        for key in keys {
+            // A pod the source does not know is not enrolled (the
+            // precondition), and is not to be.
+            let Some(record) = self.source.get(key) else {
+                continue;
+            };
+            if !seen.insert(&record.uid) {
+                continue;
+            }
+            let want = match self.decide(key) {
+                Decision::Enrol(p) => Some(p),
+                _ => None,
+            };
+            let have = self.enrolled.get(&record.uid);
+            if let Some(h) = have
+                && (&h.namespace, &h.name) != (&key.0, &key.1)
+            {
+                return None;
+            }
+            if let Some(r) = have.and_then(|h| removal(&record.uid, h, want.as_ref())) {
+                c.remove.push(r);
+            }
+            if let Some(want) = want
+                && have != Some(&want)
+            {
+                c.add.push(want);
+            }
+        }
+        Some(c)
+    }
+}
+
+/// What must be taken away of enrolment `have` (of `uid`) when the pod
+/// should now be enrolled as `want` (or not at all).
+fn removal(uid: &str, have: &EnrolledPod, want: Option<&EnrolledPod>) -> Option<Removal> {
+    match want {
+        None => Some(Removal {
+            uid: Some(uid.to_owned()),
+            ips: have.ips.clone(),
+            netns: have.netns.clone(),
+            netns_id: have.netns_id,
+        }),
+        // Same sandbox, same addresses, another choice (the DNS
+        // annotation): nothing to take away, the data plane re-applies in
+        // place when the pod is enrolled again.
+        Some(want)
+            if want != have
+                && have.ips.iter().all(|ip| want.ips.contains(ip))
+                && have.netns == want.netns
+                && have.netns_id == want.netns_id =>
+        {
+            None
+        }
+        Some(want) if want != have => Some(Removal {
+            uid: Some(uid.to_owned()),
+            ips: have
+                .ips
+                .iter()
+                .filter(|ip| !want.ips.contains(ip))
+                .copied()
+                .collect(),
+            // The rules live in the old namespace only if it is not the
+            // one the pod keeps.
+            netns: have
+                .netns
+                .clone()
+                .filter(|_| have.netns != want.netns || have.netns_id != want.netns_id),
+            netns_id: have.netns_id,
+        }),
+        Some(_) => None,
     }
 }
 
@@ -275,6 +329,50 @@ mod tests {
         for p in &c.add {
             s.enrolled.insert(p.uid.clone(), p.clone());
         }
+    }
+
+    fn sorted(mut c: Changes) -> Changes {
+        c.add.sort_by(|a, b| a.uid.cmp(&b.uid));
+        c.remove.sort_by(|a, b| a.uid.cmp(&b.uid));
+        c
+    }
+
+    #[test]
+    fn changes_for_some_pods_match_the_full_changes() {
+        let mut s = State {
+            require_netns: true,
+            ..State::default()
+        };
+        for n in ["a", "b", "c", "d"] {
+            s.source.insert(key(n), rec(n, None, n != "d"));
+        }
+        s.sandboxes.insert(key("a"), ev("a", "10.0.0.1"));
+        s.sandboxes.insert(key("b"), ev("b", "10.0.0.2"));
+        let c = s.changes(None);
+        assert_eq!(c.add.len(), 2);
+        commit(&mut s, &c);
+        // ADD of c and d (d not ambient), DEL of a, a recreated b, and an
+        // event for a pod the source does not know.
+        s.sandboxes.insert(key("c"), ev("c", "10.0.0.3"));
+        s.sandboxes.insert(key("d"), ev("d", "10.0.0.4"));
+        s.sandboxes.remove(&key("a"));
+        let mut b = ev("b", "10.0.0.5");
+        b.netns_id = Some(NetnsId { dev: 4, ino: 9 });
+        s.sandboxes.insert(key("b"), b);
+        s.sandboxes.insert(key("x"), ev("x", "10.0.0.6"));
+        let keys = [key("a"), key("b"), key("c"), key("d"), key("x"), key("b")];
+        let some = s.changes_for(&keys).expect("decidable");
+        assert_eq!(sorted(some.clone()), sorted(s.changes(None)));
+        assert_eq!(some.add.len(), 2, "b again and c");
+        assert_eq!(some.remove.len(), 2, "a, and b's old sandbox");
+        commit(&mut s, &some);
+        assert!(s.changes(None).is_empty());
+        assert_eq!(s.changes_for(&keys), Some(Changes::default()));
+        // An enrolment of the uid under another pod name: not decidable.
+        let mut moved = s.enrolled["uid-b"].clone();
+        moved.name = "e".into();
+        s.enrolled.insert("uid-b".into(), moved);
+        assert_eq!(s.changes_for(&[key("b")]), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::event::{AddAnswer, EventKind, PodEvent};
-use crate::pod::{EnrolledPod, NetnsId};
+use crate::pod::{EnrolledPod, NetnsId, PodKey};
 use crate::source::PodSource;
 use crate::state::{Changes, Decision, Removal, State};
 
@@ -193,6 +193,10 @@ struct Core {
     metrics: Metrics,
     /// The source changed since the last `/proc` scan.
     source_dirty: bool,
+    /// The last reconcile left every pod as desired, and since then only
+    /// plugin events changed the state: the next events' reconcile may look
+    /// at their pods only ([`State::changes_for`]).
+    converged: bool,
 }
 
 /// Plugin events queued for the next holder of the core lock.
@@ -263,6 +267,7 @@ impl Agent {
             sandbox_dir: cfg.sandbox_dir,
             metrics: cfg.metrics.clone(),
             source_dirty: false,
+            converged: false,
         };
         core.dataplane.start()?;
         let started = (|| {
@@ -360,6 +365,7 @@ impl Agent {
         core.dataplane.stop(keep_rules)?;
         if !keep_rules {
             core.state.enrolled.clear();
+            core.converged = false;
         }
         info!(keep_rules, "node agent stopped");
         Ok(())
@@ -377,8 +383,12 @@ impl Core {
         let mut early: BTreeMap<u64, Result<EventOutcome, Error>> = BTreeMap::new();
         let kinds: BTreeMap<u64, EventKind> = queued.iter().map(|(t, k, _)| (*t, *k)).collect();
         let mut taken = Vec::new();
+        // Every event's pod, taken or not (a failed DEL may have forgotten
+        // the sandbox already).
+        let mut keys = BTreeSet::new();
         for (ticket, kind, event) in queued {
             let key = (event.pod_namespace.clone(), event.pod_name.clone());
+            keys.insert(key.clone());
             match self.take_event(kind, event) {
                 Ok(outcome) => taken.push((ticket, kind, key, outcome)),
                 Err(e) => {
@@ -396,7 +406,7 @@ impl Core {
         } else {
             Ok(())
         };
-        let reconciled = scanned.and_then(|()| self.reconcile(false));
+        let reconciled = scanned.and_then(|()| self.reconcile_pods(Some(&keys)));
         let mut out = early;
         let mut failed = match reconciled {
             Ok(f) => Some(f),
@@ -499,14 +509,32 @@ impl Core {
     /// enrolled come back (each was logged, counted and rolled back). `Err`
     /// only when the kernel could not be read at all.
     fn reconcile(&mut self, with_kernel: bool) -> Result<Failed, Error> {
-        let r = self.reconcile_kernel(with_kernel);
+        let r = self.reconcile_kernel(with_kernel, None);
         if let Some(src) = self.source.as_mut() {
-            src.enrolled(&self.state.enrolled.keys().cloned().collect());
+            src.enrolled(&self.state.enrolled);
         }
         r
     }
 
-    fn reconcile_kernel(&mut self, with_kernel: bool) -> Result<Failed, Error> {
+    /// A reconcile after plugin events for the pods of `keys`: it looks at
+    /// those pods only when nothing else can have changed (the last
+    /// reconcile converged, the source is as it was), else at every pod.
+    fn reconcile_pods(&mut self, keys: Option<&BTreeSet<PodKey>>) -> Result<Failed, Error> {
+        let r = self.reconcile_kernel(false, keys);
+        if let Some(src) = self.source.as_mut() {
+            src.enrolled(&self.state.enrolled);
+        }
+        r
+    }
+
+    fn reconcile_kernel(
+        &mut self,
+        with_kernel: bool,
+        keys: Option<&BTreeSet<PodKey>>,
+    ) -> Result<Failed, Error> {
+        let some = keys
+            .filter(|_| !with_kernel && !self.source_dirty && self.converged)
+            .and_then(|k| self.state.changes_for(k));
         if with_kernel || self.source_dirty {
             self.source_dirty = false;
             self.find_running();
@@ -516,7 +544,12 @@ impl Core {
         } else {
             None
         };
-        let changes = self.state.changes(observed.as_ref());
+        let changes = match some {
+            Some(c) => c,
+            None => self.state.changes(observed.as_ref()),
+        };
+        // Only a reconcile that failed nowhere leaves every pod as desired.
+        self.converged = false;
         for p in &changes.add {
             let record = self
                 .state
@@ -542,6 +575,7 @@ impl Core {
                 .pods_enrolled
                 .set(i64::try_from(self.state.enrolled.len()).unwrap_or(i64::MAX));
         }
+        self.converged = failed.is_empty();
         if with_kernel {
             self.repair_drift(&changes);
         }
