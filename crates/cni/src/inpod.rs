@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use ambit_netns::NetNs;
 use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V4, PROBE_SET_V6};
-use ambit_redirect::{Backend, Plan, RuleWrites};
+use ambit_redirect::{Backend, NsHandle, Plan, RuleWrites};
 use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
 use ambit_xds::{ZdsConnection, ZdsListener};
@@ -274,7 +274,7 @@ impl InpodDataplane {
     fn put_rules(
         &mut self,
         p: &EnrolledPod,
-        ns: &NetNs,
+        h: &mut NsHandle<'_>,
         want: PodPlanKey,
         drift: bool,
     ) -> Result<(), Error> {
@@ -285,8 +285,8 @@ impl InpodDataplane {
         let old = self.previous_key(&p.uid, want);
         self.plan_for(old)?;
         let (plan, was) = (&self.plans[&want], &self.plans[&old]);
-        plan.apply_replacing(was, ns, self.s.backend)
-            .context(|| format!("applying in-pod rules ({want:?}) in {ns}"))
+        plan.apply_replacing_in(was, h, self.s.backend)
+            .context(|| format!("applying in-pod rules ({want:?}) in {}", h.ns()))
     }
 
     /// The probe-set entries of a pod, by set.
@@ -363,13 +363,17 @@ impl InpodDataplane {
             debug!(pod = %where_(), "no IPv6 in the pod's namespace; IPv4-only rules");
         }
         let backend = self.s.backend;
+        // One route and one netfilter socket in the pod for the check and
+        // the apply, made in one trip into its namespace.
+        let mut h =
+            NsHandle::open(&ns).context(|| format!("opening netlink sockets in {}", where_()))?;
         let drift = self
             .plan_for(want)?
-            .verify(&ns, backend)
+            .verify_in(&mut h, backend)
             .context(|| format!("checking in-pod rules in {}", where_()))?;
         let sets = self.probe_entries(p);
         let rest = (|| {
-            self.put_rules(p, &ns, want, !drift.is_empty())?;
+            self.put_rules(p, &mut h, want, !drift.is_empty())?;
             self.ebpf_pod(&p.uid, Some(&ns), &p.ips)?;
             for (set, entries) in &sets {
                 self.host_plan
@@ -493,16 +497,17 @@ impl Dataplane for InpodDataplane {
         let ns = Self::open_pod_netns(p)?;
         let want = self.key_for(p, &ns);
         let backend = self.s.backend;
+        let mut h = NsHandle::open(&ns).context(|| format!("opening netlink sockets in {ns}"))?;
         let drift = self
             .plan_for(want)?
-            .verify(&ns, backend)
+            .verify_in(&mut h, backend)
             .context(|| format!("checking in-pod rules in {ns}"))?;
         if drift.is_empty() && self.applied.get(&p.uid) == Some(&want) {
             return Ok(false);
         }
         warn!(pod = %format!("{}/{}", p.namespace, p.name), differences = drift.len(), "in-pod rules drifted; re-applying");
         debug!(?drift, "in-pod drift");
-        self.put_rules(p, &ns, want, true)?;
+        self.put_rules(p, &mut h, want, true)?;
         self.applied.insert(p.uid.clone(), want);
         Ok(true)
     }

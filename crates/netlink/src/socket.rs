@@ -82,6 +82,24 @@ fn close_later(sock: SysSocket) {
     }
 }
 
+/// The label of `ns` in errors (`current` for the caller's namespace).
+fn label_of(ns: Option<&NetNs>) -> String {
+    ns.map_or_else(|| "current".to_owned(), |n| n.label().to_owned())
+}
+
+/// A socket of `protocol` in the calling thread's namespace, connected to
+/// the kernel, with capped acks and, where the kernel has them, extended
+/// acks.
+fn make_socket(protocol: isize) -> io::Result<SysSocket> {
+    let mut s = SysSocket::new(protocol)?;
+    s.bind_auto()?;
+    s.connect(&SocketAddr::new(0, 0))?;
+    s.set_cap_ack(true)?;
+    // Extended acks carry the kernel's reason; older kernels lack them.
+    let _ = s.set_ext_ack(true);
+    Ok(s)
+}
+
 impl Socket {
     /// Opens a socket of `protocol` ([`NETLINK_ROUTE`](crate::NETLINK_ROUTE),
     /// [`NETLINK_NETFILTER`](crate::NETLINK_NETFILTER), ...) inside `ns`, or
@@ -89,34 +107,48 @@ impl Socket {
     /// connected to the kernel, asks for capped acks, and for extended acks
     /// where the kernel has them.
     pub fn open(ns: Option<&NetNs>, protocol: isize) -> Result<Self> {
-        let label = ns.map_or_else(|| "current".to_owned(), |n| n.label().to_owned());
-        let make = move || -> io::Result<SysSocket> {
-            let mut s = SysSocket::new(protocol)?;
-            s.bind_auto()?;
-            s.connect(&SocketAddr::new(0, 0))?;
-            s.set_cap_ack(true)?;
-            // Extended acks carry the kernel's reason; older kernels lack them.
-            let _ = s.set_ext_ack(true);
-            Ok(s)
+        let mut v = Self::open_many(ns, &[protocol])?;
+        v.pop().ok_or_else(|| Error::Open {
+            protocol,
+            ns: label_of(ns),
+            source: io::Error::other("no socket made"),
+        })
+    }
+
+    /// Opens one socket per entry of `protocols` inside `ns` (or the
+    /// caller's namespace), as [`Socket::open`] does, in one trip into the
+    /// namespace: callers that need several sockets there (a route and a
+    /// netfilter one, say) pay for joining it once.
+    pub fn open_many(ns: Option<&NetNs>, protocols: &[isize]) -> Result<Vec<Self>> {
+        let label = label_of(ns);
+        let wanted = protocols.to_vec();
+        let make = move || -> Vec<(isize, io::Result<SysSocket>)> {
+            wanted.into_iter().map(|p| (p, make_socket(p))).collect()
         };
+        let first = protocols.first().copied().unwrap_or_default();
         let made = match ns {
-            Some(ns) => ns
-                .run_reused(make)
-                .map_err(|source| Error::Netns { protocol, source })?,
+            Some(ns) => ns.run_reused(make).map_err(|source| Error::Netns {
+                protocol: first,
+                source,
+            })?,
             None => make(),
         };
-        let sock = made.map_err(|source| Error::Open {
-            protocol,
-            ns: label.clone(),
-            source,
-        })?;
         let seq = std::process::id().wrapping_mul(2_654_435_761);
-        Ok(Self {
-            sock: ManuallyDrop::new(sock),
-            seq,
-            ns: label,
-            protocol,
-        })
+        let mut out = Vec::with_capacity(made.len());
+        for (protocol, sock) in made {
+            let sock = sock.map_err(|source| Error::Open {
+                protocol,
+                ns: label.clone(),
+                source,
+            })?;
+            out.push(Self {
+                sock: ManuallyDrop::new(sock),
+                seq,
+                ns: label.clone(),
+                protocol,
+            });
+        }
+        Ok(out)
     }
 
     /// Turns strict checking of dump requests on or off

@@ -45,5 +45,5 @@ pub use self::{
     error::{Error, Result},
     nftrules::RuleWrites,
     nftset::SetUpdates,
-    plan::{Drift, Plan, Step},
+    plan::{Drift, NsHandle, Plan, Step},
 };

@@ -7,6 +7,7 @@
 
 use std::fmt::{self, Write as _};
 
+use ambit_netlink::{NETLINK_NETFILTER, NETLINK_ROUTE, Socket as NlSocket};
 use ambit_netns::NetNs;
 
 use crate::backend::{self, Backend};
@@ -85,6 +86,59 @@ impl fmt::Display for Drift {
     }
 }
 
+/// The netlink sockets of one namespace, opened on first use and kept for
+/// every plan call given the same handle: a verify followed by an apply
+/// (what enrolling a pod does) shares one route and one netfilter socket
+/// instead of opening five, and [`NsHandle::open`] makes both in one trip
+/// into the namespace.
+#[derive(Debug)]
+pub struct NsHandle<'a> {
+    ns: &'a NetNs,
+    rtnl: Option<Rtnl>,
+    nft: Option<NlSocket>,
+}
+
+impl<'a> NsHandle<'a> {
+    /// A handle on `ns` that opens each socket when first needed.
+    pub fn lazy(ns: &'a NetNs) -> Self {
+        Self {
+            ns,
+            rtnl: None,
+            nft: None,
+        }
+    }
+
+    /// A handle on `ns` with its route and netfilter sockets opened now,
+    /// joining the namespace once for both.
+    pub fn open(ns: &'a NetNs) -> Result<Self> {
+        let mut h = Self::lazy(ns);
+        let mut socks =
+            NlSocket::open_many(Some(ns), &[NETLINK_ROUTE, NETLINK_NETFILTER])?.into_iter();
+        h.rtnl = socks.next().map(Rtnl::from_socket);
+        h.nft = socks.next();
+        Ok(h)
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &'a NetNs {
+        self.ns
+    }
+
+    fn rtnl(&mut self) -> Result<&mut Rtnl> {
+        match &mut self.rtnl {
+            Some(r) => Ok(r),
+            slot => Ok(slot.insert(Rtnl::open(Some(self.ns))?)),
+        }
+    }
+
+    fn nft(&mut self) -> Result<&mut NlSocket> {
+        match &mut self.nft {
+            Some(s) => Ok(s),
+            slot => Ok(slot.insert(NlSocket::open(Some(self.ns), NETLINK_NETFILTER)?)),
+        }
+    }
+}
+
 /// Everything one capture mode needs in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -150,15 +204,25 @@ impl Plan {
 
     /// Applies every step. Idempotent.
     pub fn apply(&self, ns: &NetNs, backend: Backend) -> Result<()> {
+        self.apply_in(&mut NsHandle::lazy(ns), backend)
+    }
+
+    /// [`Plan::apply`] with the sockets of `h`.
+    pub fn apply_in(&self, h: &mut NsHandle<'_>, backend: Backend) -> Result<()> {
         self.validate()?;
         for step in Step::ALL {
-            self.apply_step(ns, backend, step)?;
+            self.apply_step_in(h, backend, step)?;
         }
         Ok(())
     }
 
     /// Applies one step (see [`Step`]). Each step is idempotent on its own.
     pub fn apply_step(&self, ns: &NetNs, backend: Backend, step: Step) -> Result<()> {
+        self.apply_step_in(&mut NsHandle::lazy(ns), backend, step)
+    }
+
+    fn apply_step_in(&self, h: &mut NsHandle<'_>, backend: Backend, step: Step) -> Result<()> {
+        let ns = h.ns();
         match step {
             Step::Sysctls => {
                 for (k, v) in &self.sysctls {
@@ -175,7 +239,7 @@ impl Plan {
             }
             Step::Netfilter => match backend {
                 Backend::Nft => match self.rule_writes {
-                    RuleWrites::Netlink => nftrules::apply(ns, &self.ruleset(backend))?,
+                    RuleWrites::Netlink => nftrules::apply_on(h.nft()?, &self.ruleset(backend))?,
                     RuleWrites::NftCommand => backend::nft_apply(ns, &self.ruleset(backend))?,
                 },
                 Backend::Iptables => backend::xt_apply(ns, &self.ruleset(backend))?,
@@ -184,12 +248,12 @@ impl Plan {
             },
             Step::Routes => {
                 if !self.routes.is_empty() {
-                    Rtnl::open(Some(ns))?.add_routes(&self.routes)?;
+                    h.rtnl()?.add_routes(&self.routes)?;
                 }
             }
             Step::Rules => {
                 if !self.rules.is_empty() {
-                    Rtnl::open(Some(ns))?.add_rules(&self.rules)?;
+                    h.rtnl()?.add_rules(&self.rules)?;
                 }
             }
         }
@@ -207,11 +271,22 @@ impl Plan {
     /// anything of the old plan goes. Idempotent; with `old == self` it is
     /// [`Plan::apply`].
     pub fn apply_replacing(&self, old: &Plan, ns: &NetNs, backend: Backend) -> Result<()> {
-        self.apply(ns, backend)?;
+        self.apply_replacing_in(old, &mut NsHandle::lazy(ns), backend)
+    }
+
+    /// [`Plan::apply_replacing`] with the sockets of `h`.
+    pub fn apply_replacing_in(
+        &self,
+        old: &Plan,
+        h: &mut NsHandle<'_>,
+        backend: Backend,
+    ) -> Result<()> {
+        self.apply_in(h, backend)?;
         if old == self {
             return Ok(());
         }
-        let mut rt = Rtnl::open(Some(ns))?;
+        let ns = h.ns();
+        let rt = h.rtnl()?;
         let rules: Vec<IpRule> = old
             .rules
             .iter()
@@ -229,7 +304,7 @@ impl Plan {
         let (was, now) = (old.ruleset(backend), self.ruleset(backend));
         match backend {
             Backend::Nft => match self.rule_writes {
-                RuleWrites::Netlink => nftrules::remove_surplus(ns, &was, &now)?,
+                RuleWrites::Netlink => nftrules::remove_surplus_on(h.nft()?, &was, &now)?,
                 RuleWrites::NftCommand => backend::nft_remove_surplus(ns, &was, &now)?,
             },
             Backend::Iptables => {
@@ -299,6 +374,12 @@ impl Plan {
 
     /// Compares the plan with the kernel; an empty list means no drift.
     pub fn verify(&self, ns: &NetNs, backend: Backend) -> Result<Vec<Drift>> {
+        self.verify_in(&mut NsHandle::lazy(ns), backend)
+    }
+
+    /// [`Plan::verify`] with the sockets of `h`.
+    pub fn verify_in(&self, h: &mut NsHandle<'_>, backend: Backend) -> Result<Vec<Drift>> {
+        let ns = h.ns();
         let mut drift = Vec::new();
         for (k, v) in &self.sysctls {
             let have = ns.sysctl(k).unwrap_or_else(|e| e.to_string());
@@ -327,7 +408,7 @@ impl Plan {
         let want = self.reference_listing(backend)?;
         let have = match (backend, self.rule_writes) {
             (Backend::Iptables, _) => backend::xt_listing(ns, &rs)?,
-            (Backend::Nft, RuleWrites::Netlink) => nftrules::listing(ns, &rs.nft_table)?,
+            (Backend::Nft, RuleWrites::Netlink) => nftrules::listing_on(h.nft()?, &rs.nft_table)?,
             _ => backend::nft_listing(ns, &rs.nft_table)?,
         };
         if want != have {
@@ -336,7 +417,7 @@ impl Plan {
                 have.as_deref(),
             )));
         }
-        let mut rt = Rtnl::open(Some(ns))?;
+        let rt = h.rtnl()?;
         let mut tables: Vec<(crate::route::Family, u32)> =
             self.routes.iter().map(|r| (r.family(), r.table)).collect();
         tables.sort();

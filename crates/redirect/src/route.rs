@@ -442,6 +442,11 @@ impl Rtnl {
         })
     }
 
+    /// Takes a `NETLINK_ROUTE` socket already open in the namespace.
+    pub(crate) fn from_socket(sock: NlSocket) -> Self {
+        Self { sock }
+    }
+
     fn ns(&self) -> String {
         self.sock.ns().to_owned()
     }

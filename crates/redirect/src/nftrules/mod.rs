@@ -41,7 +41,7 @@ use crate::nftset::codec::{
 use crate::route::Family;
 
 use self::expr::{Expr, rule_exprs, u32a, verdict};
-pub(crate) use self::read::{cached, listing, reference};
+pub(crate) use self::read::{cached, listing_on, reference};
 use self::wire::*;
 
 /// How the nft backend's table is written and read back.
@@ -208,18 +208,24 @@ impl Batch {
     }
 
     /// Sends the batch inside `ns`; all or nothing.
-    fn send(mut self, ns: &NetNs, op: &str) -> Result<()> {
+    fn send(self, ns: &NetNs, op: &str) -> Result<()> {
+        self.send_on(&mut NlSocket::open(Some(ns), NETLINK_NETFILTER)?, op)
+    }
+
+    /// Sends the batch on `sock` (a netfilter socket); all or nothing.
+    fn send_on(mut self, sock: &mut NlSocket, op: &str) -> Result<()> {
         static SEQ: AtomicU32 = AtomicU32::new(1);
         let n = u32::try_from(self.msgs.len() + 2).unwrap_or(u32::MAX);
         let first = SEQ.fetch_add(n, Ordering::Relaxed);
         let (bytes, seqs) = codec::batch(&mut self.msgs, first);
-        send_batch(ns, &bytes, seqs, &self.what, op)
+        send_batch_on(sock, &bytes, seqs, &self.what, op)
     }
 }
 
 /// Sends an nf_tables batch (`seqs`: its acknowledged messages, described
 /// in order by `what`) inside `ns`; all or nothing. A refusal names the
 /// message the kernel refused.
+#[cfg(feature = "nftnl")]
 pub(crate) fn send_batch(
     ns: &NetNs,
     bytes: &[u8],
@@ -228,6 +234,17 @@ pub(crate) fn send_batch(
     op: &str,
 ) -> Result<()> {
     let mut sock = NlSocket::open(Some(ns), NETLINK_NETFILTER)?;
+    send_batch_on(&mut sock, bytes, seqs, what, op)
+}
+
+/// [`send_batch`] on a netfilter socket already open in the namespace.
+pub(crate) fn send_batch_on(
+    sock: &mut NlSocket,
+    bytes: &[u8],
+    seqs: std::ops::Range<u32>,
+    what: &[String],
+    op: &str,
+) -> Result<()> {
     let errors = sock.send_batch(bytes, seqs.clone())?;
     if let Some((seq, e)) = errors.into_iter().next() {
         let what = seq
@@ -257,6 +274,12 @@ pub(crate) fn set_key_byteorder_udata() -> Vec<u8> {
 /// are added (what `nft -f` does with [`Ruleset::nft_script`]). Set
 /// elements already there stay. All or nothing.
 pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
+    rs.validate()?;
+    apply_on(&mut NlSocket::open(Some(ns), NETLINK_NETFILTER)?, rs)
+}
+
+/// [`apply`] on a netfilter socket already open in the namespace.
+pub(crate) fn apply_on(sock: &mut NlSocket, rs: &Ruleset) -> Result<()> {
     rs.validate()?;
     // Every expression first, so an unrenderable rule fails before
     // anything is sent.
@@ -298,13 +321,14 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
             format!("rule `{r}`"),
         );
     }
-    b.send(ns, &format!("applying nft table inet {t}"))
+    b.send_on(sock, &format!("applying nft table inet {t}"))
 }
 
 /// Deletes from `old`'s table what `old` has and `newer` lacks (see
 /// [`Ruleset::nft_surplus_script`]). Each chain is added first, so absent
-/// chains are fine. One batch.
-pub(crate) fn remove_surplus(ns: &NetNs, old: &Ruleset, newer: &Ruleset) -> Result<()> {
+/// chains are fine. One batch, on `sock` (a netfilter socket open in the
+/// namespace).
+pub(crate) fn remove_surplus_on(sock: &mut NlSocket, old: &Ruleset, newer: &Ruleset) -> Result<()> {
     old.validate()?;
     let (bases, users) = old.surplus(newer);
     if bases.is_empty() && users.is_empty() {
@@ -323,7 +347,7 @@ pub(crate) fn remove_surplus(ns: &NetNs, old: &Ruleset, newer: &Ruleset) -> Resu
         b.chain(t, &name, None, NEWCHAIN);
         b.chain(t, &name, None, DELCHAIN);
     }
-    b.send(ns, &format!("deleting chains from nft table inet {t}"))
+    b.send_on(sock, &format!("deleting chains from nft table inet {t}"))
 }
 
 /// Deletes the ruleset's table; an absent table is not an error.

@@ -84,7 +84,11 @@ fn canon_rule(data: &[u8], table: &str) -> std::result::Result<Option<(String, S
 /// The table as the kernel holds it, canonically (see the module docs);
 /// `None` when there is no such table. Set elements are not part of it.
 pub(crate) fn listing(ns: &NetNs, table: &str) -> Result<Option<String>> {
-    let mut sock = NlSocket::open(Some(ns), NETLINK_NETFILTER)?;
+    listing_on(&mut NlSocket::open(Some(ns), NETLINK_NETFILTER)?, table)
+}
+
+/// [`listing`] on a netfilter socket already open in the namespace.
+pub(crate) fn listing_on(sock: &mut NlSocket, table: &str) -> Result<Option<String>> {
     let op = |what: &str| format!("reading {what} of nft table inet {table}");
     let decode = |what: &str, reason: String| Error::Decode {
         op: op(what),
@@ -110,10 +114,11 @@ pub(crate) fn listing(ns: &NetNs, table: &str) -> Result<Option<String>> {
             lines.push(format!("table inet {table} {attrs}"));
         }
     }
+    let label = sock.ns().to_owned();
     let mut dump = |msg: u16, filter: u16, what: &str| -> Result<Vec<Vec<u8>>> {
         let req = message(msg, F_DUMP, |b| put_str(b, filter, table));
         sock.dump(req)?
-            .map_err(|e| Error::nack(e, op(what), &format!("{ns}")))
+            .map_err(|e| Error::nack(e, op(what), &label))
     };
     let sets = dump(GETSET, SET_TABLE, "the sets")?;
     let chains = dump(GETCHAIN, CHAIN_TABLE, "the chains")?;
