@@ -43,6 +43,7 @@ use crate::pod::{EnrolledPod, NetnsId, PodKey};
 use crate::source::PodSource;
 use crate::state::{Changes, Decision, Removal, State};
 
+mod journal;
 mod serve;
 pub use self::serve::serve;
 
@@ -193,6 +194,9 @@ struct Core {
     metrics: Metrics,
     /// The source changed since the last `/proc` scan.
     source_dirty: bool,
+    /// The remembered sandboxes on disk (with a sandbox directory), once
+    /// loaded.
+    journal: Option<journal::Journal>,
     /// The last reconcile left every pod as desired, and since then only
     /// plugin events changed the state: the next events' reconcile may look
     /// at their pods only ([`State::changes_for`]).
@@ -239,8 +243,9 @@ pub struct AgentConfig {
     /// The pod source, if any ([`crate::DirSource`], or
     /// `crate::kube::KubeSource` with the `kube` feature).
     pub source: Option<Box<dyn PodSource>>,
-    /// Where plugin sandboxes are remembered across restarts (one JSON
-    /// file per pod); `None` keeps them in memory only.
+    /// Where plugin sandboxes are remembered across restarts (a journal,
+    /// `sandboxes.jsonl`; see `agent::journal`); `None` keeps them in
+    /// memory only.
     pub sandbox_dir: Option<PathBuf>,
     /// Metrics to update.
     pub metrics: Metrics,
@@ -267,6 +272,7 @@ impl Agent {
             sandbox_dir: cfg.sandbox_dir,
             metrics: cfg.metrics.clone(),
             source_dirty: false,
+            journal: None,
             converged: false,
         };
         core.dataplane.start()?;
@@ -406,6 +412,7 @@ impl Core {
         } else {
             Ok(())
         };
+        self.compact_journal();
         let reconciled = scanned.and_then(|()| self.reconcile_pods(Some(&keys)));
         let mut out = early;
         let mut failed = match reconciled {
@@ -707,33 +714,34 @@ impl Core {
         failed
     }
 
-    fn sandbox_file(&self, key: &(String, String)) -> Option<PathBuf> {
-        let safe = |s: &str| s.replace(['/', '\0'], "_");
-        self.sandbox_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}_{}.json", safe(&key.0), safe(&key.1))))
-    }
-
-    fn remember(&self, e: &PodEvent) -> Result<(), Error> {
-        let key = (e.pod_namespace.clone(), e.pod_name.clone());
-        let Some(path) = self.sandbox_file(&key) else {
-            return Ok(());
-        };
-        let json = serde_json::to_vec(e).map_err(|e| Error::invalid("pod event", e.to_string()))?;
-        write_atomic(&path, &json)
-    }
-
-    fn forget(&self, key: &(String, String)) -> Result<(), Error> {
-        if let Some(path) = self.sandbox_file(key) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
-            }
+    fn remember(&mut self, e: &PodEvent) -> Result<(), Error> {
+        match &mut self.journal {
+            Some(j) => j.add(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
+    fn forget(&mut self, key: &PodKey) -> Result<(), Error> {
+        match &mut self.journal {
+            Some(j) => j.del(key),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the sandbox journal with the live sandboxes when it has
+    /// grown enough; a failure is logged (the journal stays as it was).
+    fn compact_journal(&mut self) {
+        if let Some(j) = &mut self.journal
+            && j.due(self.state.sandboxes.len())
+            && let Err(e) = j.rewrite(self.state.sandboxes.values())
+        {
+            warn!(error = %e, "rewriting the sandbox journal; it keeps growing until the next try");
+        }
+    }
+
+    /// Loads the remembered sandboxes: the journal, and records of the
+    /// former layout (one JSON file per pod), which the journal then takes
+    /// over. Sandboxes whose namespace is gone or replaced are dropped.
     fn load_sandboxes(&mut self) -> Result<(), Error> {
         let Some(dir) = self.sandbox_dir.clone() else {
             return Ok(());
@@ -742,6 +750,9 @@ impl Core {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        // Where each sandbox was read from, for messages.
+        let mut found: BTreeMap<PodKey, (PodEvent, PathBuf)> = BTreeMap::new();
+        let mut legacy = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -750,10 +761,20 @@ impl Core {
             let parsed = std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<PodEvent>(&b).ok());
-            let Some(mut e) = parsed else {
+            let Some(e) = parsed else {
                 warn!(path = %path.display(), "ignoring an unreadable sandbox record");
                 continue;
             };
+            legacy.push(path.clone());
+            found.insert((e.pod_namespace.clone(), e.pod_name.clone()), (e, path));
+        }
+        let mut journal = journal::Journal::new(&dir);
+        let journal_path = dir.join(journal::FILE);
+        // The journal is newer than any record of the former layout.
+        for (key, e) in journal.read()? {
+            found.insert(key, (e, journal_path.clone()));
+        }
+        for (key, (mut e, path)) in found {
             if !e.netns.is_empty() {
                 let now = NetnsId::of_path(Path::new(&e.netns));
                 let stale = match (&now, e.netns_id) {
@@ -771,17 +792,20 @@ impl Core {
                         "stale sandbox record skipped and removed: {why}"
                     );
                     self.metrics.stale_records.inc();
-                    if let Err(err) = std::fs::remove_file(&path) {
-                        warn!(path = %path.display(), error = %err, "removing a stale sandbox record");
-                    }
                     continue;
                 }
                 e.netns_id = now.ok();
             }
-            self.state
-                .sandboxes
-                .insert((e.pod_namespace.clone(), e.pod_name.clone()), e);
+            self.state.sandboxes.insert(key, e);
         }
+        // The journal now holds every live sandbox; the former records go.
+        journal.rewrite(self.state.sandboxes.values())?;
+        for path in legacy {
+            if let Err(err) = std::fs::remove_file(&path) {
+                warn!(path = %path.display(), error = %err, "removing a sandbox record the journal took over");
+            }
+        }
+        self.journal = Some(journal);
         Ok(())
     }
 }
