@@ -79,15 +79,17 @@ pub struct PodPlanKey {
 /// namespace, all in one hash chain), which made it the agent's largest
 /// cost per pod with a couple of thousand pods (issue 21).
 pub fn netns_has_ipv6(ns: &NetNs) -> bool {
-    ns.run_reused(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
-        .ok()
-        .and_then(Result::ok)
-        .is_some_and(|t| {
-            t.lines().any(|l| {
-                l.starts_with("00000000000000000000000000000001")
-                    && l.split_whitespace().last() == Some("lo")
-            })
+    ns.run_reused(has_ipv6_here).unwrap_or(false)
+}
+
+/// [`netns_has_ipv6`] for the namespace the calling thread is in.
+fn has_ipv6_here() -> bool {
+    std::fs::read_to_string("/proc/thread-self/net/if_inet6").is_ok_and(|t| {
+        t.lines().any(|l| {
+            l.starts_with("00000000000000000000000000000001")
+                && l.split_whitespace().last() == Some("lo")
         })
+    })
 }
 
 /// What in-pod capture needs.
@@ -251,12 +253,20 @@ impl InpodDataplane {
         Ok(&self.plans[&key])
     }
 
-    /// The plan `p` gets in `ns`.
-    fn key_for(&self, p: &EnrolledPod, ns: &NetNs) -> PodPlanKey {
+    /// The plan `p` gets in a namespace that has IPv6 or not.
+    fn key_with(&self, p: &EnrolledPod, has_ipv6: bool) -> PodPlanKey {
         PodPlanKey {
             capture_dns: p.dns_capture.unwrap_or(self.s.config.capture_dns) && !self.uses_ebpf(),
-            ipv6: self.s.config.ipv6 && netns_has_ipv6(ns),
+            ipv6: self.s.config.ipv6 && has_ipv6,
         }
+    }
+
+    /// The pod's sockets and whether its namespace has IPv6 (when the
+    /// agent captures it), in one trip into the namespace.
+    fn open_pod<'a>(&self, ns: &'a NetNs) -> Result<(NsHandle<'a>, bool), Error> {
+        let v6 = self.s.config.ipv6;
+        NsHandle::open_with(ns, move || v6 && has_ipv6_here())
+            .context(|| format!("opening netlink sockets in {ns}"))
     }
 
     /// What may be applied in a pod now: what this run applied, else the
@@ -358,15 +368,14 @@ impl InpodDataplane {
     fn enrol_one(&mut self, p: &EnrolledPod) -> Result<(), Error> {
         let ns = Self::open_pod_netns(p)?;
         let where_ = || format!("pod {}/{} ({})", p.namespace, p.name, ns);
-        let want = self.key_for(p, &ns);
+        // One route and one netfilter socket in the pod for the check and
+        // the apply, and the IPv6 check, in one trip into its namespace.
+        let (mut h, has_ipv6) = self.open_pod(&ns)?;
+        let want = self.key_with(p, has_ipv6);
         if self.s.config.ipv6 && !want.ipv6 {
             debug!(pod = %where_(), "no IPv6 in the pod's namespace; IPv4-only rules");
         }
         let backend = self.s.backend;
-        // One route and one netfilter socket in the pod for the check and
-        // the apply, made in one trip into its namespace.
-        let mut h =
-            NsHandle::open(&ns).context(|| format!("opening netlink sockets in {}", where_()))?;
         let drift = self
             .plan_for(want)?
             .verify_in(&mut h, backend)
@@ -495,9 +504,9 @@ impl Dataplane for InpodDataplane {
 
     fn repair(&mut self, p: &EnrolledPod) -> Result<bool, Error> {
         let ns = Self::open_pod_netns(p)?;
-        let want = self.key_for(p, &ns);
+        let (mut h, has_ipv6) = self.open_pod(&ns)?;
+        let want = self.key_with(p, has_ipv6);
         let backend = self.s.backend;
-        let mut h = NsHandle::open(&ns).context(|| format!("opening netlink sockets in {ns}"))?;
         let drift = self
             .plan_for(want)?
             .verify_in(&mut h, backend)

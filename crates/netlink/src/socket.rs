@@ -120,13 +120,29 @@ impl Socket {
     /// namespace: callers that need several sockets there (a route and a
     /// netfilter one, say) pay for joining it once.
     pub fn open_many(ns: Option<&NetNs>, protocols: &[isize]) -> Result<Vec<Self>> {
+        Self::open_many_with(ns, protocols, || ()).map(|(v, ())| v)
+    }
+
+    /// [`Socket::open_many`], running `also` inside the namespace in the
+    /// same trip (after the sockets are made) and returning its result:
+    /// for a caller that reads something there too.
+    pub fn open_many_with<T, F>(
+        ns: Option<&NetNs>,
+        protocols: &[isize],
+        also: F,
+    ) -> Result<(Vec<Self>, T)>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let label = label_of(ns);
         let wanted = protocols.to_vec();
-        let make = move || -> Vec<(isize, io::Result<SysSocket>)> {
-            wanted.into_iter().map(|p| (p, make_socket(p))).collect()
+        let make = move || -> (Vec<(isize, io::Result<SysSocket>)>, T) {
+            let socks = wanted.into_iter().map(|p| (p, make_socket(p))).collect();
+            (socks, also())
         };
         let first = protocols.first().copied().unwrap_or_default();
-        let made = match ns {
+        let (made, extra) = match ns {
             Some(ns) => ns.run_reused(make).map_err(|source| Error::Netns {
                 protocol: first,
                 source,
@@ -148,7 +164,7 @@ impl Socket {
                 protocol,
             });
         }
-        Ok(out)
+        Ok((out, extra))
     }
 
     /// Turns strict checking of dump requests on or off

@@ -111,12 +111,23 @@ impl<'a> NsHandle<'a> {
     /// A handle on `ns` with its route and netfilter sockets opened now,
     /// joining the namespace once for both.
     pub fn open(ns: &'a NetNs) -> Result<Self> {
+        Self::open_with(ns, || ()).map(|(h, ())| h)
+    }
+
+    /// [`NsHandle::open`], running `also` inside the namespace in the same
+    /// trip, and returning its result too.
+    pub fn open_with<T, F>(ns: &'a NetNs, also: F) -> Result<(Self, T)>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let mut h = Self::lazy(ns);
-        let mut socks =
-            NlSocket::open_many(Some(ns), &[NETLINK_ROUTE, NETLINK_NETFILTER])?.into_iter();
+        let (socks, extra) =
+            NlSocket::open_many_with(Some(ns), &[NETLINK_ROUTE, NETLINK_NETFILTER], also)?;
+        let mut socks = socks.into_iter();
         h.rtnl = socks.next().map(Rtnl::from_socket);
         h.nft = socks.next();
-        Ok(h)
+        Ok((h, extra))
     }
 
     /// The namespace.
