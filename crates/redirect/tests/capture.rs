@@ -21,6 +21,9 @@ use ambit_redirect::{Backend, Plan, Step};
 use ambit_tunnel::IstioTunnels;
 use socket2::{Domain, Protocol, Type};
 
+mod common;
+use common::ztunnel_listeners;
+
 const SERVER_PORT: u16 = 8080;
 
 fn sh(ns: &NetNs, args: &[&str]) -> String {
@@ -412,18 +415,7 @@ fn inpod_redirects(backend: Backend) {
     plan.apply(pod.ns(), backend).expect("apply again");
     assert!(plan.verify(pod.ns(), backend).expect("verify").is_empty());
 
-    let l15001 = pod
-        .ns()
-        .tcp_listener(([0, 0, 0, 0], 15001).into())
-        .expect("15001");
-    let l15006 = pod
-        .ns()
-        .tcp_listener(([0, 0, 0, 0], 15006).into())
-        .expect("15006");
-    let l15008 = pod
-        .ns()
-        .tcp_listener(([0, 0, 0, 0], 15008).into())
-        .expect("15008");
+    let [l15001, l15006, l15008] = ztunnel_listeners(pod.ns());
     let target = SocketAddr::from((remote.ip(), SERVER_PORT));
     let real = remote.ns().tcp_listener(target).expect("server");
 

@@ -22,6 +22,7 @@ use socket2::{Domain, Protocol, Type};
 mod common;
 use common::{
     dual_listener, marked_connect, nothing_on, original_dst4 as original_dst, original_dst6,
+    ztunnel_listeners,
 };
 
 /// The accepted stream alone.
@@ -135,18 +136,7 @@ fn ebpf_captures_outbound_and_inbound_and_leaves_the_rest() {
     assert_eq!(cap.enrolled().expect("list").len(), 1);
 
     // ztunnel's listeners, opened in the pod after enrolment.
-    let l15001 = pod
-        .ns()
-        .tcp_listener(([0, 0, 0, 0], 15001).into())
-        .expect("15001");
-    let l15006 = pod
-        .ns()
-        .tcp_listener(([0, 0, 0, 0], 15006).into())
-        .expect("15006");
-    let l15008 = pod
-        .ns()
-        .tcp_listener(([0, 0, 0, 0], 15008).into())
-        .expect("15008");
+    let [l15001, l15006, l15008] = ztunnel_listeners(pod.ns());
     assert_eq!(cap.listeners().expect("listeners"), 1);
     let target = SocketAddr::from((remote.ip(), SERVER_PORT));
     let real = remote.ns().tcp_listener(target).expect("server");

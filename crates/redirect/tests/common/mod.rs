@@ -75,3 +75,11 @@ pub(crate) fn marked_connect(ns: &NetNs, to: SocketAddr) -> socket2::Socket {
     s.connect(&to.into()).expect("marked connect");
     s
 }
+
+/// ztunnel's three in-pod listeners (15001, 15006, 15008) on 0.0.0.0.
+pub(crate) fn ztunnel_listeners(ns: &NetNs) -> [TcpListener; 3] {
+    [15001, 15006, 15008].map(|port| {
+        ns.tcp_listener(([0, 0, 0, 0], port).into())
+            .unwrap_or_else(|e| panic!("listening on {port}: {e}"))
+    })
+}
