@@ -20,7 +20,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use ambit_netns::harness::{Cluster, Pod};
@@ -154,17 +153,8 @@ fn main() -> anyhow::Result<()> {
     // Thousands of short connections per round would exhaust the
     // ephemeral ports (TIME_WAIT) and slow later rounds: every namespace
     // may reuse them, the same for all four paths.
-    let pods = [&nft.cluster, &ebpf.cluster, &splice.cluster, &bare]
-        .into_iter()
-        .flat_map(|c| c.nodes().iter().flat_map(|n| n.pods().iter()));
-    for pod in pods {
-        let out = pod.ns().output(Command::new("sysctl").args([
-            "-q",
-            "-w",
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=1024 65535",
-        ]))?;
-        anyhow::ensure!(out.status.success(), "sysctl in {}", pod.name());
+    for c in [&nft.cluster, &ebpf.cluster, &splice.cluster, &bare] {
+        tcpapp::reuse_ports(c)?;
     }
 
     let names = ["no mesh", "nftables", "eBPF", "eBPF+splice"];

@@ -768,6 +768,10 @@ fn run_capture(args: &Args, bin: &Path) -> anyhow::Result<Results> {
     };
     let mut mesh =
         LocalMesh::start_opts(&Binaries::beside(bin)?, opts, |s| eprintln!("[bench] {s}"))?;
+    // The direct client's thousands of short connections per round would
+    // exhaust its ports and slow its later rounds (the erratic direct
+    // conn/s of earlier capture runs).
+    tcpapp::reuse_ports(&mesh.cluster)?;
     let pids = mesh.ztunnel_pids();
     let direct = Captured {
         pod: mesh.direct_client(),

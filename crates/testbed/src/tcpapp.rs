@@ -34,6 +34,25 @@ pub fn app_server(pod: &Pod, port: u16, name: String) -> anyhow::Result<NsTask<(
     })
 }
 
+/// Lets every pod of `cluster` reuse TIME_WAIT ports for new connections
+/// and use the whole ephemeral range (`tcp_tw_reuse=1`,
+/// `ip_local_port_range=1024 65535`): a benchmark client making thousands
+/// of short connections per round would otherwise run out of ports and slow
+/// down in later rounds, whichever path it measures.
+pub fn reuse_ports(cluster: &ambit_netns::harness::Cluster) -> anyhow::Result<()> {
+    for pod in cluster.nodes().iter().flat_map(|n| n.pods()) {
+        for (key, value) in [
+            ("net/ipv4/tcp_tw_reuse", "1"),
+            ("net/ipv4/ip_local_port_range", "1024 65535"),
+        ] {
+            pod.ns()
+                .set_sysctl(key, value)
+                .map_err(|e| anyhow::anyhow!("{key} in {}: {e}", pod.name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// From `pod`: `n` new connections to `to`, each reading the greeting and
 /// echoing 1 KiB (latency per connection), then one bulk transfer of
 /// `bulk` bytes (throughput).
