@@ -185,21 +185,24 @@ impl InpodDataplane {
         false
     }
 
-    /// Puts the pod in (`Some(ips)`) or out (`None`) of eBPF capture.
+    /// Puts the pod in eBPF capture (nothing without it).
     #[allow(unused_variables)]
-    fn ebpf_pod(&mut self, uid: &str, ns: Option<&NetNs>, ips: &[IpAddr]) -> Result<(), Error> {
+    fn ebpf_enrol(&mut self, uid: &str, ns: &NetNs, ips: &[IpAddr]) -> Result<(), Error> {
         #[cfg(feature = "ebpf")]
         if let Some(cap) = self.ebpf.as_mut() {
-            match ns {
-                Some(ns) => {
-                    cap.enroll(uid, ns, ips)
-                        .context(|| format!("eBPF capture of pod {uid}"))?;
-                }
-                None => {
-                    cap.unenroll(uid)
-                        .context(|| format!("ending eBPF capture of pod {uid}"))?;
-                }
-            }
+            cap.enroll(uid, ns, ips)
+                .context(|| format!("eBPF capture of pod {uid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the pod out of eBPF capture (nothing without it).
+    #[allow(unused_variables)]
+    fn ebpf_unenrol(&mut self, uid: &str) -> Result<(), Error> {
+        #[cfg(feature = "ebpf")]
+        if let Some(cap) = self.ebpf.as_mut() {
+            cap.unenroll(uid)
+                .context(|| format!("ending eBPF capture of pod {uid}"))?;
         }
         Ok(())
     }
@@ -237,7 +240,7 @@ impl InpodDataplane {
     pub fn plan_for(&mut self, key: PodPlanKey) -> Result<&Plan, Error> {
         if !self.plans.contains_key(&key) {
             let cfg = InpodConfig {
-                capture_dns: key.capture_dns && !self.uses_ebpf(),
+                capture_dns: key.capture_dns,
                 ipv6: key.ipv6,
                 ..self.s.config.clone()
             };
@@ -383,7 +386,7 @@ impl InpodDataplane {
         let sets = self.probe_entries(p);
         let rest = (|| {
             self.put_rules(p, &mut h, want, !drift.is_empty())?;
-            self.ebpf_pod(&p.uid, Some(&ns), &p.ips)?;
+            self.ebpf_enrol(&p.uid, &ns, &p.ips)?;
             for (set, entries) in &sets {
                 self.host_plan
                     .add_members(&self.s.host, self.s.backend, set, entries)
@@ -420,7 +423,7 @@ impl InpodDataplane {
                     }
                 }
                 self.applied.remove(&p.uid);
-                if let Err(e) = self.ebpf_pod(&p.uid, None, &[]) {
+                if let Err(e) = self.ebpf_unenrol(&p.uid) {
                     warn!(pod = %where_(), error = %e, "rolling back eBPF capture");
                 }
                 if let Err(e) = self.del_probe_members(&p.ips) {
@@ -555,7 +558,7 @@ impl Dataplane for InpodDataplane {
                 }
             }
             match &r.uid {
-                Some(uid) => self.ebpf_pod(uid, None, &[])?,
+                Some(uid) => self.ebpf_unenrol(uid)?,
                 None => self.ebpf_forget(&r.ips)?,
             }
             if let Some(uid) = &r.uid {

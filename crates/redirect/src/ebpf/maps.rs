@@ -67,11 +67,23 @@ fn not_found(e: &aya::maps::MapError) -> bool {
     }
 }
 
-fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).ok_or_else(|| Error::Ebpf {
+/// The result of removing a key, where a key already gone is success.
+fn removed(r: std::result::Result<(), aya::maps::MapError>, op: impl Fn() -> String) -> Result<()> {
+    match r {
+        Err(e) if !not_found(&e) => Err(ebpf_err(op(), e)),
+        _ => Ok(()),
+    }
+}
+
+fn missing_map(name: &str) -> Error {
+    Error::Ebpf {
         op: format!("opening map {name}"),
         reason: "not in the capture object".into(),
-    })
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| missing_map(name))
 }
 
 fn enrolled_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, u64, [u8; 20]>> {
@@ -135,13 +147,11 @@ pub(super) fn cookie_of(ebpf: &mut Ebpf, ip: IpAddr) -> Result<Option<u64>> {
     }
 }
 
+/// Takes namespace `cookie` out of every map: enrolment, addresses and
+/// its inbound listeners.
 pub(super) fn unenroll(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
     let op = || format!("unenrolling namespace cookie {cookie}");
-    match enrolled_map(ebpf)?.remove(&cookie) {
-        Ok(()) => {}
-        Err(e) if not_found(&e) => {}
-        Err(e) => return Err(ebpf_err(op(), e)),
-    }
+    removed(enrolled_map(ebpf)?.remove(&cookie), op)?;
     let mut by_ip = pod_netns_map(ebpf)?;
     let mine: Vec<[u8; 24]> = by_ip
         .iter()
@@ -150,20 +160,15 @@ pub(super) fn unenroll(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
         .map(|(k, _)| k)
         .collect();
     for k in mine {
-        match by_ip.remove(&k) {
-            Ok(()) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(ebpf_err(op(), e)),
-        }
+        removed(by_ip.remove(&k), op)?;
     }
-    Ok(())
+    forget_listeners(ebpf, cookie)
 }
 
 pub(super) fn enrolled_cookies(ebpf: &Ebpf) -> Result<Vec<u64>> {
-    let m = ebpf.map("ambit_enrolled").ok_or_else(|| Error::Ebpf {
-        op: "opening map ambit_enrolled".into(),
-        reason: "not in the capture object".into(),
-    })?;
+    let m = ebpf
+        .map("ambit_enrolled")
+        .ok_or_else(|| missing_map("ambit_enrolled"))?;
     let h: HashMap<&MapData, u64, [u8; 20]> =
         HashMap::try_from(m).map_err(|e| ebpf_err("opening map ambit_enrolled", e))?;
     h.keys()
@@ -178,13 +183,12 @@ pub(super) fn retain_enrolled(ebpf: &mut Ebpf, keep: impl Fn(u64) -> bool) -> Re
         .collect();
     for c in gone {
         unenroll(ebpf, c)?;
-        forget_listeners(ebpf, c)?;
     }
     Ok(())
 }
 
 /// Drops the inbound listeners registered for namespace `cookie`.
-pub(super) fn forget_listeners(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
+fn forget_listeners(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
     let mut m = listener_map(ebpf)?;
     let keys = m
         .keys()
@@ -192,21 +196,16 @@ pub(super) fn forget_listeners(ebpf: &mut Ebpf, cookie: u64) -> Result<()> {
         .map_err(|e| ebpf_err("listing inbound listeners", e))?;
     for k in keys {
         if k[0..8] == cookie.to_ne_bytes() {
-            match m.remove(&k) {
-                Ok(()) => {}
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(ebpf_err("dropping an inbound listener", e)),
-            }
+            removed(m.remove(&k), || "dropping an inbound listener".into())?;
         }
     }
     Ok(())
 }
 
 pub(super) fn listener_count(ebpf: &Ebpf) -> Result<usize> {
-    let m = ebpf.map("ambit_listeners").ok_or_else(|| Error::Ebpf {
-        op: "opening map ambit_listeners".into(),
-        reason: "not in the capture object".into(),
-    })?;
+    let m = ebpf
+        .map("ambit_listeners")
+        .ok_or_else(|| missing_map("ambit_listeners"))?;
     let h: SockHash<&MapData, [u8; 16]> =
         SockHash::try_from(m).map_err(|e| ebpf_err("opening map ambit_listeners", e))?;
     Ok(h.keys().filter(|k| k.is_ok()).count())

@@ -39,7 +39,6 @@
 mod maps;
 mod sys;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -62,9 +61,8 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capture.bpf.o")
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ambit";
 
-/// Default cgroup v2 to attach to, when none is given: the root of the
-/// unified hierarchy, found in `/proc/self/mountinfo`.
-pub const CGROUP2_FS: &str = "cgroup2";
+/// The filesystem type of the cgroup v2 hierarchy in the mount table.
+const CGROUP2_FS: &str = "cgroup2";
 
 /// The node-wide programs: (name in the object, pinned link name, attach
 /// type).
@@ -164,10 +162,6 @@ fn ebpf_err(op: impl Into<String>, e: impl std::error::Error) -> Error {
     }
 }
 
-fn io_err(op: impl Into<String>, e: std::io::Error) -> Error {
-    ebpf_err(op, e)
-}
-
 /// Oldest kernel with every hook and helper the programs use
 /// (`bpf_get_netns_cookie` in sockops came last, in 5.15).
 pub const MIN_KERNEL: (u32, u32) = (5, 15);
@@ -203,7 +197,7 @@ pub fn supported() -> std::result::Result<(), String> {
 /// The root of the cgroup v2 hierarchy, from the mount table.
 pub fn cgroup2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| io_err("reading /proc/self/mountinfo", e))?;
+        .map_err(|e| ebpf_err("reading /proc/self/mountinfo", e))?;
     for line in mounts.lines() {
         // ... mount-point ... - fstype source options
         let Some((left, right)) = line.split_once(" - ") else {
@@ -227,7 +221,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     if is_bpffs(dir)? {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir).map_err(|e| ebpf_err(format!("creating {}", dir.display()), e))?;
     nix::mount::mount(
         Some("bpf"),
         dir,
@@ -301,14 +295,14 @@ impl EbpfCapture {
         for sub in ["maps", "links", "pods"] {
             let d = cfg.pin_dir.join(sub);
             std::fs::create_dir_all(&d)
-                .map_err(|e| io_err(format!("creating {}", d.display()), e))?;
+                .map_err(|e| ebpf_err(format!("creating {}", d.display()), e))?;
         }
         let cgroup_dir = match &cfg.cgroup {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
         };
         let cgroup = File::open(&cgroup_dir)
-            .map_err(|e| io_err(format!("opening cgroup {}", cgroup_dir.display()), e))?;
+            .map_err(|e| ebpf_err(format!("opening cgroup {}", cgroup_dir.display()), e))?;
         let map_dir = cfg.pin_dir.join("maps");
         let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, map_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
@@ -397,11 +391,11 @@ impl EbpfCapture {
                 }
             }
             .map_err(|e| ebpf_err(op(), e))?;
-            sys::link_create(fd.as_fd(), cgroup, attach_type).map_err(|e| io_err(op(), e))?
+            sys::link_create(fd.as_fd(), cgroup, attach_type).map_err(|e| ebpf_err(op(), e))?
         };
         unpin(path)?;
         sys::obj_pin(link.as_fd(), path)
-            .map_err(|e| io_err(format!("pinning {}", path.display()), e))
+            .map_err(|e| ebpf_err(format!("pinning {}", path.display()), e))
     }
 
     /// Attaches the sk_msg program to the local-sockets map. The map holds
@@ -461,7 +455,7 @@ impl EbpfCapture {
         let pod = PodValue::new(ips);
         maps::enroll(&mut self.ebpf, cookie, &pod, ips)?;
         let path = self.pod_pin(key, cookie);
-        if path.exists() && self.pod_link_alive(&path) {
+        if PinnedLink::from_pin(&path).is_ok() {
             return Ok(cookie);
         }
         unpin(&path)?;
@@ -497,10 +491,6 @@ impl EbpfCapture {
             }
         }
         Ok(cookie)
-    }
-
-    fn pod_link_alive(&self, path: &Path) -> bool {
-        PinnedLink::from_pin(path).is_ok()
     }
 
     fn pod_pin(&self, key: &str, cookie: u64) -> PathBuf {
@@ -542,14 +532,12 @@ impl EbpfCapture {
         // Map entries without a pinned pod (a crash between the two).
         for c in cookies {
             maps::unenroll(&mut self.ebpf, c)?;
-            maps::forget_listeners(&mut self.ebpf, c)?;
         }
         Ok(gone)
     }
 
     fn drop_pod(&mut self, p: &EnrolledPod) -> Result<()> {
         maps::unenroll(&mut self.ebpf, p.netns_cookie)?;
-        maps::forget_listeners(&mut self.ebpf, p.netns_cookie)?;
         unpin(&self.pod_pin(&p.key, p.netns_cookie))
     }
 
@@ -632,42 +620,41 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         Ok(rd) => rd
             .map(|e| e.map(|e| e.path()))
             .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| io_err(format!("listing {}", dir.display()), e)),
+            .map_err(|e| ebpf_err(format!("listing {}", dir.display()), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_err(format!("listing {}", dir.display()), e)),
+        Err(e) => Err(ebpf_err(format!("listing {}", dir.display()), e)),
     }
 }
 
 fn list_pods(pin_dir: &Path) -> Result<Vec<EnrolledPod>> {
-    let dir = pin_dir.join("pods");
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(format!("listing {}", dir.display()), e)),
-    };
-    let mut out = BTreeMap::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if let Some((c, key)) = name.split_once('-')
-            && let Ok(cookie) = c.parse::<u64>()
-        {
-            out.insert((key.to_owned(), cookie), ());
-        }
-    }
-    Ok(out
-        .into_keys()
-        .map(|(key, netns_cookie)| EnrolledPod { key, netns_cookie })
-        .collect())
+    let mut out: Vec<EnrolledPod> = list_dir(&pin_dir.join("pods"))?
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let (c, key) = name.split_once('-')?;
+            Some(EnrolledPod {
+                key: key.to_owned(),
+                netns_cookie: c.parse().ok()?,
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Removes a pin (detaching its link once no one holds it). Missing is
 /// fine.
 fn unpin(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(format!("removing {}", path.display()), e)),
+    gone_ok(std::fs::remove_file(path), path)
+}
+
+/// `r` of removing `path`, where a path already gone is success.
+fn gone_ok(r: std::io::Result<()>, path: &Path) -> Result<()> {
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ebpf_err(format!("removing {}", path.display()), e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -680,20 +667,7 @@ pub fn remove(pin_dir: &Path) -> Result<()> {
         for pin in list_dir(&d)? {
             unpin(&pin)?;
         }
-        match std::fs::remove_dir(&d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("removing {}", d.display()), e)),
-        }
+        gone_ok(std::fs::remove_dir(&d), &d)?;
     }
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(format!("removing {}", pin_dir.display()), e)),
-    }
-}
-
-/// The node-wide link kinds, for callers that inspect pins.
-pub fn node_link_names() -> impl Iterator<Item = &'static str> {
-    NODE_PROGRAMS.iter().map(|(_, pin, _)| *pin)
+    gone_ok(std::fs::remove_dir(pin_dir), pin_dir)
 }
