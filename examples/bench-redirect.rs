@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ambit_netns::harness::{Cluster, Pod};
-use ambit_testbed::{Binaries, LocalMesh, Mode, Options, tcpapp};
+use ambit_testbed::{Binaries, LocalMesh, Mode, Options, median, percentile, tcpapp};
 use anyhow::Context;
 use clap::Parser;
 
@@ -82,7 +82,10 @@ fn measure(a: &Args, pod: &Pod, to: SocketAddr) -> anyhow::Result<Round> {
         a.conns
     );
     let rate = tcpapp::conn_rate(pod, to, a.conn_secs)?;
-    let rtt = tcpapp::rtt_1byte(pod, to, a.round_trips)?;
+    let rtt: Vec<f64> = tcpapp::rtt_1byte(pod, to, a.round_trips)?
+        .into_iter()
+        .map(us)
+        .collect();
     anyhow::ensure!(!rtt.is_empty(), "no round trips to {to}");
     let bulk = tcpapp::drive(pod, to, 0, a.bulk_mib << 20)?;
     anyhow::ensure!(bulk.errors == 0, "bulk echo to {to} failed");
@@ -90,20 +93,15 @@ fn measure(a: &Args, pod: &Pod, to: SocketAddr) -> anyhow::Result<Round> {
         conn_p50_us: us(f.p50),
         conn_p99_us: us(f.p99),
         conn_per_s: rate,
-        rtt_p50_us: us(rtt[rtt.len() / 2]),
-        rtt_p99_us: us(rtt[(rtt.len() * 99 / 100).min(rtt.len() - 1)]),
+        rtt_p50_us: percentile(&rtt, 50),
+        rtt_p99_us: percentile(&rtt, 99),
         bulk_mbps: bulk.mbps,
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Medians over rounds, one figure at a time.
 fn medians(rounds: &[Round]) -> Round {
-    let m = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let m = |f: fn(&Round) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
     Round {
         conn_p50_us: m(|r| r.conn_p50_us),
         conn_p99_us: m(|r| r.conn_p99_us),

@@ -1,6 +1,8 @@
 //! Issue 21's goals, each beside this run's figure.
 
-use crate::{Results, median};
+use ambit_testbed::median;
+
+use crate::Results;
 
 /// One of issue 21's goals and where this run stands.
 pub(crate) struct Goal {

@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 
 use ambit_netns::NetNs;
 use ambit_testbed::serve::{accept_each, echo};
-use ambit_testbed::{Binaries, DIRECT_SERVER, LocalMesh, Mode, Options, rss_kib, tcpapp};
+use ambit_testbed::{
+    Binaries, DIRECT_SERVER, LocalMesh, Mode, Options, median, percentile, rss_kib, tcpapp,
+};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
@@ -180,23 +182,10 @@ struct Results {
     memory: memory::Memory,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
-
 fn min_max(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (min, max)
-}
-
-fn pct(sorted: &[f64], p: usize) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
 impl Results {
@@ -336,10 +325,10 @@ fn measure(
 
         let d = direct.rtt(args.round_trips)?;
         let m = meshed.rtt(args.round_trips)?;
-        r.rtt_p50.0.push(pct(&d, 50));
-        r.rtt_p99.0.push(pct(&d, 99));
-        r.rtt_p50.1.push(pct(&m, 50));
-        r.rtt_p99.1.push(pct(&m, 99));
+        r.rtt_p50.0.push(percentile(&d, 50));
+        r.rtt_p99.0.push(percentile(&d, 99));
+        r.rtt_p50.1.push(percentile(&m, 50));
+        r.rtt_p99.1.push(percentile(&m, 99));
 
         r.conn_seq.0.push(direct.conn_rate(args.conn_secs, 1)?);
         r.conn_seq.1.push(meshed.conn_rate(args.conn_secs, 1)?);

@@ -33,4 +33,4 @@ pub use self::config::{
 pub use self::control_plane::{ControlPlane, PORT as CONTROL_PLANE_PORT, publish};
 pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};
 pub use self::mesh::{Binaries, LocalMesh, Mode, Options};
-pub use self::report::{Figures, table};
+pub use self::report::{Figures, median, percentile, table};

@@ -68,6 +68,22 @@ pub fn table(rows: &[(&str, &Figures)]) -> String {
     lines.join("\n")
 }
 
+/// The median of `v` (the upper one of an even count; 0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50)
+}
+
+/// The `p`-th percentile of sorted `sorted` (nearest rank below; 0 when
+/// empty).
+pub fn percentile(sorted: &[f64], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
