@@ -116,7 +116,6 @@ fn ebpf_dataplane(
     if a.capture_dns {
         tracing::warn!("--redirect ebpf does not capture DNS; AMBIENT_DNS_CAPTURE is ignored");
     }
-    ebpf::supported().map_err(|why| anyhow::anyhow!("--redirect ebpf: {why}"))?;
     let dir = &a.ebpf_pin_dir;
     let parent = dir
         .parent()

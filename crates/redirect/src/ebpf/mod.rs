@@ -172,8 +172,18 @@ pub const MIN_KERNEL: (u32, u32) = (5, 15);
 /// these but refuses a program is an error of [`EbpfCapture::start`], not
 /// a reason to skip.
 pub fn supported() -> std::result::Result<(), String> {
+    check_kernel().map_err(|e| e.to_string())?;
+    cgroup2_root().map_err(|e| e.to_string())?;
+    EbpfLoader::new()
+        .load(OBJECT)
+        .map(drop)
+        .map_err(|e| ebpf_err("creating the capture maps (is bpf(2) allowed?)", e).to_string())
+}
+
+/// The running kernel is at least [`MIN_KERNEL`].
+fn check_kernel() -> Result<()> {
     let release = nix::sys::utsname::uname()
-        .map_err(|e| format!("uname: {e}"))?
+        .map_err(|e| ebpf_err("checking the kernel version (uname)", e))?
         .release()
         .to_string_lossy()
         .into_owned();
@@ -182,16 +192,15 @@ pub fn supported() -> std::result::Result<(), String> {
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if version < MIN_KERNEL {
-        return Err(format!(
-            "kernel {release} is older than {}.{}",
-            MIN_KERNEL.0, MIN_KERNEL.1
-        ));
+        return Err(Error::Ebpf {
+            op: "checking the kernel version".into(),
+            reason: format!(
+                "kernel {release} is older than {}.{}",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ),
+        });
     }
-    cgroup2_root().map_err(|e| e.to_string())?;
-    EbpfLoader::new()
-        .load(OBJECT)
-        .map(drop)
-        .map_err(|e| ebpf_err("creating the capture maps (is bpf(2) allowed?)", e).to_string())
+    Ok(())
 }
 
 /// The root of the cgroup v2 hierarchy, from the mount table.
@@ -287,10 +296,12 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
 }
 
 impl EbpfCapture {
-    /// Loads the programs, reusing the pinned maps of an earlier run, and
-    /// attaches the node-wide programs to the cgroup, replacing the links
-    /// of an earlier run after the new ones are in place. Idempotent.
+    /// Checks the kernel ([`MIN_KERNEL`]), loads the programs, reusing the
+    /// pinned maps of an earlier run, and attaches the node-wide programs
+    /// to the cgroup, replacing the links of an earlier run after the new
+    /// ones are in place. Idempotent.
     pub fn start(cfg: EbpfConfig) -> Result<Self> {
+        check_kernel()?;
         check_on_bpffs(&cfg.pin_dir)?;
         for sub in ["maps", "links", "pods"] {
             let d = cfg.pin_dir.join(sub);
