@@ -48,6 +48,17 @@ struct Server {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServeError>>,
+    /// Where `client` writes a token for this server; removed with it.
+    token: TokenFile,
+}
+
+/// A file removed on drop.
+struct TokenFile(std::path::PathBuf);
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Server {
@@ -77,11 +88,17 @@ async fn start(authn: Authn) -> Server {
     let task = tokio::spawn(serve_tls(router, listener, Arc::new(tls), async move {
         let _ = rx.await;
     }));
+    let token = TokenFile(std::env::temp_dir().join(format!(
+        "ambit-grpc-token-{}-{}",
+        std::process::id(),
+        addr.port()
+    )));
     Server {
         ca,
         addr,
         stop: Some(tx),
         task,
+        token,
     }
 }
 
@@ -103,11 +120,7 @@ fn client(server: &Server, token: Option<&str>, impersonate: bool) -> IstioCaCli
         ..ca_config(server, ISTIOD_SERVER_NAME, server.ca.root_pem())
     };
     if let Some(token) = token {
-        let path = std::env::temp_dir().join(format!(
-            "ambit-grpc-token-{}-{}",
-            std::process::id(),
-            server.addr.port()
-        ));
+        let path = server.token.0.clone();
         std::fs::write(&path, format!("{token}\n")).expect("token file");
         c.token_path = Some(path);
     }
