@@ -39,6 +39,7 @@ struct BpfFs {
 
 impl BpfFs {
     fn new(tag: &str) -> Self {
+        Self::sweep_dead();
         let root = std::env::temp_dir().join(format!("ambit-bpffs-{}-{tag}", std::process::id()));
         ebpf::ensure_bpffs(&root).expect("mount a bpf filesystem");
         Self { root }
@@ -46,6 +47,31 @@ impl BpfFs {
 
     fn pin_dir(&self) -> PathBuf {
         self.root.join("ambit")
+    }
+
+    /// Removes the filesystems of test processes that were killed before
+    /// their `Drop` ran (their programs stay attached to the root cgroup
+    /// until the pins go, and would run on every socket of the machine).
+    fn sweep_dead() {
+        let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("ambit-bpffs-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let stale = BpfFs { root: e.path() };
+            eprintln!("removing {} (process {pid} is gone)", stale.root.display());
+            drop(stale);
+        }
     }
 }
 
