@@ -605,8 +605,11 @@ fn run_loopback(args: &Args, bin: &Path) -> anyhow::Result<Results> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null());
-    // Runtime knobs (TOKIO_WORKER_THREADS, ...) pass through for experiments.
-    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("TOKIO_")) {
+    // Runtime knobs (ZTUNNEL_WORKER_THREADS, TOKIO_*, ...) pass through for
+    // experiments.
+    for (k, v) in
+        std::env::vars().filter(|(k, _)| k.starts_with("TOKIO_") || k == "ZTUNNEL_WORKER_THREADS")
+    {
         cmd.env(k, v);
     }
     let mut zt = Child(ns.spawn_command(&mut cmd)?);

@@ -142,6 +142,10 @@ pub struct ConnectRequest {
     /// Where the TCP connection is dialled from; `None`: a plain connect
     /// from the process's namespace.
     pub origin: Option<Origin>,
+    /// Tunnel bytes sent right behind the CONNECT's HEADERS, before the
+    /// answer (of the inner CONNECT with double HBONE); see
+    /// [`ConnectRequest::with_early_data`].
+    pub early_data: Bytes,
 }
 
 /// The inner CONNECT of double HBONE.
@@ -186,7 +190,27 @@ impl ConnectRequest {
             extra_headers: http::HeaderMap::new(),
             inner: None,
             origin: None,
+            early_data: Bytes::new(),
         }
+    }
+
+    /// Sends `data`, the first bytes of the tunnel, as a DATA frame right
+    /// behind the CONNECT's HEADERS instead of after the `200`: both go out
+    /// in one write, and the far side can hand the bytes to the upstream as
+    /// soon as it has dialled it, a round trip sooner. The stream's frames
+    /// are the same as when the bytes come after the answer (HTTP/2 lets a
+    /// client send DATA once its HEADERS are out); if the server refuses
+    /// the CONNECT, they are dropped with the stream. A request with early
+    /// data is retried on another connection only when the server cannot
+    /// have seen it (`REFUSED_STREAM`, or refused by GOAWAY), never after
+    /// the connection merely failed. Keep `data` within the peer's initial
+    /// stream window (64 KiB unless its SETTINGS say more): a server that
+    /// refuses the CONNECT while the client still has early bytes queued
+    /// may reset the stream, and the refusal then arrives as a reset
+    /// rather than its status.
+    pub fn with_early_data(mut self, data: Bytes) -> Self {
+        self.early_data = data;
+        self
     }
 
     /// Dials the connection from `origin` (see [`Origin`]).
@@ -441,6 +465,7 @@ impl Client {
             build_request(&request.authority, &request.headers, &request.extra_headers)?;
         let deadline = Instant::now() + self.pool.config.connect_timeout;
         let timed_out = |_| ClientError::ConnectTimeout { address };
+        let no_early = Bytes::new();
         // One retry: the first connection may have been told GOAWAY.
         let mut attempts = 0;
         loop {
@@ -449,7 +474,12 @@ impl Client {
                 .pool
                 .checkout(&key, request.origin.as_ref(), deadline)
                 .await?;
-            let sent = send_connect(conn.send.clone(), http_request.clone());
+            // With double HBONE the early bytes belong to the inner tunnel.
+            let early = match request.inner {
+                None => &request.early_data,
+                Some(_) => &no_early,
+            };
+            let sent = send_connect(conn.send.clone(), http_request.clone(), early);
             match tokio::time::timeout_at(deadline, sent)
                 .await
                 .map_err(timed_out)?
@@ -494,7 +524,7 @@ impl Client {
             let (send_request, driver) =
                 handshake(&self.pool.h2, tls, outer, address, None).await?;
             tokio::spawn(driver);
-            send_connect(send_request, http_request)
+            send_connect(send_request, http_request, &request.early_data)
                 .await
                 .map_err(|e| match e {
                     SendError::Refused(source) | SendError::Other(source) => {
@@ -627,6 +657,7 @@ fn build_request(
 async fn send_connect(
     send_request: SendRequest<Bytes>,
     request: Request<()>,
+    early: &Bytes,
 ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), SendError> {
     let refused = |e: h2::Error| {
         if e.is_go_away() || e.is_io() {
@@ -636,13 +667,21 @@ async fn send_connect(
         }
     };
     let mut send_request = send_request.ready().await.map_err(refused)?;
-    let (response, send) = send_request.send_request(request, false).map_err(refused)?;
+    let (response, mut send) = send_request.send_request(request, false).map_err(refused)?;
+    if !early.is_empty() {
+        // Queued behind the HEADERS before the connection task runs, so
+        // both leave in one write. Beyond the stream's window h2 holds the
+        // rest until the peer opens it.
+        send.send_data(early.clone(), false).map_err(refused)?;
+    }
     let response = response.await.map_err(|e| {
         // A stream refused by GOAWAY (id above last-stream-id) was never
         // processed: safe to retry. So is a CONNECT whose connection died
-        // before the answer (a peer that went away, an upgrade): no byte of
-        // the tunnel was sent yet, and the server drops what it started.
-        if e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() || e.is_io() {
+        // before the answer (a peer that went away, an upgrade) when no
+        // byte of the tunnel was sent: the server drops what it started.
+        // With early data, the server may have delivered it already.
+        let unseen = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away();
+        if unseen || (e.is_io() && early.is_empty()) {
             SendError::Refused(e)
         } else {
             SendError::Other(e)

@@ -112,6 +112,85 @@ async fn handler_rejections_become_typed_statuses() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_reaches_the_upstream_once_and_first() {
+    init_tracing();
+    let pki = Pki::new();
+    let (up_addr, up) = upstream().await;
+    let server = start(
+        pki.server_tls().await,
+        ServerConfig::default(),
+        ToUpstream { upstream: up_addr },
+    )
+    .await;
+    let client = pki.client();
+    let mut stream = client
+        .connect(
+            request(server.addr, "127.0.0.1:9")
+                .with_early_data(bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n")),
+        )
+        .await
+        .expect("connect");
+    let (mut tcp, _) = up.accept().await.expect("upstream accept");
+    stream.write_all(b"Host: x\r\n\r\n").await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).await.expect("upstream reads");
+    assert_eq!(got, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    tcp.write_all(b"ok").await.expect("answer");
+    drop(tcp);
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.expect("client reads");
+    assert_eq!(back, b"ok");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_of_a_refused_connect_goes_nowhere() {
+    init_tracing();
+    let pki = Pki::new();
+    let handler = handler_fn(|req: InboundRequest| async move {
+        match req.authority.port() {
+            401 => Decision::reject(Rejection::Unauthorized),
+            _ => Decision::accept(|mut stream| async move {
+                let mut first = [0u8; 5];
+                if stream.read_exact(&mut first).await.is_ok() {
+                    let _ = stream.write_all(&first).await;
+                    let _ = stream.shutdown().await;
+                    // Until the client's END_STREAM: a stream dropped
+                    // earlier is reset, which discards what is queued.
+                    let _ = stream.read(&mut first).await;
+                }
+            }),
+        }
+    });
+    let server = start(pki.server_tls().await, ServerConfig::default(), handler).await;
+    let client = pki.client();
+    let err = client
+        .connect(
+            request(server.addr, "127.0.0.1:401")
+                .with_early_data(bytes::Bytes::from(vec![7u8; 16_000])),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+    // The pooled connection still carries the next stream, whose own early
+    // bytes are the first it delivers.
+    let mut ok = client
+        .connect(
+            request(server.addr, "127.0.0.1:80")
+                .with_early_data(bytes::Bytes::from_static(b"hello")),
+        )
+        .await
+        .expect("accepted");
+    let mut back = [0u8; 5];
+    ok.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"hello");
+    assert_eq!(client.connections_opened(), 1);
+    drop(ok);
+    server.stop().await;
+}
+
 /// A TCP upstream whose accepted connection the test drives.
 async fn upstream() -> (SocketAddr, TcpListener) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 
 use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, InnerConnect, copy_bidirectional};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::conn::{ConnRecord, Peers, Reporter};
@@ -104,10 +106,15 @@ impl Proxy {
             let cfg = &self.inner.cfg;
             plan_outbound(&st, cfg, &scope.local, entry, peer, dst)
         };
-        self.carry(tcp, peer, plan, entry, scope).await;
+        self.carry(tcp, peer, plan, entry, scope, Bytes::new())
+            .await;
     }
 
-    /// Carries out `plan` for the client `tcp` at `peer`.
+    /// Carries out `plan` for the client `tcp` at `peer`. `early` holds
+    /// bytes the client already sent (after a SOCKS5 request); a captured
+    /// client's first bytes, if they are there already, are read here.
+    /// Either way they leave with the dial: behind the CONNECT's HEADERS
+    /// over HBONE, right after the connect over TCP.
     pub(crate) async fn carry(
         &self,
         mut tcp: TcpStream,
@@ -115,6 +122,7 @@ impl Proxy {
         plan: OutboundPlan,
         entry: Entry,
         scope: &Scope,
+        mut early: Bytes,
     ) {
         let src_id = plan.source_identity();
         let peers = Peers {
@@ -147,6 +155,9 @@ impl Proxy {
             })),
             _ => None,
         };
+        if entry == Entry::Captured && !matches!(plan.hop, Hop::Refuse { .. }) {
+            early = ready_bytes(&tcp);
+        }
         let connected = match plan.hop {
             Hop::Refuse { reason, refusal } => {
                 if entry == Entry::Socks5 {
@@ -191,7 +202,8 @@ impl Proxy {
                     .then_some(peer.ip());
                 let req = ConnectRequest::new(source_identity, identities, address, authority)
                     .with_headers(headers)
-                    .with_origin(scope.origin(source));
+                    .with_origin(scope.origin(source))
+                    .with_early_data(early.clone());
                 match self.inner.client.connect(req).await {
                     Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
                     Err(e) => Err(Failure::hbone(address, &e)),
@@ -220,7 +232,8 @@ impl Proxy {
                     ConnectRequest::new(source_identity, gateway_identities, gateway, authority)
                         .with_headers(headers())
                         .with_origin(scope.origin(source))
-                        .with_inner(inner);
+                        .with_inner(inner)
+                        .with_early_data(early.clone());
                 match self.inner.client.connect(req).await {
                     Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
                     Err(e) => Err(Failure::hbone(gateway, &e)),
@@ -228,6 +241,13 @@ impl Proxy {
             }
         };
         let up = match connected {
+            Ok(Upstream::Tcp(mut up)) if !early.is_empty() => match up.write_all(&early).await {
+                Ok(()) => Upstream::Tcp(up),
+                Err(e) => {
+                    record.fail(&format!("writing the first bytes upstream: {e}"));
+                    return;
+                }
+            },
             Ok(up) => up,
             Err(f) => {
                 if entry == Entry::Socks5 {
@@ -248,9 +268,32 @@ impl Proxy {
             None => Some(up.copy_with(&mut tcp).await),
         };
         match copied {
-            Some(Ok((rx, tx))) => record.close(rx, tx, ""),
+            Some(Ok((rx, tx))) => record.close(early.len() as u64 + rx, tx, ""),
             Some(Err(e)) => record.fail(&e),
             None => record.close(0, 0, REVOKED),
         }
+    }
+}
+
+/// How much of a captured client's first bytes is read before dialling.
+const EARLY_READ: usize = 8 * 1024;
+
+/// What the client has sent already, without waiting: one non-blocking
+/// `recv` (tokio's readiness would say "not yet" until its driver has seen
+/// the socket, which it usually has not right after the accept). Empty on
+/// nothing there yet, on EOF and on an error, which the copy meets again.
+fn ready_bytes(tcp: &TcpStream) -> Bytes {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; EARLY_READ];
+    match nix::sys::socket::recv(
+        tcp.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(n) if n > 0 => {
+            buf.truncate(n);
+            Bytes::from(buf)
+        }
+        _ => Bytes::new(),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::{Address, Reply, read_greeting, read_request, send_reply, unspecified};
+use super::{Address, Reply, read_handshake, send_reply, unspecified};
 use crate::conn::ConnRecord;
 use crate::plan::{Entry, plan_outbound};
 use crate::proxy::Proxy;
@@ -20,12 +20,9 @@ impl Proxy {
     /// One SOCKS5 client: handshake, resolve, plan, then carry the plan.
     pub(crate) async fn socks5(&self, mut tcp: TcpStream, peer: SocketAddr, scope: &Scope) {
         let _ = tcp.set_nodelay(true);
-        let handshake = async {
-            read_greeting(&mut tcp).await?;
-            read_request(&mut tcp).await
-        };
-        let requested = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(a)) => a,
+        let handshake = read_handshake(&mut tcp);
+        let (requested, early) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(done)) => done,
             Ok(Err(error)) => {
                 tracing::debug!(%peer, %error, "socks5 handshake failed");
                 return;
@@ -59,6 +56,7 @@ impl Proxy {
             );
             return;
         };
-        self.carry(tcp, peer, plan, Entry::Socks5, scope).await;
+        self.carry(tcp, peer, plan, Entry::Socks5, scope, early)
+            .await;
     }
 }

@@ -12,11 +12,15 @@
 //! message, or an error. [`read_greeting`] and [`read_request`] drive them
 //! over a stream reading exactly the bytes asked for, so nothing the client
 //! sends after its request (its first payload) is consumed here.
+//! [`read_handshake`] reads both messages with as few reads as the client
+//! allows and hands back whatever followed the request, which the proxy
+//! sends on as the tunnel's first bytes.
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 mod front;
@@ -354,6 +358,76 @@ where
     }
 }
 
+/// How much [`read_handshake`] reads at a time; what follows the request
+/// in that read is returned (at most this much).
+const HANDSHAKE_READ: usize = 4096;
+
+/// Reads the greeting, answers it as [`read_greeting`] does, then reads the
+/// request as [`read_request`] does (answering a bad one), with one read
+/// for everything a client sends in one burst. Returns the requested
+/// address and the bytes that came after the request in the same reads
+/// (empty unless the client pipelined its first payload).
+pub async fn read_handshake<S>(s: &mut S) -> Result<(Address, Bytes), Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(HANDSHAKE_READ);
+    let methods = read_buffered(s, &mut buf, "greeting", parse_greeting).await?;
+    if !methods.contains(&METHOD_NO_AUTH) {
+        let _ = s.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await;
+        return Err(Socks5Error::NoAcceptableMethod(methods));
+    }
+    s.write_all(&[VERSION, METHOD_NO_AUTH])
+        .await
+        .map_err(Socks5Error::Io)?;
+    match read_buffered(s, &mut buf, "request", parse_request).await {
+        Ok(a) => Ok((a, buf.freeze())),
+        Err(e) => {
+            if let Some(r) = e.reply() {
+                let _ = send_reply(s, r, unspecified()).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Parses one message from the front of `buf`, reading more as needed;
+/// on success the message is consumed from `buf` and what follows stays.
+async fn read_buffered<S, T>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    what: &'static str,
+    parse: fn(&[u8]) -> Result<Parsed<T>, Socks5Error>,
+) -> Result<T, Socks5Error>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match parse(buf)? {
+            Parsed::Done(v, used) => {
+                buf.advance(used);
+                return Ok(v);
+            }
+            Parsed::Need(need) => {
+                if buf.capacity() - buf.len() < need.saturating_sub(buf.len()) {
+                    buf.reserve(need - buf.len());
+                }
+                match s.read_buf(buf).await {
+                    Ok(0) => {
+                        return Err(Socks5Error::Truncated {
+                            what,
+                            got: buf.len(),
+                            need,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Socks5Error::Io(e)),
+                }
+            }
+        }
+    }
+}
+
 /// `0.0.0.0:0`, the bound address of replies that have none.
 pub fn unspecified() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
@@ -533,6 +607,68 @@ mod tests {
         let mut answer = [0u8; 2];
         client.read_exact(&mut answer).await.expect("method");
         assert_eq!(answer, [5, 0]);
+    }
+
+    #[tokio::test]
+    async fn buffered_handshake_returns_the_pipelined_payload() {
+        // In one burst: greeting, request and payload.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut burst = vec![5, 2, 2, 0, 5, 1, 0, 3, 4];
+        burst.extend_from_slice(b"host");
+        burst.extend_from_slice(&[0x1f, 0x90]);
+        burst.extend_from_slice(b"payload");
+        client.write_all(&burst).await.expect("write");
+        let (a, rest) = read_handshake(&mut server).await.expect("handshake");
+        assert_eq!(a, Address::Domain("host".into(), 8080));
+        assert_eq!(&rest[..], b"payload");
+        let mut answer = [0u8; 2];
+        client.read_exact(&mut answer).await.expect("method");
+        assert_eq!(answer, [5, 0]);
+
+        // A byte at a time, nothing after the request.
+        let (mut client, mut server) = tokio::io::duplex(1);
+        let task = tokio::spawn(async move { read_handshake(&mut server).await });
+        let msg = [
+            5u8, 1, 0, 5, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 22,
+        ];
+        for (i, b) in msg.iter().enumerate() {
+            client.write_all(&[*b]).await.expect("write");
+            if i == 2 {
+                let mut answer = [0u8; 2];
+                client.read_exact(&mut answer).await.expect("method");
+                assert_eq!(answer, [5, 0]);
+            }
+        }
+        let (a, rest) = task.await.expect("joined").expect("handshake");
+        assert_eq!(a, Address::Ip("[::1]:22".parse().expect("addr")));
+        assert!(rest.is_empty());
+
+        // Truncated in the request; a refused command is answered.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&[5, 1, 0, 5, 1]).await.expect("write");
+        client.shutdown().await.expect("eof");
+        let e = read_handshake(&mut server).await.expect_err("truncated");
+        assert!(
+            matches!(
+                e,
+                Socks5Error::Truncated {
+                    what: "request",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80])
+            .await
+            .expect("write");
+        let e = read_handshake(&mut server).await.expect_err("bind");
+        assert!(matches!(e, Socks5Error::Command(CMD_BIND)), "{e}");
+        // The method answer, then the refusal: "command not supported".
+        let mut answers = [0u8; 12];
+        client.read_exact(&mut answers).await.expect("answers");
+        assert_eq!(&answers[..4], &[5, 0, 5, 0x07]);
     }
 
     #[tokio::test]
