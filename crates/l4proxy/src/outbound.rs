@@ -106,15 +106,15 @@ impl Proxy {
             let cfg = &self.inner.cfg;
             plan_outbound(&st, cfg, &scope.local, entry, peer, dst)
         };
-        self.carry(tcp, peer, plan, entry, scope, Bytes::new())
-            .await;
+        self.carry(tcp, peer, plan, entry, scope, None).await;
     }
 
-    /// Carries out `plan` for the client `tcp` at `peer`. `early` holds
-    /// bytes the client already sent (after a SOCKS5 request); a captured
-    /// client's first bytes, if they are there already, are read here.
-    /// Either way they leave with the dial: behind the CONNECT's HEADERS
-    /// over HBONE, right after the connect over TCP.
+    /// Carries out `plan` for the client `tcp` at `peer`; `socks` is the
+    /// SOCKS5 handshake of a SOCKS5 client, answered here. The client's
+    /// first bytes, when it sent them already (after its SOCKS5 request;
+    /// a captured client's are read here if they are there), leave with
+    /// the dial: behind the CONNECT's HEADERS over HBONE, right after the
+    /// connect over TCP.
     pub(crate) async fn carry(
         &self,
         mut tcp: TcpStream,
@@ -122,7 +122,7 @@ impl Proxy {
         plan: OutboundPlan,
         entry: Entry,
         scope: &Scope,
-        mut early: Bytes,
+        mut socks: Option<socks5::Handshake>,
     ) {
         let src_id = plan.source_identity();
         let peers = Peers {
@@ -155,14 +155,19 @@ impl Proxy {
             })),
             _ => None,
         };
-        if entry == Entry::Captured && !matches!(plan.hop, Hop::Refuse { .. }) {
-            early = ready_bytes(&tcp);
-        }
+        let early = match socks.as_mut() {
+            Some(hs) => std::mem::take(&mut hs.early),
+            None if entry == Entry::Captured && !matches!(plan.hop, Hop::Refuse { .. }) => {
+                ready_bytes(&tcp)
+            }
+            None => Bytes::new(),
+        };
         let connected = match plan.hop {
             Hop::Refuse { reason, refusal } => {
-                if entry == Entry::Socks5 {
-                    let _ =
-                        socks5::send_reply(&mut tcp, refusal.reply(), socks5::unspecified()).await;
+                if let Some(hs) = socks.as_mut() {
+                    let _ = hs
+                        .reply(&mut tcp, refusal.reply(), socks5::unspecified())
+                        .await;
                 }
                 record.refuse("REJECT", &reason);
                 return;
@@ -250,15 +255,15 @@ impl Proxy {
             },
             Ok(up) => up,
             Err(f) => {
-                if entry == Entry::Socks5 {
-                    let _ = socks5::send_reply(&mut tcp, f.reply, socks5::unspecified()).await;
+                if let Some(hs) = socks.as_mut() {
+                    let _ = hs.reply(&mut tcp, f.reply, socks5::unspecified()).await;
                 }
                 record.fail(&f.reason);
                 return;
             }
         };
-        if entry == Entry::Socks5
-            && let Err(e) = socks5::send_reply(&mut tcp, Reply::Succeeded, up.bound()).await
+        if let Some(hs) = socks.as_mut()
+            && let Err(e) = hs.reply(&mut tcp, Reply::Succeeded, up.bound()).await
         {
             record.fail(&format!("socks5 reply: {e}"));
             return;

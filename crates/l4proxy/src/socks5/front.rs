@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::{Address, Reply, read_handshake, send_reply, unspecified};
+use super::{Address, Reply, read_handshake, unspecified};
 use crate::conn::ConnRecord;
 use crate::plan::{Entry, plan_outbound};
 use crate::proxy::Proxy;
@@ -21,7 +21,7 @@ impl Proxy {
     pub(crate) async fn socks5(&self, mut tcp: TcpStream, peer: SocketAddr, scope: &Scope) {
         let _ = tcp.set_nodelay(true);
         let handshake = read_handshake(&mut tcp);
-        let (requested, early) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        let mut hs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
                 tracing::debug!(%peer, %error, "socks5 handshake failed");
@@ -35,7 +35,7 @@ impl Proxy {
         // Ok(None): the mesh does not know the host.
         let planned = self.inner.state.read().map_err(drop).map(|st| {
             let cfg = &self.inner.cfg;
-            let dst = match &requested {
+            let dst = match &hs.address {
                 Address::Ip(a) => Some(*a),
                 Address::Domain(host, port) => route::resolve_host(&st, &cfg.network, host)
                     .map(|ip| SocketAddr::new(ip, *port)),
@@ -43,20 +43,24 @@ impl Proxy {
             dst.map(|dst| plan_outbound(&st, cfg, &scope.local, Entry::Socks5, peer, dst))
         });
         let Ok(plan) = planned else {
-            let _ = send_reply(&mut tcp, Reply::GeneralFailure, unspecified()).await;
+            let _ = hs
+                .reply(&mut tcp, Reply::GeneralFailure, unspecified())
+                .await;
             return;
         };
         let Some(plan) = plan else {
-            tracing::debug!(%peer, %requested, "socks5: unknown host");
-            let _ = send_reply(&mut tcp, Reply::HostUnreachable, unspecified()).await;
+            tracing::debug!(%peer, requested = %hs.address, "socks5: unknown host");
+            let _ = hs
+                .reply(&mut tcp, Reply::HostUnreachable, unspecified())
+                .await;
             ConnRecord::new(&self.inner.metrics, "outbound", peer, unspecified()).close(
                 0,
                 0,
-                &format!("socks5: unknown host {requested}"),
+                &format!("socks5: unknown host {}", hs.address),
             );
             return;
         };
-        self.carry(tcp, peer, plan, Entry::Socks5, scope, early)
+        self.carry(tcp, peer, plan, Entry::Socks5, scope, Some(hs))
             .await;
     }
 }
