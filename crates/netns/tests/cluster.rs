@@ -227,6 +227,41 @@ fn anonymous_namespace_isolates_sockets() {
 }
 
 #[test]
+fn sockets_are_made_inside_and_the_caller_stays_home() {
+    let ns = NetNs::create_anonymous().expect("create");
+    ns.output(Command::new("ip").args(["link", "set", "lo", "up"]))
+        .expect("lo up");
+    let home = NetNs::current().expect("current");
+    let s = ns
+        .socket(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("socket");
+    assert!(
+        NetNs::current()
+            .expect("current")
+            .same_as(&home)
+            .expect("compare"),
+        "the calling thread is back in its own namespace"
+    );
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    s.listen(8).expect("listen");
+    let port = s
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    // Reachable from inside the namespace, not from the caller's.
+    ns.tcp_connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .expect("connect inside");
+    let outside = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(
+        outside.is_err(),
+        "the socket is not in the host's namespace"
+    );
+}
+
+#[test]
 fn reused_worker_runs_inside_and_leaves_the_caller_alone() {
     let (a, b) = (
         NetNs::create_anonymous().expect("create"),
