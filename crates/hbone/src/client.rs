@@ -44,12 +44,15 @@ use tokio::time::Instant;
 use ambit_identity::{CertManager, HandshakeError, Identity, tls::placeholder_server_name};
 use bytes::Bytes;
 use h2::{Ping, client::SendRequest};
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
+
+mod connect;
+use connect::{First, SendError, build_request, send_connect};
 
 use crate::{
     config::{ClientConfig, tune_tcp},
@@ -438,11 +441,38 @@ impl Client {
 
     /// Opens a CONNECT stream (double HBONE when `request.inner` is set).
     pub async fn connect(&self, request: ConnectRequest) -> Result<HboneStream, ClientError> {
-        let outer = self.connect_pooled(&request).await?;
+        let outer = self.connect_pooled(&request, &mut None).await?;
         match &request.inner {
-            None => Ok(outer),
-            Some(inner) => self.connect_inner(&request, inner, outer).await,
+            None => Ok(outer.0),
+            Some(inner) => self.connect_inner(&request, inner, outer.0).await,
         }
+    }
+
+    /// Opens a CONNECT stream as [`Client::connect`] does, and while the
+    /// answer is awaited, sends what `first` yields (the tunnel's first
+    /// bytes, say from a client that had sent nothing yet when the CONNECT
+    /// left) as DATA at once rather than after the `200`: the far side
+    /// has them as soon as its upstream is dialled. Returns the stream and
+    /// the bytes `first` yielded, which the caller no longer has. `first`
+    /// is polled until it yields once (empty: nothing to send) or the
+    /// answer comes, whichever is first; a retry on another connection
+    /// resends what it yielded as early data ([`ConnectRequest::with_early_data`]).
+    /// With double HBONE it is not used (the bytes belong to the inner
+    /// tunnel, whose CONNECT leaves later): this is [`Client::connect`].
+    pub async fn connect_then<F>(
+        &self,
+        request: ConnectRequest,
+        first: F,
+    ) -> Result<(HboneStream, Bytes), ClientError>
+    where
+        F: std::future::Future<Output = Bytes> + Send,
+    {
+        if request.inner.is_some() {
+            return Ok((self.connect(request).await?, Bytes::new()));
+        }
+        let first = std::pin::pin!(first);
+        let mut first: First<'_> = Some(first);
+        self.connect_pooled(&request, &mut first).await
     }
 
     /// Connections opened so far by the pool.
@@ -458,14 +488,26 @@ impl Client {
             .sum()
     }
 
-    async fn connect_pooled(&self, request: &ConnectRequest) -> Result<HboneStream, ClientError> {
+    /// The CONNECT on a pooled connection; with `first`, also the bytes
+    /// it yielded (see [`Client::connect_then`]).
+    async fn connect_pooled(
+        &self,
+        request: &ConnectRequest,
+        first: &mut First<'_>,
+    ) -> Result<(HboneStream, Bytes), ClientError> {
         let key = request.key();
         let address = request.address;
         let http_request =
             build_request(&request.authority, &request.headers, &request.extra_headers)?;
         let deadline = Instant::now() + self.pool.config.connect_timeout;
         let timed_out = |_| ClientError::ConnectTimeout { address };
-        let no_early = Bytes::new();
+        // With double HBONE the early bytes belong to the inner tunnel.
+        let base = match request.inner {
+            None => request.early_data.clone(),
+            Some(_) => Bytes::new(),
+        };
+        // What `first` yielded; on a retry it goes out as early data.
+        let mut got = Bytes::new();
         // One retry: the first connection may have been told GOAWAY.
         let mut attempts = 0;
         loop {
@@ -474,17 +516,22 @@ impl Client {
                 .pool
                 .checkout(&key, request.origin.as_ref(), deadline)
                 .await?;
-            // With double HBONE the early bytes belong to the inner tunnel.
-            let early = match request.inner {
-                None => &request.early_data,
-                Some(_) => &no_early,
+            let early = match got.is_empty() {
+                true => base.clone(),
+                false => Bytes::from([base.as_ref(), got.as_ref()].concat()),
             };
-            let sent = send_connect(conn.send.clone(), http_request.clone(), early);
+            let sent = send_connect(
+                conn.send.clone(),
+                http_request.clone(),
+                &early,
+                first,
+                &mut got,
+            );
             match tokio::time::timeout_at(deadline, sent)
                 .await
                 .map_err(timed_out)?
             {
-                Ok((send, recv)) => return Ok(HboneStream::new(send, recv).keep(slot)),
+                Ok((send, recv)) => return Ok((HboneStream::new(send, recv).keep(slot), got)),
                 Err(SendError::Refused(e)) if attempts < 3 => {
                     tracing::debug!(conn = conn.id, error = %e, "connection refuses new streams; retrying on another");
                     conn.unusable.store(true, Ordering::Release);
@@ -524,14 +571,20 @@ impl Client {
             let (send_request, driver) =
                 handshake(&self.pool.h2, tls, outer, address, None).await?;
             tokio::spawn(driver);
-            send_connect(send_request, http_request, &request.early_data)
-                .await
-                .map_err(|e| match e {
-                    SendError::Refused(source) | SendError::Other(source) => {
-                        ClientError::Http2 { address, source }
-                    }
-                    SendError::Status(status) => ClientError::Status { address, status },
-                })
+            send_connect(
+                send_request,
+                http_request,
+                &request.early_data,
+                &mut None,
+                &mut Bytes::new(),
+            )
+            .await
+            .map_err(|e| match e {
+                SendError::Refused(source) | SendError::Other(source) => {
+                    ClientError::Http2 { address, source }
+                }
+                SendError::Status(status) => ClientError::Status { address, status },
+            })
         };
         let (send, recv) = tokio::time::timeout(self.pool.config.connect_timeout, setup)
             .await
@@ -626,71 +679,6 @@ impl Pool {
         tracing::debug!(conn = id, %address, source = %key.source, "hbone connection opened");
         Ok(conn)
     }
-}
-
-enum SendError {
-    /// The connection takes no new streams (GOAWAY, closed).
-    Refused(h2::Error),
-    Other(h2::Error),
-    Status(StatusCode),
-}
-
-fn build_request(
-    authority: &Authority,
-    headers: &ConnectHeaders,
-    extra: &http::HeaderMap,
-) -> Result<Request<()>, ClientError> {
-    let mut request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(authority.to_string())
-        .version(http::Version::HTTP_2)
-        .body(())
-        .map_err(ClientError::Request)?;
-    let map = request.headers_mut();
-    for (name, value) in extra {
-        map.append(name, value.clone());
-    }
-    headers.write_to(map);
-    Ok(request)
-}
-
-async fn send_connect(
-    send_request: SendRequest<Bytes>,
-    request: Request<()>,
-    early: &Bytes,
-) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), SendError> {
-    let refused = |e: h2::Error| {
-        if e.is_go_away() || e.is_io() {
-            SendError::Refused(e)
-        } else {
-            SendError::Other(e)
-        }
-    };
-    let mut send_request = send_request.ready().await.map_err(refused)?;
-    let (response, mut send) = send_request.send_request(request, false).map_err(refused)?;
-    if !early.is_empty() {
-        // Queued behind the HEADERS before the connection task runs, so
-        // both leave in one write. Beyond the stream's window h2 holds the
-        // rest until the peer opens it.
-        send.send_data(early.clone(), false).map_err(refused)?;
-    }
-    let response = response.await.map_err(|e| {
-        // A stream refused by GOAWAY (id above last-stream-id) was never
-        // processed: safe to retry. So is a CONNECT whose connection died
-        // before the answer (a peer that went away, an upgrade) when no
-        // byte of the tunnel was sent: the server drops what it started.
-        // With early data, the server may have delivered it already.
-        let unseen = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away();
-        if unseen || (e.is_io() && early.is_empty()) {
-            SendError::Refused(e)
-        } else {
-            SendError::Other(e)
-        }
-    })?;
-    if response.status() != StatusCode::OK {
-        return Err(SendError::Status(response.status()));
-    }
-    Ok((send, response.into_body()))
 }
 
 /// TLS over `io`, wait for the server's first bytes (its SETTINGS, or the

@@ -191,6 +191,56 @@ async fn early_data_of_a_refused_connect_goes_nowhere() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_come_while_the_answer_is_awaited_go_out_before_it() {
+    init_tracing();
+    let pki = Pki::new();
+    let (up_addr, up) = upstream().await;
+    // The server answers only after 300 ms (a slow upstream dial).
+    let handler = handler_fn(move |_req: InboundRequest| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match TcpStream::connect(up_addr).await {
+            Ok(mut tcp) => Decision::accept(move |mut stream| async move {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+            }),
+            Err(_) => Decision::reject(Rejection::Unavailable),
+        }
+    });
+    let server = start(pki.server_tls().await, ServerConfig::default(), handler).await;
+    let client = pki.client();
+    let first = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bytes::Bytes::from_static(b"first ")
+    };
+    let (mut stream, got) = client
+        .connect_then(
+            request(server.addr, "127.0.0.1:9")
+                .with_early_data(bytes::Bytes::from_static(b"early ")),
+            first,
+        )
+        .await
+        .expect("connect");
+    // It yielded before the answer, so it was sent (and handed back).
+    assert_eq!(&got[..], b"first ");
+    let (mut tcp, _) = up.accept().await.expect("upstream accept");
+    stream.write_all(b"rest").await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    let mut seen = Vec::new();
+    tcp.read_to_end(&mut seen).await.expect("upstream reads");
+    assert_eq!(seen, b"early first rest", "once each, in order");
+    drop(tcp);
+
+    // A source that never yields changes nothing.
+    let (stream, got) = client
+        .connect_then(request(server.addr, "127.0.0.1:9"), std::future::pending())
+        .await
+        .expect("connect");
+    assert!(got.is_empty());
+    let (tcp, _) = up.accept().await.expect("upstream accept");
+    drop((stream, tcp));
+    server.stop().await;
+}
+
 /// A TCP upstream whose accepted connection the test drives.
 async fn upstream() -> (SocketAddr, TcpListener) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -162,6 +162,8 @@ impl Proxy {
             }
             None => Bytes::new(),
         };
+        // Client bytes sent before the copy starts.
+        let mut sent_early = early.len() as u64;
         let connected = match plan.hop {
             Hop::Refuse { reason, refusal } => {
                 if let Some(hs) = socks.as_mut() {
@@ -209,8 +211,14 @@ impl Proxy {
                     .with_headers(headers)
                     .with_origin(scope.origin(source))
                     .with_early_data(early.clone());
-                match self.inner.client.connect(req).await {
-                    Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
+                // A captured client that had sent nothing yet may do so
+                // while the CONNECT is answered: that goes out at once.
+                let first = first_bytes(&tcp, entry == Entry::Captured && early.is_empty());
+                match self.inner.client.connect_then(req, first).await {
+                    Ok((stream, got)) => {
+                        sent_early += got.len() as u64;
+                        Ok(Upstream::Hbone(Box::new(stream)))
+                    }
                     Err(e) => Err(Failure::hbone(address, &e)),
                 }
             }
@@ -273,9 +281,28 @@ impl Proxy {
             None => Some(up.copy_with(&mut tcp).await),
         };
         match copied {
-            Some(Ok((rx, tx))) => record.close(early.len() as u64 + rx, tx, ""),
+            Some(Ok((rx, tx))) => record.close(sent_early + rx, tx, ""),
             Some(Err(e)) => record.fail(&e),
             None => record.close(0, 0, REVOKED),
+        }
+    }
+}
+
+/// The client's first bytes once it sends some (empty on EOF or an
+/// error); with `wanted` false, never.
+async fn first_bytes(tcp: &TcpStream, wanted: bool) -> Bytes {
+    if !wanted {
+        return std::future::pending().await;
+    }
+    let mut buf = bytes::BytesMut::with_capacity(EARLY_READ);
+    loop {
+        if tcp.readable().await.is_err() {
+            return Bytes::new();
+        }
+        match tcp.try_read_buf(&mut buf) {
+            Ok(_) => return buf.freeze(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Bytes::new(),
         }
     }
 }

@@ -1,0 +1,117 @@
+//! Sending one CONNECT on a pooled connection: the request, early data,
+//! bytes that come while the answer is awaited, and the answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+
+use crate::{Authority, ClientError, ConnectHeaders};
+
+/// The caller's source of the tunnel's first bytes while the answer is
+/// awaited; taken (set to `None`) once it has yielded.
+pub(super) type First<'a> = Option<Pin<&'a mut (dyn Future<Output = Bytes> + Send + 'a)>>;
+
+pub(super) enum SendError {
+    /// The connection takes no new streams (GOAWAY, closed).
+    Refused(h2::Error),
+    Other(h2::Error),
+    Status(StatusCode),
+}
+
+pub(super) fn build_request(
+    authority: &Authority,
+    headers: &ConnectHeaders,
+    extra: &http::HeaderMap,
+) -> Result<Request<()>, ClientError> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.to_string())
+        .version(http::Version::HTTP_2)
+        .body(())
+        .map_err(ClientError::Request)?;
+    let map = request.headers_mut();
+    for (name, value) in extra {
+        map.append(name, value.clone());
+    }
+    headers.write_to(map);
+    Ok(request)
+}
+
+/// What came first while the answer was awaited.
+enum Next {
+    Answer(Result<http::Response<h2::RecvStream>, h2::Error>),
+    Bytes(Bytes),
+}
+
+/// Sends the CONNECT, then `early` right behind its HEADERS, then what
+/// `first` yields before the answer comes (kept in `got`), and awaits the
+/// answer.
+pub(super) async fn send_connect(
+    send_request: SendRequest<Bytes>,
+    request: Request<()>,
+    early: &Bytes,
+    first: &mut First<'_>,
+    got: &mut Bytes,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), SendError> {
+    let refused = |e: h2::Error| {
+        if e.is_go_away() || e.is_io() {
+            SendError::Refused(e)
+        } else {
+            SendError::Other(e)
+        }
+    };
+    let mut send_request = send_request.ready().await.map_err(refused)?;
+    let (mut response, mut send) = send_request.send_request(request, false).map_err(refused)?;
+    if !early.is_empty() {
+        // Queued behind the HEADERS before the connection task runs, so
+        // both usually leave in one write. Beyond the stream's window h2
+        // holds the rest until the peer opens it.
+        send.send_data(early.clone(), false).map_err(refused)?;
+    }
+    let answer = loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut response).poll(cx) {
+                return Poll::Ready(Next::Answer(r));
+            }
+            if let Some(f) = first.as_mut()
+                && let Poll::Ready(b) = f.as_mut().poll(cx)
+            {
+                return Poll::Ready(Next::Bytes(b));
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Next::Answer(r) => break r,
+            Next::Bytes(b) => {
+                *first = None;
+                if !b.is_empty() {
+                    send.send_data(b.clone(), false).map_err(refused)?;
+                    *got = b;
+                }
+            }
+        }
+    };
+    let sent_data = !early.is_empty() || !got.is_empty();
+    let response = answer.map_err(|e| {
+        // A stream refused by GOAWAY (id above last-stream-id) was never
+        // processed: safe to retry. So is a CONNECT whose connection died
+        // before the answer (a peer that went away, an upgrade) when no
+        // byte of the tunnel was sent: the server drops what it started.
+        // Once tunnel bytes were sent, the server may have delivered them.
+        let unseen = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away();
+        if unseen || (e.is_io() && !sent_data) {
+            SendError::Refused(e)
+        } else {
+            SendError::Other(e)
+        }
+    })?;
+    if response.status() != StatusCode::OK {
+        return Err(SendError::Status(response.status()));
+    }
+    Ok((send, response.into_body()))
+}
