@@ -5,13 +5,15 @@
 //! open descriptor for a namespace — named (`ip netns add`), anonymous, a
 //! path such as a CNI `CNI_NETNS`, a pid, or a descriptor received from
 //! elsewhere. Work that must happen inside it ([`NetNs::run`],
-//! [`NetNs::socket`], [`NetNs::spawn_command`], [`NetNs::spawn_async`]) runs
-//! on a dedicated thread that joins the namespace, so the calling thread —
-//! often a tokio worker — never changes namespace; short work that leaves
-//! the thread as it found it ([`NetNs::run_reused`], [`NetNs::sysctl`])
-//! shares one long-lived worker thread that joins the namespace and leaves
-//! it again, instead of a thread per call. A socket keeps the
-//! namespace it was created in, so it can then be used from any thread.
+//! [`NetNs::spawn_command`], [`NetNs::spawn_async`]) runs on a dedicated
+//! thread that joins the namespace, so the calling thread — often a tokio
+//! worker — never changes namespace; short work that leaves the thread as
+//! it found it ([`NetNs::run_reused`], [`NetNs::sysctl`]) shares one
+//! long-lived worker thread that joins the namespace and leaves it again,
+//! instead of a thread per call. [`NetNs::socket`] alone joins the
+//! namespace on the calling thread, for the one `socket(2)`, and returns
+//! straight after. A socket keeps the namespace it was created in, so it
+//! can then be used from any thread.
 //!
 //! With the `test-harness` feature, [`harness`] builds multi-node clusters
 //! of namespaces for integration tests, and cleans them up even on panic.

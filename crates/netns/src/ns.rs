@@ -27,11 +27,12 @@ const MAX_NAME_LEN: usize = 255;
 
 /// A handle to a Linux network namespace, held open as a file descriptor.
 ///
-/// The namespace lives at least as long as the handle. Entering it never
-/// changes the calling thread: [`NetNs::run`] and friends do their work on a
-/// short-lived dedicated thread that has joined the namespace, so the handle
-/// is safe to use from async code and from threads that must stay where they
-/// are.
+/// The namespace lives at least as long as the handle. Entering it leaves
+/// the calling thread where it was: [`NetNs::run`] and friends do their
+/// work on a short-lived dedicated thread that has joined the namespace,
+/// and [`NetNs::socket`] returns the calling thread to its own namespace
+/// before it returns, so the handle is safe to use from async code and from
+/// threads that must stay where they are.
 pub struct NetNs {
     fd: OwnedFd,
     /// Human-readable identity for errors and logs: a name, path or pid.
