@@ -116,13 +116,7 @@ async fn handler_rejections_become_typed_statuses() {
 async fn early_data_reaches_the_upstream_once_and_first() {
     init_tracing();
     let pki = Pki::new();
-    let (up_addr, up) = upstream().await;
-    let server = start(
-        pki.server_tls().await,
-        ServerConfig::default(),
-        ToUpstream { upstream: up_addr },
-    )
-    .await;
+    let (server, up) = to_upstream(&pki).await;
     let client = pki.client();
     let mut stream = client
         .connect(
@@ -241,6 +235,19 @@ async fn bytes_that_come_while_the_answer_is_awaited_go_out_before_it() {
     server.stop().await;
 }
 
+/// An HBONE server whose streams go to a TCP upstream whose accepted
+/// connections the test drives.
+async fn to_upstream(pki: &Pki) -> (Running, TcpListener) {
+    let (up_addr, up) = upstream().await;
+    let server = start(
+        pki.server_tls().await,
+        ServerConfig::default(),
+        ToUpstream { upstream: up_addr },
+    )
+    .await;
+    (server, up)
+}
+
 /// A TCP upstream whose accepted connection the test drives.
 async fn upstream() -> (SocketAddr, TcpListener) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -251,13 +258,7 @@ async fn upstream() -> (SocketAddr, TcpListener) {
 async fn half_close_client_to_upstream() {
     init_tracing();
     let pki = Pki::new();
-    let (up_addr, up) = upstream().await;
-    let server = start(
-        pki.server_tls().await,
-        ServerConfig::default(),
-        ToUpstream { upstream: up_addr },
-    )
-    .await;
+    let (server, up) = to_upstream(&pki).await;
     let client = pki.client();
     let mut stream = client
         .connect(request(server.addr, "127.0.0.1:9"))
@@ -291,13 +292,7 @@ async fn half_close_client_to_upstream() {
 async fn half_close_upstream_to_client() {
     init_tracing();
     let pki = Pki::new();
-    let (up_addr, up) = upstream().await;
-    let server = start(
-        pki.server_tls().await,
-        ServerConfig::default(),
-        ToUpstream { upstream: up_addr },
-    )
-    .await;
+    let (server, up) = to_upstream(&pki).await;
     let client = pki.client();
     let mut stream = client
         .connect(request(server.addr, "127.0.0.1:9"))
@@ -330,13 +325,7 @@ async fn half_close_upstream_to_client() {
 async fn upstream_reset_reaches_the_client() {
     init_tracing();
     let pki = Pki::new();
-    let (up_addr, up) = upstream().await;
-    let server = start(
-        pki.server_tls().await,
-        ServerConfig::default(),
-        ToUpstream { upstream: up_addr },
-    )
-    .await;
+    let (server, up) = to_upstream(&pki).await;
     let client = pki.client();
     let mut stream = client
         .connect(request(server.addr, "127.0.0.1:9"))
@@ -367,13 +356,7 @@ async fn upstream_reset_reaches_the_client() {
 async fn client_reset_reaches_the_upstream() {
     init_tracing();
     let pki = Pki::new();
-    let (up_addr, up) = upstream().await;
-    let server = start(
-        pki.server_tls().await,
-        ServerConfig::default(),
-        ToUpstream { upstream: up_addr },
-    )
-    .await;
+    let (server, up) = to_upstream(&pki).await;
     let client = pki.client();
     let mut stream = client
         .connect(request(server.addr, "127.0.0.1:9"))
