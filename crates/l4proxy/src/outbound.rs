@@ -214,7 +214,11 @@ impl Proxy {
                 // A captured client that had sent nothing yet may do so
                 // while the CONNECT is answered: that goes out at once.
                 let first = first_bytes(&tcp, entry == Entry::Captured && early.is_empty());
-                match self.inner.client.connect_then(req, first).await {
+                // Boxed: the dial's state (pool checkout, maybe a TLS
+                // handshake) is freed once connected instead of sizing the
+                // connection's task for its whole life.
+                let connect = Box::pin(self.inner.client.connect_then(req, first));
+                match connect.await {
                     Ok((stream, got)) => {
                         sent_early += got.len() as u64;
                         Ok(Upstream::Hbone(Box::new(stream)))
@@ -247,7 +251,7 @@ impl Proxy {
                         .with_origin(scope.origin(source))
                         .with_inner(inner)
                         .with_early_data(early.clone());
-                match self.inner.client.connect(req).await {
+                match Box::pin(self.inner.client.connect(req)).await {
                     Ok(stream) => Ok(Upstream::Hbone(Box::new(stream))),
                     Err(e) => Err(Failure::hbone(gateway, &e)),
                 }
@@ -276,6 +280,8 @@ impl Proxy {
             record.fail(&format!("socks5 reply: {e}"));
             return;
         }
+        // Nothing of the opening stays allocated while the bytes flow.
+        drop((early, socks));
         let copied = match &tracked {
             Some(t) => until_revoked(t, up.copy_with(&mut tcp)).await,
             None => Some(up.copy_with(&mut tcp).await),
@@ -294,13 +300,14 @@ async fn first_bytes(tcp: &TcpStream, wanted: bool) -> Bytes {
     if !wanted {
         return std::future::pending().await;
     }
-    let mut buf = bytes::BytesMut::with_capacity(EARLY_READ);
     loop {
         if tcp.readable().await.is_err() {
             return Bytes::new();
         }
-        match tcp.try_read_buf(&mut buf) {
-            Ok(_) => return buf.freeze(),
+        let mut buf = vec![0u8; EARLY_READ];
+        match tcp.try_read(&mut buf) {
+            // A copy the size of what came, as in `ready_bytes`.
+            Ok(n) => return Bytes::copy_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return Bytes::new(),
         }
@@ -314,18 +321,17 @@ const EARLY_READ: usize = 8 * 1024;
 /// `recv` (tokio's readiness would say "not yet" until its driver has seen
 /// the socket, which it usually has not right after the accept). Empty on
 /// nothing there yet, on EOF and on an error, which the copy meets again.
+/// The bytes are copied out at their size (the read buffer is on the stack
+/// of this synchronous call), so nothing larger stays allocated.
 fn ready_bytes(tcp: &TcpStream) -> Bytes {
     use std::os::fd::AsRawFd;
-    let mut buf = vec![0u8; EARLY_READ];
+    let mut buf = [0u8; EARLY_READ];
     match nix::sys::socket::recv(
         tcp.as_raw_fd(),
         &mut buf,
         nix::sys::socket::MsgFlags::MSG_DONTWAIT,
     ) {
-        Ok(n) if n > 0 => {
-            buf.truncate(n);
-            Bytes::from(buf)
-        }
+        Ok(n) if n > 0 => Bytes::copy_from_slice(&buf[..n]),
         _ => Bytes::new(),
     }
 }

@@ -422,7 +422,11 @@ where
     match read_buffered(s, &mut buf, "request", parse_request).await {
         Ok(a) => {
             done.address = a;
-            done.early = buf.freeze();
+            // A copy the size of what is there: the read buffer is let go,
+            // not kept alive for the connection's lifetime.
+            if !buf.is_empty() {
+                done.early = Bytes::copy_from_slice(&buf);
+            }
             Ok(done)
         }
         Err(e) => {
