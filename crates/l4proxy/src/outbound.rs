@@ -157,7 +157,11 @@ impl Proxy {
         };
         let early = match socks.as_mut() {
             Some(hs) => std::mem::take(&mut hs.early),
-            None if entry == Entry::Captured && !matches!(plan.hop, Hop::Refuse { .. }) => {
+            // Over TCP the copy takes them just as soon: only a tunnel
+            // saves a round trip by sending them with its CONNECT.
+            None if entry == Entry::Captured
+                && matches!(plan.hop, Hop::Hbone { .. } | Hop::DoubleHbone { .. }) =>
+            {
                 ready_bytes(&tcp)
             }
             None => Bytes::new(),
