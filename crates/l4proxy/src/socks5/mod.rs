@@ -332,13 +332,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let methods = read_message(s, "greeting", parse_greeting).await?;
-    if !methods.contains(&METHOD_NO_AUTH) {
-        let _ = s.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await;
-        return Err(Socks5Error::NoAcceptableMethod(methods));
-    }
+    refuse_without_no_auth(s, methods).await?;
     s.write_all(&[VERSION, METHOD_NO_AUTH])
         .await
         .map_err(Socks5Error::Io)
+}
+
+/// Answers 0xFF and fails unless the client offered "no authentication".
+async fn refuse_without_no_auth<S>(s: &mut S, methods: Vec<u8>) -> Result<(), Socks5Error>
+where
+    S: AsyncWrite + Unpin,
+{
+    if methods.contains(&METHOD_NO_AUTH) {
+        return Ok(());
+    }
+    let _ = s.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await;
+    Err(Socks5Error::NoAcceptableMethod(methods))
 }
 
 /// Reads the request. On a request error the matching reply is sent
@@ -381,13 +390,19 @@ impl Handshake {
     where
         S: AsyncWrite + Unpin,
     {
-        let mut out = Vec::with_capacity(24);
-        if std::mem::take(&mut self.greeting_owed) {
-            out.extend_from_slice(&[VERSION, METHOD_NO_AUTH]);
-        }
-        out.extend_from_slice(&reply.encode(bound));
-        s.write_all(&out).await
+        let owed = std::mem::take(&mut self.greeting_owed);
+        s.write_all(&answer(owed, reply, bound)).await
     }
+}
+
+/// `reply`'s bytes, preceded by the greeting's answer when `greeting_owed`.
+fn answer(greeting_owed: bool, reply: Reply, bound: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    if greeting_owed {
+        out.extend_from_slice(&[VERSION, METHOD_NO_AUTH]);
+    }
+    out.extend_from_slice(&reply.encode(bound));
+    out
 }
 
 /// Reads the greeting and the request as [`read_greeting`] and
@@ -404,34 +419,27 @@ where
 {
     let mut buf = BytesMut::with_capacity(HANDSHAKE_READ);
     let methods = read_buffered(s, &mut buf, "greeting", parse_greeting).await?;
-    if !methods.contains(&METHOD_NO_AUTH) {
-        let _ = s.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await;
-        return Err(Socks5Error::NoAcceptableMethod(methods));
-    }
+    refuse_without_no_auth(s, methods).await?;
     let pipelined = matches!(parse_request(&buf), Ok(Parsed::Done(..)));
     if !pipelined {
         s.write_all(&[VERSION, METHOD_NO_AUTH])
             .await
             .map_err(Socks5Error::Io)?;
     }
-    let mut done = Handshake {
-        address: Address::Ip(unspecified()),
-        early: Bytes::new(),
-        greeting_owed: pipelined,
-    };
     match read_buffered(s, &mut buf, "request", parse_request).await {
-        Ok(a) => {
-            done.address = a;
+        Ok(address) => Ok(Handshake {
+            address,
             // A copy the size of what is there: the read buffer is let go,
             // not kept alive for the connection's lifetime.
-            if !buf.is_empty() {
-                done.early = Bytes::copy_from_slice(&buf);
-            }
-            Ok(done)
-        }
+            early: match buf.is_empty() {
+                true => Bytes::new(),
+                false => Bytes::copy_from_slice(&buf),
+            },
+            greeting_owed: pipelined,
+        }),
         Err(e) => {
             if let Some(r) = e.reply() {
-                let _ = done.reply(s, r, unspecified()).await;
+                let _ = s.write_all(&answer(pipelined, r, unspecified())).await;
             }
             Err(e)
         }
@@ -456,9 +464,7 @@ where
                 return Ok(v);
             }
             Parsed::Need(need) => {
-                if buf.capacity() - buf.len() < need.saturating_sub(buf.len()) {
-                    buf.reserve(need - buf.len());
-                }
+                buf.reserve(need.saturating_sub(buf.len()));
                 match s.read_buf(buf).await {
                     Ok(0) => {
                         return Err(Socks5Error::Truncated {
