@@ -82,4 +82,120 @@ pub struct Args {
     /// The HBONE listener.
     #[arg(long, env = "WAYPOINT_HBONE_ADDRESS", default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
+    /// Worker threads, as Envoy's `--concurrency`: each runs its own
+    /// runtime with its own HBONE listener (`SO_REUSEPORT`) and upstream
+    /// pools. Default: PROXY_CONFIG's `concurrency` (0: one per CPU), else
+    /// ISTIO_CPU_LIMIT, else one per CPU — as Istio's agent sizes Envoy.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// The pod's ProxyConfig as JSON or YAML, as istiod's waypoint template
+    /// sets it (`proxy.istio.io/config` annotations merged in); the
+    /// waypoint reads its `concurrency`.
+    #[arg(long, env = "PROXY_CONFIG")]
+    pub proxy_config: Option<String>,
+    /// The pod's CPU limit (`2`, `1500m`), as istiod's waypoint template
+    /// sets it from `limits.cpu`.
+    #[arg(long, env = "ISTIO_CPU_LIMIT")]
+    pub cpu_limit: Option<String>,
+}
+
+impl Args {
+    /// How many workers serve HBONE: `--concurrency`, else PROXY_CONFIG's
+    /// `concurrency` (0 meaning one per CPU, as for Envoy), else
+    /// ISTIO_CPU_LIMIT rounded up, else one per CPU.
+    pub fn workers(&self) -> anyhow::Result<usize> {
+        let from_proxy_config = match self.proxy_config.as_deref().map(str::trim) {
+            Some(text) if !text.is_empty() => proxy_config_concurrency(text)?,
+            _ => None,
+        };
+        let n = match (self.concurrency, from_proxy_config) {
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => match self.cpu_limit.as_deref().map(str::trim) {
+                Some(v) if !v.is_empty() => ambit_app::cpu_quantity("ISTIO_CPU_LIMIT", v)?,
+                _ => 0,
+            },
+        };
+        Ok(match n {
+            0 => ambit_app::host_cpus(),
+            n => n,
+        })
+    }
+}
+
+/// The `concurrency` of a ProxyConfig in JSON or YAML; `None` when unset.
+fn proxy_config_concurrency(text: &str) -> anyhow::Result<Option<usize>> {
+    use anyhow::Context;
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).context("PROXY_CONFIG is not JSON or YAML")?;
+    if !(v.is_mapping() || v.is_null()) {
+        anyhow::bail!("PROXY_CONFIG must be a ProxyConfig object");
+    }
+    match v.get("concurrency") {
+        None | Some(serde_yaml_ng::Value::Null) => Ok(None),
+        // protobuf's JSON writes an Int32Value as a number; take a string
+        // of digits too.
+        Some(c) => c
+            .as_u64()
+            .or_else(|| c.as_str().and_then(|s| s.trim().parse().ok()))
+            .filter(|n| *n <= 1024)
+            .map(|n| Some(n as usize))
+            .with_context(|| {
+                format!("PROXY_CONFIG concurrency {c:?} is not a thread count (0-1024)")
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["waypoint"];
+        v.extend_from_slice(extra);
+        Args::parse_from(v)
+    }
+
+    #[test]
+    fn workers_sized_as_istio_sizes_envoy() {
+        let host = ambit_app::host_cpus();
+        // Nothing set: one per CPU.
+        let mut a = args(&[]);
+        (a.proxy_config, a.cpu_limit) = (None, None);
+        assert_eq!(a.workers().expect("ok"), host);
+        // The CPU limit, rounded up.
+        a.cpu_limit = Some("1500m".into());
+        assert_eq!(a.workers().expect("ok"), 2);
+        // ProxyConfig's concurrency over the limit; 0 is one per CPU.
+        a.proxy_config = Some(r#"{"concurrency": 3, "discoveryAddress": "x:15012"}"#.into());
+        assert_eq!(a.workers().expect("ok"), 3);
+        a.proxy_config = Some("concurrency: 0\n".into());
+        assert_eq!(a.workers().expect("ok"), host);
+        // ProxyConfig without concurrency (istiod's `{}`): the limit.
+        a.proxy_config = Some("{}".into());
+        assert_eq!(a.workers().expect("ok"), 2);
+        // The flag over everything.
+        a.concurrency = Some(5);
+        assert_eq!(a.workers().expect("ok"), 5);
+    }
+
+    #[test]
+    fn bad_worker_settings_are_named() {
+        let mut a = args(&[]);
+        a.cpu_limit = None;
+        for (pc, want) in [
+            ("[1, 2]", "ProxyConfig object"),
+            ("{\"concurrency\": -1}", "concurrency"),
+            ("{\"concurrency\": \"lots\"}", "concurrency"),
+            ("{\"concurrency\": 100000}", "concurrency"),
+            ("{: nope", "not JSON or YAML"),
+        ] {
+            a.proxy_config = Some(pc.into());
+            let e = format!("{:#}", a.workers().expect_err(pc));
+            assert!(e.contains(want), "{pc}: {e}");
+        }
+        a.proxy_config = None;
+        a.cpu_limit = Some("many".into());
+        let e = a.workers().expect_err("bad limit").to_string();
+        assert!(e.contains("ISTIO_CPU_LIMIT"), "{e}");
+    }
 }

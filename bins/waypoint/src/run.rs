@@ -22,6 +22,7 @@ pub struct Setup {
     routes: Plan,
     ca: Arc<dyn CertificateAuthority>,
     identity: Identity,
+    workers: usize,
 }
 
 /// Reads and checks the configuration (inside the runtime: the xDS and CA
@@ -34,6 +35,7 @@ pub fn setup(a: &Args) -> anyhow::Result<Setup> {
     let identity = Identity::new(&a.ca.trust_domain, &a.pod_namespace, &a.service_account)
         .context("the waypoint's identity (TRUST_DOMAIN, POD_NAMESPACE, SERVICE_ACCOUNT)")?;
     Ok(Setup {
+        workers: a.workers()?,
         source: a.mesh.source(&a.ca, node)?,
         routes,
         // The waypoint asks for its own identity (the token's service
@@ -74,8 +76,9 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (hbone_l, admin_l, stats_l, ready_l) = (
-        bind(a.hbone_addr).await?,
+    // One HBONE listener per worker, in one SO_REUSEPORT group.
+    let hbone_ls = ambit_server::reuseport_listeners(a.hbone_addr, s.workers)?;
+    let (admin_l, stats_l, ready_l) = (
         bind(a.admin.admin_addr).await?,
         bind(a.admin.stats_addr).await?,
         bind(a.admin.readiness_addr).await?,
@@ -97,7 +100,10 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let readiness = admin::readiness(ready.clone());
     tokio::spawn(admin::serve(ready_l, readiness, stop.wait()));
 
-    let serve = waypoint.serve(hbone_l, stop.wait());
+    let serve = waypoint.serve_workers(hbone_ls, {
+        let stop = stop.clone();
+        move || stop.wait()
+    });
     tokio::pin!(serve);
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -105,6 +111,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         pod = %a.pod_name,
         instance_ip = ?a.instance_ip,
         hbone = %a.hbone_addr,
+        workers = s.workers,
         routes_from,
         admin = %a.admin.admin_addr,
         stats = %a.admin.stats_addr,

@@ -256,19 +256,6 @@ pub struct Resolved {
     pub proxy_config: ProxyConfig,
 }
 
-/// A Kubernetes CPU quantity (`2`, `1.5`, `500m`) as a whole CPU count,
-/// rounded up, at least 1.
-fn cpu_quantity(name: &str, v: &str) -> anyhow::Result<usize> {
-    let cpus = match v.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
-        None => v.parse::<f64>(),
-    }
-    .ok()
-    .filter(|c| c.is_finite() && *c > 0.0)
-    .with_context(|| format!("{name}={v:?} is not a CPU quantity (`2`, `1.5`, `500m`)"))?;
-    Ok((cpus.ceil() as usize).max(1))
-}
-
 /// Whether `name` is set in the environment (flags are Ambit's own, so an
 /// alias conflict is only checked between environment variables).
 fn env_set(name: &str) -> bool {
@@ -284,10 +271,10 @@ impl IstioArgs {
             ("ZTUNNEL_RESOURCE_CPU_REQUEST", &self.resource_cpu_request),
         ] {
             if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-                return cpu_quantity(name, v);
+                return ambit_app::cpu_quantity(name, v);
             }
         }
-        Ok(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        Ok(ambit_app::host_cpus())
     }
 
     fn worker_threads(&self, default: usize) -> anyhow::Result<usize> {

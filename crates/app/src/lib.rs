@@ -20,6 +20,7 @@ mod args;
 mod duration;
 #[cfg(feature = "mesh")]
 mod mesh;
+mod quantity;
 mod skeleton;
 
 pub use self::args::{AdminArgs, LogArgs, LogFormat, init_tracing, logging};
@@ -29,6 +30,7 @@ pub use self::mesh::{
     CaArgs, DEFAULT_ROOT_CERT, MeshSourceArgs, default_istiod_address, istio_address,
     prefixed_headers, root_pem,
 };
+pub use self::quantity::{cpu_quantity, host_cpus};
 pub use self::skeleton::{
     EXIT_CONFIG, Signals, Stop, bind, raise_open_files_limit, run_main, run_main_threads,
 };

@@ -115,7 +115,7 @@ impl Stop {
     }
 
     /// Resolves once [`Stop::trigger`] is called.
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + use<> {
         let mut rx = self.tx.subscribe();
         async move {
             let _ = rx.wait_for(|s| *s).await;

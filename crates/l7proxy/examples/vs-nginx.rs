@@ -27,6 +27,7 @@
 //! - `nginx`: wrk → nginx → backend (plain HTTP/1.1 both sides).
 //! - `waypoint plaintext`: wrk → [`Waypoint::serve_plaintext`] → backend
 //!   over plain TCP (`plaintext_upstreams`): the same work as nginx.
+//! - `waypoint plaintext, one shared runtime`: the same, not per core.
 //! - `waypoint plain→HBONE`: wrk → `serve_plaintext` → HBONE (mTLS,
 //!   HTTP/2 CONNECT) → terminator → handler: the engine as deployed
 //!   upstream-side.
@@ -37,9 +38,14 @@
 //!   (`max_idle_per_endpoint: 0`: one upstream connection per request, as
 //!   before pooling).
 //!
-//! Each of backend, waypoints and forwarder has its own 2-thread tokio
-//! runtime; nginx has 2 workers; everything shares the machine's cores
-//! with wrk, so absolute figures depend on the host: compare rows.
+//! The waypoints run as the binary does: two per-core workers
+//! ([`Waypoint::serve_workers`]; a current-thread runtime, an
+//! `SO_REUSEPORT` listener and upstream pools per worker), as nginx has
+//! two worker processes. `waypoint plaintext, one shared runtime` is the
+//! same engine on one 2-thread work-stealing runtime with one listener
+//! and one pool, for comparison. Backend and forwarder have their own
+//! 2-thread runtimes; everything shares the machine's cores with wrk, so
+//! absolute figures depend on the host: compare rows.
 
 use std::convert::Infallible;
 use std::io;
@@ -70,6 +76,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const VIP: &str = "10.96.0.50:8080";
 const INSTALL: &str = "apt-get install -y wrk nginx-light";
+/// Per-core workers of each waypoint (nginx has as many worker processes).
+const WORKERS: usize = 2;
 
 struct Opts {
     rounds: usize,
@@ -372,14 +380,15 @@ fn main() -> Result<(), BoxError> {
     let routes_yaml = format!(
         "hbonePort: {hbone_port}\nservices:\n- host: bench.default.svc.cluster.local\n  ports: {{8080: http}}\n  routes:\n  - match: [{{path: {{prefix: /api}}}}]\n    backends: [{{weight: 1}}]\n  policies:\n  - name: deny-delete\n    action: DENY\n    rules: [{{to: [{{operation: {{methods: [DELETE]}}}}]}}]\n"
     );
-    // (label, pooled, plaintext upstreams, serve HBONE too)
+    // (label, pooled, plaintext upstreams, per-core workers)
     let variants = [
-        ("waypoint plaintext", true, true),
-        ("waypoint plain→HBONE", true, false),
-        ("waypoint plain→HBONE unpooled", false, false),
+        ("waypoint plaintext", true, true, true),
+        ("waypoint plaintext, one shared runtime", true, true, false),
+        ("waypoint plain→HBONE", true, false, true),
+        ("waypoint plain→HBONE unpooled", false, false, true),
     ];
     let mut waypoints = Vec::new();
-    for (label, pooled, plain_up) in variants {
+    for (label, pooled, plain_up, per_core) in variants {
         let (plain_addr, hbone_addr) = waypoint_rt.block_on(async {
             let mesh = ambit_mesh::Config::parse(&mesh_yaml, "bench")?;
             let routes = RouteConfig::parse(&routes_yaml, "bench")?;
@@ -393,21 +402,44 @@ fn main() -> Result<(), BoxError> {
             }
             let state = Arc::new(RwLock::new(MeshState::from_config(mesh)));
             let w = Waypoint::new(cfg, state, routes, certs.clone());
-            let pl = TcpListener::bind("127.0.0.1:0").await?;
-            let plain_addr = pl.local_addr()?;
-            let hl = TcpListener::bind("127.0.0.1:0").await?;
-            let hbone_addr = hl.local_addr()?;
-            let w2 = w.clone();
+            let any: SocketAddr = "127.0.0.1:0".parse()?;
             let peer = client_id.clone();
+            if !per_core {
+                let pl = TcpListener::bind(any).await?;
+                let plain_addr = pl.local_addr()?;
+                tokio::spawn(async move {
+                    if let Err(e) = w
+                        .serve_plaintext(pl, vip, peer, std::future::pending())
+                        .await
+                    {
+                        eprintln!("plaintext listener: {e}");
+                    }
+                });
+                return Ok::<_, BoxError>((plain_addr, plain_addr));
+            }
+            // As the waypoint binary runs: a worker per core, each with its
+            // own runtime, listener and upstream pool.
+            let pls = ambit_server::reuseport_listeners(any, WORKERS)?;
+            let plain_addr = pls[0].local_addr()?;
+            let w2 = w.clone();
+            let plain = ambit_server::Workers::start("wp-plain", pls, move |_, l| {
+                let (w, peer) = (w2.worker(), peer.clone());
+                async move {
+                    let l = TcpListener::from_std(l)?;
+                    w.serve_plaintext(l, vip, peer, std::future::pending())
+                        .await
+                        .map_err(|e| io::Error::other(e.to_string()))
+                }
+            })?;
+            // The workers run for the process's life.
+            drop(plain);
+            let hls = ambit_server::reuseport_listeners(any, WORKERS)?;
+            let hbone_addr = hls[0].local_addr()?;
             tokio::spawn(async move {
-                if let Err(e) = w2
-                    .serve_plaintext(pl, vip, peer, std::future::pending())
-                    .await
-                {
-                    eprintln!("plaintext listener: {e}");
+                if let Err(e) = w.serve_workers(hls, std::future::pending).await {
+                    eprintln!("HBONE listener: {e}");
                 }
             });
-            tokio::spawn(async move { w.serve(hl, std::future::pending()).await });
             Ok::<_, BoxError>((plain_addr, hbone_addr))
         })?;
         waypoints.push((label, plain_addr, hbone_addr));
@@ -416,7 +448,7 @@ fn main() -> Result<(), BoxError> {
     // The forwarder (source ztunnel stand-in): plain TCP in, one HBONE
     // CONNECT per connection to a waypoint's 15008.
     let mut forwarders = Vec::new();
-    for (label, _, hbone_addr) in &waypoints[1..] {
+    for (label, _, hbone_addr) in &waypoints[2..] {
         let addr = forwarder_rt.block_on(async {
             let client = Client::new(ClientConfig::default(), certs.as_ref().clone());
             let l = TcpListener::bind("127.0.0.1:0").await?;

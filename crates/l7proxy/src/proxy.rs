@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use ambit_hbone::{
@@ -63,6 +63,17 @@ pub enum Error {
         /// The VIP and port.
         vip: SocketAddr,
     },
+    /// The per-core workers could not be started, or a worker could not
+    /// take its listener.
+    #[error("starting the waypoint's workers")]
+    Workers {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker's thread panicked.
+    #[error(transparent)]
+    WorkerPanicked(#[from] ambit_server::WorkerPanicked),
 }
 
 /// The waypoint's settings.
@@ -124,17 +135,23 @@ impl std::fmt::Debug for Waypoint {
     }
 }
 
+/// A waypoint's state. Everything but the upstream connections (`client`,
+/// `pool`) is shared with its [`Waypoint::worker`] handles.
 pub(crate) struct Inner {
     pub(crate) cfg: WaypointConfig,
     pub(crate) state: Arc<RwLock<MeshState>>,
     /// Replaced whole on reload; requests keep the snapshot they started with.
-    pub(crate) routes: RwLock<Arc<RouteConfig>>,
+    pub(crate) routes: Arc<RwLock<Arc<RouteConfig>>>,
     pub(crate) certs: Arc<CertManager>,
+    /// HBONE connections to upstreams, of this handle only.
     pub(crate) client: Client,
-    /// Idle upstream HTTP connections; lives as long as the waypoint.
+    /// Idle upstream HTTP connections of this handle only; lives as long
+    /// as the handle.
     pub(crate) pool: Arc<HttpPool>,
-    pub(crate) balancer: Balancer,
+    pub(crate) balancer: Arc<Balancer>,
     pub(crate) metrics: Metrics,
+    /// Every handle's pool, for [`Waypoint::pool_stats`].
+    pub(crate) pools: Arc<Mutex<Vec<Weak<HttpPool>>>>,
 }
 
 /// What is known about one accepted CONNECT.
@@ -188,9 +205,10 @@ impl Waypoint {
         let pool = HttpPool::new(cfg.pool);
         Self {
             inner: Arc::new(Inner {
+                pools: Arc::new(Mutex::new(vec![Arc::downgrade(&pool)])),
                 pool,
-                balancer: Balancer::new(routes.outlier_detection),
-                routes: RwLock::new(Arc::new(routes)),
+                balancer: Arc::new(Balancer::new(routes.outlier_detection)),
+                routes: Arc::new(RwLock::new(Arc::new(routes))),
                 cfg,
                 state,
                 certs,
@@ -200,9 +218,54 @@ impl Waypoint {
         }
     }
 
-    /// Upstream connection pool counters.
+    /// A handle for one worker of a per-core server ([`Waypoint::serve_workers`]
+    /// uses them): it shares the routes, mesh state, certificates,
+    /// balancer (outlier ejection and least-request counts) and metrics
+    /// with this waypoint, but opens and pools its own upstream
+    /// connections, so a request and the upstream connection it uses are
+    /// driven on the same thread. Must be called on the runtime that will
+    /// use it (the pools' sweep tasks start there).
+    pub fn worker(&self) -> Waypoint {
+        let i = &self.inner;
+        let client = Client::new(i.cfg.hbone_client.clone(), Arc::clone(&i.certs));
+        let pool = HttpPool::new(i.cfg.pool);
+        {
+            let mut pools = i.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.retain(|p| p.strong_count() > 0);
+            pools.push(Arc::downgrade(&pool));
+        }
+        Waypoint {
+            inner: Arc::new(Inner {
+                cfg: i.cfg.clone(),
+                state: Arc::clone(&i.state),
+                routes: Arc::clone(&i.routes),
+                certs: Arc::clone(&i.certs),
+                client,
+                pool,
+                balancer: Arc::clone(&i.balancer),
+                metrics: i.metrics.clone(),
+                pools: Arc::clone(&i.pools),
+            }),
+        }
+    }
+
+    /// Upstream connection pool counters, summed over this waypoint and
+    /// its live [`worker`](Waypoint::worker) handles.
     pub fn pool_stats(&self) -> PoolStats {
-        self.inner.pool.stats()
+        let pools: Vec<Arc<HttpPool>> = {
+            let pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        pools.iter().fold(PoolStats::default(), |a, p| {
+            let s = p.stats();
+            PoolStats {
+                opened: a.opened + s.opened,
+                reused: a.reused + s.reused,
+                idle: a.idle + s.idle,
+                h2_opened: a.h2_opened + s.h2_opened,
+                h2: a.h2 + s.h2,
+            }
+        })
     }
 
     /// The metrics.
@@ -255,6 +318,56 @@ impl Waypoint {
         );
         server.run(listener, shutdown).await;
         Ok(())
+    }
+
+    /// Serves HBONE with one worker per listener until the future
+    /// `shutdown()` makes for each worker completes, then returns once
+    /// every worker has drained.
+    ///
+    /// Each worker is a thread with a current-thread runtime, its own
+    /// listener (bind them with [`ambit_server::reuseport_listeners`] so
+    /// the kernel spreads connections over them) and its own
+    /// [`worker`](Waypoint::worker) handle: a connection, its requests
+    /// and the upstream connections they use stay on one thread, which
+    /// saves the cross-thread wake-ups of a work-stealing runtime.
+    pub async fn serve_workers<S, F>(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        shutdown: S,
+    ) -> Result<(), Error>
+    where
+        S: Fn() -> F + Send + Sync + 'static,
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        let this = self.clone();
+        let workers = ambit_server::Workers::start("waypoint", listeners, move |i, l| {
+            // Called on the worker's thread, inside its runtime.
+            let w = this.worker();
+            let stop = shutdown();
+            async move {
+                let r = match TcpListener::from_std(l) {
+                    Ok(l) => w.serve(l, stop).await,
+                    Err(source) => Err(Error::Workers { source }),
+                };
+                if let Err(error) = &r {
+                    // The others keep serving; the kernel stops sending
+                    // connections to this worker's closed listener.
+                    tracing::error!(worker = i, %error, "waypoint worker stopped");
+                }
+                r
+            }
+        })
+        .map_err(|source| Error::Workers { source })?;
+        let mut first_error = None;
+        for r in workers.join().await {
+            let e = match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(panicked) => Error::from(panicked),
+            };
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Serves the HTTP engine over plain HTTP (HTTP/1.1 or HTTP/2 prior

@@ -13,10 +13,16 @@
 //! Servers are shaped `run(listener, shutdown)`: bind port 0 in a test,
 //! pass any future as the shutdown signal, and the loop tells each
 //! connection when draining starts through its [`Drain`].
+//!
+//! [`workers`] runs a server per core: `SO_REUSEPORT` listeners and one
+//! current-thread runtime per worker thread, so a connection and what it
+//! starts stay on one thread.
 #![forbid(unsafe_code)]
 
 mod accept;
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod workers;
 
 pub use self::accept::{Drain, Limits, Listener, run};
+pub use self::workers::{WorkerPanicked, Workers, reuseport_listeners};

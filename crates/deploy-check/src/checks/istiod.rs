@@ -19,8 +19,6 @@ const TEMPLATE_ENV: &[&str] = &[
     "PILOT_CERT_PROVIDER",
     "CA_ADDR",
     "HOST_IP",
-    "ISTIO_CPU_LIMIT",
-    "PROXY_CONFIG",
     "GOMEMLIMIT",
     "GOMAXPROCS",
 ];

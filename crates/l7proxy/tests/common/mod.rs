@@ -270,6 +270,10 @@ pub struct Mesh {
     pub pod_ips: Vec<IpAddr>,
     pub hbone_port: u16,
     pub flaky: Arc<AtomicU32>,
+    /// Stops the waypoint's per-core workers ([`Mesh::start_workers`]).
+    pub stop: tokio::sync::watch::Sender<bool>,
+    /// The per-core workers' `serve_workers`, when started that way.
+    pub served: Option<tokio::task::JoinHandle<Result<(), ambit_l7proxy::Error>>>,
 }
 
 /// Pods: (name, service, version, behaviour).
@@ -335,6 +339,16 @@ impl Mesh {
     }
 
     pub async fn start_with(routes_yaml: &str, specs: Vec<PodSpec>) -> Self {
+        Self::start_inner(routes_yaml, specs, None).await
+    }
+
+    /// The default pods, the waypoint served by `n` per-core workers
+    /// ([`Waypoint::serve_workers`]) until `stop` is set.
+    pub async fn start_workers(routes_yaml: &str, n: usize) -> Self {
+        Self::start_inner(routes_yaml, default_pods(), Some(n)).await
+    }
+
+    async fn start_inner(routes_yaml: &str, specs: Vec<PodSpec>, workers: Option<usize>) -> Self {
         let ca = Arc::new(LocalCa::generate("cluster.local").expect("ca"));
         let certs = Arc::new(CertManager::new(ca, ManagerConfig::default()));
         let (ips, listeners, hbone_port) = bind_pods(specs.len()).await;
@@ -382,11 +396,35 @@ impl Mesh {
             routes,
             certs.clone(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let waypoint_addr = listener.local_addr().expect("addr");
+        let (stop, _) = tokio::sync::watch::channel(false);
         let w = waypoint.clone();
-        tokio::spawn(async move { w.serve(listener, std::future::pending()).await });
+        let (waypoint_addr, served) = match workers {
+            None => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let waypoint_addr = listener.local_addr().expect("addr");
+                tokio::spawn(async move { w.serve(listener, std::future::pending()).await });
+                (waypoint_addr, None)
+            }
+            Some(n) => {
+                let ls = ambit_server::reuseport_listeners("127.0.0.1:0".parse().expect("addr"), n)
+                    .expect("bind");
+                let waypoint_addr = ls[0].local_addr().expect("addr");
+                let stop = stop.clone();
+                let served = tokio::spawn(async move {
+                    w.serve_workers(ls, move || {
+                        let mut rx = stop.subscribe();
+                        async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        }
+                    })
+                    .await
+                });
+                (waypoint_addr, Some(served))
+            }
+        };
         Self {
+            stop,
+            served,
             certs,
             waypoint,
             waypoint_addr,
