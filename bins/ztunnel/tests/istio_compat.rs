@@ -103,8 +103,12 @@ fn wait_ready(ns: &NetNs, child: &mut ChildGuard, what: impl Fn() -> String) {
 }
 
 fn fixtures() -> Vec<PathBuf> {
+    // Read at run time (cargo sets it for tests): a test binary reused from
+    // a shared target directory may have been built in another checkout.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
     let dir: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
+        manifest.as_str(),
         "..",
         "..",
         "crates",

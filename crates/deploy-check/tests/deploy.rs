@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use ambit_deploy_check::{Binaries, Object, SourceFile, check, load_dir, parse_files};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // Read at run time (cargo sets it for tests): a test binary reused from
+    // a shared target directory may have been built in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    Path::new(&dir).join("../..")
 }
 
 fn load() -> (Vec<SourceFile>, Binaries) {

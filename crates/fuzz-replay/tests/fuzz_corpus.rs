@@ -15,7 +15,11 @@ use std::{
 mod targets;
 
 fn corpus_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus")
+    // Read at run time (cargo sets it for tests): a test binary reused from
+    // a shared target directory may have been built in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    Path::new(&dir).join("../../fuzz/corpus")
 }
 
 /// The visible files of one target's corpus (dot files are local scratch).

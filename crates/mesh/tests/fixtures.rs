@@ -20,9 +20,11 @@ const FIXTURES: [&str; 5] = [
 ];
 
 fn load(name: &str) -> Config {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", name]
-        .iter()
-        .collect();
+    // Read at run time (cargo sets it for tests): a test binary reused from
+    // a shared target directory may have been built in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let path: PathBuf = [dir.as_str(), "tests", "fixtures", name].iter().collect();
     Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -42,9 +42,11 @@ struct Capture {
 
 /// Reads strace's `-e write=3` hex dump of the first buffer in `file`.
 fn capture(file: &str) -> Capture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(file);
+    // Read at run time (cargo sets it for tests): a test binary reused from
+    // a shared target directory may have been built in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let path = Path::new(&dir).join("tests/data").join(file);
     let text = std::fs::read_to_string(&path).expect("read capture");
     let command = text
         .lines()
