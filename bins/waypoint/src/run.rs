@@ -100,10 +100,12 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let readiness = admin::readiness(ready.clone());
     tokio::spawn(admin::serve(ready_l, readiness, stop.wait()));
 
-    let serve = waypoint.serve_workers(hbone_ls, {
-        let stop = stop.clone();
-        move || stop.wait()
-    });
+    let serve = waypoint
+        .serve_workers(hbone_ls, {
+            let stop = stop.clone();
+            move || stop.wait()
+        })
+        .context("hbone server")?;
     tokio::pin!(serve);
     ready.store(true, Ordering::Release);
     tracing::info!(

@@ -435,8 +435,9 @@ fn main() -> Result<(), BoxError> {
             drop(plain);
             let hls = ambit_server::reuseport_listeners(any, WORKERS)?;
             let hbone_addr = hls[0].local_addr()?;
+            let served = w.serve_workers(hls, std::future::pending)?;
             tokio::spawn(async move {
-                if let Err(e) = w.serve_workers(hls, std::future::pending).await {
+                if let Err(e) = served.await {
                     eprintln!("HBONE listener: {e}");
                 }
             });

@@ -63,9 +63,8 @@ pub enum Error {
         /// The VIP and port.
         vip: SocketAddr,
     },
-    /// The per-core workers could not be started, or a worker could not
-    /// take its listener.
-    #[error("starting the waypoint's workers")]
+    /// A per-core worker could not take its listener.
+    #[error("a waypoint worker could not take its listener")]
     Workers {
         /// The cause.
         #[source]
@@ -320,9 +319,12 @@ impl Waypoint {
         Ok(())
     }
 
-    /// Serves HBONE with one worker per listener until the future
-    /// `shutdown()` makes for each worker completes, then returns once
-    /// every worker has drained.
+    /// Starts one worker per listener serving HBONE until the future
+    /// `shutdown()` makes for each worker completes; the returned future
+    /// resolves once every worker has drained. The workers' threads are
+    /// running when this returns (so a caller can declare itself ready),
+    /// and the first worker error, if any, is the future's output. Fails
+    /// if a thread or runtime cannot be started (none is left running).
     ///
     /// Each worker is a thread with a current-thread runtime, its own
     /// listener (bind them with [`ambit_server::reuseport_listeners`] so
@@ -330,11 +332,11 @@ impl Waypoint {
     /// [`worker`](Waypoint::worker) handle: a connection, its requests
     /// and the upstream connections they use stay on one thread, which
     /// saves the cross-thread wake-ups of a work-stealing runtime.
-    pub async fn serve_workers<S, F>(
+    pub fn serve_workers<S, F>(
         &self,
         listeners: Vec<std::net::TcpListener>,
         shutdown: S,
-    ) -> Result<(), Error>
+    ) -> std::io::Result<impl std::future::Future<Output = Result<(), Error>> + Send + use<S, F>>
     where
         S: Fn() -> F + Send + Sync + 'static,
         F: std::future::Future<Output = ()> + 'static,
@@ -356,18 +358,19 @@ impl Waypoint {
                 }
                 r
             }
+        })?;
+        Ok(async move {
+            let mut first_error = None;
+            for r in workers.join().await {
+                let e = match r {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(panicked) => Error::from(panicked),
+                };
+                first_error.get_or_insert(e);
+            }
+            first_error.map_or(Ok(()), Err)
         })
-        .map_err(|source| Error::Workers { source })?;
-        let mut first_error = None;
-        for r in workers.join().await {
-            let e = match r {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(panicked) => Error::from(panicked),
-            };
-            first_error.get_or_insert(e);
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Serves the HTTP engine over plain HTTP (HTTP/1.1 or HTTP/2 prior

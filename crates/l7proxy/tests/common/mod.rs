@@ -410,15 +410,15 @@ impl Mesh {
                     .expect("bind");
                 let waypoint_addr = ls[0].local_addr().expect("addr");
                 let stop = stop.clone();
-                let served = tokio::spawn(async move {
-                    w.serve_workers(ls, move || {
+                let served = w
+                    .serve_workers(ls, move || {
                         let mut rx = stop.subscribe();
                         async move {
                             let _ = rx.wait_for(|s| *s).await;
                         }
                     })
-                    .await
-                });
+                    .expect("workers");
+                let served = tokio::spawn(served);
                 (waypoint_addr, Some(served))
             }
         };
