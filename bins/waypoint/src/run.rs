@@ -86,7 +86,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     let quit = Arc::new(tokio::sync::Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
     let admin = admin::with_route(
-        admin_responder(waypoint.clone(), routes_from, quit.clone()),
+        admin_responder(waypoint.clone(), routes_from, s.workers, quit.clone()),
         "/logging",
         |m, q| {
             let (status, body) = ambit_app::logging(m.as_str(), q);
@@ -135,11 +135,12 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin endpoint (15000): `/config_dump` (the routes' source,
-/// counts and routing per host), `/quitquitquit`.
+/// The admin endpoint (15000): `/config_dump` (the routes' source, the
+/// worker count, counts and routing per host), `/quitquitquit`.
 fn admin_responder(
     w: Waypoint,
     routes_from: &'static str,
+    workers: usize,
     quit: Arc<tokio::sync::Notify>,
 ) -> Responder {
     Arc::new(
@@ -164,7 +165,7 @@ fn admin_responder(
                     })
                     .collect();
                 let body = format!(
-                    "{{\"routesFrom\":{routes_from:?},\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
+                    "{{\"routesFrom\":{routes_from:?},\"workers\":{workers},\"workloads\":{},\"services\":{},\"policies\":{},\"routing\":[{}]}}\n",
                     counts.0,
                     counts.1,
                     counts.2,
