@@ -28,20 +28,6 @@ fn connects(mesh: &Mesh) -> usize {
     mesh.pod(0).authorities.lock().expect("lock").len()
 }
 
-/// Waits until the waypoint has `n` idle upstream connections (a
-/// returned connection goes back once hyper has seen the response end).
-async fn wait_idle(mesh: &Mesh, n: usize) {
-    let t = Instant::now();
-    while mesh.waypoint.pool_stats().idle < n {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            mesh.waypoint.pool_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_and_concurrent_requests_reuse_connections() {
     let mesh = Mesh::start(ROUTES).await;

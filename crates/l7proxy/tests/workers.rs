@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -28,19 +28,6 @@ services:
 /// CONNECTs a pod has accepted (= upstream HTTP connections to it).
 fn connects(mesh: &Mesh, pod: usize) -> usize {
     mesh.pod(pod).authorities.lock().expect("lock").len()
-}
-
-/// Waits until the waypoint holds `n` idle upstream connections.
-async fn wait_idle(mesh: &Mesh, n: usize) {
-    let t = Instant::now();
-    while mesh.waypoint.pool_stats().idle < n {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            mesh.waypoint.pool_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

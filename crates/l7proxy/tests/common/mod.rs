@@ -469,6 +469,21 @@ impl Mesh {
     }
 }
 
+/// Waits until the waypoint (all its workers) holds `n` idle upstream
+/// connections (a returned connection goes back once hyper has seen the
+/// response end).
+pub async fn wait_idle(mesh: &Mesh, n: usize) {
+    let t = std::time::Instant::now();
+    while mesh.waypoint.pool_stats().idle < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            mesh.waypoint.pool_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 impl Mesh {
     /// An HTTP/2 (prior knowledge) client over one tunnel.
     pub async fn http2(
