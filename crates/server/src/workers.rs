@@ -15,6 +15,29 @@
 //! [`Workers::start`] starts one thread per listener, builds its runtime
 //! and runs the future the caller makes for it there. The future need not
 //! be `Send`: it is made and polled on its worker's thread.
+//!
+//! ```no_run
+//! use ambit_server::{Limits, Workers, reuseport_listeners, run};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! // Two workers on one port; each serves until its listener fails.
+//! let listeners = reuseport_listeners("127.0.0.1:8080".parse().unwrap(), 2)?;
+//! let workers = Workers::start("hello", listeners, |index, l| async move {
+//!     let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+//!         return;
+//!     };
+//!     run(l, std::future::pending(), Limits::default(), move |mut s, _, _| async move {
+//!         let _ = s.write_all(format!("worker {index}\n").as_bytes()).await;
+//!     })
+//!     .await;
+//! })?;
+//! // From any runtime: wait for them (here: forever).
+//! # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! rt.block_on(workers.join());
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::io;
