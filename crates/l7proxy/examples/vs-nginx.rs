@@ -415,7 +415,7 @@ fn main() -> Result<(), BoxError> {
                         eprintln!("plaintext listener: {e}");
                     }
                 });
-                return Ok::<_, BoxError>((plain_addr, plain_addr));
+                return Ok::<_, BoxError>((plain_addr, None));
             }
             // As the waypoint binary runs: a worker per core, each with its
             // own runtime, listener and upstream pool.
@@ -433,6 +433,11 @@ fn main() -> Result<(), BoxError> {
             })?;
             // The workers run for the process's life.
             drop(plain);
+            // 15008 too, for the full-HBONE rows, when the upstreams are
+            // HBONE as in the mesh.
+            if plain_up {
+                return Ok((plain_addr, None));
+            }
             let hls = ambit_server::reuseport_listeners(any, WORKERS)?;
             let hbone_addr = hls[0].local_addr()?;
             let served = w.serve_workers(hls, std::future::pending)?;
@@ -441,7 +446,7 @@ fn main() -> Result<(), BoxError> {
                     eprintln!("HBONE listener: {e}");
                 }
             });
-            Ok::<_, BoxError>((plain_addr, hbone_addr))
+            Ok::<_, BoxError>((plain_addr, Some(hbone_addr)))
         })?;
         waypoints.push((label, plain_addr, hbone_addr));
     }
@@ -449,12 +454,12 @@ fn main() -> Result<(), BoxError> {
     // The forwarder (source ztunnel stand-in): plain TCP in, one HBONE
     // CONNECT per connection to a waypoint's 15008.
     let mut forwarders = Vec::new();
-    for (label, _, hbone_addr) in &waypoints[2..] {
+    for (label, _, hbone_addr) in waypoints.iter().filter_map(|(l, p, h)| Some((l, p, (*h)?))) {
         let addr = forwarder_rt.block_on(async {
             let client = Client::new(ClientConfig::default(), certs.as_ref().clone());
             let l = TcpListener::bind("127.0.0.1:0").await?;
             let addr = l.local_addr()?;
-            let (src, wp, to) = (client_id.clone(), wp_id.clone(), *hbone_addr);
+            let (src, wp, to) = (client_id.clone(), wp_id.clone(), hbone_addr);
             tokio::spawn(async move {
                 while let Ok((mut tcp, peer)) = l.accept().await {
                     let _ = tcp.set_nodelay(true);
