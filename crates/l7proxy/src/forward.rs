@@ -12,7 +12,7 @@ use std::time::Instant;
 use ambit_mesh::{Endpoint, MeshState, Workload};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::authz::{self, AuthzFacts, HttpFacts};
@@ -24,7 +24,7 @@ use crate::pool::PoolKey;
 use crate::proxy::{Body, BoxError, Conn, Meta, Waypoint};
 use crate::record::Finish;
 use crate::route::{self, Outcome, RequestFacts};
-use crate::upstream::Upstream;
+use crate::upstream::{UpBody, Upstream};
 
 /// One endpoint a backend may use, with what every request to it needs:
 /// its balancer key (`uid:port`) and its upstream pool key.
@@ -415,12 +415,10 @@ impl Waypoint {
                 let in_flight =
                     (policy == LoadBalancer::LeastRequest).then(|| self.inner.balancer.begin(&key));
                 meta.destination = Some(Arc::clone(&ep.workload));
-                let body: Body = match streamed.take() {
-                    // Nothing to stream, fail or copy to mirrors: an empty
-                    // body (no allocation, the same request on the wire).
-                    Some(b) if b.is_end_stream() && taps.is_none() => {
-                        Empty::new().map_err(|e| match e {}).boxed_unsync()
-                    }
+                let body = match streamed.take() {
+                    // Nothing to stream, fail or copy to mirrors: no body
+                    // (nothing allocated, the same request on the wire).
+                    Some(b) if b.is_end_stream() && taps.is_none() => UpBody::Whole(Bytes::new()),
                     Some(b) => {
                         let failed = Arc::clone(client_body_failed.get_or_insert_default());
                         let b = b
@@ -429,14 +427,12 @@ impl Waypoint {
                                 BoxError::from(e)
                             })
                             .boxed_unsync();
-                        match taps.take() {
+                        UpBody::Streamed(match taps.take() {
                             Some(t) => t.wrap(b),
                             None => b,
-                        }
+                        })
                     }
-                    None => Full::new(buffered.clone())
-                        .map_err(|e| match e {})
-                        .boxed_unsync(),
+                    None => UpBody::Whole(buffered.clone()),
                 };
                 // The last attempt takes the head; earlier ones copy it.
                 let head = if attempt + 1 == attempts {
@@ -445,8 +441,7 @@ impl Waypoint {
                     parts.clone()
                 };
                 let Some(head) = head else { break };
-                let up_req = Request::from_parts(head, body);
-                let send = self.send(&ep, &key, pool_key, conn.client, up_req, version);
+                let send = self.send(&ep, &key, pool_key, conn.client, head, body, version);
                 // Pinned and awaited through a reference: one slot in this
                 // future's state whether or not a timeout wraps it (awaited
                 // by value, each arm held its own copy).

@@ -24,6 +24,7 @@ pub mod balance;
 pub mod config;
 mod forward;
 mod grpc;
+mod h1;
 mod head;
 pub mod metrics;
 mod mirror;

@@ -16,8 +16,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, request::Parts};
-use http_body_util::{BodyExt, Full};
+use http::request::Parts;
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -25,7 +25,7 @@ use crate::config::{Backend, LoadBalancer, Route};
 use crate::head;
 use crate::proxy::{Body, BoxError, Conn, Waypoint};
 use crate::route;
-use crate::upstream::Upstream;
+use crate::upstream::{UpBody, Upstream};
 
 /// How long a mirror may take when the route sets no timeout.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
@@ -61,11 +61,8 @@ impl Waypoint {
             if !route::fires(m.percentage, fastrand::f64() * 100.0) {
                 continue;
             }
-            let (copy, overflow): (Body, _) = match body {
-                MirrorBody::Buffered(b) => (
-                    Full::new(b.clone()).map_err(|e| match e {}).boxed_unsync(),
-                    None,
-                ),
+            let (copy, overflow) = match body {
+                MirrorBody::Buffered(b) => (UpBody::Whole(b.clone()), None),
                 MirrorBody::Streamed => {
                     let t = taps.get_or_insert_with(|| Taps {
                         senders: Vec::new(),
@@ -76,7 +73,10 @@ impl Waypoint {
                     });
                     let (tx, rx) = mpsc::unbounded_channel();
                     t.senders.push(tx);
-                    (Tapped(rx).boxed_unsync(), Some(Arc::clone(&t.overflow)))
+                    (
+                        UpBody::Streamed(Tapped(rx).boxed_unsync()),
+                        Some(Arc::clone(&t.overflow)),
+                    )
                 }
                 MirrorBody::TooLarge => {
                     metrics.mirror("skipped_body");
@@ -91,14 +91,13 @@ impl Waypoint {
                 subset: m.subset.clone(),
                 weight: 1,
             };
-            let req = Request::from_parts(head, copy);
             let this = self.clone();
             let conn = Arc::clone(conn);
             let limit = route.timeout.unwrap_or(MIRROR_TIMEOUT);
             tokio::spawn(async move {
                 let outcome = tokio::time::timeout(
                     limit,
-                    this.mirror_one(&conn, &backend, req, version, policy),
+                    this.mirror_one(&conn, &backend, head, copy, version, policy),
                 )
                 .await
                 .unwrap_or("failed");
@@ -117,7 +116,8 @@ impl Waypoint {
         &self,
         conn: &Conn,
         backend: &Backend,
-        req: Request<Body>,
+        head: Parts,
+        body: UpBody,
         version: Upstream,
         policy: LoadBalancer,
     ) -> &'static str {
@@ -127,7 +127,15 @@ impl Waypoint {
             return "no_endpoint";
         };
         match self
-            .send(&c.endpoint, &c.key, c.pool, conn.client, req, version)
+            .send(
+                &c.endpoint,
+                &c.key,
+                c.pool,
+                conn.client,
+                head,
+                body,
+                version,
+            )
             .await
         {
             Ok(resp) => {

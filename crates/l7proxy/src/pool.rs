@@ -41,12 +41,13 @@ use std::time::{Duration, Instant};
 
 use ambit_identity::Identity;
 use bytes::Bytes;
-use http::{HeaderMap, Response, Version, header};
+use http::Response;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 
-use crate::Body;
 use crate::balance::InFlight;
+use crate::h1::{Answer, H1Body, H1Conn, Home, keep_alive};
+use crate::{Body, BoxError};
 
 /// How long a returned connection may take to become ready again before
 /// it is dropped instead of pooled.
@@ -105,6 +106,12 @@ struct Idle {
     since: Instant,
 }
 
+/// An idle connection of the lean HTTP/1.1 client ([`crate::h1`]).
+struct IdleH1 {
+    conn: H1Conn,
+    since: Instant,
+}
+
 /// One shared HTTP/2 connection and when it last carried a request.
 pub(crate) struct H2Conn {
     pub(crate) sender: H2Sender,
@@ -124,6 +131,7 @@ pub(crate) type H2Slot = Arc<tokio::sync::Mutex<Option<H2Conn>>>;
 pub(crate) struct HttpPool {
     cfg: PoolConfig,
     idle: Mutex<HashMap<Arc<PoolKey>, Vec<Idle>>>,
+    idle_h1: Mutex<HashMap<Arc<PoolKey>, Vec<IdleH1>>>,
     h2: Mutex<HashMap<Arc<PoolKey>, H2Slot>>,
     opened: AtomicU64,
     reused: AtomicU64,
@@ -137,6 +145,7 @@ impl HttpPool {
         let pool = Arc::new(Self {
             cfg,
             idle: Mutex::new(HashMap::new()),
+            idle_h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
@@ -153,6 +162,77 @@ impl HttpPool {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    fn idle_h1(&self) -> MutexGuard<'_, HashMap<Arc<PoolKey>, Vec<IdleH1>>> {
+        match self.idle_h1.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The most recently returned lean HTTP/1.1 connection for `key` that
+    /// is still idle (nothing arrived on it, not even its close).
+    pub(crate) fn checkout_h1(&self, key: &PoolKey) -> Option<H1Conn> {
+        if self.cfg.max_idle_per_endpoint == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle_h1();
+        let conns = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(mut c) = conns.pop() {
+            if now.duration_since(c.since) < self.cfg.idle_timeout && c.conn.is_idle() {
+                found = Some(c.conn);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    /// Takes back a lean HTTP/1.1 connection whose answer ended cleanly
+    /// (the oldest idle one of the key closes when there are too many).
+    pub(crate) fn checkin_h1(&self, key: Arc<PoolKey>, conn: H1Conn) {
+        if self.cfg.max_idle_per_endpoint == 0 {
+            return;
+        }
+        let mut idle = self.idle_h1();
+        let conns = idle.entry(key).or_default();
+        conns.push(IdleH1 {
+            conn,
+            since: Instant::now(),
+        });
+        if conns.len() > self.cfg.max_idle_per_endpoint {
+            conns.remove(0);
+        }
+    }
+
+    /// The response of a lean HTTP/1.1 exchange; its body returns the
+    /// connection to the pool at its end, when the answer allows reuse.
+    pub(crate) fn wrap_h1(
+        self: &Arc<Self>,
+        key: Arc<PoolKey>,
+        conn: H1Conn,
+        answer: Answer,
+    ) -> Response<PooledBody> {
+        let home = (self.cfg.max_idle_per_endpoint > 0).then(|| Home {
+            pool: Arc::clone(self),
+            key,
+        });
+        let body = H1Body::new(conn, &answer, home);
+        let open = !body.is_end_stream();
+        Response::from_parts(
+            answer.head,
+            PooledBody {
+                inner: Inner::H1(body),
+                ret: None,
+                in_flight: None,
+                open,
+            },
+        )
     }
 
     /// The most recently returned usable connection for `key`.
@@ -210,7 +290,7 @@ impl HttpPool {
     pub(crate) fn wrap_h2(resp: Response<Incoming>) -> Response<PooledBody> {
         resp.map(|inner| PooledBody {
             open: !inner.is_end_stream(),
-            inner,
+            inner: Inner::Hyper(inner),
             ret: None,
             in_flight: None,
         })
@@ -226,7 +306,8 @@ impl HttpPool {
         PoolStats {
             opened: self.opened.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
-            idle: self.idle().values().map(Vec::len).sum(),
+            idle: self.idle().values().map(Vec::len).sum::<usize>()
+                + self.idle_h1().values().map(Vec::len).sum::<usize>(),
             h2_opened: self.h2_opened.load(Ordering::Relaxed),
             h2: self
                 .h2_slots()
@@ -259,12 +340,12 @@ impl HttpPool {
         };
         resp.map(|inner| {
             let mut body = PooledBody {
-                inner,
+                inner: Inner::Hyper(inner),
                 ret: Some(ret),
                 in_flight: None,
                 open: true,
             };
-            if body.inner.is_end_stream() {
+            if body.is_end_stream() {
                 body.finish();
             }
             body
@@ -307,6 +388,10 @@ impl HttpPool {
             conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
             !conns.is_empty()
         });
+        self.idle_h1().retain(|_, conns| {
+            conns.retain_mut(|c| now.duration_since(c.since) < timeout && c.conn.is_idle());
+            !conns.is_empty()
+        });
         // HTTP/2: drop closed connections and those idle past the timeout
         // (hyper closes a connection once its last sender is gone and its
         // streams have ended); a slot in use is left alone.
@@ -338,24 +423,6 @@ async fn sweep(pool: Weak<HttpPool>) {
     }
 }
 
-/// Whether a response lets its connection carry another request (RFC 9112
-/// §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with
-/// `keep-alive`).
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    match version {
-        Version::HTTP_11 => !has("close"),
-        Version::HTTP_10 => has("keep-alive") && !has("close"),
-        _ => false,
-    }
-}
-
 /// The connection a response body hands back at its end.
 struct Return {
     pool: Arc<HttpPool>,
@@ -367,12 +434,20 @@ struct Return {
 /// An upstream response body that returns its connection to the pool when
 /// read to the end and holds the endpoint's in-flight count until then.
 pub struct PooledBody {
-    inner: Incoming,
+    inner: Inner,
     /// Present until the end of the body or an error.
     ret: Option<Return>,
     in_flight: Option<InFlight>,
     /// Until the end of the body or an error.
     open: bool,
+}
+
+/// Which client read the answer.
+enum Inner {
+    /// hyper's (HTTP/2, and HTTP/1.1 requests with a streamed body).
+    Hyper(Incoming),
+    /// The lean HTTP/1.1 client's.
+    H1(H1Body),
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -406,20 +481,26 @@ impl PooledBody {
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match &mut this.inner {
+            Inner::Hyper(b) => {
+                ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(BoxError::from))
+            }
+            Inner::H1(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(BoxError::from)),
+        };
         match &frame {
             None => this.finish(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.finish(),
+            Some(Ok(_)) if this.is_end_stream() => this.finish(),
             Some(Ok(_)) => {}
             Some(Err(_)) => {
-                // Never reused: dropping the sender lets hyper close it.
+                // Never reused: dropping the sender lets hyper close it
+                // (the lean body has dropped its connection already).
                 this.ret = None;
                 this.in_flight = None;
                 this.open = false;
@@ -429,32 +510,16 @@ impl HttpBody for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::H1(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keep_alive_rules() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            if let Ok(v) = v.parse() {
-                m.insert(header::CONNECTION, v);
-            }
-            m
-        };
-        assert!(keep_alive(Version::HTTP_11, &HeaderMap::new()));
-        assert!(!keep_alive(Version::HTTP_11, &h("close")));
-        assert!(!keep_alive(Version::HTTP_11, &h("Upgrade, Close")));
-        assert!(keep_alive(Version::HTTP_11, &h("keep-alive")));
-        assert!(!keep_alive(Version::HTTP_10, &HeaderMap::new()));
-        assert!(keep_alive(Version::HTTP_10, &h("Keep-Alive")));
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::H1(b) => b.size_hint(),
+        }
     }
 }

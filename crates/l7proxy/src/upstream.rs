@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use http::Method;
+use http::request::Parts;
+use http_body_util::{BodyExt, Empty, Full};
+
 use ambit_hbone::{ConnectHeaders, ConnectRequest, Forwarded, HboneStream};
 use ambit_identity::Identity;
 use ambit_mesh::Endpoint;
@@ -15,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::forward::ep_ip;
+use crate::h1::{self, H1Conn, Io, SendError};
 use crate::pool::{H2Conn, H2Sender, HttpPool, PoolKey, PooledBody};
 use crate::proxy::{Body, Waypoint};
 use crate::route::Outcome;
@@ -26,6 +32,25 @@ pub(crate) enum Upstream {
     Http1,
     /// HTTP/2 cleartext, many streams per connection.
     Http2,
+}
+
+/// A request body on its way upstream.
+pub(crate) enum UpBody {
+    /// All of it, at hand: none, or buffered for retries or mirrors.
+    Whole(Bytes),
+    /// Read from the client while it is sent.
+    Streamed(Body),
+}
+
+impl UpBody {
+    /// As a body for hyper's clients.
+    fn into_body(self) -> Body {
+        match self {
+            UpBody::Whole(b) if b.is_empty() => Empty::new().map_err(|e| match e {}).boxed_unsync(),
+            UpBody::Whole(b) => Full::new(b).map_err(|e| match e {}).boxed_unsync(),
+            UpBody::Streamed(b) => b,
+        }
+    }
 }
 
 impl Waypoint {
@@ -55,21 +80,88 @@ impl Waypoint {
     /// One attempt with `version`. HTTP/1.1: on a pooled connection to
     /// `ep` for `client`, or a new one; a request a pooled connection hands
     /// back unsent (it was closed while idle) moves on to the next, and
-    /// that is not an attempt. HTTP/2: on the key's shared connection,
-    /// opened (once, whoever asks first) when there is none or it closed.
+    /// that is not an attempt. A whole body goes by the lean client
+    /// ([`crate::h1`]), a streamed one by hyper's. HTTP/2: on the key's
+    /// shared connection, opened (once, whoever asks first) when there is
+    /// none or it closed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send(
         &self,
         ep: &Endpoint,
         ep_key: &str,
         key: Arc<PoolKey>,
         client: SocketAddr,
-        req: Request<Body>,
+        head: Parts,
+        body: UpBody,
         version: Upstream,
     ) -> Result<Response<PooledBody>, Outcome> {
-        match version {
-            Upstream::Http1 => self.send_h1(ep, ep_key, key, client, req).await,
-            Upstream::Http2 => self.send_h2(ep, ep_key, key, client, req).await,
+        match (version, body) {
+            (Upstream::Http1, UpBody::Whole(b)) if head.method != Method::CONNECT => {
+                self.send_lean(ep, ep_key, key, client, &head, b).await
+            }
+            (Upstream::Http1, body) => {
+                let req = Request::from_parts(head, body.into_body());
+                self.send_h1(ep, ep_key, key, client, req).await
+            }
+            (Upstream::Http2, body) => {
+                let req = Request::from_parts(head, body.into_body());
+                self.send_h2(ep, ep_key, key, client, req).await
+            }
         }
+    }
+
+    /// HTTP/1.1 with a whole body, by the lean client: on a pooled
+    /// connection that is still idle, or a new one.
+    async fn send_lean(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: Arc<PoolKey>,
+        client: SocketAddr,
+        head: &Parts,
+        body: Bytes,
+    ) -> Result<Response<PooledBody>, Outcome> {
+        let pool = &self.inner.pool;
+        let req = h1::encode(head, body);
+        while let Some(mut conn) = pool.checkout_h1(&key) {
+            match conn.send(&req).await {
+                Ok(answer) => {
+                    pool.note_reused();
+                    return Ok(pool.wrap_h1(key, conn, answer));
+                }
+                Err(SendError::Unsent) => {}
+                Err(error) => {
+                    tracing::debug!(%error, endpoint = %ep_key, "upstream request failed on a pooled connection");
+                    return Err(Outcome::Reset);
+                }
+            }
+        }
+        // Boxed, as in `send_h1`.
+        let io = Box::pin(self.open_io(ep, ep_key, &key, client)).await?;
+        pool.note_opened();
+        let mut conn = H1Conn::new(io);
+        match conn.send(&req).await {
+            Ok(answer) => Ok(pool.wrap_h1(key, conn, answer)),
+            Err(error) => {
+                tracing::debug!(%error, endpoint = %ep_key, "upstream request failed");
+                Err(Outcome::Reset)
+            }
+        }
+    }
+
+    /// A new transport to `ep`: plain TCP in benchmark mode, else HBONE.
+    async fn open_io(
+        &self,
+        ep: &Endpoint,
+        ep_key: &str,
+        key: &PoolKey,
+        client: SocketAddr,
+    ) -> Result<Io, Outcome> {
+        Ok(if self.inner.cfg.plaintext_upstreams {
+            Io::Tcp(self.dial_tcp(key, ep_key).await?)
+        } else {
+            Io::Hbone(self.dial_hbone(ep, ep_key, client).await?)
+        })
     }
 
     async fn send_h1(

@@ -30,6 +30,8 @@ pub const REVIEWS_VIP: &str = "10.96.0.10:9080";
 pub const RATINGS_VIP: &str = "10.96.0.11:9080";
 pub const ECHO_VIP: &str = "10.96.0.12:7000";
 pub const SNIFF_VIP: &str = "10.96.0.12:7001";
+/// reviews' port whose pods answer with scripted raw HTTP/1.1 ([`raw_answer`]).
+pub const RAW_VIP: &str = "10.96.0.10:9090";
 
 pub fn id(s: &str) -> Identity {
     s.parse().expect("identity")
@@ -69,6 +71,8 @@ pub struct Pod {
     /// Path and body received (or `None` when reading it failed), per
     /// HTTP request.
     pub bodies: Mutex<Vec<(String, Option<Bytes>)>>,
+    /// Every request head received on the raw port, as it came.
+    pub raw_heads: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -92,6 +96,8 @@ impl Handler for PodHandler {
         Decision::accept(move |stream| async move {
             if port == 7000 || port == 7001 {
                 echo(stream).await;
+            } else if port == 9090 {
+                raw_http(pod, stream).await;
             } else {
                 serve_http(pod, stream).await;
             }
@@ -103,6 +109,116 @@ async fn echo(stream: HboneStream) {
     let (mut r, mut w) = tokio::io::split(stream);
     if tokio::io::copy(&mut r, &mut w).await.is_ok() {
         let _ = w.shutdown().await;
+    }
+}
+
+/// The scripted answer to a request for `path` on the raw port, and
+/// whether the connection ends after it.
+pub fn raw_answer(path: &str) -> (Vec<u8>, bool) {
+    let ok = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (text, close) = match path {
+        "/raw/chunked" => (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n".to_owned(),
+            false,
+        ),
+        "/raw/head" => ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_owned(), false),
+        "/raw/continue" => (
+            format!("HTTP/1.1 100 Continue\r\n\r\n{}", ok("after-100")),
+            false,
+        ),
+        "/raw/eof" => ("HTTP/1.1 200 OK\r\n\r\nuntil-eof".to_owned(), true),
+        "/raw/http10" => ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n10".to_owned(), false),
+        "/raw/te-cl" => (
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_owned(),
+            false,
+        ),
+        "/raw/extra" => (
+            format!("{}HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nsmugl", ok("ok")),
+            false,
+        ),
+        "/raw/conflict" => (
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd".to_owned(),
+            false,
+        ),
+        "/raw/bad-length" => ("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\na".to_owned(), false),
+        "/raw/big-head" => (
+            format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n", "b".repeat(70 * 1024)),
+            false,
+        ),
+        "/raw/101" => ("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n".to_owned(), false),
+        "/raw/garbage" => ("HTTP/1.1 2OO OK\r\n\r\n".to_owned(), false),
+        "/raw/truncated" => ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_owned(), true),
+        "/raw/bad-chunk" => (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n".to_owned(),
+            false,
+        ),
+        "/raw/close-after" => (ok("bye"), true),
+        _ => (ok("ok"), false),
+    };
+    (text.into_bytes(), close)
+}
+
+/// Serves raw HTTP/1.1 on one stream: reads request heads (and bodies by
+/// `content-length`), answers each with [`raw_answer`].
+async fn raw_http(pod: Arc<Pod>, mut stream: HboneStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf: Vec<u8> = Vec::new();
+    let more = async |stream: &mut HboneStream, buf: &mut Vec<u8>| -> bool {
+        let mut tmp = [0u8; 8192];
+        match stream.read(&mut tmp).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&tmp[..n]);
+                true
+            }
+        }
+    };
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !more(&mut stream, &mut buf).await {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let l = l.to_ascii_lowercase();
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            })
+            .unwrap_or(0);
+        while buf.len() < len {
+            if !more(&mut stream, &mut buf).await {
+                return;
+            }
+        }
+        let body: Vec<u8> = buf.drain(..len).collect();
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        pod.hits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = pod.raw_heads.lock() {
+            h.push(head);
+        }
+        if let Ok(mut b) = pod.bodies.lock() {
+            b.push((path.clone(), Some(Bytes::from(body))));
+        }
+        let (answer, close) = raw_answer(&path);
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            return;
+        }
     }
 }
 
@@ -359,7 +475,7 @@ impl Mesh {
         for ((spec, ip), listener) in specs.iter().zip(&ips).zip(listeners) {
             let sa = spec.service;
             workloads.push_str(&format!(
-                "- uid: cluster1//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: n1\n  canonicalName: {sa}\n  canonicalRevision: {ver}\n  workloadName: {sa}-{ver}\n  services: {{\"default/{sa}.default.svc.cluster.local\": {{9080: 9080, 7000: 7000, 7001: 7001}}}}\n",
+                "- uid: cluster1//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: n1\n  canonicalName: {sa}\n  canonicalRevision: {ver}\n  workloadName: {sa}-{ver}\n  services: {{\"default/{sa}.default.svc.cluster.local\": {{9080: 9080, 9090: 9090, 7000: 7000, 7001: 7001}}}}\n",
                 name = spec.name,
                 ver = spec.version,
             ));
@@ -373,6 +489,7 @@ impl Mesh {
                 once: once.clone(),
                 requests: Mutex::new(Vec::new()),
                 bodies: Mutex::new(Vec::new()),
+                raw_heads: Mutex::new(Vec::new()),
             });
             let pod_id = id(&format!("spiffe://cluster.local/ns/default/sa/{sa}"));
             let tls = Arc::new(certs.server_config(&pod_id).await.expect("pod tls"));
@@ -382,7 +499,7 @@ impl Mesh {
         }
         let mesh_yaml = format!(
             "workloads:\n{workloads}services:\n\
-- name: reviews\n  namespace: default\n  hostname: reviews.default.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports: {{9080: 9080}}\n\
+- name: reviews\n  namespace: default\n  hostname: reviews.default.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports: {{9080: 9080, 9090: 9090}}\n\
 - name: ratings\n  namespace: default\n  hostname: ratings.default.svc.cluster.local\n  vips: [\"/10.96.0.11\"]\n  ports: {{9080: 9080}}\n\
 - name: echo\n  namespace: default\n  hostname: echo.default.svc.cluster.local\n  vips: [\"/10.96.0.12\"]\n  ports: {{7000: 7000, 7001: 7001}}\n"
         );

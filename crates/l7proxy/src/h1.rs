@@ -1,0 +1,972 @@
+//! A lean HTTP/1.1 client for requests whose body is whole: none, or
+//! bytes the engine already holds (buffered for retries or mirrors).
+//!
+//! The request's task writes the request and reads the answer itself, and
+//! the response body reads straight from the connection inside the task
+//! that consumes it (the downstream connection's). Nothing is spawned and
+//! nothing crosses a channel: with hyper's client, each request went to a
+//! connection task through a channel, and each body chunk came back
+//! through another. Requests that stream their body keep hyper's client,
+//! which reads the answer while the body is still being written.
+//!
+//! What the upstream says is checked as strictly as hyper checks it, and
+//! anything else is an error that drops the connection:
+//! - the head: `httparse` (no obs-fold, no bare CR, at most
+//!   [`MAX_HEADERS`] fields, at most [`MAX_HEAD`] bytes), a 3-digit
+//!   status, HTTP/1.0 or 1.1; `1xx` answers other than `101` are skipped;
+//! - the body's length (RFC 9112 §6.3): none after `HEAD`, `1xx`, `204`
+//!   and `304`; `transfer-encoding` ending in `chunked` is decoded (CRLF
+//!   line ends, hexadecimal sizes that fit 64 bits, extensions ignored,
+//!   trailers kept), any other transfer coding reads to the end of the
+//!   connection; otherwise `content-length`, whose values must all be the
+//!   same decimal number; otherwise to the end of the connection;
+//! - a connection is reused only after its answer ended exactly where its
+//!   framing said, with nothing more received, and when the answer allows
+//!   it (not `connection: close`; HTTP/1.0 only with `keep-alive`; never
+//!   after `transfer-encoding` together with `content-length`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use ambit_hbone::HboneStream;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::pool::{HttpPool, PoolKey};
+
+/// The largest response head accepted (hyper's client allows about as
+/// much before its buffer limit).
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head or a trailer section
+/// (hyper's default).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// How much room each read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Bodies up to this size are copied behind the head and written with it
+/// in one call; larger ones are written on their own.
+const COALESCE: usize = 16 * 1024;
+
+/// An upstream connection's transport.
+pub(crate) enum Io {
+    /// Plain TCP (benchmark mode).
+    Tcp(TcpStream),
+    /// An HBONE stream to the endpoint's ztunnel.
+    Hbone(HboneStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Hbone(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The connection refused the first byte: the peer had closed it. The
+    /// request may go on another connection.
+    #[error("connection closed before the request was written")]
+    Unsent,
+    /// Writing or reading failed after the request (or part of it) left.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The answer broke HTTP/1.1.
+    #[error("bad upstream response: {0}")]
+    Protocol(&'static str),
+    /// The connection closed before the answer's head was complete.
+    #[error("connection closed before the response head")]
+    Closed,
+}
+
+/// An error in a response body.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// Reading failed.
+    #[error("reading the upstream response body: {0}")]
+    Io(#[from] io::Error),
+    /// The body broke its framing.
+    #[error("bad upstream response body: {0}")]
+    Protocol(&'static str),
+    /// The connection closed before the body's end.
+    #[error("upstream closed the connection before the end of the response body")]
+    Truncated,
+}
+
+/// One upstream HTTP/1.1 connection: its transport and what was read
+/// from it but not yet used.
+pub(crate) struct H1Conn {
+    io: Io,
+    buf: BytesMut,
+}
+
+/// The request head on the wire, and whether the body is carried along.
+pub(crate) struct Encoded {
+    wire: Vec<u8>,
+    /// Written after `wire` when it was too large to copy behind the head.
+    body: Bytes,
+    method: Method,
+}
+
+/// Encodes `head` with `body` for the wire: origin-form target, the
+/// head's fields except `content-length` and `transfer-encoding`, and a
+/// `content-length` for any body (or an empty one of a method that
+/// expects content, as a user agent should, RFC 9110 §8.6).
+pub(crate) fn encode(head: &http::request::Parts, body: Bytes) -> Encoded {
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut wire = Vec::with_capacity(
+        256 + if body.len() <= COALESCE {
+            body.len()
+        } else {
+            0
+        },
+    );
+    wire.extend_from_slice(head.method.as_str().as_bytes());
+    wire.push(b' ');
+    wire.extend_from_slice(target.as_bytes());
+    wire.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        wire.extend_from_slice(name.as_str().as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    let expects = matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || expects {
+        wire.extend_from_slice(b"content-length: ");
+        wire.extend_from_slice(body.len().to_string().as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    let body = if body.len() <= COALESCE {
+        wire.extend_from_slice(&body);
+        Bytes::new()
+    } else {
+        body
+    };
+    Encoded {
+        wire,
+        body,
+        method: head.method.clone(),
+    }
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunk),
+    /// At the end of the connection.
+    Close,
+    /// Ended.
+    Done,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+}
+
+/// A response head read from a connection, and how its body is framed.
+pub(crate) struct Answer {
+    /// The response, with an empty body.
+    pub(crate) head: http::response::Parts,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl H1Conn {
+    /// A connection over `io`.
+    pub(crate) fn new(io: Io) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: nothing has
+    /// arrived on it, not even its end (the peer closing it while idle).
+    pub(crate) fn is_idle(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// Sends `req` and reads the answer's head. [`SendError::Unsent`]
+    /// when the connection took none of it.
+    pub(crate) async fn send(&mut self, req: &Encoded) -> Result<Answer, SendError> {
+        self.write_request(req).await?;
+        self.read_head(&req.method).await
+    }
+
+    async fn write_request(&mut self, req: &Encoded) -> Result<(), SendError> {
+        let mut wire = &req.wire[..];
+        let mut first = true;
+        while !wire.is_empty() {
+            match self.io.write(wire).await {
+                Ok(0) if first => return Err(SendError::Unsent),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => wire = &wire[n..],
+                Err(e) if first && unsent(&e) => return Err(SendError::Unsent),
+                Err(e) => return Err(e.into()),
+            }
+            first = false;
+        }
+        if !req.body.is_empty() {
+            self.io.write_all(&req.body).await?;
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // Reads into the spare capacity, which is never zeroed.
+        let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    async fn read_head(&mut self, method: &Method) -> Result<Answer, SendError> {
+        loop {
+            if let Some(answer) = self.parse_head(method)? {
+                return Ok(answer);
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(SendError::Protocol("response head too large"));
+            }
+            if self.fill().await? == 0 {
+                return Err(SendError::Closed);
+            }
+        }
+    }
+
+    /// A complete final response head from the buffer (interim `1xx`
+    /// answers are consumed and skipped), or `None` when more is needed.
+    fn parse_head(&mut self, method: &Method) -> Result<Option<Answer>, SendError> {
+        loop {
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut fields);
+            let len = match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(SendError::Protocol("too many header fields"));
+                }
+                Err(_) => return Err(SendError::Protocol("malformed response head")),
+            };
+            if len > MAX_HEAD {
+                return Err(SendError::Protocol("response head too large"));
+            }
+            let code = resp.code.unwrap_or(0);
+            let version = match resp.version {
+                Some(0) => Version::HTTP_10,
+                Some(1) => Version::HTTP_11,
+                _ => return Err(SendError::Protocol("unsupported HTTP version")),
+            };
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| SendError::Protocol("invalid status code"))?;
+            if status.is_informational() {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(SendError::Protocol(
+                        "101 to a request that asked no upgrade",
+                    ));
+                }
+                self.buf.advance(len);
+                continue;
+            }
+            // Field positions, so the values can share the head's bytes.
+            let base = self.buf.as_ptr() as usize;
+            let mut spans = Vec::with_capacity(resp.headers.len());
+            for f in resp.headers.iter() {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| SendError::Protocol("invalid header name"))?;
+                let at = f.value.as_ptr() as usize - base;
+                spans.push((name, at, at + f.value.len()));
+            }
+            let bytes = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(spans.len());
+            for (name, from, to) in spans {
+                let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
+                    .map_err(|_| SendError::Protocol("invalid header value"))?;
+                headers.append(name, value);
+            }
+            let (framing, framing_ok) = framing(method, status, version, &headers)?;
+            if matches!(framing, Framing::Chunked(_) | Framing::Close) {
+                // The transfer coding (or the connection's end) frames the
+                // body; a proxy must not pass a length on with it (RFC 9112
+                // §6.3).
+                headers.remove(CONTENT_LENGTH);
+            }
+            let reusable = framing_ok && framing != Framing::Close && keep_alive(version, &headers);
+            let mut head = Response::new(()).into_parts().0;
+            head.status = status;
+            // The upstream's version concerns this hop only (its reuse is
+            // decided above); the answer goes on in the client's protocol.
+            head.version = Version::HTTP_11;
+            head.headers = headers;
+            return Ok(Some(Answer {
+                head,
+                framing,
+                reusable,
+            }));
+        }
+    }
+}
+
+/// Whether a write error means the peer had closed the connection, so
+/// nothing of the request reached it.
+fn unsent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// How the body of a `status` answer to `method` is framed (RFC 9112
+/// §6.3), and whether that framing leaves the connection reusable.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), SendError> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, true));
+    }
+    let has_cl = headers.contains_key(CONTENT_LENGTH);
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(SendError::Protocol(
+                "transfer-encoding in an HTTP/1.0 response",
+            ));
+        }
+        let mut last = None;
+        for v in headers.get_all(TRANSFER_ENCODING) {
+            let v = v
+                .to_str()
+                .map_err(|_| SendError::Protocol("invalid transfer-encoding"))?;
+            for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                last = Some(coding);
+            }
+        }
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => {
+                // With a content-length too, the coding wins and the
+                // connection is not trusted again.
+                (Framing::Chunked(Chunk::Size), !has_cl)
+            }
+            _ => (Framing::Close, false),
+        });
+    }
+    if has_cl {
+        let mut len: Option<u64> = None;
+        for v in headers.get_all(CONTENT_LENGTH) {
+            for part in v.as_bytes().split(|b| *b == b',') {
+                let n = parse_decimal(trim(part))
+                    .ok_or(SendError::Protocol("invalid content-length"))?;
+                if len.is_some_and(|l| l != n) {
+                    return Err(SendError::Protocol("conflicting content-length values"));
+                }
+                len = Some(n);
+            }
+        }
+        return Ok(match len {
+            Some(0) => (Framing::Done, true),
+            Some(n) => (Framing::Length(n), true),
+            None => return Err(SendError::Protocol("invalid content-length")),
+        });
+    }
+    Ok((Framing::Close, false))
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| *c != b' ' && *c != b'\t')
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(start, |i| i + 1);
+    &b[start..end]
+}
+
+fn parse_decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// Whether an answer lets its connection carry another request (RFC 9112
+/// §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with
+/// `keep-alive`).
+pub(crate) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    match version {
+        Version::HTTP_11 => !has("close"),
+        Version::HTTP_10 => has("keep-alive") && !has("close"),
+        _ => false,
+    }
+}
+
+/// Where an ended body's connection goes.
+pub(crate) struct Home {
+    pub(crate) pool: Arc<HttpPool>,
+    pub(crate) key: Arc<PoolKey>,
+}
+
+/// A response body read from its connection by whoever polls it. At its
+/// end, the connection goes back to the pool when it may be reused;
+/// dropped before, the connection closes.
+pub(crate) struct H1Body {
+    conn: Option<H1Conn>,
+    framing: Framing,
+    reusable: bool,
+    home: Option<Home>,
+}
+
+impl H1Body {
+    /// The body of `answer` on `conn`; the connection returns to `home`
+    /// at the end (`None`: it closes).
+    pub(crate) fn new(conn: H1Conn, answer: &Answer, home: Option<Home>) -> Self {
+        let mut body = Self {
+            conn: Some(conn),
+            framing: answer.framing,
+            reusable: answer.reusable,
+            home,
+        };
+        if body.framing == Framing::Done {
+            body.finish();
+        }
+        body
+    }
+
+    /// The end: the connection is pooled if allowed and nothing more
+    /// arrived behind the answer.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take())
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            home.pool.checkin_h1(home.key, conn);
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        self.home = None;
+        self.framing = Framing::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl HttpBody for H1Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => return this.fail(BodyError::Truncated),
+                            Ok(_) => {}
+                            Err(e) => return this.fail(e.into()),
+                        }
+                    }
+                    let n = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.buf.len());
+                    let data = conn.buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    this.framing = Framing::Length(left);
+                    if left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => {
+                                this.finish();
+                                return Poll::Ready(None);
+                            }
+                            Ok(_) => {}
+                            Err(e) => return this.fail(e.into()),
+                        }
+                    }
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match decode_chunk(&mut conn.buf, state) {
+                    Ok(Step::Need) => {
+                        if conn.buf.len() > MAX_HEAD {
+                            return this
+                                .fail(BodyError::Protocol("chunk line or trailers too large"));
+                        }
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => return this.fail(BodyError::Truncated),
+                            Ok(_) => {}
+                            Err(e) => return this.fail(e.into()),
+                        }
+                    }
+                    Ok(Step::Next(next)) => this.framing = Framing::Chunked(next),
+                    Ok(Step::Data(data, next)) => {
+                        this.framing = Framing::Chunked(next);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Step::End(trailers)) => {
+                        this.finish();
+                        return match trailers {
+                            Some(t) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                            None => Poll::Ready(None),
+                        };
+                    }
+                    Err(e) => return this.fail(BodyError::Protocol(e)),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// One step of the chunked decoder.
+#[derive(Debug)]
+enum Step {
+    /// More input is needed.
+    Need,
+    /// Moved on without output.
+    Next(Chunk),
+    /// Chunk data, then this state.
+    Data(Bytes, Chunk),
+    /// The end, with the trailer fields if there were any.
+    End(Option<HeaderMap>),
+}
+
+/// Decodes from `buf` in `state`, consuming what it uses.
+fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Step, &'static str> {
+    match state {
+        Chunk::Size => {
+            let Some(eol) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                return Ok(Step::Need);
+            };
+            let line = &buf[..eol];
+            let digits = line
+                .iter()
+                .position(|b| *b == b';' || *b == b' ' || *b == b'\t')
+                .unwrap_or(line.len());
+            let (hex, rest) = line.split_at(digits);
+            if hex.is_empty() || hex.len() > 16 {
+                return Err("invalid chunk size");
+            }
+            let mut size = 0u64;
+            for d in hex {
+                let v = match d {
+                    b'0'..=b'9' => d - b'0',
+                    b'a'..=b'f' => d - b'a' + 10,
+                    b'A'..=b'F' => d - b'A' + 10,
+                    _ => return Err("invalid chunk size"),
+                };
+                size = (size << 4) | u64::from(v);
+            }
+            // Only whitespace may sit between the size and an extension.
+            let rest = trim(rest);
+            if !rest.is_empty() && rest[0] != b';' {
+                return Err("invalid chunk size");
+            }
+            if rest.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+                return Err("invalid chunk extension");
+            }
+            buf.advance(eol + 2);
+            Ok(Step::Next(if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            }))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::Need);
+            }
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let data = buf.split_to(n).freeze();
+            let left = left - n as u64;
+            Ok(Step::Data(
+                data,
+                if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                },
+            ))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::Need);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err("chunk data not followed by CRLF");
+            }
+            buf.advance(2);
+            Ok(Step::Next(Chunk::Size))
+        }
+        Chunk::Trailers => {
+            if buf.len() >= 2 && &buf[..2] == b"\r\n" {
+                buf.advance(2);
+                return Ok(Step::End(None));
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut map = HeaderMap::with_capacity(fields.len());
+                    for f in fields {
+                        let name = HeaderName::from_bytes(f.name.as_bytes())
+                            .map_err(|_| "invalid trailer name")?;
+                        let value = HeaderValue::from_bytes(f.value)
+                            .map_err(|_| "invalid trailer value")?;
+                        map.append(name, value);
+                    }
+                    buf.advance(len);
+                    Ok(Step::End(Some(map)))
+                }
+                Ok(httparse::Status::Partial) => Ok(Step::Need),
+                Err(_) => Err("malformed trailers"),
+            }
+        }
+    }
+}
+
+/// The position of the first CRLF within `max` bytes; a bare LF or CR is
+/// an error.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, &'static str> {
+    for (i, b) in buf.iter().enumerate() {
+        if i >= max {
+            return Err("chunk line too long");
+        }
+        match b {
+            b'\n' => return Err("bare LF in a chunk line"),
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    Some(b'\n') => Ok(Some(i)),
+                    Some(_) => Err("bare CR in a chunk line"),
+                    None => Ok(None),
+                };
+            }
+            _ => {}
+        }
+    }
+    if buf.len() >= max {
+        return Err("chunk line too long");
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, usize), &'static str> {
+        let mut buf = BytesMut::from(input);
+        let mut state = Chunk::Size;
+        let mut out = Vec::new();
+        loop {
+            match decode_chunk(&mut buf, state)? {
+                Step::Need => return Err("incomplete"),
+                Step::Next(s) => state = s,
+                Step::Data(d, s) => {
+                    out.extend_from_slice(&d);
+                    state = s;
+                }
+                Step::End(t) => return Ok((out, t, buf.len())),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let (body, trailers, rest) =
+            decode_all(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").expect("decodes");
+        assert_eq!(body, b"hello world");
+        assert!(trailers.is_none());
+        assert_eq!(rest, 0);
+        let (body, trailers, rest) =
+            decode_all(b"A\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT").expect("decodes");
+        assert_eq!(body, b"0123456789");
+        let t = trailers.expect("trailers");
+        assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+        assert_eq!(rest, 4, "what follows the body stays in the buffer");
+    }
+
+    #[test]
+    fn chunked_rejects() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 x\r\nhello\r\n",
+            b"-5\r\n",
+            b"5\rhello",
+            b"\r\n",
+        ] {
+            assert!(
+                decode_all(bad).is_err_and(|e| e != "incomplete"),
+                "{:?} must be refused",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = [b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode_all(&long).is_err_and(|e| e == "chunk line too long"));
+    }
+
+    fn head(raw: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for line in raw.lines().filter(|l| !l.is_empty()) {
+            if let Some((n, v)) = line.split_once(':')
+                && let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(n.trim().as_bytes()),
+                    HeaderValue::from_str(v.trim()),
+                )
+            {
+                m.append(n, v);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn framing_rules() {
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+        let v11 = Version::HTTP_11;
+        let f = |m: &Method, s: StatusCode, v: Version, h: &str| {
+            framing(m, s, v, &head(h)).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            f(&get, ok, v11, "content-length: 5"),
+            Ok((Framing::Length(5), true))
+        );
+        assert_eq!(
+            f(&get, ok, v11, "content-length: 5, 5"),
+            Ok((Framing::Length(5), true))
+        );
+        assert_eq!(
+            f(&get, ok, v11, "content-length: 5\ncontent-length: 5"),
+            Ok((Framing::Length(5), true))
+        );
+        assert!(f(&get, ok, v11, "content-length: 5\ncontent-length: 6").is_err());
+        assert!(f(&get, ok, v11, "content-length: +5").is_err());
+        assert!(f(&get, ok, v11, "content-length: 0x5").is_err());
+        assert!(f(&get, ok, v11, "content-length: 99999999999999999999").is_err());
+        assert_eq!(
+            f(&get, ok, v11, "content-length: 0"),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(&get, ok, v11, "transfer-encoding: chunked"),
+            Ok((Framing::Chunked(Chunk::Size), true))
+        );
+        assert_eq!(
+            f(&get, ok, v11, "transfer-encoding: gzip, Chunked"),
+            Ok((Framing::Chunked(Chunk::Size), true))
+        );
+        assert_eq!(
+            f(
+                &get,
+                ok,
+                v11,
+                "transfer-encoding: chunked\ncontent-length: 5"
+            ),
+            Ok((Framing::Chunked(Chunk::Size), false)),
+            "both: chunked wins, the connection is not reused"
+        );
+        assert_eq!(
+            f(&get, ok, v11, "transfer-encoding: chunked, gzip"),
+            Ok((Framing::Close, false))
+        );
+        assert!(f(&get, ok, Version::HTTP_10, "transfer-encoding: chunked").is_err());
+        assert_eq!(f(&get, ok, v11, ""), Ok((Framing::Close, false)));
+        assert_eq!(
+            f(&Method::HEAD, ok, v11, "content-length: 5"),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(
+                &get,
+                StatusCode::NO_CONTENT,
+                v11,
+                "transfer-encoding: chunked"
+            ),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(&get, StatusCode::NOT_MODIFIED, v11, "content-length: 5"),
+            Ok((Framing::Done, true))
+        );
+    }
+
+    #[test]
+    fn encoding() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/a?b=c")
+            .header("host", "svc:80")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .header("x-k", "v")
+            .body(())
+            .expect("request");
+        let (parts, ()) = req.into_parts();
+        let e = encode(&parts, Bytes::from_static(b"abc"));
+        assert_eq!(
+            String::from_utf8_lossy(&e.wire),
+            "POST /a?b=c HTTP/1.1\r\nhost: svc:80\r\nx-k: v\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        let (get, ()) = http::Request::builder()
+            .uri("/x")
+            .body(())
+            .expect("request")
+            .into_parts();
+        assert_eq!(
+            String::from_utf8_lossy(&encode(&get, Bytes::new()).wire),
+            "GET /x HTTP/1.1\r\n\r\n"
+        );
+        let (put, ()) = http::Request::builder()
+            .method("PUT")
+            .uri("/x")
+            .body(())
+            .expect("request")
+            .into_parts();
+        assert_eq!(
+            String::from_utf8_lossy(&encode(&put, Bytes::new()).wire),
+            "PUT /x HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        let big = Bytes::from(vec![b'x'; COALESCE + 1]);
+        let e = encode(&put, big.clone());
+        assert_eq!(e.body, big, "a large body is written on its own");
+        assert!(String::from_utf8_lossy(&e.wire).ends_with("content-length: 16385\r\n\r\n"));
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            if let Ok(v) = v.parse() {
+                m.insert(http::header::CONNECTION, v);
+            }
+            m
+        };
+        assert!(keep_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(!keep_alive(Version::HTTP_11, &h("close")));
+        assert!(!keep_alive(Version::HTTP_11, &h("Upgrade, Close")));
+        assert!(keep_alive(Version::HTTP_11, &h("keep-alive")));
+        assert!(!keep_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(keep_alive(Version::HTTP_10, &h("Keep-Alive")));
+    }
+}
