@@ -13,7 +13,7 @@ use ambit_mesh::{Endpoint, MeshState, Workload};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as HttpBody;
 
 use crate::authz::{self, AuthzFacts, HttpFacts};
 use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig, Subset};
@@ -181,11 +181,15 @@ impl Waypoint {
         all.get(i).cloned()
     }
 
-    pub(crate) async fn handle_request(
+    pub(crate) async fn handle_request<B>(
         &self,
         conn: &Arc<Conn>,
-        req: Request<Incoming>,
-    ) -> Response<Body> {
+        req: Request<B>,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let start = Instant::now();
         let routes = self.routes();
         let svc_cfg = routes.service(&conn.service.hostname);
@@ -215,15 +219,19 @@ impl Waypoint {
         done.attach(resp)
     }
 
-    async fn route_request<'r>(
+    async fn route_request<'r, B>(
         &self,
         conn: &Arc<Conn>,
         routes: &RouteConfig,
         svc_cfg: Option<&'r ServiceConfig>,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         meta: &mut Meta,
         grpc: bool,
-    ) -> (Response<Body>, Option<&'r str>) {
+    ) -> (Response<Body>, Option<&'r str>)
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         // A clone of the header value is a reference count, not a copy.
         let host = req.headers().get(header::HOST).cloned();
         let authority: Cow<'_, str> = match host.as_ref().and_then(|h| h.to_str().ok()) {
@@ -424,7 +432,7 @@ impl Waypoint {
                         let b = b
                             .map_err(move |e| {
                                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                                BoxError::from(e)
+                                e.into()
                             })
                             .boxed_unsync();
                         UpBody::Streamed(match taps.take() {

@@ -316,9 +316,16 @@ impl H1Conn {
             if self.buf.is_empty() {
                 return Ok(None);
             }
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut fields);
-            let len = match resp.parse(&self.buf) {
+            // Uninitialised: nothing is written for fields that are absent.
+            let mut fields =
+                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &self.buf,
+                &mut fields,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {

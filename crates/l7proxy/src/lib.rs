@@ -25,6 +25,7 @@ pub mod config;
 mod forward;
 mod grpc;
 mod h1;
+mod h1srv;
 mod head;
 pub mod metrics;
 mod mirror;

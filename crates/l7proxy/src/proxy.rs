@@ -24,6 +24,7 @@ use ambit_identity::{CertManager, Identity};
 use ambit_mesh::{MeshState, Service, Workload};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request};
+use http_body_util::Empty;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use crate::balance::Balancer;
 use crate::config::{Protocol, RouteConfig};
 use crate::forward::EndpointCache;
+use crate::h1srv::{Downstream, Next};
 use crate::metrics::{Metrics, SeriesCache};
 use crate::pool::{HttpPool, PoolConfig, PoolStats};
 use crate::sniff::{Rewind, Sniffed, sniff};
@@ -446,10 +448,35 @@ impl Waypoint {
         }
     }
 
+    /// Serves HTTP on `io`: the lean HTTP/1.1 loop ([`crate::h1srv`])
+    /// while requests have no body, then hyper (HTTP/1.1 and HTTP/2) for
+    /// the rest of the connection.
     async fn serve_http<IO>(self, conn: Arc<Conn>, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let mut down = Downstream::new(io);
+        loop {
+            match down.next().await {
+                Next::Request(req, ask) => {
+                    let resp = self
+                        .handle_request(&conn, req.map(|()| Empty::<Bytes>::new()))
+                        .await;
+                    match down.respond(ask, resp).await {
+                        Ok(true) => {}
+                        Ok(false) => return down.close().await,
+                        Err(error) => {
+                            tracing::debug!(%error, "http connection ended with an error");
+                            return;
+                        }
+                    }
+                }
+                Next::Closed => return,
+                Next::Handover => break,
+            }
+        }
+        let (read, io) = down.into_parts();
+        let io = Rewind::new(read, io);
         let svc = service_fn(move |req: Request<Incoming>| {
             let this = self.clone();
             let conn = Arc::clone(&conn);
