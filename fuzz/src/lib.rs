@@ -29,6 +29,8 @@ pub const TARGETS: &[Target] = &[
     ("socks5_request", socks5_request),
     ("waypoint_config", waypoint_config),
     ("dns_request", dns_request),
+    ("http1_response", http1_response),
+    ("http1_request", http1_request),
 ];
 
 /// SPIFFE id parsing on arbitrary bytes: whatever parses is canonical
@@ -431,5 +433,84 @@ pub fn dns_request(data: &[u8]) {
             Outcome::Forward(query) => assert!(query.query().is_some()),
             Outcome::Drop => {}
         }
+    }
+}
+
+/// The waypoint's lean HTTP/1.1 upstream client on one whole answer (to a
+/// `GET`, or a `HEAD` when the first byte is odd): a decoded body has the
+/// length its `content-length` gives, and a chunked one decodes the same
+/// after being chunked again.
+pub fn http1_response(data: &[u8]) {
+    use ambit_l7proxy::fuzzing::http1_response;
+
+    let head = data.first().is_some_and(|b| b % 2 == 1);
+    let Ok(Some((status, body, _reusable))) = http1_response(data, head) else {
+        return;
+    };
+    assert!((200..1000).contains(&status), "a final status: {status}");
+    if head {
+        assert!(body.is_empty(), "no body after HEAD");
+    }
+    let mut again = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    if !body.is_empty() {
+        again.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        again.extend_from_slice(&body);
+        again.extend_from_slice(b"\r\n");
+    }
+    again.extend_from_slice(b"0\r\n\r\n");
+    let (_, decoded, reusable) = http1_response(&again, false)
+        .expect("a chunked re-encoding decodes")
+        .expect("and is complete");
+    assert_eq!(decoded, body);
+    assert!(reusable);
+}
+
+/// The waypoint's lean HTTP/1.1 server loop on a request head: what it
+/// serves has no body and nothing hyper should decide (no transfer coding,
+/// `expect`, `upgrade`, `te`, HTTP/1.0 or `CONNECT`) and re-encodes to the
+/// same request; what it refuses is left byte for byte for hyper.
+pub fn http1_request(data: &[u8]) {
+    use ambit_l7proxy::fuzzing::http1_request;
+    use http::{Method, header};
+
+    match http1_request(data) {
+        Ok((req, used)) => {
+            assert!(used <= data.len());
+            assert_ne!(req.method(), Method::CONNECT);
+            assert!(req.uri().path().starts_with('/'));
+            for h in [
+                header::TRANSFER_ENCODING,
+                header::EXPECT,
+                header::UPGRADE,
+                header::TE,
+            ] {
+                assert!(!req.headers().contains_key(&h), "{h} is hyper's");
+            }
+            let lengths: Vec<_> = req
+                .headers()
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .collect();
+            assert!(lengths.len() <= 1 && lengths.iter().all(|v| v.as_bytes() == b"0"));
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let mut wire = format!("{} {target} HTTP/1.1\r\n", req.method()).into_bytes();
+            for (n, v) in req.headers() {
+                wire.extend_from_slice(n.as_str().as_bytes());
+                wire.extend_from_slice(b": ");
+                wire.extend_from_slice(v.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            let (again, n) = http1_request(&wire).expect("a re-encoded request is served");
+            assert_eq!(n, wire.len());
+            assert_eq!(again.method(), req.method());
+            assert_eq!(again.uri(), req.uri());
+            assert_eq!(again.headers(), req.headers());
+        }
+        Err(untouched) => assert!(untouched, "bytes refused must be left for hyper"),
     }
 }

@@ -297,7 +297,7 @@ impl H1Conn {
 
     async fn read_head(&mut self, method: &Method) -> Result<Answer, SendError> {
         loop {
-            if let Some(answer) = self.parse_head(method)? {
+            if let Some(answer) = parse_head(&mut self.buf, method)? {
                 return Ok(answer);
             }
             if self.buf.len() > MAX_HEAD {
@@ -308,88 +308,127 @@ impl H1Conn {
             }
         }
     }
+}
 
-    /// A complete final response head from the buffer (interim `1xx`
-    /// answers are consumed and skipped), or `None` when more is needed.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<Answer>, SendError> {
-        loop {
-            if self.buf.is_empty() {
+/// A complete final response head from the buffer (interim `1xx`
+/// answers are consumed and skipped), or `None` when more is needed.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, SendError> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        // Uninitialised: nothing is written for fields that are absent.
+        let mut fields =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(SendError::Protocol("too many header fields"));
+            }
+            Err(_) => return Err(SendError::Protocol("malformed response head")),
+        };
+        if len > MAX_HEAD {
+            return Err(SendError::Protocol("response head too large"));
+        }
+        let code = resp.code.unwrap_or(0);
+        let version = match resp.version {
+            Some(0) => Version::HTTP_10,
+            Some(1) => Version::HTTP_11,
+            _ => return Err(SendError::Protocol("unsupported HTTP version")),
+        };
+        let status =
+            StatusCode::from_u16(code).map_err(|_| SendError::Protocol("invalid status code"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(SendError::Protocol(
+                    "101 to a request that asked no upgrade",
+                ));
+            }
+            buf.advance(len);
+            continue;
+        }
+        // Field positions, so the values can share the head's bytes.
+        let base = buf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(resp.headers.len());
+        for f in resp.headers.iter() {
+            let name = HeaderName::from_bytes(f.name.as_bytes())
+                .map_err(|_| SendError::Protocol("invalid header name"))?;
+            let at = f.value.as_ptr() as usize - base;
+            spans.push((name, at, at + f.value.len()));
+        }
+        let bytes = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for (name, from, to) in spans {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
+                .map_err(|_| SendError::Protocol("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, framing_ok) = framing(method, status, version, &headers)?;
+        if matches!(framing, Framing::Chunked(_) | Framing::Close) {
+            // The transfer coding (or the connection's end) frames the
+            // body; a proxy must not pass a length on with it (RFC 9112
+            // §6.3).
+            headers.remove(CONTENT_LENGTH);
+        }
+        let reusable = framing_ok && framing != Framing::Close && keep_alive(version, &headers);
+        let mut head = Response::new(()).into_parts().0;
+        head.status = status;
+        // The upstream's version concerns this hop only (its reuse is
+        // decided above); the answer goes on in the client's protocol.
+        head.version = Version::HTTP_11;
+        head.headers = headers;
+        return Ok(Some(Answer {
+            head,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+/// What the client makes of `data` as a whole answer to `method`, with
+/// no socket (for the fuzz target): `None` when incomplete, else the
+/// status, the decoded body and whether the connection would be reused.
+pub(crate) fn decode_whole(
+    data: &[u8],
+    method: &Method,
+) -> Result<Option<(u16, Vec<u8>, bool)>, String> {
+    let mut buf = BytesMut::from(data);
+    let Some(answer) = parse_head(&mut buf, method).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let mut body = Vec::new();
+    match answer.framing {
+        Framing::Done => {}
+        Framing::Length(n) => {
+            let Ok(n) = usize::try_from(n) else {
+                return Ok(None);
+            };
+            if buf.len() < n {
                 return Ok(None);
             }
-            // Uninitialised: nothing is written for fields that are absent.
-            let mut fields =
-                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut resp,
-                &self.buf,
-                &mut fields,
-            );
-            let len = match parsed {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(SendError::Protocol("too many header fields"));
-                }
-                Err(_) => return Err(SendError::Protocol("malformed response head")),
-            };
-            if len > MAX_HEAD {
-                return Err(SendError::Protocol("response head too large"));
-            }
-            let code = resp.code.unwrap_or(0);
-            let version = match resp.version {
-                Some(0) => Version::HTTP_10,
-                Some(1) => Version::HTTP_11,
-                _ => return Err(SendError::Protocol("unsupported HTTP version")),
-            };
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| SendError::Protocol("invalid status code"))?;
-            if status.is_informational() {
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(SendError::Protocol(
-                        "101 to a request that asked no upgrade",
-                    ));
-                }
-                self.buf.advance(len);
-                continue;
-            }
-            // Field positions, so the values can share the head's bytes.
-            let base = self.buf.as_ptr() as usize;
-            let mut spans = Vec::with_capacity(resp.headers.len());
-            for f in resp.headers.iter() {
-                let name = HeaderName::from_bytes(f.name.as_bytes())
-                    .map_err(|_| SendError::Protocol("invalid header name"))?;
-                let at = f.value.as_ptr() as usize - base;
-                spans.push((name, at, at + f.value.len()));
-            }
-            let bytes = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(spans.len());
-            for (name, from, to) in spans {
-                let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
-                    .map_err(|_| SendError::Protocol("invalid header value"))?;
-                headers.append(name, value);
-            }
-            let (framing, framing_ok) = framing(method, status, version, &headers)?;
-            if matches!(framing, Framing::Chunked(_) | Framing::Close) {
-                // The transfer coding (or the connection's end) frames the
-                // body; a proxy must not pass a length on with it (RFC 9112
-                // §6.3).
-                headers.remove(CONTENT_LENGTH);
-            }
-            let reusable = framing_ok && framing != Framing::Close && keep_alive(version, &headers);
-            let mut head = Response::new(()).into_parts().0;
-            head.status = status;
-            // The upstream's version concerns this hop only (its reuse is
-            // decided above); the answer goes on in the client's protocol.
-            head.version = Version::HTTP_11;
-            head.headers = headers;
-            return Ok(Some(Answer {
-                head,
-                framing,
-                reusable,
-            }));
+            body.extend_from_slice(&buf.split_to(n));
         }
+        Framing::Close => body.extend_from_slice(&buf.split()),
+        Framing::Chunked(mut state) => loop {
+            match decode_chunk(&mut buf, state).map_err(str::to_owned)? {
+                Step::Need => return Ok(None),
+                Step::Next(next) => state = next,
+                Step::Data(data, next) => {
+                    body.extend_from_slice(&data);
+                    state = next;
+                }
+                Step::End(_) => break,
+            }
+        },
     }
+    Ok(Some((answer.head.status.as_u16(), body, answer.reusable)))
 }
 
 /// Whether a write error means the peer had closed the connection, so

@@ -345,6 +345,17 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     Parsed::Request(request, ask)
 }
 
+/// What the loop makes of `data` (for the fuzz target): the request it
+/// would serve and the bytes it consumed, or `Err` with whether the
+/// buffer was left exactly as it came (it must be, for hyper).
+pub(crate) fn parse_whole(data: &[u8]) -> Result<(Request<()>, usize), bool> {
+    let mut buf = BytesMut::from(data);
+    match parse(&mut buf) {
+        Parsed::Request(req, _) => Ok((req, data.len() - buf.len())),
+        Parsed::Partial | Parsed::Other => Err(buf[..] == *data),
+    }
+}
+
 /// Puts a head taken from `buf` back in front of it, for hyper.
 fn restore(buf: &mut BytesMut, head: &[u8]) {
     let mut all = BytesMut::with_capacity(head.len() + buf.len());

@@ -23,6 +23,8 @@ pub mod authz;
 pub mod balance;
 pub mod config;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod h1;
 mod h1srv;
