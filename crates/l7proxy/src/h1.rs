@@ -525,18 +525,21 @@ fn parse_decimal(b: &[u8]) -> Option<u64> {
 /// §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with
 /// `keep-alive`).
 pub(crate) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
+    let has = |token: &str| has_token(headers, token);
     match version {
         Version::HTTP_11 => !has("close"),
         Version::HTTP_10 => has("keep-alive") && !has("close"),
         _ => false,
     }
+}
+
+/// Whether a `connection` field of `headers` lists `token`.
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
 }
 
 /// Where an ended body's connection goes.

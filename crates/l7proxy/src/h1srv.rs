@@ -33,6 +33,7 @@ use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Body;
+use crate::h1::has_token;
 use crate::sniff::H2_PREFACE;
 
 /// The largest request head the loop parses (larger ones go to hyper).
@@ -380,13 +381,4 @@ fn with_date(f: impl FnOnce(&[u8])) {
         }
         f(d.1.as_bytes());
     });
-}
-
-/// Whether a `connection` field of `headers` lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
 }
