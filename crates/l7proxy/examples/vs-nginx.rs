@@ -8,6 +8,9 @@
 //! the words, plus nginx (the ratio's baseline): quicker runs while
 //! working on one path, and a single path to profile.
 //!
+//! `VS_NGINX_RAW=1` also prints each wrk run's whole output (latency
+//! distribution, per-thread spread, maximum) to stderr.
+//!
 //! Needs `wrk` and `nginx` (Debian: `apt-get install -y wrk nginx-light`);
 //! when either is missing and this runs as root, it tries that line once,
 //! and otherwise fails saying so. Nothing else leaves the machine.
@@ -319,6 +322,9 @@ fn wrk(o: &Opts, addr: SocketAddr, seconds: u64) -> Result<Run, BoxError> {
         .output()
         .map_err(|e| format!("running wrk: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
+    if std::env::var_os("VS_NGINX_RAW").is_some() {
+        eprintln!("{text}");
+    }
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         return Err(format!("wrk against {addr} saw errors:\n{text}").into());
     }
