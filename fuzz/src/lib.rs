@@ -466,16 +466,18 @@ pub fn http1_response(data: &[u8]) {
 }
 
 /// The waypoint's lean HTTP/1.1 server loop on a request head: what it
-/// serves has no body and nothing hyper should decide (no transfer coding,
-/// `expect`, `upgrade`, `te`, HTTP/1.0 or `CONNECT`) and re-encodes to the
-/// same request; what it refuses is left byte for byte for hyper.
+/// serves has nothing hyper should decide (no transfer coding, `expect`,
+/// `upgrade`, `te`, HTTP/1.0 or `CONNECT`; at most one `content-length`,
+/// which is the small body it reads) and re-encodes to the same request;
+/// what it refuses is left byte for byte for hyper.
 pub fn http1_request(data: &[u8]) {
     use ambit_l7proxy::fuzzing::http1_request;
     use http::{Method, header};
 
     match http1_request(data) {
-        Ok((req, used)) => {
+        Ok((req, used, body)) => {
             assert!(used <= data.len());
+            assert!(body <= 64 * 1024, "bodies the loop reads are small");
             assert_ne!(req.method(), Method::CONNECT);
             assert!(req.uri().path().starts_with('/'));
             for h in [
@@ -491,7 +493,17 @@ pub fn http1_request(data: &[u8]) {
                 .get_all(header::CONTENT_LENGTH)
                 .iter()
                 .collect();
-            assert!(lengths.len() <= 1 && lengths.iter().all(|v| v.as_bytes() == b"0"));
+            assert!(lengths.len() <= 1, "one length at most");
+            let declared = lengths.first().map(|v| {
+                std::str::from_utf8(v.as_bytes())
+                    .expect("digits")
+                    .parse::<usize>()
+            });
+            assert_eq!(
+                declared.unwrap_or(Ok(0)),
+                Ok(body),
+                "the body is the declared length"
+            );
             let target = req
                 .uri()
                 .path_and_query()
@@ -505,8 +517,9 @@ pub fn http1_request(data: &[u8]) {
                 wire.extend_from_slice(b"\r\n");
             }
             wire.extend_from_slice(b"\r\n");
-            let (again, n) = http1_request(&wire).expect("a re-encoded request is served");
-            assert_eq!(n, wire.len());
+            let (again, n, again_body) =
+                http1_request(&wire).expect("a re-encoded request is served");
+            assert_eq!((n, again_body), (wire.len(), body));
             assert_eq!(again.method(), req.method());
             assert_eq!(again.uri(), req.uri());
             assert_eq!(again.headers(), req.headers());

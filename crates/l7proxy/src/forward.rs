@@ -18,6 +18,7 @@ use hyper::body::Body as HttpBody;
 use crate::authz::{self, AuthzFacts, HttpFacts};
 use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig, Subset};
 use crate::grpc::{self, LocalReply};
+use crate::h1srv::WholeBody;
 use crate::head;
 use crate::mirror::MirrorBody;
 use crate::pool::PoolKey;
@@ -335,6 +336,9 @@ impl Waypoint {
             Upstream::Http1
         };
         let (mut parts, body) = req.into_parts();
+        // Read whole already by the lean loop: buffered like a retriable
+        // body, whatever its size up to the loop's limit.
+        let whole = parts.extensions.remove::<WholeBody>().is_some();
         head::prepare(&mut parts, &authority, version);
         route.request_headers.apply(&mut parts.headers);
         if let Some(v) = &conn.forwarded {
@@ -354,8 +358,11 @@ impl Waypoint {
         let buffer_mirror = !route.mirrors.is_empty() && fits(cfg.max_mirror_body);
         let mut streamed = None;
         let mut buffered = Bytes::new();
-        if buffer_retry || buffer_mirror {
-            let cap = cfg.max_retry_body.max(cfg.max_mirror_body);
+        if buffer_retry || buffer_mirror || whole {
+            let mut cap = cfg.max_retry_body.max(cfg.max_mirror_body);
+            if whole {
+                cap = cap.max(known.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)));
+            }
             match http_body_util::Limited::new(body, cap).collect().await {
                 Ok(b) => buffered = b.to_bytes(),
                 Err(_) => return (local(StatusCode::BAD_REQUEST, "bad request body\n"), name),

@@ -12,9 +12,10 @@ pub fn http1_response(data: &[u8], head: bool) -> Result<Option<(u16, Vec<u8>, b
     crate::h1::decode_whole(data, &method)
 }
 
-/// What the downstream loop makes of `data`: the request it serves itself
-/// and how many bytes its head took, or `Err` (hyper's to serve) with
-/// whether the bytes were left untouched for hyper.
-pub fn http1_request(data: &[u8]) -> Result<(Request<()>, usize), bool> {
+/// What the downstream loop makes of `data`: the request it serves itself,
+/// how many bytes its head took and the length of the body it reads next,
+/// or `Err` (hyper's to serve) with whether the bytes were left untouched
+/// for hyper.
+pub fn http1_request(data: &[u8]) -> Result<(Request<()>, usize, usize), bool> {
     crate::h1srv::parse_whole(data)
 }

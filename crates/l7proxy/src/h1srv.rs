@@ -6,8 +6,9 @@
 //! head and (small) body leave in one write. It takes only a strict subset
 //! of HTTP/1.1, where there is nothing to interpret about framing:
 //! - `HTTP/1.1`, a method other than `CONNECT`, an origin-form target;
-//! - no content: no `transfer-encoding`, and `content-length` absent or
-//!   one `0`;
+//! - no transfer coding: no `transfer-encoding`, and at most one
+//!   `content-length`, of at most [`MAX_BODY`] bytes (the body is read
+//!   whole before the request is served, as nginx buffers request bodies);
 //! - no `expect`, `upgrade` or `te`, and `connection` only `keep-alive`
 //!   or `close`;
 //! - a head `httparse` accepts with at most [`MAX_HEADERS`] fields in at
@@ -40,6 +41,9 @@ use crate::sniff::H2_PREFACE;
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields the loop parses (hyper's default limit).
 pub(crate) const MAX_HEADERS: usize = 100;
+/// The largest request body the loop reads (larger ones go to hyper,
+/// which streams them).
+pub(crate) const MAX_BODY: u64 = 64 * 1024;
 /// Response bodies up to this size are copied behind the head.
 const COALESCE: usize = 16 * 1024;
 
@@ -48,8 +52,8 @@ const COALESCE: usize = 16 * 1024;
 // would cost an allocation per request to save a move.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Next {
-    /// Serve this request (it has no body).
-    Request(Request<()>, Ask),
+    /// Serve this request, with its whole body.
+    Request(Request<Bytes>, Ask),
     /// Let hyper serve the connection from the buffered bytes on.
     Handover,
     /// The client closed between requests, or reading failed.
@@ -62,6 +66,12 @@ pub(crate) struct Ask {
     head: bool,
     close: bool,
 }
+
+/// Marks a request whose body the loop read whole: the engine treats it
+/// as buffered (retriable, mirrored whole) and sends it upstream in one
+/// write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WholeBody;
 
 /// One downstream connection served by the loop.
 pub(crate) struct Downstream<IO> {
@@ -97,7 +107,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Downstream<IO> {
                     }
                 } else {
                     match parse(&mut self.buf) {
-                        Parsed::Request(req, ask) => return Next::Request(req, ask),
+                        Parsed::Request(req, ask, len) => {
+                            return match self.body(len).await {
+                                Some(body) => Next::Request(req.map(|()| body), ask),
+                                // Cut inside the body: nothing to answer.
+                                None => Next::Closed,
+                            };
+                        }
                         Parsed::Other => return Next::Handover,
                         Parsed::Partial if self.buf.len() > MAX_HEAD => return Next::Handover,
                         Parsed::Partial => {}
@@ -115,6 +131,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Downstream<IO> {
                 Err(_) => return Next::Closed,
             }
         }
+    }
+
+    /// The request body of `len` bytes behind the head, read whole;
+    /// `None` when the connection ends (or fails) first.
+    async fn body(&mut self, len: usize) -> Option<Bytes> {
+        if len == 0 {
+            return Some(Bytes::new());
+        }
+        while self.buf.len() < len {
+            self.buf.reserve(len - self.buf.len());
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        Some(self.buf.split_to(len).freeze())
     }
 
     /// Writes `resp` as the answer to a request that asked `ask`; whether
@@ -257,8 +289,9 @@ fn frame_into(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
 /// What the buffer holds.
 #[allow(clippy::large_enum_variant)] // as `Next`
 enum Parsed {
-    /// A request the loop serves (its head consumed).
-    Request(Request<()>, Ask),
+    /// A request the loop serves (its head consumed), and the length of
+    /// its body.
+    Request(Request<()>, Ask, usize),
     /// A head that is not complete yet.
     Partial,
     /// Anything else: hyper's.
@@ -288,6 +321,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     }
     let mut close = false;
+    let mut length = 0;
     let base = buf.as_ptr() as usize;
     let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
@@ -301,8 +335,11 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         {
             return Parsed::Other;
         }
-        if name == CONTENT_LENGTH && f.value != b"0" {
-            return Parsed::Other;
+        if name == CONTENT_LENGTH {
+            match body_length(f.value) {
+                Some(n) if n <= MAX_BODY => length = n as usize,
+                _ => return Parsed::Other,
+            }
         }
         if name == CONNECTION {
             for token in f.value.split(|b| *b == b',') {
@@ -343,18 +380,31 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
-    Parsed::Request(request, ask)
+    request.extensions_mut().insert(WholeBody);
+    Parsed::Request(request, ask, length)
 }
 
 /// What the loop makes of `data` (for the fuzz target): the request it
-/// would serve and the bytes it consumed, or `Err` with whether the
-/// buffer was left exactly as it came (it must be, for hyper).
-pub(crate) fn parse_whole(data: &[u8]) -> Result<(Request<()>, usize), bool> {
+/// would serve, the bytes its head took and its body's length, or `Err`
+/// with whether the buffer was left exactly as it came (it must be, for
+/// hyper).
+pub(crate) fn parse_whole(data: &[u8]) -> Result<(Request<()>, usize, usize), bool> {
     let mut buf = BytesMut::from(data);
     match parse(&mut buf) {
-        Parsed::Request(req, _) => Ok((req, data.len() - buf.len())),
+        Parsed::Request(req, _, len) => Ok((req, data.len() - buf.len(), len)),
         Parsed::Partial | Parsed::Other => Err(buf[..] == *data),
     }
+}
+
+/// A `content-length` value the loop takes: 1 to 19 ASCII digits (no
+/// sign, no space, no list).
+fn body_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// Puts a head taken from `buf` back in front of it, for hyper.

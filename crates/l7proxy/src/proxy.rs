@@ -24,7 +24,7 @@ use ambit_identity::{CertManager, Identity};
 use ambit_mesh::{MeshState, Service, Workload};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request};
-use http_body_util::Empty;
+use http_body_util::Full;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -449,8 +449,9 @@ impl Waypoint {
     }
 
     /// Serves HTTP on `io`: the lean HTTP/1.1 loop ([`crate::h1srv`])
-    /// while requests have no body, then hyper (HTTP/1.1 and HTTP/2) for
-    /// the rest of the connection.
+    /// while requests are simple (no body, or a small one of known
+    /// length), then hyper (HTTP/1.1 and HTTP/2) for the rest of the
+    /// connection.
     async fn serve_http<IO>(self, conn: Arc<Conn>, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -459,9 +460,7 @@ impl Waypoint {
         loop {
             match down.next().await {
                 Next::Request(req, ask) => {
-                    let resp = self
-                        .handle_request(&conn, req.map(|()| Empty::<Bytes>::new()))
-                        .await;
+                    let resp = self.handle_request(&conn, req.map(Full::new)).await;
                     match down.respond(ask, resp).await {
                         Ok(true) => {}
                         Ok(false) => return down.close().await,

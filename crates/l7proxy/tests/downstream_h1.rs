@@ -16,6 +16,10 @@ services:
 - host: reviews.default.svc.cluster.local
   ports: {9080: http, 9090: http}
   routes:
+  - name: flaky
+    match: [{path: {prefix: /flaky}}]
+    backends: [{subset: {version: v1}}]
+    retries: {attempts: 2, retryOn: [5xx]}
   - name: v1
     backends: [{subset: {version: v1}}]
 "#;
@@ -174,12 +178,22 @@ async fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// The body the pod received for `path`.
+fn pod_body(mesh: &Mesh, path: &str) -> Option<String> {
+    mesh.pod(0)
+        .bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(p, _)| p == path)
+        .and_then(|(_, b)| b.as_ref())
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_with_a_body_hands_the_connection_to_hyper() {
+async fn small_bodies_are_read_whole_and_retriable() {
     let mesh = Mesh::start(ROUTES).await;
     let mut c = Raw::open(&mesh, REVIEWS_VIP).await;
-    c.write(get("/first").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
     // A body, and a request pipelined behind it in the same write.
     c.write(
         format!(
@@ -193,6 +207,51 @@ async fn a_request_with_a_body_hands_the_connection_to_hyper() {
     assert_eq!((a.status, a.header("x-path")), (200, Some("/upload")));
     let a = c.answer(false).await;
     assert_eq!((a.status, a.header("x-path")), (200, Some("/after")));
+    // A body arriving in pieces after its head.
+    c.write(b"PUT /pieces HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: 10\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.write(b"01234").await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.write(b"56789").await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.header("x-path")), (200, Some("/pieces")));
+    // Read whole, the body can be sent again: `/flaky` fails once and the
+    // route retries 5xx.
+    c.write(b"POST /flaky/body HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: 5\r\n\r\nagain")
+        .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(pod_body(&mesh, "/upload").as_deref(), Some("hello"));
+    assert_eq!(pod_body(&mesh, "/after").as_deref(), Some(""));
+    assert_eq!(pod_body(&mesh, "/pieces").as_deref(), Some("0123456789"));
+    let flaky: Vec<_> = mesh
+        .pod(0)
+        .bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(p, _)| p == "/flaky/body")
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(flaky.len(), 2, "sent twice: {flaky:?}");
+    assert!(flaky.iter().all(|b| b.as_deref() == Some(&b"again"[..])));
+
+    // A client that goes away inside a body sends nothing upstream.
+    let mut c = Raw::open(&mesh, REVIEWS_VIP).await;
+    c.write(b"POST /cut HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: 100\r\n\r\nonly-part")
+        .await;
+    c.s.shutdown().await.expect("shutdown");
+    assert!(c.closed().await);
+    assert_eq!(pod_body(&mesh, "/cut"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_bodies_hand_the_connection_to_hyper() {
+    let mesh = Mesh::start(ROUTES).await;
+    let mut c = Raw::open(&mesh, REVIEWS_VIP).await;
+    c.write(get("/first").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
     // `expect: 100-continue` (hyper answers 100 when the body is read).
     c.write(b"PUT /expect HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n")
         .await;
@@ -200,17 +259,38 @@ async fn a_request_with_a_body_hands_the_connection_to_hyper() {
     c.write(b"abc").await;
     let a = c.answer(false).await;
     assert_eq!((a.status, a.header("x-path")), (200, Some("/expect")));
-    let bodies = mesh.pod(0).bodies.lock().expect("lock").clone();
-    let body = |p: &str| {
-        bodies
-            .iter()
-            .find(|(path, _)| path == p)
-            .and_then(|(_, b)| b.clone())
-            .unwrap_or_default()
-    };
-    assert_eq!(body("/upload"), "hello");
-    assert_eq!(body("/expect"), "abc");
-    assert_eq!(body("/after"), "");
+    // A chunked body, with a request pipelined behind it.
+    c.write(
+        format!(
+            "POST /chunked HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n{}",
+            get("/after")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.header("x-path")), (200, Some("/chunked")));
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.header("x-path")), (200, Some("/after")));
+    // A body over the loop's limit, on a new connection.
+    let mut c = Raw::open(&mesh, REVIEWS_VIP).await;
+    let big = "x".repeat(100 * 1024);
+    c.write(
+        format!(
+            "POST /big-up HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: {}\r\n\r\n{big}",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.header("x-path")), (200, Some("/big-up")));
+    assert_eq!(pod_body(&mesh, "/expect").as_deref(), Some("abc"));
+    assert_eq!(pod_body(&mesh, "/chunked").as_deref(), Some("abcde"));
+    assert_eq!(
+        pod_body(&mesh, "/big-up").map(|b| b.len()),
+        Some(100 * 1024)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
