@@ -512,7 +512,9 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-fn parse_decimal(b: &[u8]) -> Option<u64> {
+/// A length field's value: 1 to 19 ASCII digits (no sign, no space, no
+/// list), so it fits 64 bits.
+pub(crate) fn parse_decimal(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 {
         return None;
     }

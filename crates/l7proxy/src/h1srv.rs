@@ -34,7 +34,7 @@ use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Body;
-use crate::h1::has_token;
+use crate::h1::{has_token, parse_decimal};
 use crate::sniff::H2_PREFACE;
 
 /// The largest request head the loop parses (larger ones go to hyper).
@@ -336,7 +336,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::Other;
         }
         if name == CONTENT_LENGTH {
-            match body_length(f.value) {
+            match parse_decimal(f.value) {
                 Some(n) if n <= MAX_BODY => length = n as usize,
                 _ => return Parsed::Other,
             }
@@ -394,17 +394,6 @@ pub(crate) fn parse_whole(data: &[u8]) -> Result<(Request<()>, usize, usize), bo
         Parsed::Request(req, _, len) => Ok((req, data.len() - buf.len(), len)),
         Parsed::Partial | Parsed::Other => Err(buf[..] == *data),
     }
-}
-
-/// A `content-length` value the loop takes: 1 to 19 ASCII digits (no
-/// sign, no space, no list).
-fn body_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-    })
 }
 
 /// Puts a head taken from `buf` back in front of it, for hyper.
