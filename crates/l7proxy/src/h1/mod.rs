@@ -28,18 +28,21 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use ambit_hbone::HboneStream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::pool::{HttpPool, PoolKey};
+mod body;
+mod chunked;
+
+use body::{Chunk, Framing};
+pub(crate) use body::{H1Body, Home};
+use chunked::{Step, decode_chunk};
 
 /// The largest response head accepted (hyper's client allows about as
 /// much before its buffer limit).
@@ -49,8 +52,6 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 pub(crate) const MAX_HEADERS: usize = 100;
 /// How much room each read asks for.
 const READ_CHUNK: usize = 16 * 1024;
-/// The longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Bodies up to this size are copied behind the head and written with it
 /// in one call; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
@@ -121,20 +122,6 @@ pub(crate) enum SendError {
     Closed,
 }
 
-/// An error in a response body.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    /// Reading failed.
-    #[error("reading the upstream response body: {0}")]
-    Io(#[from] io::Error),
-    /// The body broke its framing.
-    #[error("bad upstream response body: {0}")]
-    Protocol(&'static str),
-    /// The connection closed before the body's end.
-    #[error("upstream closed the connection before the end of the response body")]
-    Truncated,
-}
-
 /// One upstream HTTP/1.1 connection: its transport and what was read
 /// from it but not yet used.
 pub(crate) struct H1Conn {
@@ -194,32 +181,6 @@ pub(crate) fn encode(head: &http::request::Parts, body: Bytes) -> Encoded {
         body,
         method: head.method.clone(),
     }
-}
-
-/// How a response body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    /// Chunked, in this state.
-    Chunked(Chunk),
-    /// At the end of the connection.
-    Close,
-    /// Ended.
-    Done,
-}
-
-/// Where a chunked body's decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// In a chunk's data, this many bytes left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: the trailer section.
-    Trailers,
 }
 
 /// A response head read from a connection, and how its body is framed.
@@ -544,337 +505,9 @@ pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// Where an ended body's connection goes.
-pub(crate) struct Home {
-    pub(crate) pool: Arc<HttpPool>,
-    pub(crate) key: Arc<PoolKey>,
-}
-
-/// A response body read from its connection by whoever polls it. At its
-/// end, the connection goes back to the pool when it may be reused;
-/// dropped before, the connection closes.
-pub(crate) struct H1Body {
-    conn: Option<H1Conn>,
-    framing: Framing,
-    reusable: bool,
-    home: Option<Home>,
-}
-
-impl H1Body {
-    /// The body of `answer` on `conn`; the connection returns to `home`
-    /// at the end (`None`: it closes).
-    pub(crate) fn new(conn: H1Conn, answer: &Answer, home: Option<Home>) -> Self {
-        let mut body = Self {
-            conn: Some(conn),
-            framing: answer.framing,
-            reusable: answer.reusable,
-            home,
-        };
-        if body.framing == Framing::Done {
-            body.finish();
-        }
-        body
-    }
-
-    /// The end: the connection is pooled if allowed and nothing more
-    /// arrived behind the answer.
-    fn finish(&mut self) {
-        self.framing = Framing::Done;
-        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take())
-            && self.reusable
-            && conn.buf.is_empty()
-        {
-            home.pool.checkin_h1(home.key, conn);
-        }
-    }
-
-    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.conn = None;
-        self.home = None;
-        self.framing = Framing::Done;
-        Poll::Ready(Some(Err(e)))
-    }
-}
-
-impl HttpBody for H1Body {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match this.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return this.fail(BodyError::Truncated),
-                            Ok(_) => {}
-                            Err(e) => return this.fail(e.into()),
-                        }
-                    }
-                    let n = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.buf.len());
-                    let data = conn.buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    this.framing = Framing::Length(left);
-                    if left == 0 {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Close => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => {
-                                this.finish();
-                                return Poll::Ready(None);
-                            }
-                            Ok(_) => {}
-                            Err(e) => return this.fail(e.into()),
-                        }
-                    }
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(state) => match decode_chunk(&mut conn.buf, state) {
-                    Ok(Step::Need) => {
-                        if conn.buf.len() > MAX_HEAD {
-                            return this
-                                .fail(BodyError::Protocol("chunk line or trailers too large"));
-                        }
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return this.fail(BodyError::Truncated),
-                            Ok(_) => {}
-                            Err(e) => return this.fail(e.into()),
-                        }
-                    }
-                    Ok(Step::Next(next)) => this.framing = Framing::Chunked(next),
-                    Ok(Step::Data(data, next)) => {
-                        this.framing = Framing::Chunked(next);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Step::End(trailers)) => {
-                        this.finish();
-                        return match trailers {
-                            Some(t) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-                            None => Poll::Ready(None),
-                        };
-                    }
-                    Err(e) => return this.fail(BodyError::Protocol(e)),
-                },
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-/// One step of the chunked decoder.
-#[derive(Debug)]
-enum Step {
-    /// More input is needed.
-    Need,
-    /// Moved on without output.
-    Next(Chunk),
-    /// Chunk data, then this state.
-    Data(Bytes, Chunk),
-    /// The end, with the trailer fields if there were any.
-    End(Option<HeaderMap>),
-}
-
-/// Decodes from `buf` in `state`, consuming what it uses.
-fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Step, &'static str> {
-    match state {
-        Chunk::Size => {
-            let Some(eol) = find_crlf(buf, MAX_CHUNK_LINE)? else {
-                return Ok(Step::Need);
-            };
-            let line = &buf[..eol];
-            let digits = line
-                .iter()
-                .position(|b| *b == b';' || *b == b' ' || *b == b'\t')
-                .unwrap_or(line.len());
-            let (hex, rest) = line.split_at(digits);
-            if hex.is_empty() || hex.len() > 16 {
-                return Err("invalid chunk size");
-            }
-            let mut size = 0u64;
-            for d in hex {
-                let v = match d {
-                    b'0'..=b'9' => d - b'0',
-                    b'a'..=b'f' => d - b'a' + 10,
-                    b'A'..=b'F' => d - b'A' + 10,
-                    _ => return Err("invalid chunk size"),
-                };
-                size = (size << 4) | u64::from(v);
-            }
-            // Only whitespace may sit between the size and an extension.
-            let rest = trim(rest);
-            if !rest.is_empty() && rest[0] != b';' {
-                return Err("invalid chunk size");
-            }
-            if rest.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
-                return Err("invalid chunk extension");
-            }
-            buf.advance(eol + 2);
-            Ok(Step::Next(if size == 0 {
-                Chunk::Trailers
-            } else {
-                Chunk::Data(size)
-            }))
-        }
-        Chunk::Data(left) => {
-            if buf.is_empty() {
-                return Ok(Step::Need);
-            }
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            let data = buf.split_to(n).freeze();
-            let left = left - n as u64;
-            Ok(Step::Data(
-                data,
-                if left == 0 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left)
-                },
-            ))
-        }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(Step::Need);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err("chunk data not followed by CRLF");
-            }
-            buf.advance(2);
-            Ok(Step::Next(Chunk::Size))
-        }
-        Chunk::Trailers => {
-            if buf.len() >= 2 && &buf[..2] == b"\r\n" {
-                buf.advance(2);
-                return Ok(Step::End(None));
-            }
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut map = HeaderMap::with_capacity(fields.len());
-                    for f in fields {
-                        let name = HeaderName::from_bytes(f.name.as_bytes())
-                            .map_err(|_| "invalid trailer name")?;
-                        let value = HeaderValue::from_bytes(f.value)
-                            .map_err(|_| "invalid trailer value")?;
-                        map.append(name, value);
-                    }
-                    buf.advance(len);
-                    Ok(Step::End(Some(map)))
-                }
-                Ok(httparse::Status::Partial) => Ok(Step::Need),
-                Err(_) => Err("malformed trailers"),
-            }
-        }
-    }
-}
-
-/// The position of the first CRLF within `max` bytes; a bare LF or CR is
-/// an error.
-fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, &'static str> {
-    for (i, b) in buf.iter().enumerate() {
-        if i >= max {
-            return Err("chunk line too long");
-        }
-        match b {
-            b'\n' => return Err("bare LF in a chunk line"),
-            b'\r' => {
-                return match buf.get(i + 1) {
-                    Some(b'\n') => Ok(Some(i)),
-                    Some(_) => Err("bare CR in a chunk line"),
-                    None => Ok(None),
-                };
-            }
-            _ => {}
-        }
-    }
-    if buf.len() >= max {
-        return Err("chunk line too long");
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, usize), &'static str> {
-        let mut buf = BytesMut::from(input);
-        let mut state = Chunk::Size;
-        let mut out = Vec::new();
-        loop {
-            match decode_chunk(&mut buf, state)? {
-                Step::Need => return Err("incomplete"),
-                Step::Next(s) => state = s,
-                Step::Data(d, s) => {
-                    out.extend_from_slice(&d);
-                    state = s;
-                }
-                Step::End(t) => return Ok((out, t, buf.len())),
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        let (body, trailers, rest) =
-            decode_all(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").expect("decodes");
-        assert_eq!(body, b"hello world");
-        assert!(trailers.is_none());
-        assert_eq!(rest, 0);
-        let (body, trailers, rest) =
-            decode_all(b"A\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT").expect("decodes");
-        assert_eq!(body, b"0123456789");
-        let t = trailers.expect("trailers");
-        assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
-        assert_eq!(rest, 4, "what follows the body stays in the buffer");
-    }
-
-    #[test]
-    fn chunked_rejects() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\nhello\r\n0\r\n\r\n",
-            b"5\r\nhelloXX0\r\n\r\n",
-            b"11111111111111111\r\n",
-            b"5 x\r\nhello\r\n",
-            b"-5\r\n",
-            b"5\rhello",
-            b"\r\n",
-        ] {
-            assert!(
-                decode_all(bad).is_err_and(|e| e != "incomplete"),
-                "{:?} must be refused",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let long = [b'1'; MAX_CHUNK_LINE + 1];
-        assert!(decode_all(&long).is_err_and(|e| e == "chunk line too long"));
-    }
 
     fn head(raw: &str) -> HeaderMap {
         let mut m = HeaderMap::new();
