@@ -101,15 +101,71 @@ pub struct PoolStats {
     pub h2: usize,
 }
 
-struct Idle {
-    sender: SendRequest<Body>,
-    since: Instant,
-}
+/// Idle connections of one kind by key, each with the time it went idle;
+/// the newest last.
+struct IdleMap<C>(Mutex<ByKey<C>>);
 
-/// An idle connection of the lean HTTP/1.1 client ([`crate::h1`]).
-struct IdleH1 {
-    conn: H1Conn,
-    since: Instant,
+/// Idle connections and since when, per key.
+type ByKey<C> = HashMap<Arc<PoolKey>, Vec<(C, Instant)>>;
+
+impl<C> IdleMap<C> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ByKey<C>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The newest connection of `key` idle for less than `timeout` that
+    /// `usable` accepts; the ones passed over on the way are dropped.
+    fn take(
+        &self,
+        key: &PoolKey,
+        timeout: Duration,
+        mut usable: impl FnMut(&mut C) -> bool,
+    ) -> Option<C> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let conns = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some((mut c, since)) = conns.pop() {
+            if now.duration_since(since) < timeout && usable(&mut c) {
+                found = Some(c);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    /// Keeps `conn` idle under `key`, closing the key's oldest beyond `cap`.
+    fn put(&self, key: Arc<PoolKey>, conn: C, cap: usize) {
+        let mut idle = self.lock();
+        let conns = idle.entry(key).or_default();
+        conns.push((conn, Instant::now()));
+        if conns.len() > cap {
+            conns.remove(0);
+        }
+    }
+
+    /// Drops the connections idle for `timeout` or more at `now`, and
+    /// those `usable` refuses.
+    fn sweep(&self, now: Instant, timeout: Duration, mut usable: impl FnMut(&mut C) -> bool) {
+        self.lock().retain(|_, conns| {
+            conns.retain_mut(|(c, since)| now.duration_since(*since) < timeout && usable(c));
+            !conns.is_empty()
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
 }
 
 /// One shared HTTP/2 connection and when it last carried a request.
@@ -130,8 +186,10 @@ pub(crate) type H2Slot = Arc<tokio::sync::Mutex<Option<H2Conn>>>;
 /// key.
 pub(crate) struct HttpPool {
     cfg: PoolConfig,
-    idle: Mutex<HashMap<Arc<PoolKey>, Vec<Idle>>>,
-    idle_h1: Mutex<HashMap<Arc<PoolKey>, Vec<IdleH1>>>,
+    /// hyper's HTTP/1.1 connections (requests with a streamed body).
+    idle: IdleMap<SendRequest<Body>>,
+    /// The lean client's ([`crate::h1`]).
+    idle_h1: IdleMap<H1Conn>,
     h2: Mutex<HashMap<Arc<PoolKey>, H2Slot>>,
     opened: AtomicU64,
     reused: AtomicU64,
@@ -144,8 +202,8 @@ impl HttpPool {
     pub(crate) fn new(cfg: PoolConfig) -> Arc<Self> {
         let pool = Arc::new(Self {
             cfg,
-            idle: Mutex::new(HashMap::new()),
-            idle_h1: Mutex::new(HashMap::new()),
+            idle: IdleMap::new(),
+            idle_h1: IdleMap::new(),
             h2: Mutex::new(HashMap::new()),
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
@@ -157,40 +215,14 @@ impl HttpPool {
         pool
     }
 
-    fn idle(&self) -> MutexGuard<'_, HashMap<Arc<PoolKey>, Vec<Idle>>> {
-        match self.idle.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    fn idle_h1(&self) -> MutexGuard<'_, HashMap<Arc<PoolKey>, Vec<IdleH1>>> {
-        match self.idle_h1.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     /// The most recently returned lean HTTP/1.1 connection for `key` that
     /// is still idle (nothing arrived on it, not even its close).
     pub(crate) fn checkout_h1(&self, key: &PoolKey) -> Option<H1Conn> {
         if self.cfg.max_idle_per_endpoint == 0 {
             return None;
         }
-        let now = Instant::now();
-        let mut idle = self.idle_h1();
-        let conns = idle.get_mut(key)?;
-        let mut found = None;
-        while let Some(mut c) = conns.pop() {
-            if now.duration_since(c.since) < self.cfg.idle_timeout && c.conn.is_idle() {
-                found = Some(c.conn);
-                break;
-            }
-        }
-        if conns.is_empty() {
-            idle.remove(key);
-        }
-        found
+        self.idle_h1
+            .take(key, self.cfg.idle_timeout, |c| c.is_idle())
     }
 
     /// Takes back a lean HTTP/1.1 connection whose answer ended cleanly
@@ -199,15 +231,7 @@ impl HttpPool {
         if self.cfg.max_idle_per_endpoint == 0 {
             return;
         }
-        let mut idle = self.idle_h1();
-        let conns = idle.entry(key).or_default();
-        conns.push(IdleH1 {
-            conn,
-            since: Instant::now(),
-        });
-        if conns.len() > self.cfg.max_idle_per_endpoint {
-            conns.remove(0);
-        }
+        self.idle_h1.put(key, conn, self.cfg.max_idle_per_endpoint);
     }
 
     /// The response of a lean HTTP/1.1 exchange; its body returns the
@@ -240,20 +264,8 @@ impl HttpPool {
         if self.cfg.max_idle_per_endpoint == 0 {
             return None;
         }
-        let now = Instant::now();
-        let mut idle = self.idle();
-        let conns = idle.get_mut(key)?;
-        let mut found = None;
-        while let Some(c) = conns.pop() {
-            if c.sender.is_ready() && now.duration_since(c.since) < self.cfg.idle_timeout {
-                found = Some(c.sender);
-                break;
-            }
-        }
-        if conns.is_empty() {
-            idle.remove(key);
-        }
-        found
+        self.idle
+            .take(key, self.cfg.idle_timeout, |sender| sender.is_ready())
     }
 
     /// Counts a newly opened connection.
@@ -306,8 +318,7 @@ impl HttpPool {
         PoolStats {
             opened: self.opened.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
-            idle: self.idle().values().map(Vec::len).sum::<usize>()
-                + self.idle_h1().values().map(Vec::len).sum::<usize>(),
+            idle: self.idle.len() + self.idle_h1.len(),
             h2_opened: self.h2_opened.load(Ordering::Relaxed),
             h2: self
                 .h2_slots()
@@ -370,28 +381,14 @@ impl HttpPool {
     }
 
     fn push(&self, key: Arc<PoolKey>, sender: SendRequest<Body>) {
-        let mut idle = self.idle();
-        let conns = idle.entry(key).or_default();
-        conns.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
-        if conns.len() > self.cfg.max_idle_per_endpoint {
-            conns.remove(0);
-        }
+        self.idle.put(key, sender, self.cfg.max_idle_per_endpoint);
     }
 
     /// Drops closed and expired idle connections.
     fn sweep_now(&self, now: Instant) {
         let timeout = self.cfg.idle_timeout;
-        self.idle().retain(|_, conns| {
-            conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
-            !conns.is_empty()
-        });
-        self.idle_h1().retain(|_, conns| {
-            conns.retain_mut(|c| now.duration_since(c.since) < timeout && c.conn.is_idle());
-            !conns.is_empty()
-        });
+        self.idle.sweep(now, timeout, |sender| !sender.is_closed());
+        self.idle_h1.sweep(now, timeout, |c| c.is_idle());
         // HTTP/2: drop closed connections and those idle past the timeout
         // (hyper closes a connection once its last sender is gone and its
         // streams have ended); a slot in use is left alone.
