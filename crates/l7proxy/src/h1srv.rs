@@ -28,13 +28,13 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderName, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Body;
-use crate::h1::{has_token, parse_decimal};
+use crate::h1::{has_token, parse_decimal, shared_headers, span};
 use crate::sniff::H2_PREFACE;
 
 /// The largest request head the loop parses (larger ones go to hyper).
@@ -321,9 +321,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     }
     let mut close = false;
-    let mut length = 0;
-    let base = buf.as_ptr() as usize;
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
+    let mut length = None;
+    let mut spans = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
             return Parsed::Other;
@@ -337,7 +336,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         }
         if name == CONTENT_LENGTH {
             match parse_decimal(f.value) {
-                Some(n) if n <= MAX_BODY => length = n as usize,
+                // One length only.
+                Some(n) if n <= MAX_BODY && length.is_none() => length = Some(n as usize),
                 _ => return Parsed::Other,
             }
         }
@@ -351,27 +351,17 @@ fn parse(buf: &mut BytesMut) -> Parsed {
                 }
             }
         }
-        let at = f.value.as_ptr() as usize - base;
-        spans.push((name, at, at + f.value.len()));
+        spans.push((name, span(buf, f.value)));
     }
-    let path_at = path.as_ptr() as usize - base;
-    let path_len = path.len();
-    if spans.iter().filter(|(n, ..)| n == CONTENT_LENGTH).count() > 1 {
-        return Parsed::Other;
-    }
+    let path = span(buf, path.as_bytes());
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)) else {
+    let (Ok(uri), Some(headers)) = (
+        Uri::from_maybe_shared(head.slice(path)),
+        shared_headers(&head, spans),
+    ) else {
         restore(buf, &head);
         return Parsed::Other;
     };
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, from, to) in spans {
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(from..to)) else {
-            restore(buf, &head);
-            return Parsed::Other;
-        };
-        headers.append(name, value);
-    }
     let ask = Ask {
         head: method == Method::HEAD,
         close,
@@ -381,7 +371,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     request.extensions_mut().insert(WholeBody);
-    Parsed::Request(request, ask, length)
+    Parsed::Request(request, ask, length.unwrap_or(0))
 }
 
 /// What the loop makes of `data` (for the fuzz target): the request it

@@ -316,21 +316,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, Sen
             continue;
         }
         // Field positions, so the values can share the head's bytes.
-        let base = buf.as_ptr() as usize;
         let mut spans = Vec::with_capacity(resp.headers.len());
         for f in resp.headers.iter() {
             let name = HeaderName::from_bytes(f.name.as_bytes())
                 .map_err(|_| SendError::Protocol("invalid header name"))?;
-            let at = f.value.as_ptr() as usize - base;
-            spans.push((name, at, at + f.value.len()));
+            spans.push((name, span(buf, f.value)));
         }
         let bytes = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, from, to) in spans {
-            let value = HeaderValue::from_maybe_shared(bytes.slice(from..to))
-                .map_err(|_| SendError::Protocol("invalid header value"))?;
-            headers.append(name, value);
-        }
+        let mut headers =
+            shared_headers(&bytes, spans).ok_or(SendError::Protocol("invalid header value"))?;
         let (framing, framing_ok) = framing(method, status, version, &headers)?;
         if matches!(framing, Framing::Chunked(_) | Framing::Close) {
             // The transfer coding (or the connection's end) frames the
@@ -351,6 +345,25 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, Sen
             reusable,
         }));
     }
+}
+
+/// Where `part`, a slice of `buf`, sits in it.
+pub(crate) fn span(buf: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let at = part.as_ptr() as usize - buf.as_ptr() as usize;
+    at..at + part.len()
+}
+
+/// The fields whose values sit at `spans` of `head`, as a header map
+/// sharing `head`'s bytes; `None` when a value is not a header value.
+pub(crate) fn shared_headers(
+    head: &Bytes,
+    spans: Vec<(HeaderName, std::ops::Range<usize>)>,
+) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, at) in spans {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
+    }
+    Some(headers)
 }
 
 /// What the client makes of `data` as a whole answer to `method`, with
