@@ -82,6 +82,11 @@ pub struct Args {
     /// The HBONE listener.
     #[arg(long, env = "WAYPOINT_HBONE_ADDRESS", default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
+    /// Close a downstream connection (HTTP or TCP) on which no byte has
+    /// moved for this long (`1h`, `30m`, `0s` for never), as Envoy's idle
+    /// timeout that Istio sets from this proxy metadata.
+    #[arg(long, env = "ISTIO_META_IDLE_TIMEOUT", default_value = "1h", value_parser = ambit_app::parse_duration)]
+    pub idle_timeout: std::time::Duration,
     /// Worker threads, as Envoy's `--concurrency`: each runs its own
     /// runtime with its own HBONE listener (`SO_REUSEPORT`) and upstream
     /// pools. Default: PROXY_CONFIG's `concurrency` (0: one per CPU), else
@@ -176,6 +181,22 @@ mod tests {
         // The flag over everything.
         a.concurrency = Some(5);
         assert_eq!(a.workers().expect("ok"), 5);
+    }
+
+    #[test]
+    fn idle_timeout_in_go_durations() {
+        use std::time::Duration;
+        if std::env::var_os("ISTIO_META_IDLE_TIMEOUT").is_none() {
+            assert_eq!(args(&[]).idle_timeout, Duration::from_secs(3600));
+        }
+        let t = |v: &str| args(&["--idle-timeout", v]).idle_timeout;
+        assert_eq!(t("30m"), Duration::from_secs(1800));
+        assert_eq!(t("1h30m"), Duration::from_secs(5400));
+        assert_eq!(t("0s"), Duration::ZERO);
+        let e = Args::try_parse_from(["waypoint", "--idle-timeout", "soon"])
+            .expect_err("not a duration")
+            .to_string();
+        assert!(e.contains("--idle-timeout") && e.contains("soon"), "{e}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub async fn run(a: Args, s: Setup) -> anyhow::Result<()> {
         .with_context(|| format!("certificate for {}", s.identity))?;
     let mut wc = WaypointConfig::new(s.identity.clone());
     wc.network = a.network.clone();
+    wc.idle_timeout = a.idle_timeout;
     let routes_from = s.routes.name();
     let (initial, kube) = match s.routes {
         Plan::File(r) => (r, None),

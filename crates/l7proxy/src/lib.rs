@@ -29,6 +29,7 @@ mod grpc;
 mod h1;
 mod h1srv;
 mod head;
+mod idle;
 pub mod metrics;
 mod mirror;
 pub mod pool;

@@ -36,6 +36,7 @@ use crate::balance::Balancer;
 use crate::config::{Protocol, RouteConfig};
 use crate::forward::EndpointCache;
 use crate::h1srv::{Downstream, Next};
+use crate::idle::{self, Tracked};
 use crate::metrics::{Metrics, SeriesCache};
 use crate::pool::{HttpPool, PoolConfig, PoolStats};
 use crate::sniff::{Rewind, Sniffed, sniff};
@@ -103,6 +104,14 @@ pub struct WaypointConfig {
     /// benchmarks that compare the HTTP engine with a plain reverse proxy;
     /// never in a mesh (no mTLS, no identity).
     pub plaintext_upstreams: bool,
+    /// A downstream connection (an HBONE stream, HTTP or opaque TCP, or a
+    /// [`serve_plaintext`](Waypoint::serve_plaintext) connection) on which
+    /// no byte has moved either way for this long is closed, within a
+    /// quarter of it: one hour by default, as Envoy's HTTP connection
+    /// manager and TCP proxy (Istio's `ISTIO_META_IDLE_TIMEOUT`); zero
+    /// turns it off. An HBONE stream is reset, a plaintext connection
+    /// closed.
+    pub idle_timeout: Duration,
 }
 
 impl WaypointConfig {
@@ -118,6 +127,7 @@ impl WaypointConfig {
             max_mirror_body: 64 * 1024,
             pool: PoolConfig::default(),
             plaintext_upstreams: false,
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -396,7 +406,14 @@ impl Waypoint {
         let each = move |tcp: tokio::net::TcpStream, client, _| {
             let _ = tcp.set_nodelay(true);
             let conn = Arc::new(Conn::new(peer.clone(), client, Arc::clone(&service), port));
-            this.clone().serve_http(conn, tcp)
+            let (tcp, moved) = Tracked::new(tcp);
+            let timeout = this.inner.cfg.idle_timeout;
+            let serve = this.clone().serve_http(conn, tcp);
+            async move {
+                if idle::until_idle(serve, moved, timeout).await {
+                    tracing::debug!(%client, "downstream idle timeout: connection closed");
+                }
+            }
         };
         ambit_server::run(listener, shutdown, ambit_server::Limits::default(), each).await;
         Ok(())
@@ -418,7 +435,17 @@ impl Waypoint {
         Ok((svc, addr.port()))
     }
 
-    async fn serve_stream(self, conn: Conn, protocol: Protocol, mut stream: HboneStream) {
+    /// Serves one HBONE stream until it ends or is idle for the idle
+    /// timeout.
+    async fn serve_stream(self, conn: Conn, protocol: Protocol, stream: HboneStream) {
+        let (stream, moved) = Tracked::new(stream);
+        let (timeout, client) = (self.inner.cfg.idle_timeout, conn.client);
+        if idle::until_idle(self.serve_tracked(conn, protocol, stream), moved, timeout).await {
+            tracing::debug!(%client, "downstream idle timeout: stream reset");
+        }
+    }
+
+    async fn serve_tracked(self, conn: Conn, protocol: Protocol, mut stream: Tracked<HboneStream>) {
         let mut first = BytesMut::new();
         let is_http = match protocol {
             Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,

@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::authz::{self, AuthzFacts};
 use crate::config::{Backend, LoadBalancer};
+use crate::idle::Tracked;
 use crate::metrics::TcpLabels;
 use crate::proxy::{Conn, Waypoint};
 use crate::sniff::Rewind;
@@ -17,7 +18,7 @@ use crate::sniff::Rewind;
 impl Waypoint {
     /// Authorizes and forwards one opaque TCP connection. A denied
     /// connection is closed without dialing anything.
-    pub(crate) async fn forward_tcp(self, conn: Conn, mut io: Rewind<HboneStream>) {
+    pub(crate) async fn forward_tcp(self, conn: Conn, mut io: Rewind<Tracked<HboneStream>>) {
         let routes = self.routes();
         let source = self.source(&conn);
         let metrics = &self.inner.metrics;

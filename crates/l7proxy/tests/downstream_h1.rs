@@ -1,13 +1,15 @@
 //! The waypoint's lean HTTP/1.1 loop, driven with raw bytes through an
 //! HBONE tunnel: pipelining, `connection: close`, `HEAD`, chunked answers,
 //! and the hand-over to hyper at the first request the loop does not take
-//! (a body, `expect`, HTTP/1.0, a malformed or oversized head).
+//! (a body, `expect`, HTTP/1.0, a malformed or oversized head); the idle
+//! timeout of HTTP and TCP streams.
 
 mod common;
 
 use std::time::Duration;
 
 use ambit_hbone::HboneStream;
+use ambit_l7proxy::WaypointConfig;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -369,4 +371,58 @@ async fn malformed_or_oversized_heads_get_hyper_errors() {
         seen.iter().all(|p| p == "/fine" || p == "/both"),
         "only whole requests reach the pod: {seen:?}"
     );
+}
+
+/// Bytes every 150 ms keep a stream open past a 400 ms idle timeout, HTTP
+/// and opaque TCP alike; once they stop, the waypoint closes it, no sooner
+/// than the timeout and well within a few.
+#[tokio::test]
+async fn streams_idle_past_the_idle_timeout_are_closed() {
+    const IDLE_ROUTES: &str = r#"
+services:
+- host: reviews.default.svc.cluster.local
+  ports: {9080: http}
+  routes:
+  - name: v1
+    backends: [{subset: {version: v1}}]
+- host: echo.default.svc.cluster.local
+  ports: {7000: tcp}
+"#;
+    let timeout = Duration::from_millis(400);
+    let mut cfg = WaypointConfig::new(waypoint_id());
+    cfg.idle_timeout = timeout;
+    let mesh = Mesh::start_config(IDLE_ROUTES, cfg).await;
+    let pause = || tokio::time::sleep(Duration::from_millis(150));
+
+    // HTTP keep-alive: ten requests 150 ms apart on one connection.
+    let mut http = Raw::open(&mesh, REVIEWS_VIP).await;
+    for i in 0..10 {
+        pause().await;
+        http.write(b"GET /idle HTTP/1.1\r\nhost: reviews\r\n\r\n")
+            .await;
+        assert_eq!(http.answer(false).await.status, 200, "request {i}");
+    }
+    let quiet = tokio::time::Instant::now();
+    assert!(!http.more().await, "the idle connection was closed");
+    assert!(http.buf.is_empty(), "nothing but the close");
+    let took = quiet.elapsed();
+    assert!(took >= timeout, "closed {took:?} after the last answer");
+
+    // Opaque TCP: a byte echoed every 150 ms, then silence.
+    let mut tcp = mesh.tunnel(sleep_id(), ECHO_VIP).await;
+    let mut one = [0u8; 1];
+    for i in 0..10u8 {
+        pause().await;
+        tcp.write_all(&[i]).await.expect("write");
+        tcp.flush().await.expect("flush");
+        tcp.read_exact(&mut one).await.expect("echo");
+        assert_eq!(one[0], i);
+    }
+    let quiet = tokio::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut one))
+        .await
+        .expect("the idle stream was closed within 5 s");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    let took = quiet.elapsed();
+    assert!(took >= timeout, "closed {took:?} after the last echo");
 }

@@ -455,16 +455,32 @@ impl Mesh {
     }
 
     pub async fn start_with(routes_yaml: &str, specs: Vec<PodSpec>) -> Self {
-        Self::start_inner(routes_yaml, specs, None).await
+        Self::start_inner(routes_yaml, specs, None, WaypointConfig::new(waypoint_id())).await
+    }
+
+    /// The default pods, the waypoint with `cfg`.
+    pub async fn start_config(routes_yaml: &str, cfg: WaypointConfig) -> Self {
+        Self::start_inner(routes_yaml, default_pods(), None, cfg).await
     }
 
     /// The default pods, the waypoint served by `n` per-core workers
     /// ([`Waypoint::serve_workers`]) until `stop` is set.
     pub async fn start_workers(routes_yaml: &str, n: usize) -> Self {
-        Self::start_inner(routes_yaml, default_pods(), Some(n)).await
+        Self::start_inner(
+            routes_yaml,
+            default_pods(),
+            Some(n),
+            WaypointConfig::new(waypoint_id()),
+        )
+        .await
     }
 
-    async fn start_inner(routes_yaml: &str, specs: Vec<PodSpec>, workers: Option<usize>) -> Self {
+    async fn start_inner(
+        routes_yaml: &str,
+        specs: Vec<PodSpec>,
+        workers: Option<usize>,
+        cfg: WaypointConfig,
+    ) -> Self {
         let ca = Arc::new(LocalCa::generate("cluster.local").expect("ca"));
         let certs = Arc::new(CertManager::new(ca, ManagerConfig::default()));
         let (ips, listeners, hbone_port) = bind_pods(specs.len()).await;
@@ -507,12 +523,7 @@ impl Mesh {
         let state = Arc::new(RwLock::new(MeshState::from_config(mesh)));
         let yaml = format!("hbonePort: {hbone_port}\n{routes_yaml}");
         let routes = RouteConfig::parse(&yaml, "test").expect("routes");
-        let waypoint = Waypoint::new(
-            WaypointConfig::new(waypoint_id()),
-            state,
-            routes,
-            certs.clone(),
-        );
+        let waypoint = Waypoint::new(cfg, state, routes, certs.clone());
         let (stop, _) = tokio::sync::watch::channel(false);
         let w = waypoint.clone();
         let (waypoint_addr, served) = match workers {
