@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use crate::authz::{self, AuthzFacts};
 use crate::config::{Backend, LoadBalancer};
 use crate::idle::Tracked;
-use crate::metrics::TcpLabels;
+use crate::metrics::{Metrics, TcpLabels};
 use crate::proxy::{Conn, Waypoint};
 use crate::sniff::Rewind;
 
@@ -78,6 +78,9 @@ impl Waypoint {
             }
         };
         metrics.tcp_opened(&labels);
+        // Counted closed however the copy ends, including when the idle
+        // timeout drops this future mid-copy.
+        let _closed = ClosedOnDrop(metrics, &labels);
         match copy_bidirectional(&mut io, &mut up).await {
             Ok(stats) => tracing::info!(
                 service = %conn.service.hostname,
@@ -88,7 +91,15 @@ impl Waypoint {
             ),
             Err(error) => tracing::debug!(%error, "tcp copy failed"),
         }
-        metrics.tcp_closed(&labels);
+    }
+}
+
+/// Counts its connection closed when dropped.
+struct ClosedOnDrop<'a>(&'a Metrics, &'a TcpLabels);
+
+impl Drop for ClosedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.tcp_closed(self.1);
     }
 }
 

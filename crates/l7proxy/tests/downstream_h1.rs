@@ -425,4 +425,14 @@ services:
     assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
     let took = quiet.elapsed();
     assert!(took >= timeout, "closed {took:?} after the last echo");
+    // The stream the timeout ended is counted closed, as well as opened.
+    let text = mesh.waypoint.metrics().encode();
+    let count = |name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains("echo.default"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(count("istio_tcp_connections_opened_total"), 1.0, "{text}");
+    assert_eq!(count("istio_tcp_connections_closed_total"), 1.0, "{text}");
 }
