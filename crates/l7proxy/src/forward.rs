@@ -18,7 +18,6 @@ use hyper::body::Body as HttpBody;
 use crate::authz::{self, AuthzFacts, HttpFacts};
 use crate::config::{Backend, LoadBalancer, Protocol, Route, RouteConfig, ServiceConfig, Subset};
 use crate::grpc::{self, LocalReply};
-use crate::h1srv::WholeBody;
 use crate::head;
 use crate::mirror::MirrorBody;
 use crate::pool::PoolKey;
@@ -81,6 +80,15 @@ impl EndpointCache {
             Err(p) => p.into_inner(),
         }
     }
+}
+
+/// What the engine knows of a request before routing it.
+#[derive(Debug, Clone, Copy)]
+struct Traits {
+    /// A gRPC request.
+    grpc: bool,
+    /// The lean loop read its body whole already.
+    whole: bool,
 }
 
 impl Waypoint {
@@ -182,10 +190,14 @@ impl Waypoint {
         all.get(i).cloned()
     }
 
+    /// Serves one request. `whole`: the lean loop read its body whole
+    /// already; the engine treats it as buffered (retriable, mirrored
+    /// whole, one upstream write) whatever its size up to the loop's limit.
     pub(crate) async fn handle_request<B>(
         &self,
         conn: &Arc<Conn>,
         req: Request<B>,
+        whole: bool,
     ) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -204,7 +216,14 @@ impl Waypoint {
             destination: None,
         };
         let (resp, route_name) = self
-            .route_request(conn, &routes, svc_cfg, req, &mut meta, grpc)
+            .route_request(
+                conn,
+                &routes,
+                svc_cfg,
+                req,
+                Traits { grpc, whole },
+                &mut meta,
+            )
             .await;
         let done = Finish {
             waypoint: self.clone(),
@@ -226,8 +245,8 @@ impl Waypoint {
         routes: &RouteConfig,
         svc_cfg: Option<&'r ServiceConfig>,
         mut req: Request<B>,
+        Traits { grpc, whole }: Traits,
         meta: &mut Meta,
-        grpc: bool,
     ) -> (Response<Body>, Option<&'r str>)
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -336,9 +355,6 @@ impl Waypoint {
             Upstream::Http1
         };
         let (mut parts, body) = req.into_parts();
-        // Read whole already by the lean loop: buffered like a retriable
-        // body, whatever its size up to the loop's limit.
-        let whole = parts.extensions.remove::<WholeBody>().is_some();
         head::prepare(&mut parts, &authority, version);
         route.request_headers.apply(&mut parts.headers);
         if let Some(v) = &conn.forwarded {

@@ -67,12 +67,6 @@ pub(crate) struct Ask {
     close: bool,
 }
 
-/// Marks a request whose body the loop read whole: the engine treats it
-/// as buffered (retriable, mirrored whole) and sends it upstream in one
-/// write.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WholeBody;
-
 /// One downstream connection served by the loop.
 pub(crate) struct Downstream<IO> {
     io: IO,
@@ -370,7 +364,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
-    request.extensions_mut().insert(WholeBody);
     Parsed::Request(request, ask, length.unwrap_or(0))
 }
 

@@ -487,7 +487,7 @@ impl Waypoint {
         loop {
             match down.next().await {
                 Next::Request(req, ask) => {
-                    let resp = self.handle_request(&conn, req.map(Full::new)).await;
+                    let resp = self.handle_request(&conn, req.map(Full::new), true).await;
                     match down.respond(ask, resp).await {
                         Ok(true) => {}
                         Ok(false) => return down.close().await,
@@ -506,7 +506,7 @@ impl Waypoint {
         let svc = service_fn(move |req: Request<Incoming>| {
             let this = self.clone();
             let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(this.handle_request(&conn, req).await) }
+            async move { Ok::<_, Infallible>(this.handle_request(&conn, req, false).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(error) = builder.serve_connection(TokioIo::new(io), svc).await {

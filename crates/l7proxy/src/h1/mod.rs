@@ -353,13 +353,18 @@ pub(crate) fn span(buf: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     at..at + part.len()
 }
 
+/// Fields a parsed head's map has room for beyond its own.
+const HEADROOM: usize = 4;
+
 /// The fields whose values sit at `spans` of `head`, as a header map
 /// sharing `head`'s bytes; `None` when a value is not a header value.
 pub(crate) fn shared_headers(
     head: &Bytes,
     spans: Vec<(HeaderName, std::ops::Range<usize>)>,
 ) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the fields the engine adds (`forwarded`, `host`, a route's
+    // header operations) without growing the map, which would rehash it.
+    let mut headers = HeaderMap::with_capacity(spans.len() + HEADROOM);
     for (name, at) in spans {
         headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
     }
