@@ -10,30 +10,144 @@ use crate::cli::InstallArgs;
 
 /// The plugin: stdout carries only the CNI answer.
 pub fn plugin_main() -> ExitCode {
-    let mut stdin = Vec::new();
-    let out = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
-        Ok(_) => plugin::run(
+    let out = match read_stdin() {
+        Ok(stdin) => plugin::run(
             |k| std::env::var(k).ok(),
             &stdin,
             &UnixHttpSink::default(),
             &ambit_cni::membership::from_conf,
         ),
-        Err(e) => {
-            let err =
-                spec::CniError::new(spec::ErrorCode::IoFailure, "reading stdin", e.to_string());
-            plugin::Outcome {
-                stdout: err.to_json(),
-                error: Some(err),
-            }
-        }
+        Err(out) => out,
     };
+    emit("cni-node plugin", out)
+}
+
+/// The file name of the small plugin, built beside `cni-node`.
+pub const SMALL_PLUGIN: &str = "ambit-cni-plugin";
+
+/// `ambit-cni-plugin`: the plugin without the Kubernetes client and the
+/// agent, so that the process starts in about half the time (PERFORMANCE.md,
+/// issue 21, ninth pass). An ADD that needs the API server is handed to the
+/// full plugin (`cni-node`) with the same environment and stdin.
+pub fn small_plugin_main() -> ExitCode {
+    let stdin = match read_stdin() {
+        Ok(stdin) => stdin,
+        Err(out) => return emit(SMALL_PLUGIN, out),
+    };
+    match plugin::run_agent_first(
+        |k| std::env::var(k).ok(),
+        &stdin,
+        &UnixHttpSink::default(),
+        &ambit_cni::membership::dir_from_conf,
+    ) {
+        plugin::AgentFirst::Done(out) => emit(SMALL_PLUGIN, out),
+        plugin::AgentFirst::Delegate => delegate(&stdin),
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, plugin::Outcome> {
+    let mut stdin = Vec::new();
+    match std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
+        Ok(_) => Ok(stdin),
+        Err(e) => Err(failed(spec::CniError::new(
+            spec::ErrorCode::IoFailure,
+            "reading stdin",
+            e.to_string(),
+        ))),
+    }
+}
+
+fn failed(err: spec::CniError) -> plugin::Outcome {
+    plugin::Outcome {
+        stdout: err.to_json(),
+        error: Some(err),
+    }
+}
+
+fn emit(who: &str, out: plugin::Outcome) -> ExitCode {
     println!("{}", out.stdout);
     match out.error {
         None => ExitCode::SUCCESS,
         Some(e) => {
-            eprintln!("cni-node plugin: {e}: {}", e.details);
+            eprintln!("{who}: {e}: {}", e.details);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the full plugin is: the configuration's `kube_plugin`; else
+/// `<this file>-kube` beside this executable, where the installer puts it;
+/// else `cni-node` beside it (the image, a build tree).
+fn full_plugin(stdin: &[u8]) -> Option<std::path::PathBuf> {
+    let named = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("kube_plugin")?.as_str().map(std::path::PathBuf::from));
+    if named.is_some() {
+        return named;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut beside = exe.clone().into_os_string();
+    beside.push(ambit_cni::install::KUBE_SUFFIX);
+    let beside = std::path::PathBuf::from(beside);
+    Some(if beside.is_file() {
+        beside
+    } else {
+        exe.with_file_name("cni-node")
+    })
+}
+
+/// Runs the full plugin on the same invocation: it inherits the
+/// environment, stdout and stderr, reads the same stdin, and its exit
+/// status is ours.
+fn delegate(stdin: &[u8]) -> ExitCode {
+    let version = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| spec::latest_version().to_owned());
+    let cannot = |path: &std::path::Path, why: String| {
+        emit(
+            SMALL_PLUGIN,
+            failed(
+                spec::CniError::new(
+                    spec::ErrorCode::TryAgainLater,
+                    format!(
+                        "the node agent could not settle this ADD, and the plugin that reads \
+                         the API server ({}) could not be run; try again later",
+                        path.display()
+                    ),
+                    why,
+                )
+                .with_version(&version),
+            ),
+        )
+    };
+    let Some(path) = full_plugin(stdin) else {
+        return cannot(
+            std::path::Path::new("cni-node"),
+            "no kube_plugin in the configuration and no cni-node beside this plugin".into(),
+        );
+    };
+    let mut child = match std::process::Command::new(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return cannot(&path, e.to_string()),
+    };
+    if let Some(mut input) = child.stdin.take()
+        && let Err(e) = std::io::Write::write_all(&mut input, stdin)
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return cannot(&path, format!("writing its stdin: {e}"));
+    }
+    match child.wait() {
+        Ok(status) => match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => cannot(&path, format!("it ended with {status}")),
+        },
+        Err(e) => cannot(&path, e.to_string()),
     }
 }
 
@@ -53,10 +167,20 @@ fn plugin_entry(a: &InstallArgs) -> serde_json::Value {
 /// host's CNI config and copy the binary, or undo exactly that.
 pub fn install_main(a: &InstallArgs, remove: bool) -> ExitCode {
     let result = (|| -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding this binary")?;
+        // The small plugin when it was shipped beside this binary; this
+        // binary then only backs it for ADDs that need the API server.
+        let small = exe.with_file_name(SMALL_PLUGIN);
+        let (plugin_binary, kube_plugin) = if small.is_file() {
+            (small, a.plugin_kubeconfig.is_some().then_some(exe))
+        } else {
+            (exe, None)
+        };
         let cfg = InstallConfig {
             conf_dir: a.cni_net_dir.clone(),
             bin_dir: a.cni_bin_dir.clone(),
-            plugin_binary: std::env::current_exe().context("finding this binary")?,
+            plugin_binary,
+            kube_plugin,
             conf_name: a.cni_conf_name.clone(),
             entry: plugin_entry(a),
         };
@@ -65,7 +189,7 @@ pub fn install_main(a: &InstallArgs, remove: bool) -> ExitCode {
             tracing::info!(?touched, "uninstalled");
         } else {
             let done = install::install(&cfg)?;
-            tracing::info!(conflist = %done.conflist.display(), binary = %done.binary.display(), wrapped = ?done.wrapped, "installed");
+            tracing::info!(conflist = %done.conflist.display(), binary = %done.binary.display(), kube_plugin = ?done.kube_plugin, wrapped = ?done.wrapped, "installed");
         }
         Ok(())
     })();

@@ -1,16 +1,17 @@
-//! The plugin binary under bad input: CNI error objects with the spec's
-//! codes on stdout, exit status 1; the agent refuses bad flags with 64.
+//! The plugin binaries (`cni-node` and the small `ambit-cni-plugin`) under
+//! bad input: CNI error objects with the spec's codes on stdout, exit
+//! status 1; the agent refuses bad flags with 64.
 
 mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::BIN;
+use common::{BIN, SMALL};
 use serde_json::Value;
 
-fn plugin(env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
-    let mut cmd = Command::new(BIN);
+fn plugin(bin: &str, env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
+    let mut cmd = Command::new(bin);
     cmd.env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -84,24 +85,30 @@ fn bad_input_gives_cni_error_objects() {
         ),
         ("agent not running", env("ADD"), CONF.into(), 11),
     ];
-    for (what, env, stdin, code) in cases {
-        let (status, v) = plugin(&env, &stdin);
-        assert_eq!(status, 1, "{what}: exit status");
-        assert_eq!(v["code"], code, "{what}: {v}");
-        assert!(
-            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
-            "{what}: {v}"
+    for bin in [BIN, SMALL] {
+        for (what, env, stdin, code) in &cases {
+            let (status, v) = plugin(bin, env, stdin);
+            assert_eq!(status, 1, "{bin}: {what}: exit status");
+            assert_eq!(v["code"], *code, "{bin}: {what}: {v}");
+            assert!(
+                v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+                "{bin}: {what}: {v}"
+            );
+            assert!(v["cniVersion"].is_string(), "{bin}: {what}: {v}");
+        }
+        // DEL with the agent away still succeeds, twice.
+        for _ in 0..2 {
+            let (status, _) = plugin(bin, &env("DEL"), CONF);
+            assert_eq!(status, 0, "{bin}");
+        }
+        let (status, v) = plugin(
+            bin,
+            &[("CNI_COMMAND", "VERSION")],
+            r#"{"cniVersion":"0.4.0"}"#,
         );
-        assert!(v["cniVersion"].is_string(), "{what}: {v}");
+        assert_eq!(status, 0, "{bin}");
+        assert_eq!(v["cniVersion"], "0.4.0", "{bin}");
     }
-    // DEL with the agent away still succeeds, twice.
-    for _ in 0..2 {
-        let (status, _) = plugin(&env("DEL"), CONF);
-        assert_eq!(status, 0);
-    }
-    let (status, v) = plugin(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
-    assert_eq!(status, 0);
-    assert_eq!(v["cniVersion"], "0.4.0");
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! every pod its own network namespace, the in-pod rules installed and
 //! verified inside it, the pod added to the host's probe set. Run as root:
 //! `cargo test --release -p cni-node --test bench -- --ignored --nocapture`
-//! (`AMBIT_BENCH_PODS=N` for fewer pods; one test by name for one mode).
+//! (`AMBIT_BENCH_PODS=N` for fewer pods; one test by name for one mode;
+//! the plugin is the small `ambit-cni-plugin`, `AMBIT_BENCH_PLUGIN=<path>`
+//! runs another, e.g. `cni-node` itself).
 
 mod common;
 
@@ -17,6 +19,24 @@ use ambit_netns::harness::Cluster;
 use ambit_redirect::Backend;
 use ambit_redirect::profiles::{self, InpodConfig, NodeConfig};
 use common::*;
+
+/// The plugin the ADD cases run: the small plugin `ambit-cni-plugin`
+/// (what `cni-node install` puts in the CNI bin dir), or the executable
+/// named by `AMBIT_BENCH_PLUGIN` (`cni-node` itself, another build, or
+/// another project's plugin that speaks the same event socket).
+fn plugin_binary() -> std::path::PathBuf {
+    std::env::var_os("AMBIT_BENCH_PLUGIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| SMALL.into(), Into::into)
+}
+
+/// The plugin's file name, for the rows.
+fn plugin_name() -> String {
+    plugin_binary()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -55,13 +75,9 @@ fn add_in(cluster: &Cluster, run: &std::path::Path, i: usize, netns: &str) -> Du
             format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"),
         ),
     ];
+    let plugin = plugin_binary();
     let t = Instant::now();
-    let out = exec_plugin(
-        cluster.node(0).ns(),
-        std::path::Path::new(BIN),
-        &env,
-        &stdin,
-    );
+    let out = exec_plugin(cluster.node(0).ns(), &plugin, &env, &stdin);
     let d = t.elapsed();
     assert!(
         out.status.success(),
@@ -209,7 +225,7 @@ fn run(how: &str, base: &mut Vec<Duration>) -> Figures {
             let t = Instant::now();
             let out = exec_plugin(
                 cluster.node(0).ns(),
-                std::path::Path::new(BIN),
+                &plugin_binary(),
                 &[("CNI_COMMAND", "VERSION".into())],
                 "{}",
             );
@@ -265,7 +281,10 @@ fn add_to_enrolled_latency() {
     let old = run("nft", &mut base);
     let new = run("netlink", &mut base);
     let b = ms(pct(&mut base, 0.5));
-    println!("plugin process alone (VERSION), median of 50: {b:.2} ms");
+    println!(
+        "plugin process alone ({}, VERSION), median of 50: {b:.2} ms",
+        plugin_name()
+    );
     println!(
         "{:<46} {:>14} {:>14} {:>8}",
         "node mode, nft backend", "nft -f (base)", "nfnetlink", "ratio"
@@ -419,6 +438,7 @@ fn inpod_add_to_enrolled_latency() {
     println!("in-pod mode, nft backend, dual-stack pods, {n} pods per case:");
     let row = |name: &str, v: f64, unit: &str| println!("{name:<46} {v:>11.2} {unit}");
     row("1 pod: ADD → enrolled (idle agent)", f.one, "ms");
+    println!("plugin: {}", plugin_name());
     row("per ADD (plugin process), p50", f.seq_p50, "ms");
     row("per ADD (plugin process), p99", f.seq_p99, "ms");
     row("per ADD (plugin process), max", f.seq_max, "ms");

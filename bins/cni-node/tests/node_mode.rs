@@ -123,6 +123,12 @@ fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
         serde_json::from_slice(&std::fs::read(net_d.join("10-bridge.conflist")).expect("conflist"))
             .expect("json");
     assert_eq!(conflist["plugins"][1]["type"], "istio-cni");
+    // The small plugin is what the runtime runs; no kubeconfig, no helper.
+    assert_eq!(
+        std::fs::read(bin.join("istio-cni")).expect("plugin"),
+        std::fs::read(SMALL).expect("small plugin")
+    );
+    assert!(!bin.join("istio-cni-kube").exists());
     let cni_path = format!("{}:{SYSTEM_PLUGINS}", bin.display());
 
     let (cfg, host_plan, zt_plan) = plans(zt.ip());
@@ -281,4 +287,5 @@ fn cni_chain_enrols_and_unenrols_pods_and_restart_reconciles() {
         .expect("uninstall");
     assert!(out.status.success());
     assert!(net_d.join("10-bridge.conf").exists() && !net_d.join("10-bridge.conflist").exists());
+    assert!(!bin.join("istio-cni").exists(), "plugin removed");
 }

@@ -2,9 +2,10 @@
 //! our entry as the last plugin of the primary CNI configuration (the
 //! lexically first `.conf`, `.conflist` or `.json` in the config dir, or
 //! the one named), wrapping a single-plugin `.conf` into a `.conflist`,
-//! and copy the plugin binary into the CNI bin dir under its `type`.
-//! [`uninstall`] removes exactly that: our entry (restoring a wrapped
-//! `.conf` as it was) and our binary.
+//! and copy the plugin binary into the CNI bin dir under its `type` (and,
+//! when the plugin is the small one, the full plugin it hands API-server
+//! decisions to, as `<type>-kube`). [`uninstall`] removes exactly that: our
+//! entry (restoring a wrapped `.conf` as it was) and our binaries.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,12 @@ pub struct InstallConfig {
     pub conf_dir: PathBuf,
     /// The host's CNI bin dir (`/opt/cni/bin`).
     pub bin_dir: PathBuf,
-    /// The binary to copy (this program).
+    /// The binary to copy as `<type>`.
     pub plugin_binary: PathBuf,
+    /// The full plugin to copy beside it as `<type>-kube`
+    /// ([`KUBE_SUFFIX`]), where the small plugin finds it; `None` when the
+    /// plugin binary is the full plugin itself or never reads the API server.
+    pub kube_plugin: Option<PathBuf>,
     /// The primary config file name; the lexically first one when `None`.
     pub conf_name: Option<String>,
     /// Our chained entry (see [`plugin_entry`]).
@@ -42,7 +47,12 @@ pub struct Installed {
     pub wrapped: Option<PathBuf>,
     /// The installed binary.
     pub binary: PathBuf,
+    /// The installed full plugin, when one was asked for.
+    pub kube_plugin: Option<PathBuf>,
 }
+
+/// Suffix of the full plugin's file name beside the small plugin.
+pub const KUBE_SUFFIX: &str = "-kube";
 
 /// Istio's chained entry.
 pub fn plugin_entry(plugin_type: &str, run_dir: &Path, exclude_namespaces: &[String]) -> Value {
@@ -143,6 +153,12 @@ pub fn install(cfg: &InstallConfig) -> Result<Installed, Error> {
         plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(ty.as_str()));
         plugins.push(cfg.entry.clone());
     }
+    // The helper first: the plugin that may run it is in place only after.
+    let kube_plugin = cfg
+        .kube_plugin
+        .as_ref()
+        .map(|src| copy_binary(src, &cfg.bin_dir, &format!("{ty}{KUBE_SUFFIX}")))
+        .transpose()?;
     let binary = copy_binary(&cfg.plugin_binary, &cfg.bin_dir, &ty)?;
     if let Some(aside) = &wrapped {
         std::fs::copy(&primary, aside)
@@ -157,6 +173,7 @@ pub fn install(cfg: &InstallConfig) -> Result<Installed, Error> {
         conflist,
         wrapped,
         binary,
+        kube_plugin,
     })
 }
 
@@ -220,11 +237,13 @@ pub fn uninstall(cfg: &InstallConfig) -> Result<Vec<PathBuf>, Error> {
             }
         }
     }
-    let bin = cfg.bin_dir.join(&ty);
-    match std::fs::remove_file(&bin) {
-        Ok(()) => touched.push(bin),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing {}", bin.display()), e)),
+    for name in [ty.clone(), format!("{ty}{KUBE_SUFFIX}")] {
+        let bin = cfg.bin_dir.join(name);
+        match std::fs::remove_file(&bin) {
+            Ok(()) => touched.push(bin),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("removing {}", bin.display()), e)),
+        }
     }
     Ok(touched)
 }
@@ -254,6 +273,7 @@ mod tests {
             conf_dir: root.join("net.d"),
             bin_dir: root.join("bin"),
             plugin_binary: binary,
+            kube_plugin: None,
             conf_name: None,
             entry: plugin_entry(
                 "istio-cni",
@@ -332,6 +352,28 @@ mod tests {
         assert_eq!(v["plugins"][1]["exclude_namespaces"][0], "kube-system");
         uninstall(&cfg).expect("uninstall");
         assert_eq!(snapshot(&cfg.conf_dir), before);
+    }
+
+    #[test]
+    fn the_small_plugin_gets_its_full_plugin_beside_it_and_both_go() {
+        let (_d, mut cfg) = setup("small");
+        let small = cfg.plugin_binary.with_file_name("ambit-cni-plugin");
+        std::fs::write(&small, b"#!/bin/false\n").expect("small");
+        cfg.kube_plugin = Some(std::mem::replace(&mut cfg.plugin_binary, small));
+        let list = r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"}]}"#;
+        std::fs::write(cfg.conf_dir.join("10-k8s.conflist"), list).expect("w");
+        let done = install(&cfg).expect("install");
+        assert_eq!(done.binary, cfg.bin_dir.join("istio-cni"));
+        assert_eq!(
+            std::fs::read(&done.binary).expect("plugin"),
+            b"#!/bin/false\n"
+        );
+        let full = done.kube_plugin.expect("full plugin installed");
+        assert_eq!(full, cfg.bin_dir.join("istio-cni-kube"));
+        assert_eq!(std::fs::read(&full).expect("full"), b"#!/bin/true\n");
+        let touched = uninstall(&cfg).expect("uninstall");
+        assert!(touched.contains(&full) && touched.contains(&done.binary));
+        assert!(snapshot(&cfg.bin_dir).is_empty(), "both binaries removed");
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub fn from_conf(conf: &NetConf) -> Option<Box<dyn Membership>> {
     if let Some(path) = conf.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone()) {
         return Some(Box::new(crate::kube::KubeMembership::new(path)));
     }
+    dir_from_conf(conf)
+}
+
+/// The `pod_records_dir` source alone: what a plugin built without the
+/// API client reads (it hands ADDs that need the API server to the full
+/// plugin, see [`crate::plugin::run_agent_first`]).
+pub fn dir_from_conf(conf: &NetConf) -> Option<Box<dyn Membership>> {
     conf.pod_records_dir
         .clone()
         .map(|d| Box::new(DirMembership(d)) as Box<dyn Membership>)

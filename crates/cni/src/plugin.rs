@@ -106,10 +106,100 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return Outcome::err(e.with_version(&lenient_version(stdin))),
     };
-    let version = conf.cni_version.clone();
-    match command(&env, &conf, sink, membership) {
+    finish(&env, &conf, sink, membership)
+}
+
+fn finish(
+    env: &CniEnv,
+    conf: &NetConf,
+    sink: &dyn EventSink,
+    membership: MembershipFor<'_>,
+) -> Outcome {
+    match command(env, conf, sink, membership) {
         Ok(out) => Outcome::ok(out),
-        Err(e) => Outcome::err(e.with_version(&version)),
+        Err(e) => Outcome::err(e.with_version(&conf.cni_version)),
+    }
+}
+
+/// What [`run_agent_first`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentFirst {
+    /// The invocation is finished: print and exit as [`run`]'s outcome.
+    Done(Outcome),
+    /// The ADD needs the pod's membership from the API server, which this
+    /// build does not read: run the full plugin (the configuration's
+    /// `kube_plugin`) with the same environment and stdin; its answer is
+    /// the invocation's.
+    Delegate,
+}
+
+/// The small plugin's entry: [`run`], except for an ADD whose
+/// configuration names a kubeconfig. Such an ADD asks the agent first. The
+/// agent's own pod source knows the pod's membership, so when it answers
+/// `enrolled` or `not-ambient` the result is the one [`run`] would give,
+/// without reading the API server. Any other answer, or no answer (agent
+/// down or restarting), is [`AgentFirst::Delegate`]: the full plugin then
+/// decides membership from the API server first, so a pod outside the mesh
+/// still starts while the agent is down and an ambient pod still does not
+/// start uncaptured.
+///
+/// One difference from [`run`]: the agent sees events of pods the API
+/// server says are outside the mesh (it answers `not-ambient` and does
+/// nothing, unless its own pod source says otherwise, and its source is
+/// what keeps enrolment right for the pod's whole life anyway).
+pub fn run_agent_first(
+    var: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    sink: &dyn EventSink,
+    membership: MembershipFor<'_>,
+) -> AgentFirst {
+    let env = match CniEnv::from_vars(var) {
+        Ok(e) => e,
+        Err(e) => return AgentFirst::Done(Outcome::err(e.with_version(&lenient_version(stdin)))),
+    };
+    if env.command == Command::Version {
+        return AgentFirst::Done(Outcome::ok(version_result(&lenient_version(stdin))));
+    }
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return AgentFirst::Done(Outcome::err(e.with_version(&lenient_version(stdin)))),
+    };
+    let reads_api = conf
+        .kubernetes
+        .as_ref()
+        .is_some_and(|k| k.kubeconfig.is_some());
+    if env.command != Command::Add || !reads_api {
+        return AgentFirst::Done(finish(&env, &conf, sink, membership));
+    }
+    match add_agent_first(&env, &conf, sink) {
+        Some(out) => AgentFirst::Done(Outcome::ok(out)),
+        None => AgentFirst::Delegate,
+    }
+}
+
+/// An ADD answered without the membership source: the result when the
+/// event is not sent at all or the agent's answer settles it, `None` when
+/// only the membership source can.
+fn add_agent_first(env: &CniEnv, conf: &NetConf, sink: &dyn EventSink) -> Option<String> {
+    let prev = conf.prev_result.as_ref()?;
+    if !conf.ambient_enabled {
+        return Some(prev.get().to_owned());
+    }
+    let pod = env.pod().ok()?;
+    if skip_reason(conf, &pod).is_some() {
+        return Some(prev.get().to_owned());
+    }
+    let ips = conf.prev_ips().ok()?;
+    let answer = sink
+        .post(
+            &conf.cni_agent_run_dir,
+            EventKind::Add,
+            &event(env, &pod, ips),
+        )
+        .ok()?;
+    match AddAnswer::parse(&answer)? {
+        AddAnswer::Enrolled | AddAnswer::NotAmbient => Some(prev.get().to_owned()),
+        AddAnswer::Unknown | AddAnswer::NotReady | AddAnswer::Removed => None,
     }
 }
 
@@ -355,6 +445,93 @@ mod tests {
             path: "/x".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })
+    }
+
+    fn agent_first(cmd: &str, extra: &str, pod: (&str, &str), sink: &Recorder) -> AgentFirst {
+        let vars = vars(cmd, pod.0, pod.1);
+        run_agent_first(
+            |k| vars.get(k).cloned(),
+            stdin(extra).as_bytes(),
+            sink,
+            &|_| None,
+        )
+    }
+
+    const KUBE: &str = r#","kubernetes":{"kubeconfig":"/etc/cni/net.d/ambit-kubeconfig"}"#;
+
+    #[test]
+    fn agent_first_finishes_an_add_the_agent_settles() {
+        for answer in [(|| Ok("enrolled".to_owned())) as fn() -> _, || {
+            Ok("not-ambient".to_owned())
+        }] {
+            let sink = Recorder::new(answer);
+            let out = agent_first("ADD", KUBE, ("default", "web-0"), &sink);
+            assert_eq!(out, AgentFirst::Done(Outcome::ok(PREV)));
+            let seen = sink.seen.borrow();
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].0, EventKind::Add);
+            assert_eq!(seen[0].1.pod_name, "web-0");
+            assert_eq!(
+                seen[0].1.ips,
+                vec!["10.244.0.130".parse::<std::net::IpAddr>().expect("ip")]
+            );
+        }
+    }
+
+    #[test]
+    fn agent_first_hands_over_what_only_membership_can_decide() {
+        for answer in [
+            unreachable as fn() -> _,
+            || Ok("unknown".to_owned()),
+            || Ok("not-ready".to_owned()),
+            || Ok("what?".to_owned()),
+            || {
+                Err(PostError::Refused {
+                    status: 500,
+                    body: "boom".into(),
+                })
+            },
+        ] {
+            let sink = Recorder::new(answer);
+            let out = agent_first("ADD", KUBE, ("default", "web-0"), &sink);
+            assert_eq!(out, AgentFirst::Delegate);
+            assert_eq!(sink.seen.borrow().len(), 1);
+        }
+    }
+
+    #[test]
+    fn agent_first_is_run_for_everything_else() {
+        // Skipped pods never reach the agent, with or without a kubeconfig.
+        let down = Recorder::new(unreachable);
+        let out = agent_first("ADD", KUBE, ("kube-system", "dns"), &down);
+        assert_eq!(out, AgentFirst::Done(Outcome::ok(PREV)));
+        assert!(down.seen.borrow().is_empty());
+        // No kubeconfig: exactly `run` (membership unknown, agent down: 11).
+        let vars_add = vars("ADD", "default", "web-0");
+        let plain = run(
+            |k| vars_add.get(k).cloned(),
+            stdin("").as_bytes(),
+            &down,
+            &|_| None,
+        );
+        assert_eq!(plain.error.as_ref().map(|e| e.code), Some(11));
+        let out = agent_first("ADD", "", ("default", "web-0"), &down);
+        assert_eq!(out, AgentFirst::Done(plain));
+        // DEL, CHECK and VERSION never need the API server.
+        for cmd in ["DEL", "CHECK", "VERSION"] {
+            let out = agent_first(cmd, KUBE, ("default", "web-0"), &down);
+            assert!(
+                matches!(&out, AgentFirst::Done(o) if o.error.is_none()),
+                "{cmd}: {out:?}"
+            );
+        }
+        // Bad stdin is answered here, as `run` answers it.
+        let vars_add = vars("ADD", "default", "web-0");
+        let bad = run_agent_first(|k| vars_add.get(k).cloned(), b"{", &down, &|_| None);
+        let AgentFirst::Done(bad) = bad else {
+            panic!("bad stdin delegated");
+        };
+        assert_eq!(bad.error.map(|e| e.code), Some(6));
     }
 
     #[test]

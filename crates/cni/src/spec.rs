@@ -297,6 +297,13 @@ pub struct NetConf {
     /// plugin decides membership from when there is no cluster.
     #[serde(default)]
     pub pod_records_dir: Option<PathBuf>,
+    /// The plugin that reads the API server, for the small plugin
+    /// (`ambit-cni-plugin`) to hand an ADD to when its agent-first fast
+    /// path cannot finish it (see [`crate::plugin::run_agent_first`]);
+    /// `cni-node` beside the small plugin when absent. The installer
+    /// writes it.
+    #[serde(default)]
+    pub kube_plugin: Option<PathBuf>,
 }
 
 /// The `kubernetes` block of the plugin's network configuration.

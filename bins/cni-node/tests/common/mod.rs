@@ -11,6 +11,8 @@ use ambit_netns::NetNs;
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cni-node");
+/// The small plugin (what `install` puts in the CNI bin dir).
+pub const SMALL: &str = env!("CARGO_BIN_EXE_ambit-cni-plugin");
 pub const SYSTEM_PLUGINS: &str = "/usr/lib/cni";
 
 /// A directory removed on drop.
