@@ -21,6 +21,12 @@ const CHUNK: usize = 64 * 1024;
 
 /// How long [`Socket::send_batch`] waits for the kernel's answers.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The receive buffer: twice the largest part the kernel sends in a dump.
+const RECV_BUF: usize = 64 * 1024;
+/// `MSG_TRUNC` (Linux): `recv` returns the datagram's real length.
+const MSG_TRUNC: i32 = 0x20;
+/// `MSG_DONTWAIT` (Linux): `recv` does not block.
+const MSG_DONTWAIT: i32 = 0x40;
 
 /// A synchronous netlink socket opened inside one network namespace.
 ///
@@ -246,18 +252,35 @@ impl Socket {
     }
 
     /// Sends a prepared nfnetlink batch (begin, messages, end, with their
-    /// own sequence numbers) in one `sendmsg` and collects the errors of the
-    /// messages whose sequence numbers are in `expect`. The kernel applies
-    /// the batch all or nothing; after a failure it may not answer every
-    /// message, so a read that times out (5 s) ends the wait.
+    /// own sequence numbers) in one `sendmsg` and collects the kernel's
+    /// errors for any message of the batch, the batch markers included (a
+    /// failed commit is answered on `BATCH_BEGIN`). `expect` names the
+    /// batch's messages; the wait ends with the acks of those that ask for
+    /// one (`NLM_F_ACK`), so a batch that asks for an ack on its last
+    /// message only is read with one ack instead of one per message. The
+    /// kernel applies the batch all or nothing; after a failure it may not
+    /// answer every message, so a read that times out (5 s) ends the wait.
     pub fn send_batch(&mut self, bytes: &[u8], expect: Range<u32>) -> Result<Vec<(u32, Nack)>> {
+        let mut batch: HashSet<u32> = HashSet::new();
+        let mut pending: HashSet<u32> = HashSet::new();
+        for m in Messages::new(bytes) {
+            let m = m.map_err(|reason| self.decode("the batch to send", reason))?;
+            batch.insert(m.seq);
+            if expect.contains(&m.seq) && m.flags & crate::NLM_F_ACK != 0 {
+                pending.insert(m.seq);
+            }
+        }
         self.set_timeout(Some(BATCH_TIMEOUT))?;
         self.send(bytes)?;
-        let mut pending: HashSet<u32> = expect.collect();
         let mut errors = Vec::new();
-        while !pending.is_empty() {
-            let data = match self.sock.recv_from_full() {
-                Ok((d, _)) => d,
+        // The kernel handles a batch inside `sendmsg`: every answer is
+        // queued by now, so a batch that asks for no ack is read to the end
+        // of the queue.
+        let drain = pending.is_empty();
+        while drain || !pending.is_empty() {
+            let data = match self.recv_one(if drain { MSG_DONTWAIT } else { 0 }) {
+                Ok(d) => d,
+                Err(e) if drain && e.kind() == io::ErrorKind::WouldBlock => break,
                 // After a failure the kernel may not answer every message.
                 Err(_) if !errors.is_empty() => break,
                 Err(source) => {
@@ -266,10 +289,11 @@ impl Socket {
             };
             for m in Messages::new(&data) {
                 let m = m.map_err(|reason| self.decode("batch acks", reason))?;
-                if m.ty == NLMSG_ERROR
-                    && pending.remove(&m.seq)
-                    && let Err(e) = m.ack()
-                {
+                if m.ty != NLMSG_ERROR || !batch.contains(&m.seq) {
+                    continue;
+                }
+                pending.remove(&m.seq);
+                if let Err(e) = m.ack() {
                     errors.push((m.seq, e));
                 }
             }
@@ -298,10 +322,23 @@ impl Socket {
     }
 
     fn recv(&self) -> Result<Vec<u8>> {
-        self.sock
-            .recv_from_full()
-            .map(|(data, _)| data)
+        self.recv_one(0)
             .map_err(|source| self.io("reading netlink reply", source))
+    }
+
+    /// Reads one datagram with one `recv` into a [`RECV_BUF`] buffer. The
+    /// kernel's datagrams fit (a dump's parts are at most 32 KiB); a larger
+    /// one is an error, never cut short silently (`MSG_TRUNC` reports its
+    /// real length).
+    fn recv_one(&self, flags: i32) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        let n = self.sock.recv(&mut buf, flags | MSG_TRUNC)?;
+        if n > buf.len() {
+            return Err(io::Error::other(format!(
+                "a {n}-byte netlink datagram does not fit the {RECV_BUF}-byte buffer"
+            )));
+        }
+        Ok(buf)
     }
 
     fn io(&self, op: &'static str, source: io::Error) -> Error {

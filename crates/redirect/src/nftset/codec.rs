@@ -261,6 +261,20 @@ pub fn split(elements: &[Element], op: ElemOp) -> Vec<&[Element]> {
     out
 }
 
+/// Sets or clears `NLM_F_ACK` in a message's header (`nlmsg_flags`, bytes
+/// 6..8); a message too short to have a header is left alone.
+fn set_ack(m: &mut [u8], on: bool) {
+    if let Some(f) = m.get_mut(6..8) {
+        let mut flags = u16::from_ne_bytes([f[0], f[1]]);
+        if on {
+            flags |= ambit_netlink::NLM_F_ACK;
+        } else {
+            flags &= !ambit_netlink::NLM_F_ACK;
+        }
+        f.copy_from_slice(&flags.to_ne_bytes());
+    }
+}
+
 fn batch_marker(ty: u16, seq: u32) -> Vec<u8> {
     let mut m = header(ty, ambit_netlink::NLM_F_REQUEST, NFGENMSG_LEN);
     ambit_netlink::set_seq(&mut m, seq);
@@ -270,15 +284,20 @@ fn batch_marker(ty: u16, seq: u32) -> Vec<u8> {
 
 /// Wraps `msgs` in `BATCH_BEGIN`/`BATCH_END`, numbering everything from
 /// `first_seq` on; returns the bytes and the sequence numbers of `msgs`
-/// (what the kernel answers).
+/// (what the kernel answers). Only the last message asks for an ack: the
+/// kernel answers a failed message whether or not it asked, and the one
+/// ack, sent after the whole batch, says it was applied (one answer to read
+/// instead of one per message).
 pub fn batch(msgs: &mut [Vec<u8>], first_seq: u32) -> (Vec<u8>, Range<u32>) {
     let total: usize = msgs.iter().map(Vec::len).sum();
     let mut out = Vec::with_capacity(total + 2 * (NLMSG_HDRLEN + NFGENMSG_LEN));
     out.extend_from_slice(&batch_marker(NFNL_MSG_BATCH_BEGIN, first_seq));
     let mut seq = first_seq;
-    for m in msgs.iter_mut() {
+    let last = msgs.len().saturating_sub(1);
+    for (i, m) in msgs.iter_mut().enumerate() {
         seq = seq.wrapping_add(1);
         ambit_netlink::set_seq(m, seq);
+        set_ack(m, i == last);
         out.extend_from_slice(m);
     }
     let end = seq.wrapping_add(1);
@@ -481,6 +500,39 @@ mod tests {
         assert_eq!(parsed[1].1, 101);
         assert_eq!(parsed[2], (17, 102, 4));
         assert_eq!(&bytes[16..20], &[0, 0, 0, 10]);
+    }
+
+    #[test]
+    fn only_the_last_message_of_a_batch_asks_for_an_ack() {
+        let mut msgs: Vec<Vec<u8>> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+            .iter()
+            .map(|ip| setelem_message(ElemOp::Add, "T", "S", &[el(ip, None)], true))
+            .collect();
+        // A message built without an ack gets one when it comes last.
+        msgs.push(setelem_message(
+            ElemOp::Del,
+            "T",
+            "S",
+            &[el("10.0.0.4", None)],
+            false,
+        ));
+        let (bytes, seqs) = batch(&mut msgs, 7);
+        let acks: Vec<(u32, bool)> = Messages::new(&bytes)
+            .map(|m| m.expect("valid"))
+            .map(|m| (m.seq, m.flags & ambit_netlink::NLM_F_ACK != 0))
+            .collect();
+        assert_eq!(seqs, 8..12);
+        assert_eq!(
+            acks,
+            [
+                (7, false),
+                (8, false),
+                (9, false),
+                (10, false),
+                (11, true),
+                (12, false)
+            ]
+        );
     }
 
     #[test]
