@@ -251,7 +251,7 @@ pub(crate) fn send_batch_on(
             .checked_sub(seqs.start)
             .and_then(|i| what.get(i as usize))
             .cloned()
-            .unwrap_or_else(|| format!("message {seq}"));
+            .unwrap_or_else(|| format!("the batch as a whole (message {seq}, its commit)"));
         return Err(Error::nack(
             e,
             format!("{op}: the kernel refused {what}; nothing was applied"),
