@@ -130,6 +130,9 @@ pub struct InpodDataplane {
     /// The plan this run applied in each enrolled pod, by uid.
     applied: BTreeMap<String, PodPlanKey>,
     zds: Option<(mpsc::UnboundedSender<ZdsCmd>, tokio::task::JoinHandle<()>)>,
+    /// The host's netfilter socket for probe-set additions, kept between
+    /// pods (no socket opened and released per pod).
+    host_sets: Option<ambit_redirect::nftset::NftSets>,
     /// eBPF capture, when it replaces the in-pod NAT rules.
     #[cfg(feature = "ebpf")]
     ebpf: Option<ambit_redirect::ebpf::EbpfCapture>,
@@ -155,6 +158,7 @@ impl InpodDataplane {
             plans: BTreeMap::new(),
             applied: BTreeMap::new(),
             zds: None,
+            host_sets: None,
             #[cfg(feature = "ebpf")]
             ebpf: None,
         };
@@ -389,7 +393,13 @@ impl InpodDataplane {
             self.ebpf_enrol(&p.uid, &ns, &p.ips)?;
             for (set, entries) in &sets {
                 self.host_plan
-                    .add_members(&self.s.host, self.s.backend, set, entries)
+                    .add_members_reusing(
+                        &self.s.host,
+                        self.s.backend,
+                        set,
+                        entries,
+                        &mut self.host_sets,
+                    )
                     .context(|| format!("adding {} to {set}", where_()))?;
             }
             let netns = ns

@@ -460,6 +460,21 @@ impl Plan {
         set: &str,
         entries: &[IpSetEntry],
     ) -> Result<()> {
+        self.add_members_reusing(ns, backend, set, entries, &mut None)
+    }
+
+    /// [`Plan::add_members`] for a caller that adds members often (an agent,
+    /// per pod): when the set is written over nfnetlink, `sets` keeps the
+    /// namespace's netfilter socket between calls (opened on first use), so
+    /// a call costs no socket. A failed call drops it; the next opens anew.
+    pub fn add_members_reusing(
+        &self,
+        ns: &NetNs,
+        backend: Backend,
+        set: &str,
+        entries: &[IpSetEntry],
+        sets: &mut Option<NftSets>,
+    ) -> Result<()> {
         let spec = self.set(set)?;
         if backend.nft_sets() {
             for e in entries {
@@ -480,7 +495,16 @@ impl Plan {
                             comment: e.comment.clone(),
                         })
                         .collect();
-                    NftSets::open(Some(ns))?.add(table, set, &els)
+                    let handle = match sets.take() {
+                        Some(h) => h,
+                        None => NftSets::open(Some(ns))?,
+                    };
+                    let h = sets.insert(handle);
+                    let added = h.add(table, set, &els);
+                    if added.is_err() {
+                        *sets = None;
+                    }
+                    added
                 }
                 SetUpdates::NftCommand => backend::nft_add_elements(ns, table, set, entries),
             }
