@@ -4,31 +4,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{BIN, SMALL};
 use serde_json::Value;
 
 fn plugin(bin: &str, env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v)
+    let (code, out) = common::run_plugin(bin, env, stdin);
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null))
 }
 
 const CONF: &str = r#"{"cniVersion":"1.0.0","name":"k8s","type":"istio-cni","ambient_enabled":true,"cni_agent_run_dir":"/nonexistent-ambit-run","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24"}]}}"#;

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread::JoinHandle;
 
 use common::{BIN, SMALL, TempDir};
@@ -29,30 +29,25 @@ fn conf(run: &Path, kube_plugin: &Path) -> String {
 
 /// Runs the small plugin's ADD: (exit status, stdout).
 fn add(stdin: &str) -> (i32, String) {
-    let mut child = Command::new(SMALL)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "c1")
-        .env("CNI_NETNS", "/run/netns/x")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
+    let env = [
+        ("PATH", "/usr/bin:/bin"),
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0"),
+    ];
+    let (code, out) = common::run_plugin(SMALL, &env, stdin);
+    (code, out.trim().to_owned())
+}
+
+/// The answer of an ADD that must wait: exit 1, code 11, a message with
+/// `says` in it.
+fn assert_try_again((status, out): (i32, String), says: &str) {
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(status, 1, "{out}");
+    assert_eq!(v["code"], 11, "{out}");
+    assert!(v["msg"].as_str().is_some_and(|m| m.contains(says)), "{out}");
 }
 
 /// A stand-in agent on `<run>/pluginevent.sock`: answers one event with
@@ -159,28 +154,13 @@ fn an_unsettled_add_is_handed_to_the_full_plugin() {
     }
     // No agent at all, with the real full plugin: it cannot read the API
     // server either, so the pod must wait (code 11), in cni-node's words.
-    let (status, out) = add(&conf(&run, Path::new(BIN)));
-    let v: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(status, 1, "{out}");
-    assert_eq!(v["code"], 11, "{out}");
-    assert!(
-        v["msg"]
-            .as_str()
-            .is_some_and(|m| m.contains("node agent is not reachable")),
-        "{out}"
+    assert_try_again(
+        add(&conf(&run, Path::new(BIN))),
+        "node agent is not reachable",
     );
     // The full plugin is missing: a clear error naming it, not a crash.
     let missing = tmp.0.join("no-such-plugin");
-    let (status, out) = add(&conf(&run, &missing));
-    let v: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(status, 1, "{out}");
-    assert_eq!(v["code"], 11, "{out}");
-    assert!(
-        v["msg"]
-            .as_str()
-            .is_some_and(|m| m.contains(&missing.display().to_string())),
-        "{out}"
-    );
+    assert_try_again(add(&conf(&run, &missing)), &missing.display().to_string());
 }
 
 #[test]

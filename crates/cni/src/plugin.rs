@@ -95,18 +95,27 @@ pub fn run(
     sink: &dyn EventSink,
     membership: MembershipFor<'_>,
 ) -> Outcome {
-    let env = match CniEnv::from_vars(var) {
-        Ok(e) => e,
-        Err(e) => return Outcome::err(e.with_version(&lenient_version(stdin))),
-    };
-    if env.command == Command::Version {
-        return Outcome::ok(version_result(&lenient_version(stdin)));
+    match invocation(var, stdin) {
+        Ok((env, conf)) => finish(&env, &conf, sink, membership),
+        Err(out) => *out,
     }
-    let conf = match NetConf::parse(stdin) {
-        Ok(c) => c,
-        Err(e) => return Outcome::err(e.with_version(&lenient_version(stdin))),
-    };
-    finish(&env, &conf, sink, membership)
+}
+
+/// An invocation's environment and network configuration, or the outcome
+/// that ends it before any command runs (bad input, VERSION).
+fn invocation(
+    var: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<(CniEnv, NetConf), Box<Outcome>> {
+    let bad = |e: CniError| Box::new(Outcome::err(e.with_version(&lenient_version(stdin))));
+    let env = CniEnv::from_vars(var).map_err(bad)?;
+    if env.command == Command::Version {
+        return Err(Box::new(Outcome::ok(version_result(&lenient_version(
+            stdin,
+        )))));
+    }
+    let conf = NetConf::parse(stdin).map_err(bad)?;
+    Ok((env, conf))
 }
 
 fn finish(
@@ -153,16 +162,9 @@ pub fn run_agent_first(
     sink: &dyn EventSink,
     membership: MembershipFor<'_>,
 ) -> AgentFirst {
-    let env = match CniEnv::from_vars(var) {
-        Ok(e) => e,
-        Err(e) => return AgentFirst::Done(Outcome::err(e.with_version(&lenient_version(stdin)))),
-    };
-    if env.command == Command::Version {
-        return AgentFirst::Done(Outcome::ok(version_result(&lenient_version(stdin))));
-    }
-    let conf = match NetConf::parse(stdin) {
-        Ok(c) => c,
-        Err(e) => return AgentFirst::Done(Outcome::err(e.with_version(&lenient_version(stdin)))),
+    let (env, conf) = match invocation(var, stdin) {
+        Ok(v) => v,
+        Err(out) => return AgentFirst::Done(*out),
     };
     let reads_api = conf
         .kubernetes

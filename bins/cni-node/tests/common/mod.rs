@@ -331,38 +331,47 @@ pub fn plugin_add(
     container: &str,
     ip: &str,
 ) -> (i32, Value) {
-    use std::io::Write;
     let conf = format!(
         r#"{{"cniVersion":"1.0.0","name":"k8s","type":"istio-cni","ambient_enabled":true,"cni_agent_run_dir":"{}"{conf_extra},"prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"{ip}/32"}}]}}}}"#,
         run_dir.display()
     );
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={uid}",
-                pod.0, pod.1
-            ),
-        )
+    let args = format!(
+        "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={uid}",
+        pod.0, pod.1
+    );
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", container),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", &args),
+    ];
+    let (code, out) = run_plugin(BIN, &env, &conf);
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null))
+}
+
+/// Runs a plugin binary as a runtime does: only `env` in its environment,
+/// `stdin` written to it; returns (exit code, stdout).
+pub fn run_plugin(bin: &str, env: &[(&str, &str)], stdin: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn plugin");
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(conf.as_bytes())
+        .write_all(stdin.as_bytes())
         .expect("write stdin");
     let out = child.wait_with_output().expect("plugin");
     (
         out.status.code().unwrap_or(-1),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
