@@ -110,7 +110,7 @@ async fn refreshes_at_half_life() {
     let ca = TestCa::new(Duration::ZERO, vec![]);
     let manager = CertManager::new(
         ca.clone(),
-        config(Duration::from_secs(4), Duration::from_millis(100)),
+        config(Duration::from_secs(8), Duration::from_millis(100)),
     );
     let me = id("spiffe://cluster.local/ns/a/sa/web");
     let first = manager.fetch(&me).await.expect("cert");
@@ -118,15 +118,17 @@ async fn refreshes_at_half_life() {
         .refresh_at()
         .duration_since(first.not_before())
         .expect("ordered");
-    assert_eq!(half, Duration::from_secs(2));
+    assert_eq!(half, Duration::from_secs(4));
 
-    // Times are truncated to seconds: refresh is due after 1-2 s.
+    // Times are truncated to seconds: the first refresh is due 3-4 s after
+    // the fetch, and the second one 6 s after it at the earliest.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(Arc::ptr_eq(&manager.current(&me).expect("current"), &first));
     assert_eq!(ca.calls(), 1, "no refresh before half life");
 
-    // Certificate times have one-second resolution: allow for truncation.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // At 4.5 s: the first refresh is done and the second not due yet (with
+    // a 4 s lifetime both could fall within one such window).
+    tokio::time::sleep(Duration::from_millis(3700)).await;
     let second = manager.current(&me).expect("current");
     assert!(!Arc::ptr_eq(&second, &first), "refreshed after half life");
     assert_ne!(second.leaf(), first.leaf());
