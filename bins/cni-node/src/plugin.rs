@@ -79,11 +79,8 @@ fn emit(who: &str, out: plugin::Outcome) -> ExitCode {
 /// `<this file>-kube` beside this executable, where the installer puts it;
 /// else `cni-node` beside it (the image, a build tree).
 fn full_plugin(stdin: &[u8]) -> Option<std::path::PathBuf> {
-    let named = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("kube_plugin")?.as_str().map(std::path::PathBuf::from));
-    if named.is_some() {
-        return named;
+    if let Some(named) = spec::NetConf::parse(stdin).ok().and_then(|c| c.kube_plugin) {
+        return Some(named);
     }
     let exe = std::env::current_exe().ok()?;
     let mut beside = exe.clone().into_os_string();
@@ -100,10 +97,7 @@ fn full_plugin(stdin: &[u8]) -> Option<std::path::PathBuf> {
 /// environment, stdout and stderr, reads the same stdin, and its exit
 /// status is ours.
 fn delegate(stdin: &[u8]) -> ExitCode {
-    let version = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| spec::latest_version().to_owned());
+    let version = plugin::lenient_version(stdin);
     let cannot = |path: &std::path::Path, why: String| {
         emit(
             SMALL_PLUGIN,

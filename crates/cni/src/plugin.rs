@@ -323,7 +323,7 @@ fn event(env: &CniEnv, pod: &K8sArgs, ips: Vec<std::net::IpAddr>) -> PodEvent {
 
 /// The `cniVersion` of stdin if it has a readable one, for error objects
 /// and VERSION; the newest supported otherwise.
-fn lenient_version(stdin: &[u8]) -> String {
+pub fn lenient_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
