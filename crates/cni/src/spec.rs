@@ -299,9 +299,11 @@ pub struct NetConf {
     pub pod_records_dir: Option<PathBuf>,
     /// The plugin that reads the API server, for the small plugin
     /// (`ambit-cni-plugin`) to hand an ADD to when its agent-first fast
-    /// path cannot finish it (see [`crate::plugin::run_agent_first`]);
-    /// `cni-node` beside the small plugin when absent. The installer
-    /// writes it.
+    /// path cannot finish it (see [`crate::plugin::run_agent_first`]).
+    /// When absent (the installer does not write it), the small plugin
+    /// looks for `<its own file>-kube` beside itself, where
+    /// `cni-node install --plugin-kubeconfig` copies `cni-node`, then for
+    /// `cni-node` beside itself.
     #[serde(default)]
     pub kube_plugin: Option<PathBuf>,
 }
