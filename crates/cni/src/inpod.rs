@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use ambit_netns::NetNs;
 use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V4, PROBE_SET_V6};
-use ambit_redirect::{Backend, NsHandle, Plan, RuleWrites};
+use ambit_redirect::{Backend, Drift, NsHandle, Plan, RuleWrites};
 use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
 use ambit_xds::{ZdsConnection, ZdsListener};
@@ -79,7 +79,7 @@ pub struct PodPlanKey {
 /// namespace, all in one hash chain), which made it the agent's largest
 /// cost per pod with a couple of thousand pods (issue 21).
 pub fn netns_has_ipv6(ns: &NetNs) -> bool {
-    ns.run_reused(has_ipv6_here).unwrap_or(false)
+    ns.run_here(has_ipv6_here).unwrap_or(false)
 }
 
 /// [`netns_has_ipv6`] for the namespace the calling thread is in.
@@ -285,24 +285,26 @@ impl InpodDataplane {
         })
     }
 
-    /// Brings the pod's rules to `want`: applied when `drift` says so or
-    /// when this run knows another plan is in place, over whatever may be
-    /// there.
+    /// Brings the pod's rules to `want`: applied when `force`, when the
+    /// check just made found `drift`, or when this run knows another plan
+    /// is in place, over whatever may be there (what the check saw in the
+    /// kernel says whether the other plan's chains can be there at all).
     fn put_rules(
         &mut self,
         p: &EnrolledPod,
         h: &mut NsHandle<'_>,
         want: PodPlanKey,
-        drift: bool,
+        drift: &[Drift],
+        force: bool,
     ) -> Result<(), Error> {
         let known_other = self.applied.get(&p.uid).is_some_and(|k| *k != want);
-        if !drift && !known_other {
+        if !force && drift.is_empty() && !known_other {
             return Ok(());
         }
         let old = self.previous_key(&p.uid, want);
         self.plan_for(old)?;
         let (plan, was) = (&self.plans[&want], &self.plans[&old]);
-        plan.apply_replacing_in(was, h, self.s.backend)
+        plan.apply_replacing_verified(was, h, self.s.backend, drift)
             .context(|| format!("applying in-pod rules ({want:?}) in {}", h.ns()))
     }
 
@@ -389,7 +391,7 @@ impl InpodDataplane {
             .context(|| format!("checking in-pod rules in {}", where_()))?;
         let sets = self.probe_entries(p);
         let rest = (|| {
-            self.put_rules(p, &mut h, want, !drift.is_empty())?;
+            self.put_rules(p, &mut h, want, &drift, false)?;
             self.ebpf_enrol(&p.uid, &ns, &p.ips)?;
             for (set, entries) in &sets {
                 self.host_plan
@@ -529,7 +531,7 @@ impl Dataplane for InpodDataplane {
         }
         warn!(pod = %format!("{}/{}", p.namespace, p.name), differences = drift.len(), "in-pod rules drifted; re-applying");
         debug!(?drift, "in-pod drift");
-        self.put_rules(p, &mut h, want, true)?;
+        self.put_rules(p, &mut h, want, &drift, true)?;
         self.applied.insert(p.uid.clone(), want);
         Ok(true)
     }

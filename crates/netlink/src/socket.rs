@@ -31,9 +31,9 @@ const MSG_DONTWAIT: i32 = 0x40;
 /// A synchronous netlink socket opened inside one network namespace.
 ///
 /// A netlink socket talks to the namespace it was created in for its whole
-/// life, so it is created on a thread that has joined it
-/// ([`NetNs::run_reused`]: no thread is created per socket) and then used
-/// from the caller's thread. It deals in whole messages as bytes
+/// life, so it is created by the calling thread while it briefly joins
+/// the namespace ([`NetNs::run_here`]: no other thread is created or
+/// woken) and then used from any thread. It deals in whole messages as bytes
 /// (see [`header`](crate::header)); codecs build and parse the payloads.
 /// Each request is stamped with a fresh sequence number, and replies to
 /// other sequence numbers (a request given up on) are skipped.
@@ -124,7 +124,9 @@ impl Socket {
     /// Opens one socket per entry of `protocols` inside `ns` (or the
     /// caller's namespace), as [`Socket::open`] does, in one trip into the
     /// namespace: callers that need several sockets there (a route and a
-    /// netfilter one, say) pay for joining it once.
+    /// netfilter one, say) pay for joining it once. The calling thread
+    /// joins the namespace for the trip and returns straight after
+    /// ([`NetNs::run_here`]); no other thread is involved.
     pub fn open_many(ns: Option<&NetNs>, protocols: &[isize]) -> Result<Vec<Self>> {
         Self::open_many_with(ns, protocols, || ()).map(|(v, ())| v)
     }
@@ -149,7 +151,7 @@ impl Socket {
         };
         let first = protocols.first().copied().unwrap_or_default();
         let (made, extra) = match ns {
-            Some(ns) => ns.run_reused(make).map_err(|source| Error::Netns {
+            Some(ns) => ns.run_here(make).map_err(|source| Error::Netns {
                 protocol: first,
                 source,
             })?,

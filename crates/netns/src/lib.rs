@@ -10,10 +10,11 @@
 //! worker — never changes namespace; short work that leaves the thread as
 //! it found it ([`NetNs::run_reused`], [`NetNs::sysctl`]) shares one
 //! long-lived worker thread that joins the namespace and leaves it again,
-//! instead of a thread per call. [`NetNs::socket`] alone joins the
-//! namespace on the calling thread, for the one `socket(2)`, and returns
-//! straight after. A socket keeps the namespace it was created in, so it
-//! can then be used from any thread.
+//! instead of a thread per call. [`NetNs::socket`] and [`NetNs::run_here`]
+//! join the namespace on the calling thread, for one `socket(2)` or a few
+//! short synchronous calls, and return straight after, waking no other
+//! thread. A socket keeps the namespace it was created in, so it can then
+//! be used from any thread.
 //!
 //! With the `test-harness` feature, [`harness`] builds multi-node clusters
 //! of namespaces for integration tests, and cleans them up even on panic.

@@ -422,10 +422,60 @@ impl NetNs {
     /// to return, the process aborts: a thread left in another namespace
     /// would open every later socket there.
     pub fn socket(&self, domain: Domain, ty: Type, protocol: Option<Protocol>) -> Result<Socket> {
-        let home = File::open("/proc/thread-self/ns/net")
-            .map_err(|source| self.io_err("opening this thread's namespace", source))?;
+        let home = self.home()?;
         self.enter()?;
         let created = Socket::new(domain, ty, protocol);
+        self.go_home(&home);
+        created.map_err(|source| self.io_err("creating socket", source))
+    }
+
+    /// Runs `f` inside the namespace on the calling thread, which joins the
+    /// namespace for `f` and returns to its own straight after, as
+    /// [`NetNs::socket`] does: no other thread is woken, where
+    /// [`NetNs::run_reused`] hands `f` to its worker and waits for the
+    /// answer (two thread switches, the larger cost of short work).
+    ///
+    /// For short, synchronous work that leaves the thread as it found it:
+    /// making sockets, reading a file under `/proc/thread-self/net`. `f`
+    /// must not change the thread's credentials, namespaces or signal mask,
+    /// and must not wait on other tasks: on a tokio worker nothing else runs
+    /// on the thread meanwhile. A panic in `f` is propagated once the thread
+    /// is back; should the thread fail to return, the process aborts, as
+    /// with [`NetNs::socket`]. When the calling thread is already in the
+    /// namespace, `f` runs with no `setns` at all.
+    pub fn run_here<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T,
+    {
+        let home = self.home()?;
+        let same = match (
+            nix::sys::stat::fstat(home.as_fd()),
+            nix::sys::stat::fstat(self.fd.as_fd()),
+        ) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        };
+        if same {
+            return Ok(f());
+        }
+        self.enter()?;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        self.go_home(&home);
+        match out {
+            Ok(v) => Ok(v),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The calling thread's namespace, to return to after a brief visit.
+    fn home(&self) -> Result<File> {
+        File::open("/proc/thread-self/ns/net")
+            .map_err(|source| self.io_err("opening this thread's namespace", source))
+    }
+
+    /// Returns the calling thread to `home` (retried once), or aborts: a
+    /// thread left in another namespace would open every later socket there.
+    fn go_home(&self, home: &File) {
         let back = nix::sched::setns(home.as_fd(), CloneFlags::CLONE_NEWNET)
             .or_else(|_| nix::sched::setns(home.as_fd(), CloneFlags::CLONE_NEWNET));
         if let Err(e) = back {
@@ -435,7 +485,6 @@ impl NetNs {
             );
             std::process::abort();
         }
-        created.map_err(|source| self.io_err("creating socket", source))
     }
 
     /// Binds a TCP listener inside the namespace.

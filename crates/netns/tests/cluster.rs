@@ -316,6 +316,63 @@ fn reused_worker_runs_inside_and_leaves_the_caller_alone() {
 }
 
 #[test]
+fn run_here_visits_on_the_calling_thread_and_comes_back() {
+    let (a, b) = (
+        NetNs::create_anonymous().expect("create"),
+        NetNs::create_anonymous().expect("create"),
+    );
+    let home = NetNs::current().expect("current");
+    let me = std::thread::current().id();
+    for _ in 0..3 {
+        for ns in [&a, &b, &home] {
+            let (inside, thread) = ns
+                .run_here(|| (NetNs::current(), std::thread::current().id()))
+                .expect("run_here");
+            assert!(
+                inside
+                    .expect("current inside")
+                    .same_as(ns)
+                    .expect("compare"),
+                "{ns}"
+            );
+            assert_eq!(thread, me, "no other thread runs it");
+            assert!(
+                NetNs::current()
+                    .expect("current")
+                    .same_as(&home)
+                    .expect("compare"),
+                "back home after {ns}"
+            );
+        }
+    }
+
+    // A panic reaches the caller once the thread is back home.
+    let panicked = std::panic::catch_unwind(|| a.run_here(|| panic!("boom")));
+    assert!(panicked.is_err());
+    assert!(
+        NetNs::current()
+            .expect("current")
+            .same_as(&home)
+            .expect("compare")
+    );
+
+    // A socket made inside stays there: a listener bound in `a` is not
+    // reachable from home.
+    let up = a
+        .output(std::process::Command::new("ip").args(["link", "set", "lo", "up"]))
+        .expect("ip link");
+    assert!(up.status.success());
+    let listener = a
+        .run_here(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("run_here")
+        .expect("bind inside");
+    let port = listener.local_addr().expect("addr").port();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    a.tcp_connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .expect("connect inside");
+}
+
+#[test]
 fn missing_namespace_is_a_clear_error() {
     let err = NetNs::open("/run/netns/ambit-does-not-exist").expect_err("must fail");
     let msg = err.to_string();

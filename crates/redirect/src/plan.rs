@@ -292,6 +292,42 @@ impl Plan {
         h: &mut NsHandle<'_>,
         backend: Backend,
     ) -> Result<()> {
+        self.replace(old, h, backend, true)
+    }
+
+    /// [`Plan::apply_replacing_in`] right after a [`Plan::verify_in`] of
+    /// this plan, in the same namespace, that found `drift`. With the nft
+    /// backend the check listed the whole table, so when `old` shares it
+    /// and no drift line shows something in the kernel that this plan
+    /// lacks (a `-` line: always so in a namespace neither plan was ever
+    /// applied in), there is nothing of `old` to delete from it and the
+    /// deleting batch is not sent. `old`'s surplus ip rules and routes are
+    /// removed as with [`Plan::apply_replacing_in`].
+    pub fn apply_replacing_verified(
+        &self,
+        old: &Plan,
+        h: &mut NsHandle<'_>,
+        backend: Backend,
+        drift: &[Drift],
+    ) -> Result<()> {
+        let kernel_has_more = drift.iter().any(|d| match d {
+            Drift::Netfilter(lines) => lines.iter().any(|l| l.starts_with('-')),
+            _ => false,
+        });
+        let same_table = old.netfilter.nft_table == self.netfilter.nft_table;
+        let table_surplus = !(backend == Backend::Nft && same_table && !kernel_has_more);
+        self.replace(old, h, backend, table_surplus)
+    }
+
+    /// Applies, then removes what `old` has beyond this plan; the packet
+    /// filter's surplus only when `table_surplus`.
+    fn replace(
+        &self,
+        old: &Plan,
+        h: &mut NsHandle<'_>,
+        backend: Backend,
+        table_surplus: bool,
+    ) -> Result<()> {
         self.apply_in(h, backend)?;
         if old == self {
             return Ok(());
@@ -312,6 +348,9 @@ impl Plan {
             .cloned()
             .collect();
         rt.del_routes(&routes)?;
+        if !table_surplus {
+            return Ok(());
+        }
         let (was, now) = (old.ruleset(backend), self.ruleset(backend));
         match backend {
             Backend::Nft => match self.rule_writes {

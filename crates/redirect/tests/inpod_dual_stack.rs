@@ -17,7 +17,7 @@ use ambit_netns::NetNs;
 use ambit_netns::harness::Cluster;
 use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V6};
-use ambit_redirect::{Backend, Plan};
+use ambit_redirect::{Backend, NsHandle, Plan};
 use socket2::{Domain, Protocol, Type};
 
 mod common;
@@ -234,6 +234,27 @@ fn plans_replace_each_other(backend: Backend) {
             .expect("replace again");
         new.remove(&ns, backend).expect("remove");
         assert_eq!(before, snapshot(&ns));
+
+        // After a check: over the old plan, what the check saw leads to
+        // the old plan's chains going; in a namespace where neither was
+        // applied, the new plan alone is put in place.
+        for old_there in [true, false] {
+            if old_there {
+                old.apply(&ns, backend).expect("apply old");
+            }
+            let mut h = NsHandle::lazy(&ns);
+            let drift = new.verify_in(&mut h, backend).expect("verify");
+            new.apply_replacing_verified(old, &mut h, backend, &drift)
+                .expect("replace after a check");
+            drop(h);
+            assert!(
+                new.verify(&ns, backend).expect("verify").is_empty(),
+                "old plan there: {old_there}: {:?}",
+                new.verify(&ns, backend)
+            );
+            new.remove(&ns, backend).expect("remove");
+            assert_eq!(before, snapshot(&ns), "old plan there: {old_there}");
+        }
     }
 }
 
