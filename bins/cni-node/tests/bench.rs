@@ -9,7 +9,8 @@
 //! `cargo test --release -p cni-node --test bench -- --ignored --nocapture`
 //! (`AMBIT_BENCH_PODS=N` for fewer pods; one test by name for one mode;
 //! the plugin is the small `ambit-cni-plugin`, `AMBIT_BENCH_PLUGIN=<path>`
-//! runs another, e.g. `cni-node` itself).
+//! runs another, e.g. `cni-node` itself; `AMBIT_BENCH_AGENT=<path>` runs
+//! another build of the agent, for A/B runs).
 
 mod common;
 

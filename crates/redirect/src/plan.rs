@@ -5,6 +5,7 @@
 //! repaired by the next `apply`. `verify` reports drift; `remove` deletes
 //! everything the plan owns and nothing else.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use ambit_netlink::{NETLINK_NETFILTER, NETLINK_ROUTE, Socket as NlSocket};
@@ -189,16 +190,19 @@ impl Plan {
     }
 
     /// The ruleset as the backend sees it (nft sets declared in the table).
-    fn ruleset(&self, backend: Backend) -> Ruleset {
+    fn ruleset(&self, backend: Backend) -> Cow<'_, Ruleset> {
+        let declared = |name: &str| self.netfilter.sets.iter().any(|(n, _)| n == name);
+        if !backend.nft_sets() || self.sets.iter().all(|s| declared(&s.name)) {
+            // Nothing to add: no copy (this runs several times per pod).
+            return Cow::Borrowed(&self.netfilter);
+        }
         let mut rs = self.netfilter.clone();
-        if backend.nft_sets() {
-            for s in &self.sets {
-                if !rs.sets.iter().any(|(n, _)| n == &s.name) {
-                    rs.sets.push((s.name.clone(), s.family));
-                }
+        for s in &self.sets {
+            if !rs.sets.iter().any(|(n, _)| n == &s.name) {
+                rs.sets.push((s.name.clone(), s.family));
             }
         }
-        rs
+        Cow::Owned(rs)
     }
 
     /// Checks the whole plan without touching the kernel.
@@ -402,8 +406,8 @@ impl Plan {
         let rs = self.ruleset(backend);
         match (backend, self.rule_writes) {
             (Backend::Iptables, _) => {
-                let key = format!("iptables\n{rs:?}\n{:?}", self.sets);
-                nftrules::cached(&key, || {
+                let sets = format!("{:?}", self.sets);
+                nftrules::cached("iptables", &rs, &sets, || {
                     let scratch = NetNs::create_anonymous()?;
                     let mut ipset = Ipset::open(Some(&scratch))?;
                     for s in &self.sets {
@@ -414,7 +418,7 @@ impl Plan {
                 })
             }
             (Backend::Nft, RuleWrites::Netlink) => nftrules::reference(&rs),
-            _ => nftrules::cached(&format!("nft -f\n{}", rs.nft_script()?), || {
+            _ => nftrules::cached("nft -f", &rs, "", || {
                 let scratch = NetNs::create_anonymous()?;
                 backend::nft_apply(&scratch, &rs)?;
                 backend::nft_listing(&scratch, &rs.nft_table)

@@ -567,16 +567,38 @@ impl Rtnl {
         Ok(rules_from(&msgs))
     }
 
-    fn oif(&mut self, r: &Route) -> Result<Option<u32>> {
-        r.dev.as_deref().map(|d| self.link_index(d)).transpose()
+    /// The index of `r`'s device, looked up once per name for one call
+    /// (`known`, `None` for a device that does not exist): a pod's IPv4 and
+    /// IPv6 routes share `lo`.
+    fn oif(&mut self, r: &Route, known: &mut Vec<(String, Option<u32>)>) -> Result<Option<u32>> {
+        let Some(dev) = r.dev.as_deref() else {
+            return Ok(None);
+        };
+        let index = match known.iter().find(|(n, _)| n == dev) {
+            Some((_, i)) => *i,
+            None => {
+                let i = match self.link_index(dev) {
+                    Ok(i) => Some(i),
+                    Err(Error::UnknownInterface { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                known.push((dev.to_owned(), i));
+                i
+            }
+        };
+        index.map(Some).ok_or_else(|| Error::UnknownInterface {
+            name: dev.to_owned(),
+            ns: self.ns(),
+        })
     }
 
     /// Adds or replaces routes (`ip route replace`): the result is the
     /// route as given, whatever was there before.
     pub fn add_routes(&mut self, routes: &[Route]) -> Result<()> {
         let mut msgs = Vec::with_capacity(routes.len());
+        let mut known = Vec::new();
         for r in routes {
-            let oif = self.oif(r)?;
+            let oif = self.oif(r, &mut known)?;
             msgs.push(frame(
                 RouteNetlinkMessage::NewRoute(r.message(oif)),
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
@@ -593,8 +615,9 @@ impl Rtnl {
     pub fn del_routes(&mut self, routes: &[Route]) -> Result<()> {
         let mut msgs = Vec::with_capacity(routes.len());
         let mut items = Vec::with_capacity(routes.len());
+        let mut known = Vec::new();
         for r in routes {
-            let oif = match self.oif(r) {
+            let oif = match self.oif(r, &mut known) {
                 Ok(o) => o,
                 // The device is gone, and with it every route through it.
                 Err(Error::UnknownInterface { .. }) => continue,

@@ -69,7 +69,12 @@ impl AgentProc {
     pub fn start(run_dir: &Path, args: &[String]) -> Self {
         let socket = run_dir.join("pluginevent.sock");
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = Command::new(BIN);
+        // `AMBIT_BENCH_AGENT=<path>` runs another build of the agent (the
+        // benchmarks' A/B runs); the tests leave it unset.
+        let bin = std::env::var_os("AMBIT_BENCH_AGENT")
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| BIN.into());
+        let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--run-dir").arg(run_dir);
         if !args.iter().any(|a| a == "--metrics-addr") {
             cmd.args(["--metrics-addr", "127.0.0.1:0"]);

@@ -23,10 +23,10 @@ mod expr;
 mod read;
 pub(crate) mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ambit_netlink::{NETLINK_NETFILTER, NLMSG_HDRLEN, Socket as NlSocket, header};
 use ambit_netns::NetNs;
@@ -214,12 +214,18 @@ impl Batch {
 
     /// Sends the batch on `sock` (a netfilter socket); all or nothing.
     fn send_on(mut self, sock: &mut NlSocket, op: &str) -> Result<()> {
-        static SEQ: AtomicU32 = AtomicU32::new(1);
         let n = u32::try_from(self.msgs.len() + 2).unwrap_or(u32::MAX);
-        let first = SEQ.fetch_add(n, Ordering::Relaxed);
+        let first = next_seqs(n);
         let (bytes, seqs) = codec::batch(&mut self.msgs, first);
         send_batch_on(sock, &bytes, seqs, &self.what, op)
     }
+}
+
+/// The first of `n` fresh sequence numbers for a batch (its markers
+/// included), shared by every batch this module sends.
+fn next_seqs(n: u32) -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(1);
+    SEQ.fetch_add(n, Ordering::Relaxed)
 }
 
 /// Sends an nf_tables batch (`seqs`: its acknowledged messages, described
@@ -280,6 +286,84 @@ pub(crate) fn apply(ns: &NetNs, rs: &Ruleset) -> Result<()> {
 
 /// [`apply`] on a netfilter socket already open in the namespace.
 pub(crate) fn apply_on(sock: &mut NlSocket, rs: &Ruleset) -> Result<()> {
+    let encoded = encoded_apply(rs)?;
+    let n = u32::try_from(encoded.offsets.len()).unwrap_or(u32::MAX);
+    let (bytes, seqs) = encoded.stamped(next_seqs(n));
+    let op = format!("applying nft table inet {}", rs.nft_table);
+    send_batch_on(sock, &bytes, seqs, &encoded.what, &op)
+}
+
+/// An encoded apply batch: the bytes (sequence numbers to be filled in),
+/// where each message starts, and what each message between the markers
+/// does, for errors.
+struct Encoded {
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
+    what: Vec<String>,
+}
+
+impl Encoded {
+    /// The batch with sequence numbers from `first` (the begin marker's),
+    /// and the range of the messages acknowledged (those between the
+    /// markers), as [`codec::batch`] makes them.
+    fn stamped(&self, first: u32) -> (Vec<u8>, std::ops::Range<u32>) {
+        let mut bytes = self.bytes.clone();
+        for (i, &at) in self.offsets.iter().enumerate() {
+            let seq = first.wrapping_add(u32::try_from(i).unwrap_or(u32::MAX));
+            if let Some(m) = bytes.get_mut(at..) {
+                ambit_netlink::set_seq(m, seq);
+            }
+        }
+        let n = u32::try_from(self.offsets.len()).unwrap_or(u32::MAX);
+        (
+            bytes,
+            first.wrapping_add(1)..first.wrapping_add(n.saturating_sub(1)),
+        )
+    }
+}
+
+/// The apply batch of `rs`, encoded once per ruleset and process: the same
+/// ruleset always makes the same messages, and the in-pod agent applies
+/// one of a handful of rulesets to every pod, so encoding (and describing)
+/// every rule again each time is wasted work.
+fn encoded_apply(rs: &Ruleset) -> Result<Arc<Encoded>> {
+    type Entries = Vec<(Ruleset, Arc<Encoded>)>;
+    static CACHE: OnceLock<Mutex<Entries>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let hit = |c: &Entries| c.iter().find(|(r, _)| r == rs).map(|(_, e)| Arc::clone(e));
+    if let Some(e) = cache.lock().ok().and_then(|c| hit(&c)) {
+        return Ok(e);
+    }
+    let mut b = apply_batch(rs)?;
+    let (bytes, _) = codec::batch(&mut b.msgs, 0);
+    let mut offsets = Vec::with_capacity(b.msgs.len() + 2);
+    let mut at = 0;
+    while let Some(len) = bytes.get(at..at + 4) {
+        offsets.push(at);
+        let len = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        // Messages are padded to 4 bytes; a zero length cannot happen in
+        // what `codec::batch` made, but must not loop forever.
+        at += len.max(4).next_multiple_of(4);
+    }
+    let e = Arc::new(Encoded {
+        bytes,
+        offsets,
+        what: b.what,
+    });
+    if let Ok(mut c) = cache.lock() {
+        // A handful of rulesets per process; bound it all the same.
+        if c.len() >= 16 {
+            c.clear();
+        }
+        if hit(&c).is_none() {
+            c.push((rs.clone(), Arc::clone(&e)));
+        }
+    }
+    Ok(e)
+}
+
+/// The apply batch of `rs`, as messages.
+fn apply_batch(rs: &Ruleset) -> Result<Batch> {
     rs.validate()?;
     // Every expression first, so an unrenderable rule fails before
     // anything is sent.
@@ -321,7 +405,7 @@ pub(crate) fn apply_on(sock: &mut NlSocket, rs: &Ruleset) -> Result<()> {
             format!("rule `{r}`"),
         );
     }
-    b.send_on(sock, &format!("applying nft table inet {t}"))
+    Ok(b)
 }
 
 /// Deletes from `old`'s table what `old` has and `newer` lacks (see
@@ -358,5 +442,37 @@ pub(crate) fn remove(ns: &NetNs, rs: &Ruleset) -> Result<()> {
     match b.send(ns, &format!("deleting nft table inet {t}")) {
         Err(Error::Netlink { errno: ENOENT, .. }) => Ok(()),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profiles::{InpodConfig, inpod};
+
+    /// The cached encoding, stamped, is byte for byte the batch made from
+    /// scratch with the same first sequence number, for every in-pod
+    /// variant; and a second lookup returns the same encoding.
+    #[test]
+    fn cached_apply_batch_matches_a_fresh_one() {
+        for (capture_dns, ipv6) in [(false, false), (true, false), (false, true), (true, true)] {
+            let cfg = InpodConfig {
+                capture_dns,
+                ipv6,
+                ..InpodConfig::default()
+            };
+            let rs = inpod(&cfg).expect("plan").netfilter;
+            for first in [1, 77, u32::MAX - 3] {
+                let mut fresh = apply_batch(&rs).expect("batch");
+                let (want, want_seqs) = codec::batch(&mut fresh.msgs, first);
+                let e = encoded_apply(&rs).expect("encoded");
+                let (have, seqs) = e.stamped(first);
+                assert_eq!(have, want, "dns {capture_dns} ipv6 {ipv6} first {first}");
+                assert_eq!(seqs, want_seqs);
+                assert_eq!(e.what, fresh.what);
+                assert_eq!(e.offsets.len(), fresh.msgs.len() + 2);
+                assert!(Arc::ptr_eq(&e, &encoded_apply(&rs).expect("again")));
+            }
+        }
     }
 }

@@ -163,23 +163,36 @@ pub(crate) fn listing_on(sock: &mut NlSocket, table: &str) -> Result<Option<Stri
 /// What [`listing`] shows for `rs` applied alone (by [`apply`] in a
 /// scratch namespace), made once per ruleset and process.
 pub(crate) fn reference(rs: &Ruleset) -> Result<Option<String>> {
-    cached(&format!("netlink\n{}", rs.nft_script()?), || {
+    cached("netlink", rs, "", || {
         let scratch = NetNs::create_anonymous()?;
         apply(&scratch, rs)?;
         listing(&scratch, &rs.nft_table)
     })
 }
 
-/// The value of `make` for `key`, made once per process. The text of a
-/// ruleset determines what the kernel shows for it, so a reference made
-/// once serves every later comparison.
+/// One entry of [`cached`]: what made it, the ruleset, anything else the
+/// listing depends on, and the listing.
+type Entry = (&'static str, Ruleset, String, Option<String>);
+
+/// The value of `make` for (`how`, `rs`, `extra`), made once per process.
+/// A ruleset determines what the kernel shows for it, so a reference made
+/// once serves every later comparison. Entries are found by comparing the
+/// ruleset itself, which costs far less than rendering it as text to make
+/// a key (this runs on every check of every pod).
 pub(crate) fn cached(
-    key: &str,
+    how: &'static str,
+    rs: &Ruleset,
+    extra: &str,
     make: impl FnOnce() -> Result<Option<String>>,
 ) -> Result<Option<String>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(v) = cache.lock().ok().and_then(|c| c.get(key).cloned()) {
+    let hit = |c: &Vec<Entry>| {
+        c.iter()
+            .find(|(h, r, e, _)| *h == how && r == rs && e == extra)
+            .map(|(.., v)| v.clone())
+    };
+    if let Some(v) = cache.lock().ok().and_then(|c| hit(&c)) {
         return Ok(v);
     }
     let v = make()?;
@@ -188,7 +201,9 @@ pub(crate) fn cached(
         if c.len() >= 64 {
             c.clear();
         }
-        c.insert(key.to_owned(), v.clone());
+        if hit(&c).is_none() {
+            c.push((how, rs.clone(), extra.to_owned(), v.clone()));
+        }
     }
     Ok(v)
 }
