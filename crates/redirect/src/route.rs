@@ -30,6 +30,9 @@ const ESRCH: i32 = 3;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 
+/// The index of the loopback device `lo` in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// IPv4 or IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -574,6 +577,11 @@ impl Rtnl {
         let Some(dev) = r.dev.as_deref() else {
             return Ok(None);
         };
+        if dev == "lo" {
+            // The loopback device is the first device of every namespace,
+            // index 1 (the kernel's LOOPBACK_IFINDEX): no lookup.
+            return Ok(Some(LOOPBACK_IFINDEX));
+        }
         let index = match known.iter().find(|(n, _)| n == dev) {
             Some((_, i)) => *i,
             None => {
