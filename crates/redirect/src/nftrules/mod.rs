@@ -26,7 +26,7 @@ pub(crate) mod wire;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ambit_netlink::{NETLINK_NETFILTER, NLMSG_HDRLEN, Socket as NlSocket, header};
 use ambit_netns::NetNs;
@@ -327,39 +327,57 @@ impl Encoded {
 /// one of a handful of rulesets to every pod, so encoding (and describing)
 /// every rule again each time is wasted work.
 fn encoded_apply(rs: &Ruleset) -> Result<Arc<Encoded>> {
-    type Entries = Vec<(Ruleset, Arc<Encoded>)>;
-    static CACHE: OnceLock<Mutex<Entries>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Mutex::default);
-    let hit = |c: &Entries| c.iter().find(|(r, _)| r == rs).map(|(_, e)| Arc::clone(e));
-    if let Some(e) = cache.lock().ok().and_then(|c| hit(&c)) {
-        return Ok(e);
+    static CACHE: Mutex<Vec<(Ruleset, Arc<Encoded>)>> = Mutex::new(Vec::new());
+    memo(
+        &CACHE,
+        16,
+        |r| r == rs,
+        || rs.clone(),
+        || {
+            let mut b = apply_batch(rs)?;
+            let (bytes, _) = codec::batch(&mut b.msgs, 0);
+            let mut offsets = Vec::with_capacity(b.msgs.len() + 2);
+            let mut at = 0;
+            while let Some(len) = bytes.get(at..at + 4) {
+                offsets.push(at);
+                let len = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                // Messages are padded to 4 bytes; a zero length cannot happen
+                // in what `codec::batch` made, but must not loop forever.
+                at += len.max(4).next_multiple_of(4);
+            }
+            Ok(Arc::new(Encoded {
+                bytes,
+                offsets,
+                what: b.what,
+            }))
+        },
+    )
+}
+
+/// A small process-wide cache: the value of the entry `is_it` finds, else
+/// `make`'s, kept under `key()`. A handful of entries are expected; once
+/// there are `bound`, all are dropped.
+pub(crate) fn memo<K, V: Clone>(
+    cache: &Mutex<Vec<(K, V)>>,
+    bound: usize,
+    is_it: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
+    make: impl FnOnce() -> Result<V>,
+) -> Result<V> {
+    let hit = |c: &Vec<(K, V)>| c.iter().find(|(k, _)| is_it(k)).map(|(_, v)| v.clone());
+    if let Some(v) = cache.lock().ok().and_then(|c| hit(&c)) {
+        return Ok(v);
     }
-    let mut b = apply_batch(rs)?;
-    let (bytes, _) = codec::batch(&mut b.msgs, 0);
-    let mut offsets = Vec::with_capacity(b.msgs.len() + 2);
-    let mut at = 0;
-    while let Some(len) = bytes.get(at..at + 4) {
-        offsets.push(at);
-        let len = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        // Messages are padded to 4 bytes; a zero length cannot happen in
-        // what `codec::batch` made, but must not loop forever.
-        at += len.max(4).next_multiple_of(4);
-    }
-    let e = Arc::new(Encoded {
-        bytes,
-        offsets,
-        what: b.what,
-    });
+    let v = make()?;
     if let Ok(mut c) = cache.lock() {
-        // A handful of rulesets per process; bound it all the same.
-        if c.len() >= 16 {
+        if c.len() >= bound {
             c.clear();
         }
         if hit(&c).is_none() {
-            c.push((rs.clone(), Arc::clone(&e)));
+            c.push((key(), v.clone()));
         }
     }
-    Ok(e)
+    Ok(v)
 }
 
 /// The apply batch of `rs`, as messages.

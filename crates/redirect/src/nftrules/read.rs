@@ -170,10 +170,6 @@ pub(crate) fn reference(rs: &Ruleset) -> Result<Option<String>> {
     })
 }
 
-/// One entry of [`cached`]: what made it, the ruleset, anything else the
-/// listing depends on, and the listing.
-type Entry = (&'static str, Ruleset, String, Option<String>);
-
 /// The value of `make` for (`how`, `rs`, `extra`), made once per process.
 /// A ruleset determines what the kernel shows for it, so a reference made
 /// once serves every later comparison. Entries are found by comparing the
@@ -185,25 +181,13 @@ pub(crate) fn cached(
     extra: &str,
     make: impl FnOnce() -> Result<Option<String>>,
 ) -> Result<Option<String>> {
-    static CACHE: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Mutex::default);
-    let hit = |c: &Vec<Entry>| {
-        c.iter()
-            .find(|(h, r, e, _)| *h == how && r == rs && e == extra)
-            .map(|(.., v)| v.clone())
-    };
-    if let Some(v) = cache.lock().ok().and_then(|c| hit(&c)) {
-        return Ok(v);
-    }
-    let v = make()?;
-    if let Ok(mut c) = cache.lock() {
-        // A handful of plans per process; bound it all the same.
-        if c.len() >= 64 {
-            c.clear();
-        }
-        if hit(&c).is_none() {
-            c.push((how, rs.clone(), extra.to_owned(), v.clone()));
-        }
-    }
-    Ok(v)
+    type Key = (&'static str, Ruleset, String);
+    static CACHE: Mutex<Vec<(Key, Option<String>)>> = Mutex::new(Vec::new());
+    memo(
+        &CACHE,
+        64,
+        |(h, r, e)| *h == how && r == rs && e == extra,
+        || (how, rs.clone(), extra.to_owned()),
+        make,
+    )
 }
