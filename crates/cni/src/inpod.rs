@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use ambit_netns::NetNs;
 use ambit_redirect::ipset::IpSetEntry;
 use ambit_redirect::profiles::{self, InpodConfig, PROBE_SET_V4, PROBE_SET_V6};
+use ambit_redirect::route::Rtnl;
 use ambit_redirect::{Backend, Drift, NsHandle, Plan, RuleWrites};
 use ambit_xds::proto::istio::workload::zds::WorkloadInfo;
 use ambit_xds::zds::SnapshotItem;
@@ -67,29 +68,22 @@ pub struct PodPlanKey {
     pub ipv6: bool,
 }
 
-/// Whether a namespace has IPv6: its loopback is up with `::1` (listed in
-/// the namespace's `/proc/thread-self/net/if_inet6`), which the plan's
-/// `local ::/0 dev lo` route needs.
+/// Whether a namespace has IPv6: its loopback is up with `::1`, which the
+/// plan's `local ::/0 dev lo` route needs ([`Rtnl::loopback_has_ipv6`]).
 ///
-/// That also answers whether the kernel has IPv6 (no `if_inet6` without
-/// it) and whether it is disabled there: `net.ipv6.conf.all.disable_ipv6=1`
-/// disables every interface, loopback included, and takes `::1` away. The
-/// sysctl itself is not read: a lookup under `/proc/sys/net` compares the
-/// name with the entry of every namespace the host has (one dentry per
-/// namespace, all in one hash chain), which made it the agent's largest
-/// cost per pod with a couple of thousand pods (issue 21).
+/// That also answers whether the kernel has IPv6 and whether it is
+/// disabled there: `net.ipv6.conf.all.disable_ipv6=1` disables every
+/// interface, loopback included, and takes `::1` away. The sysctl itself is
+/// not read: a lookup under `/proc/sys/net` compares the name with the
+/// entry of every namespace the host has (one dentry per namespace, all in
+/// one hash chain), which made it the agent's largest cost per pod with a
+/// couple of thousand pods (issue 21). An address dump also costs less
+/// than reading `/proc/thread-self/net/if_inet6` from inside. An error
+/// reads as no IPv6.
 pub fn netns_has_ipv6(ns: &NetNs) -> bool {
-    ns.run_here(has_ipv6_here).unwrap_or(false)
-}
-
-/// [`netns_has_ipv6`] for the namespace the calling thread is in.
-fn has_ipv6_here() -> bool {
-    std::fs::read_to_string("/proc/thread-self/net/if_inet6").is_ok_and(|t| {
-        t.lines().any(|l| {
-            l.starts_with("00000000000000000000000000000001")
-                && l.split_whitespace().last() == Some("lo")
-        })
-    })
+    Rtnl::open(Some(ns))
+        .and_then(|mut r| r.loopback_has_ipv6())
+        .unwrap_or(false)
 }
 
 /// What in-pod capture needs.
@@ -268,12 +262,14 @@ impl InpodDataplane {
         }
     }
 
-    /// The pod's sockets and whether its namespace has IPv6 (when the
-    /// agent captures it), in one trip into the namespace.
+    /// The pod's sockets (one trip into the namespace) and whether its
+    /// namespace has IPv6 (when the agent captures it), asked over them.
     fn open_pod<'a>(&self, ns: &'a NetNs) -> Result<(NsHandle<'a>, bool), Error> {
-        let v6 = self.s.config.ipv6;
-        NsHandle::open_with(ns, move || v6 && has_ipv6_here())
-            .context(|| format!("opening netlink sockets in {ns}"))
+        let mut h = NsHandle::open(ns).context(|| format!("opening netlink sockets in {ns}"))?;
+        let v6 = self.s.config.ipv6
+            && h.loopback_has_ipv6()
+                .context(|| format!("checking for IPv6 in {ns}"))?;
+        Ok((h, v6))
     }
 
     /// What may be applied in a pod now: what this run applied, else the

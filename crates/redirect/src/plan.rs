@@ -136,6 +136,13 @@ impl<'a> NsHandle<'a> {
         self.ns
     }
 
+    /// Whether IPv6 is there and enabled in the namespace (its loopback
+    /// holds `::1`), over the handle's route socket
+    /// ([`Rtnl::loopback_has_ipv6`]).
+    pub fn loopback_has_ipv6(&mut self) -> Result<bool> {
+        self.rtnl()?.loopback_has_ipv6()
+    }
+
     fn rtnl(&mut self) -> Result<&mut Rtnl> {
         match &mut self.rtnl {
             Some(r) => Ok(r),

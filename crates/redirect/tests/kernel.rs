@@ -309,3 +309,40 @@ fn listing_one_table_ignores_the_others_and_missing_tables_are_empty() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].table, 4243);
 }
+
+#[test]
+fn loopback_ipv6_is_seen_only_when_up_and_enabled() {
+    let ns = NetNs::create_anonymous().expect("netns");
+    let mut rt = Rtnl::open(Some(&ns)).expect("socket");
+    // A new namespace's loopback is down: no ::1.
+    assert!(!rt.loopback_has_ipv6().expect("dump"));
+    sh(&ns, &["ip", "link", "set", "lo", "up"]);
+    assert!(rt.loopback_has_ipv6().expect("dump"));
+    // An address elsewhere does not count: only lo's ::1 does.
+    sh(
+        &ns,
+        &[
+            "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ],
+    );
+    sh(&ns, &["ip", "link", "set", "d0", "up"]);
+    sh(
+        &ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00::1/64",
+            "dev",
+            "d0",
+            "nodad",
+        ],
+    );
+    sh(&ns, &["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"]);
+    assert!(!rt.loopback_has_ipv6().expect("dump"));
+    sh(&ns, &["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"]);
+    assert!(rt.loopback_has_ipv6().expect("dump"));
+    sh(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    assert!(!rt.loopback_has_ipv6().expect("dump"));
+}

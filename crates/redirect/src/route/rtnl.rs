@@ -1,7 +1,13 @@
 //! [`Rtnl`]: the rtnetlink session that applies, lists and deletes the
 //! rules and routes of the parent module in one namespace.
 
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+
 use super::*;
+
+/// `EOPNOTSUPP` and `EAFNOSUPPORT` (Linux): no handler for the family.
+const EOPNOTSUPP: i32 = 95;
+const EAFNOSUPPORT: i32 = 97;
 
 /// An rtnetlink session in one namespace.
 pub struct Rtnl {
@@ -55,6 +61,37 @@ impl Rtnl {
             op: op.to_owned(),
             reason,
         })
+    }
+
+    /// Whether the loopback device holds `::1`, that is, whether IPv6 is
+    /// there and enabled in this namespace: `net.ipv6.conf.all.disable_ipv6`
+    /// (or `lo`'s) takes `::1` away, and a down loopback has none. A
+    /// `local ::/0 dev lo` route needs it. One address dump; a kernel
+    /// without IPv6 answers that it does not know the family, which is a
+    /// `false` here.
+    pub fn loopback_has_ipv6(&mut self) -> Result<bool> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet6;
+        let msgs = match self.query(
+            RouteNetlinkMessage::GetAddress(m),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "listing IPv6 addresses",
+        ) {
+            Ok(msgs) => msgs,
+            Err(e) if matches!(e.errno(), Some(EOPNOTSUPP | EAFNOSUPPORT)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(msgs.iter().any(|m| {
+            match m {
+            RouteNetlinkMessage::NewAddress(a) => {
+                a.header.index == LOOPBACK_IFINDEX
+                    && a.attributes.iter().any(|at| {
+                        matches!(at, AddressAttribute::Address(IpAddr::V6(ip)) if ip.is_loopback())
+                    })
+            }
+            _ => false,
+        }
+        }))
     }
 
     /// The index of interface `name`, like `ip link show NAME`.
