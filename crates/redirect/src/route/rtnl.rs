@@ -81,16 +81,11 @@ impl Rtnl {
             Err(e) if matches!(e.errno(), Some(EOPNOTSUPP | EAFNOSUPPORT)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        Ok(msgs.iter().any(|m| {
-            match m {
+        Ok(msgs.iter().any(|m| match m {
             RouteNetlinkMessage::NewAddress(a) => {
-                a.header.index == LOOPBACK_IFINDEX
-                    && a.attributes.iter().any(|at| {
-                        matches!(at, AddressAttribute::Address(IpAddr::V6(ip)) if ip.is_loopback())
-                    })
+                a.header.index == LOOPBACK_IFINDEX && holds_v6_loopback(a)
             }
             _ => false,
-        }
         }))
     }
 
@@ -313,4 +308,11 @@ impl Rtnl {
         let routes = self.routes(family, check_table(table)?)?;
         self.del_routes(&routes)
     }
+}
+
+/// Whether an address message carries `::1`.
+fn holds_v6_loopback(a: &AddressMessage) -> bool {
+    a.attributes
+        .iter()
+        .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V6(ip)) if ip.is_loopback()))
 }
