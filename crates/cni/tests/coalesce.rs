@@ -104,3 +104,57 @@ fn concurrent_adds_share_reconciles_and_each_gets_its_answer() {
     assert_eq!(calls.0.lock().expect("lock").last(), Some(&1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn queued_events_are_finished_together_and_a_dropped_ticket_still_applies() {
+    let dir = std::env::temp_dir().join(format!("ambit-coalesce-q-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for i in 0..3 {
+        std::fs::write(
+            dir.join(format!("pod-{i}.yaml")),
+            format!(
+                "name: pod-{i}\nnamespace: mesh\nuid: uid-{i}\n\
+                 namespace_labels: {{istio.io/dataplane-mode: ambient}}\n"
+            ),
+        )
+        .expect("record");
+    }
+    let calls = Slow::default();
+    let agent = Agent::start(AgentConfig {
+        dataplane: Box::new(calls.clone()),
+        source: Some(Box::new(DirSource::new(&dir, None))),
+        sandbox_dir: None,
+        metrics: Metrics::default(),
+    })
+    .expect("start");
+    let before = calls.0.lock().expect("lock").len();
+
+    let first = agent.enqueue(EventKind::Add, event(0)).expect("queue 0");
+    let dropped = agent.enqueue(EventKind::Add, event(1)).expect("queue 1");
+    let third = agent.enqueue(EventKind::Add, event(2)).expect("queue 2");
+    drop(dropped);
+    // One finish handles all three with one data-plane call.
+    assert_eq!(
+        agent.finish(first).expect("finish 0"),
+        EventOutcome::Enrolled
+    );
+    assert_eq!(calls.0.lock().expect("lock")[before..], [3]);
+    // The third's answer was kept for it; no further call.
+    assert_eq!(
+        agent.finish(third).expect("finish 2"),
+        EventOutcome::Enrolled
+    );
+    assert_eq!(calls.0.lock().expect("lock").len(), before + 1);
+    // The dropped ticket's pod was enrolled all the same.
+    let pods: BTreeSet<String> = agent
+        .enrolled()
+        .expect("enrolled")
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(
+        pods,
+        BTreeSet::from(["pod-0".into(), "pod-1".into(), "pod-2".into()])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,14 @@
 //! The agent's front: the plugin-event socket (one short HTTP/1 exchange
 //! per CNI ADD or DEL) and the loop that polls the pod source and resyncs
 //! with the kernel, each step run off the async workers.
+//!
+//! Plugin events are served on a thread of their own (`plugin-events`,
+//! a single-threaded runtime) that handles each event in place: an ADD's
+//! answer is written by the thread that read the request, with no hand-off
+//! to another thread and back. Blocking that thread is its purpose; the
+//! agent's lock serializes the events' kernel work anyway. Events whose
+//! requests arrive together are queued first and handled with one
+//! reconcile ([`Agent::enqueue`], [`Agent::finish`]).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -38,10 +46,22 @@ pub async fn serve(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("removing stale {}", socket.display()), e)),
     }
-    let listener = tokio::net::UnixListener::bind(&socket)
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
         .map_err(|e| Error::io(format!("binding {}", socket.display()), e))?;
+    let _cleanup = RemoveOnDrop(socket.clone());
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(format!("setting {} non-blocking", socket.display()), e))?;
+    let events_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the plugin-event runtime", e))?;
+    let listener = {
+        let _in = events_rt.enter();
+        tokio::net::UnixListener::from_std(listener)
+            .map_err(|e| Error::io(format!("registering {}", socket.display()), e))?
+    };
     info!(socket = %socket.display(), "listening for plugin events");
-    let _cleanup = RemoveOnDrop(socket);
     let mut poll_tick = tokio::time::interval(poll);
     let changed = agent.source_changed.clone();
     let source_news = || {
@@ -59,31 +79,45 @@ pub async fn serve(
     // plugin binary; the shared accept loop bounds them and backs off when
     // accept fails (out of descriptors, say).
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done, plugin_server) = tokio::sync::oneshot::channel::<()>();
     let limits = ambit_server::Limits {
         drain_deadline: Duration::from_secs(1),
         max_connections: PLUGIN_CONNECTIONS,
     };
-    let plugin_server = {
+    let events_thread = {
         let agent = agent.clone();
-        ambit_server::run(
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            limits,
-            move |stream, _, _| {
-                let agent = agent.clone();
-                async move {
-                    let svc = hyper::service::service_fn(move |req| handle(agent.clone(), req));
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await
-                    {
-                        debug!(error = %e, "plugin connection");
-                    }
-                }
-            },
-        )
+        std::thread::Builder::new()
+            .name("plugin-events".into())
+            .spawn(move || {
+                events_rt.block_on(ambit_server::run(
+                    listener,
+                    async move {
+                        let _ = stopped.await;
+                    },
+                    limits,
+                    move |stream, _, _| {
+                        let agent = agent.clone();
+                        async move {
+                            let svc =
+                                hyper::service::service_fn(move |req| handle(agent.clone(), req));
+                            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await
+                            {
+                                debug!(error = %e, "plugin connection");
+                            }
+                        }
+                    },
+                ));
+                let _ = done.send(());
+            })
+            .map_err(|e| Error::io("starting the plugin-event thread", e))?
+    };
+    let plugin_server = async move {
+        let _ = plugin_server.await;
+        if events_thread.join().is_err() {
+            warn!("the plugin-event thread panicked");
+        }
     };
     tokio::pin!(plugin_server);
     tokio::pin!(shutdown);
@@ -156,7 +190,14 @@ async fn handle(
         Err(e) => return reply(StatusCode::BAD_REQUEST, format!("invalid pod event: {e}")),
     };
     let pod = format!("{}/{}", event.pod_namespace, event.pod_name);
-    match blocking(move || agent.handle_event(kind, event)).await {
+    // Queue the event, let the other connections that are ready queue
+    // theirs, then handle them all in place (this thread exists for it).
+    let queued = match agent.enqueue(kind, event) {
+        Ok(q) => q,
+        Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    tokio::task::yield_now().await;
+    match agent.finish(queued) {
         Ok(outcome) => {
             debug!(%pod, ?outcome, "plugin event");
             reply(StatusCode::OK, outcome.answer().as_str().to_owned())
