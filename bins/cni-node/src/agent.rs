@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_app::{Signals, Stop};
-use ambit_cni::agent::{self, Agent, AgentConfig, Dataplane, Metrics};
+use ambit_cni::agent::{self, Agent, AgentConfig, Dataplane, EventThread, Metrics};
 use ambit_cni::node::{NodeDataplane, NodeSettings};
 use ambit_cni::{DirSource, PodSource, spec};
 use ambit_netns::NetNs;
@@ -38,9 +38,24 @@ fn backend(b: BackendArg) -> Backend {
     }
 }
 
+/// What [`run`] starts from: the data plane, and the thread that serves
+/// plugin events (the in-pod ZDS loop runs there too, beside them).
+pub struct Prepared {
+    dataplane: Box<dyn Dataplane>,
+    events: EventThread,
+}
+
 /// Checks the flags and builds the data plane (before the runtime runs
 /// anything; called inside it). Errors here exit with 64.
-pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
+pub fn dataplane(a: &RunArgs) -> anyhow::Result<Prepared> {
+    let events = EventThread::new().context("starting the plugin-event runtime")?;
+    let dataplane = build_dataplane(a, &events)?;
+    Ok(Prepared { dataplane, events })
+}
+
+// `events` carries the in-pod ZDS loop; node mode has none.
+#[cfg_attr(not(feature = "inpod"), allow(unused_variables))]
+fn build_dataplane(a: &RunArgs, events: &EventThread) -> anyhow::Result<Box<dyn Dataplane>> {
     let host = match &a.netns {
         Some(s) => open_netns(s)?,
         None => NetNs::current().context("opening this process's network namespace")?,
@@ -88,7 +103,7 @@ pub fn dataplane(a: &RunArgs) -> anyhow::Result<Box<dyn Dataplane>> {
                 backend: backend(a.backend),
                 config,
                 zds_socket: a.zds_socket.clone(),
-                runtime: tokio::runtime::Handle::current(),
+                runtime: events.handle(),
                 rule_writes: match a.nft_rule_writes {
                     SetUpdatesArg::Netlink => ambit_redirect::RuleWrites::Netlink,
                     SetUpdatesArg::Nft => ambit_redirect::RuleWrites::NftCommand,
@@ -181,7 +196,11 @@ async fn kube_source(_: &RunArgs) -> anyhow::Result<Option<Box<dyn PodSource>>> 
 
 /// Runs the agent until SIGINT or SIGTERM, then stops it (removing its
 /// rules unless `--keep-rules`).
-pub async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
+pub async fn run(a: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        dataplane: dp,
+        events,
+    } = prepared;
     let metrics = Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
@@ -213,7 +232,8 @@ pub async fn run(a: RunArgs, dp: Box<dyn Dataplane>) -> anyhow::Result<()> {
         "cni-node agent ready"
     );
     let signal = Signals::install()?.wait(None, "stopping");
-    let served = agent::serve(
+    let served = agent::serve_on(
+        events,
         agent.clone(),
         a.run_dir.join(spec::EVENT_SOCKET),
         Duration::from_millis(a.poll_ms.max(10)),

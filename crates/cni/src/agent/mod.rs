@@ -43,7 +43,7 @@ mod journal;
 mod metrics;
 mod serve;
 pub use self::metrics::Metrics;
-pub use self::serve::serve;
+pub use self::serve::{EventThread, serve, serve_on};
 
 /// A capture mode's kernel side. Every method may block (netlink,
 /// subprocesses, entering namespaces); the agent calls them off the async

@@ -27,10 +27,73 @@ use crate::event::{ADD_PATH, DEL_PATH, EventKind, PodEvent};
 /// Plugin connections served at once (each is one short request).
 const PLUGIN_CONNECTIONS: usize = 256;
 
+/// The thread plugin events are served and handled on: a single-threaded
+/// runtime that [`serve_on`] runs on a thread of its own.
+///
+/// Tasks that belong beside the events can be spawned on it before it
+/// runs ([`EventThread::handle`]); the in-pod data plane's ZDS loop is one,
+/// so that handing it a pod wakes no other thread. Such tasks run while
+/// the events are served and are dropped when serving ends.
+pub struct EventThread {
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl EventThread {
+    /// Builds the runtime (the thread starts in [`serve_on`]).
+    pub fn new() -> Result<Self, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the plugin-event runtime", e))?;
+        Ok(EventThread {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
+    }
+
+    /// A handle to spawn tasks on (or enter, to register sockets with).
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+impl std::fmt::Debug for EventThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventThread").finish_non_exhaustive()
+    }
+}
+
+impl Drop for EventThread {
+    /// A runtime that never ran on its thread is shut down without
+    /// blocking, so that dropping it inside async code is safe.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Serves plugin events on `<run_dir>/pluginevent.sock`, polls the pod
 /// source every `poll`, reconciles with the kernel every `resync`, until
 /// `shutdown` completes. The socket file is removed on return.
+///
+/// The events are served on a new [`EventThread`]; [`serve_on`] takes one
+/// that already has tasks.
 pub async fn serve(
+    agent: Arc<Agent>,
+    socket: PathBuf,
+    poll: Duration,
+    resync: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    serve_on(EventThread::new()?, agent, socket, poll, resync, shutdown).await
+}
+
+/// [`serve`] with the plugin events on `events`, whose tasks run beside
+/// them until this returns.
+pub async fn serve_on(
+    events: EventThread,
     agent: Arc<Agent>,
     socket: PathBuf,
     poll: Duration,
@@ -52,12 +115,8 @@ pub async fn serve(
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io(format!("setting {} non-blocking", socket.display()), e))?;
-    let events_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the plugin-event runtime", e))?;
     let listener = {
-        let _in = events_rt.enter();
+        let _in = events.handle().enter();
         tokio::net::UnixListener::from_std(listener)
             .map_err(|e| Error::io(format!("registering {}", socket.display()), e))?
     };
@@ -89,7 +148,11 @@ pub async fn serve(
         std::thread::Builder::new()
             .name("plugin-events".into())
             .spawn(move || {
-                events_rt.block_on(ambit_server::run(
+                // Taken here, so that a thread that fails to start drops
+                // `events` (not the runtime itself) in async code.
+                let mut events = events;
+                let Some(rt) = events.rt.take() else { return };
+                rt.block_on(ambit_server::run(
                     listener,
                     async move {
                         let _ = stopped.await;
