@@ -149,6 +149,9 @@ pub trait EventSink {
     fn post(&self, run_dir: &Path, kind: EventKind, event: &PodEvent) -> Result<String, PostError>;
 }
 
+/// Bytes reserved for the agent's answer (head and short body).
+const ANSWER_CAPACITY: usize = 1024;
+
 /// Posts events to `<run_dir>/pluginevent.sock`.
 #[derive(Debug, Clone)]
 pub struct UnixHttpSink {
@@ -178,14 +181,20 @@ impl EventSink for UnixHttpSink {
         })?;
         s.set_read_timeout(Some(self.timeout)).map_err(io)?;
         s.set_write_timeout(Some(self.timeout)).map_err(io)?;
-        let head = format!(
+        // Head and body go out in one write: the agent then wakes once to
+        // read the whole request, not once for the head and again for
+        // the body.
+        let mut request = format!(
             "POST {} HTTP/1.1\r\nHost: istio-cni\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             kind.path(),
             body.len()
-        );
-        s.write_all(head.as_bytes()).map_err(io)?;
-        s.write_all(&body).map_err(io)?;
-        let mut answer = Vec::new();
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        s.write_all(&request).map_err(io)?;
+        // Room for a whole answer, so it is read in one call (and the
+        // end in a second), not in small probing reads.
+        let mut answer = Vec::with_capacity(ANSWER_CAPACITY);
         s.read_to_end(&mut answer).map_err(io)?;
         let (status, body) = parse_response(&answer)?;
         if status == 200 {
