@@ -169,7 +169,11 @@ async fn early_data_of_a_refused_connect_goes_nowhere() {
         .expect_err("refused");
     // The Debug form names the HTTP/2 reason and who sent it, should the
     // refusal ever arrive as something other than its status.
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}: {err:?}");
+    assert_eq!(
+        err.status().map(|s| s.as_u16()),
+        Some(401),
+        "{err}: {err:?}"
+    );
     // The pooled connection still carries the next stream, whose own early
     // bytes are the first it delivers.
     let mut ok = client
