@@ -55,12 +55,12 @@ fn event(i: usize) -> PodEvent {
     }
 }
 
-#[test]
-fn concurrent_adds_share_reconciles_and_each_gets_its_answer() {
-    let dir = std::env::temp_dir().join(format!("ambit-coalesce-{}", std::process::id()));
+/// An agent over a [`Slow`] data plane whose pod source (in `dir`, named
+/// after `tag`) lists `pods` ambient pods, `pod-0` on.
+fn slow_agent(tag: &str, pods: usize) -> (std::path::PathBuf, Arc<Agent>, Slow) {
+    let dir = std::env::temp_dir().join(format!("ambit-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    const PODS: usize = 24;
-    for i in 0..=PODS {
+    for i in 0..pods {
         std::fs::write(
             dir.join(format!("pod-{i}.yaml")),
             format!(
@@ -78,6 +78,13 @@ fn concurrent_adds_share_reconciles_and_each_gets_its_answer() {
         metrics: Metrics::default(),
     })
     .expect("start");
+    (dir, agent, calls)
+}
+
+#[test]
+fn concurrent_adds_share_reconciles_and_each_gets_its_answer() {
+    const PODS: usize = 24;
+    let (dir, agent, calls) = slow_agent("coalesce", PODS + 1);
 
     let outcomes: Vec<EventOutcome> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..PODS)
@@ -107,26 +114,7 @@ fn concurrent_adds_share_reconciles_and_each_gets_its_answer() {
 
 #[test]
 fn queued_events_are_finished_together_and_a_dropped_ticket_still_applies() {
-    let dir = std::env::temp_dir().join(format!("ambit-coalesce-q-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    for i in 0..3 {
-        std::fs::write(
-            dir.join(format!("pod-{i}.yaml")),
-            format!(
-                "name: pod-{i}\nnamespace: mesh\nuid: uid-{i}\n\
-                 namespace_labels: {{istio.io/dataplane-mode: ambient}}\n"
-            ),
-        )
-        .expect("record");
-    }
-    let calls = Slow::default();
-    let agent = Agent::start(AgentConfig {
-        dataplane: Box::new(calls.clone()),
-        source: Some(Box::new(DirSource::new(&dir, None))),
-        sandbox_dir: None,
-        metrics: Metrics::default(),
-    })
-    .expect("start");
+    let (dir, agent, calls) = slow_agent("coalesce-q", 3);
     let before = calls.0.lock().expect("lock").len();
 
     let first = agent.enqueue(EventKind::Add, event(0)).expect("queue 0");
