@@ -47,6 +47,27 @@ impl Rtnl {
         self.sock.ns().to_owned()
     }
 
+    /// Sends one request per item and checks each ack: an error whose
+    /// errno is in `ignore` counts as done, any other fails naming the
+    /// item (`{what} `item``).
+    fn transact_each<T: std::fmt::Display>(
+        &mut self,
+        msgs: &mut [Vec<u8>],
+        items: &[T],
+        ignore: &[i32],
+        what: &str,
+    ) -> Result<()> {
+        let results = self.sock.transact(msgs)?;
+        for (item, res) in items.iter().zip(results) {
+            match res {
+                Ok(()) => {}
+                Err(e) if ignore.contains(&e.errno) => {}
+                Err(e) => return Err(Error::nack(e, format!("{what} `{item}`"), &self.ns())),
+            }
+        }
+        Ok(())
+    }
+
     fn query(
         &mut self,
         msg: RouteNetlinkMessage,
@@ -143,15 +164,7 @@ impl Rtnl {
                 )
             })
             .collect();
-        let ns = self.ns();
-        for (r, res) in rules.iter().zip(self.sock.transact(&mut msgs)?) {
-            match res {
-                Ok(()) => {}
-                Err(e) if e.errno == EEXIST => {}
-                Err(e) => return Err(Error::nack(e, format!("adding rule `{r}`"), &ns)),
-            }
-        }
-        Ok(())
+        self.transact_each(&mut msgs, rules, &[EEXIST], "adding rule")
     }
 
     /// Deletes the rules; rules that do not exist are ignored.
@@ -165,15 +178,7 @@ impl Rtnl {
                 )
             })
             .collect();
-        let ns = self.ns();
-        for (r, res) in rules.iter().zip(self.sock.transact(&mut msgs)?) {
-            match res {
-                Ok(()) => {}
-                Err(e) if e.errno == ENOENT => {}
-                Err(e) => return Err(Error::nack(e, format!("deleting rule `{r}`"), &ns)),
-            }
-        }
-        Ok(())
+        self.transact_each(&mut msgs, rules, &[ENOENT], "deleting rule")
     }
 
     /// Lists the rules of a family that this crate can express (priority,
@@ -231,11 +236,7 @@ impl Rtnl {
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
             ));
         }
-        let ns = self.ns();
-        for (r, res) in routes.iter().zip(self.sock.transact(&mut msgs)?) {
-            res.map_err(|e| Error::nack(e, format!("adding route `{r}`"), &ns))?;
-        }
-        Ok(())
+        self.transact_each(&mut msgs, routes, &[], "adding route")
     }
 
     /// Deletes routes; absent routes (and routes whose device is gone) are ignored.
@@ -260,15 +261,7 @@ impl Rtnl {
             ));
             items.push(r);
         }
-        let ns = self.ns();
-        for (r, res) in items.iter().zip(self.sock.transact(&mut msgs)?) {
-            match res {
-                Ok(()) => {}
-                Err(e) if e.errno == ESRCH || e.errno == ENOENT => {}
-                Err(e) => return Err(Error::nack(e, format!("deleting route `{r}`"), &ns)),
-            }
-        }
-        Ok(())
+        self.transact_each(&mut msgs, &items, &[ESRCH, ENOENT], "deleting route")
     }
 
     /// Lists the routes in `table`, like `ip route show table T`.
