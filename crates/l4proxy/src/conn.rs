@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ambit_mesh::Workload;
 
-use crate::metrics::{AccessLog, Metrics, TcpLabels};
+use crate::metrics::{AccessLog, LabelsRef, Metrics, Series};
 
 const UNKNOWN: &str = "unknown";
 
@@ -39,45 +39,40 @@ pub(crate) struct Peers<'a> {
     pub(crate) mtls: bool,
 }
 
-impl Peers<'_> {
-    /// Istio's TCP label set.
-    pub(crate) fn labels(&self) -> TcpLabels {
-        let name = |w: Option<&Workload>| {
-            w.map(|w| {
+impl<'a> Peers<'a> {
+    /// Istio's TCP label set, borrowed from the peers; `dst_principal` is
+    /// the destination's identity, when it has one.
+    pub(crate) fn labels(&self, dst_principal: Option<&'a str>) -> LabelsRef<'a> {
+        fn or_unknown(v: &str) -> &str {
+            if v.is_empty() { UNKNOWN } else { v }
+        }
+        let name = |w: Option<&'a Workload>| {
+            w.map_or(UNKNOWN, |w| {
                 if w.workload_name.is_empty() {
-                    w.name.clone()
+                    &w.name
                 } else {
-                    w.workload_name.clone()
+                    &w.workload_name
                 }
             })
-            .unwrap_or_else(|| UNKNOWN.into())
         };
-        let namespace =
-            |w: Option<&Workload>| w.map_or_else(|| UNKNOWN.into(), |w| w.namespace.clone());
-        let field = |w: Option<&Workload>, f: fn(&Workload) -> &str| {
-            w.map(f)
-                .filter(|v| !v.is_empty())
-                .unwrap_or(UNKNOWN)
-                .to_owned()
-        };
-        let canonical = |w: Option<&Workload>| field(w, |w| &w.canonical_name);
-        let revision = |w: Option<&Workload>| field(w, |w| &w.canonical_revision);
-        let cluster = |w: Option<&Workload>| field(w, |w| &w.cluster_id);
+        let namespace = |w: Option<&'a Workload>| w.map_or(UNKNOWN, |w| w.namespace.as_str());
+        let canonical =
+            |w: Option<&'a Workload>| w.map_or(UNKNOWN, |w| or_unknown(&w.canonical_name));
+        let revision =
+            |w: Option<&'a Workload>| w.map_or(UNKNOWN, |w| or_unknown(&w.canonical_revision));
+        let cluster = |w: Option<&'a Workload>| w.map_or(UNKNOWN, |w| or_unknown(&w.cluster_id));
         let (src, dst) = (self.source, self.destination);
-        let svc = |f: fn(&ambit_mesh::Service) -> &str| {
-            self.service
-                .map(f)
-                .filter(|v| !v.is_empty())
-                .unwrap_or(UNKNOWN)
-                .to_owned()
+        let service = self.service;
+        let svc = |f: fn(&'a ambit_mesh::Service) -> &'a str| {
+            service.map_or(UNKNOWN, |s| or_unknown(f(s)))
         };
-        TcpLabels {
-            reporter: self.reporter.as_str().into(),
+        LabelsRef {
+            reporter: self.reporter.as_str(),
             source_workload: name(src),
             source_canonical_service: canonical(src),
             source_canonical_revision: revision(src),
             source_workload_namespace: namespace(src),
-            source_principal: self.source_principal.unwrap_or(UNKNOWN).into(),
+            source_principal: self.source_principal.unwrap_or(UNKNOWN),
             source_app: canonical(src),
             source_version: revision(src),
             source_cluster: cluster(src),
@@ -88,15 +83,13 @@ impl Peers<'_> {
             destination_canonical_service: canonical(dst),
             destination_canonical_revision: revision(dst),
             destination_workload_namespace: namespace(dst),
-            destination_principal: dst
-                .and_then(|w| w.identity())
-                .map_or_else(|| UNKNOWN.into(), |i| i.as_str().to_owned()),
+            destination_principal: dst_principal.unwrap_or(UNKNOWN),
             destination_app: canonical(dst),
             destination_version: revision(dst),
             destination_cluster: cluster(dst),
-            request_protocol: "tcp".into(),
-            response_flags: "-".into(),
-            connection_security_policy: if self.mtls { "mutual_tls" } else { "none" }.into(),
+            request_protocol: "tcp",
+            response_flags: "-",
+            connection_security_policy: if self.mtls { "mutual_tls" } else { "none" },
         }
     }
 }
@@ -107,7 +100,7 @@ impl Peers<'_> {
 /// access-log line is written by [`ConnRecord::close`], exactly once.
 pub(crate) struct ConnRecord {
     metrics: Metrics,
-    labels: Option<Arc<TcpLabels>>,
+    series: Option<Arc<Series>>,
     opened: bool,
     direction: &'static str,
     src: SocketAddr,
@@ -128,7 +121,7 @@ impl ConnRecord {
     ) -> Self {
         Self {
             metrics: metrics.clone(),
-            labels: None,
+            series: None,
             opened: false,
             direction,
             src,
@@ -143,7 +136,9 @@ impl ConnRecord {
     /// Sets the metric labels (and the identities the log shows).
     pub(crate) fn with_peers(mut self, peers: &Peers<'_>) -> Self {
         self.src_identity = peers.source_principal.map(str::to_owned);
-        self.labels = Some(self.metrics.intern(peers.labels()));
+        let dst_principal = peers.destination.and_then(Workload::identity);
+        let dst_principal = dst_principal.as_ref().map(|i| i.as_str());
+        self.series = Some(self.metrics.series(peers.labels(dst_principal)));
         self
     }
 
@@ -168,19 +163,23 @@ impl ConnRecord {
 
     /// Counts the connection as opened.
     pub(crate) fn open(&mut self) {
-        if let Some(l) = &self.labels
+        if let Some(l) = &self.series
             && !self.opened
         {
-            self.metrics.opened(l);
+            self.metrics.series_opened(l);
             self.opened = true;
         }
     }
 
     /// Sets Istio's `response_flags` (`REJECT`, `DENY`, `CONNECT`).
     pub(crate) fn flag(&mut self, flag: &str) {
-        if let Some(l) = &mut self.labels {
-            // This record's own copy from here on (refusals and failures).
-            Arc::make_mut(l).response_flags = flag.into();
+        if let Some(s) = &self.series {
+            // The flagged set's series from here on (refusals and failures).
+            let flagged = LabelsRef {
+                response_flags: flag,
+                ..s.labels().as_ref()
+            };
+            self.series = Some(self.metrics.series(flagged));
         }
     }
 
@@ -194,7 +193,7 @@ impl ConnRecord {
 
     /// Failed after it was accepted (dialling the upstream): `CONNECT`.
     pub(crate) fn fail(mut self, reason: &str) {
-        if self.labels.is_some() {
+        if self.series.is_some() {
             self.flag("CONNECT");
             self.open();
         }
@@ -205,14 +204,14 @@ impl ConnRecord {
     /// source, `sent` to it); `reason` is empty on a clean end.
     pub(crate) fn close(self, received: u64, sent: u64, reason: &str) {
         if self.opened
-            && let Some(l) = &self.labels
+            && let Some(s) = &self.series
         {
-            self.metrics.closed(l, received, sent);
+            self.metrics.series_closed(s, received, sent);
             if !reason.is_empty() {
-                self.metrics.failed(l);
+                self.metrics.failed(s.labels());
             }
         }
-        let l = self.labels.as_ref();
+        let l = self.series.as_ref().map(|s| s.labels());
         AccessLog {
             direction: self.direction,
             src: Some(self.src),

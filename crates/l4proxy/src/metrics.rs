@@ -1,7 +1,7 @@
 //! Prometheus metrics with Istio's names and labels, and access logs.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,57 +10,90 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The labels of Istio's TCP metrics, named and ordered as istio/ztunnel
-/// writes them (what Istio's dashboards and Kiali group by). `unknown`
-/// where a value is not known.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
-pub struct TcpLabels {
+/// Declares [`TcpLabels`] and its borrowed twin `LabelsRef` from one field
+/// list, so that the two cannot drift apart (a series is found by the
+/// borrowed form and stored in the owned one; both must hash alike).
+macro_rules! tcp_labels {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        /// The labels of Istio's TCP metrics, named and ordered as istio/ztunnel
+        /// writes them (what Istio's dashboards and Kiali group by). `unknown`
+        /// where a value is not known.
+        #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+        pub struct TcpLabels {
+            $($(#[$doc])* pub $field: String,)*
+        }
+
+        /// [`TcpLabels`] borrowed from the workloads they describe: a
+        /// connection finds its label set's series with it, without
+        /// building twenty-three strings.
+        #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+        pub(crate) struct LabelsRef<'a> {
+            $(pub(crate) $field: &'a str,)*
+        }
+
+        impl TcpLabels {
+            /// The borrowed form.
+            pub(crate) fn as_ref(&self) -> LabelsRef<'_> {
+                LabelsRef { $($field: &self.$field,)* }
+            }
+        }
+
+        impl LabelsRef<'_> {
+            /// The owned form.
+            pub(crate) fn to_labels(self) -> TcpLabels {
+                TcpLabels { $($field: self.$field.to_owned(),)* }
+            }
+        }
+    };
+}
+
+tcp_labels! {
     /// `source` or `destination`: which side's proxy reports.
-    pub reporter: String,
+    reporter,
     /// Source workload name.
-    pub source_workload: String,
+    source_workload,
     /// Source canonical service (the `app` label).
-    pub source_canonical_service: String,
+    source_canonical_service,
     /// Source canonical revision (the `version` label).
-    pub source_canonical_revision: String,
+    source_canonical_revision,
     /// Source workload namespace.
-    pub source_workload_namespace: String,
+    source_workload_namespace,
     /// Source SPIFFE id.
-    pub source_principal: String,
+    source_principal,
     /// Source app (Istio fills it with the canonical service).
-    pub source_app: String,
+    source_app,
     /// Source version (the canonical revision).
-    pub source_version: String,
+    source_version,
     /// Source cluster id.
-    pub source_cluster: String,
+    source_cluster,
     /// Destination service hostname.
-    pub destination_service: String,
+    destination_service,
     /// Destination service namespace.
-    pub destination_service_namespace: String,
+    destination_service_namespace,
     /// Destination service name.
-    pub destination_service_name: String,
+    destination_service_name,
     /// Destination workload name.
-    pub destination_workload: String,
+    destination_workload,
     /// Destination canonical service.
-    pub destination_canonical_service: String,
+    destination_canonical_service,
     /// Destination canonical revision.
-    pub destination_canonical_revision: String,
+    destination_canonical_revision,
     /// Destination workload namespace.
-    pub destination_workload_namespace: String,
+    destination_workload_namespace,
     /// Destination SPIFFE id.
-    pub destination_principal: String,
+    destination_principal,
     /// Destination app.
-    pub destination_app: String,
+    destination_app,
     /// Destination version.
-    pub destination_version: String,
+    destination_version,
     /// Destination cluster id.
-    pub destination_cluster: String,
+    destination_cluster,
     /// `tcp`.
-    pub request_protocol: String,
+    request_protocol,
     /// `-` on success; `DENY`, `CONNECT`, ... on failure.
-    pub response_flags: String,
+    response_flags,
     /// `mutual_tls` or `none`.
-    pub connection_security_policy: String,
+    connection_security_policy,
 }
 
 /// The labels of `istio_build`.
@@ -70,10 +103,15 @@ struct BuildLabels {
     tag: String,
 }
 
-/// The proxy's metrics.
+/// The proxy's metrics. Cloning shares them (one reference count).
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
@@ -82,10 +120,50 @@ pub struct Metrics {
     active: Gauge,
     inpod: InPodMetrics,
     dns: ambit_dns::Metrics,
-    /// One shared copy of every label set a connection has carried: an
-    /// open connection keeps a pointer to it rather than its own twenty
-    /// strings (the families keep one copy of each set anyway).
-    label_sets: Arc<Mutex<HashSet<Arc<TcpLabels>>>>,
+    /// Every label set a connection has carried, with its counters once
+    /// looked up: an open connection keeps a pointer to its set rather
+    /// than its own twenty-three strings, and counts without hashing them
+    /// again. Sets are never removed, as the families never remove theirs.
+    series: Mutex<SeriesTable>,
+}
+
+/// The series table: keyed by a hash of the borrowed labels, seeded per
+/// process (label values come from peers and xDS).
+#[derive(Debug, Default)]
+struct SeriesTable {
+    hasher: std::hash::RandomState,
+    table: hashbrown::HashTable<Arc<Series>>,
+}
+
+/// One TCP label set and its counters in the families, each looked up the
+/// first time it is counted (so a family shows the set only once it has
+/// counted something, as before).
+#[derive(Debug)]
+pub(crate) struct Series {
+    labels: TcpLabels,
+    opened: OnceLock<Counter>,
+    closed: OnceLock<Counter>,
+    received: OnceLock<Counter>,
+    sent: OnceLock<Counter>,
+}
+
+impl Series {
+    /// The label set.
+    pub(crate) fn labels(&self) -> &TcpLabels {
+        &self.labels
+    }
+}
+
+/// The counter of `labels` in `family`, kept in `slot` after its first
+/// lookup. The families' counters share their value with their clones, and
+/// nothing removes a set from a family, so the kept handle stays the one
+/// the exposition reads.
+fn counter<'a>(
+    slot: &'a OnceLock<Counter>,
+    family: &Family<TcpLabels, Counter>,
+    labels: &TcpLabels,
+) -> &'a Counter {
+    slot.get_or_init(|| (*family.get_or_create(labels)).clone())
 }
 
 /// istio/ztunnel's in-pod workload manager metrics
@@ -183,68 +261,96 @@ impl Metrics {
             .set(1);
         r.register("istio_build", "Istio component build info", build);
         Self {
-            label_sets: Arc::default(),
-            registry: Arc::new(r),
-            opened,
-            closed,
-            received,
-            sent,
-            failed,
-            active,
-            inpod,
-            dns,
+            inner: Arc::new(Inner {
+                series: Mutex::default(),
+                registry: r,
+                opened,
+                closed,
+                received,
+                sent,
+                failed,
+                active,
+                inpod,
+                dns,
+            }),
         }
     }
 
-    /// The shared copy of `l` (made now if this set is new).
-    pub(crate) fn intern(&self, l: TcpLabels) -> Arc<TcpLabels> {
-        let Ok(mut sets) = self.label_sets.lock() else {
-            return Arc::new(l);
+    /// The series of the label set `l`, made now if this set is new.
+    pub(crate) fn series(&self, l: LabelsRef<'_>) -> Arc<Series> {
+        let make = |l: LabelsRef<'_>| {
+            Arc::new(Series {
+                labels: l.to_labels(),
+                opened: OnceLock::new(),
+                closed: OnceLock::new(),
+                received: OnceLock::new(),
+                sent: OnceLock::new(),
+            })
         };
-        if let Some(shared) = sets.get(&l) {
-            return shared.clone();
+        let Ok(mut t) = self.inner.series.lock() else {
+            return make(l);
+        };
+        let SeriesTable { hasher, table } = &mut *t;
+        let hash = hasher.hash_one(l);
+        if let Some(s) = table.find(hash, |s| s.labels.as_ref() == l) {
+            return s.clone();
         }
-        let shared = Arc::new(l);
-        sets.insert(shared.clone());
-        shared
+        let s = make(l);
+        table.insert_unique(hash, s.clone(), |s| hasher.hash_one(s.labels.as_ref()));
+        s
+    }
+
+    /// A connection of `s` opened.
+    pub(crate) fn series_opened(&self, s: &Series) {
+        counter(&s.opened, &self.inner.opened, &s.labels).inc();
+        self.inner.active.inc();
+    }
+
+    /// A connection of `s` closed after moving these bytes.
+    pub(crate) fn series_closed(&self, s: &Series, received: u64, sent: u64) {
+        let i = &self.inner;
+        counter(&s.closed, &i.closed, &s.labels).inc();
+        counter(&s.received, &i.received, &s.labels).inc_by(received);
+        counter(&s.sent, &i.sent, &s.labels).inc_by(sent);
+        i.active.dec();
     }
 
     /// A connection opened.
     pub fn opened(&self, l: &TcpLabels) {
-        self.opened.get_or_create(l).inc();
-        self.active.inc();
+        self.inner.opened.get_or_create(l).inc();
+        self.inner.active.inc();
     }
 
     /// A connection closed after moving these bytes.
     pub fn closed(&self, l: &TcpLabels, received: u64, sent: u64) {
-        self.closed.get_or_create(l).inc();
-        self.received.get_or_create(l).inc_by(received);
-        self.sent.get_or_create(l).inc_by(sent);
-        self.active.dec();
+        self.inner.closed.get_or_create(l).inc();
+        self.inner.received.get_or_create(l).inc_by(received);
+        self.inner.sent.get_or_create(l).inc_by(sent);
+        self.inner.active.dec();
     }
 
     /// A connection failed (counted once, besides opened and closed).
     pub fn failed(&self, l: &TcpLabels) {
-        self.failed.get_or_create(l).inc();
+        self.inner.failed.get_or_create(l).inc();
     }
 
     pub(crate) fn dns(&self) -> &ambit_dns::Metrics {
-        &self.dns
+        &self.inner.dns
     }
 
     pub(crate) fn inpod(&self) -> &InPodMetrics {
-        &self.inpod
+        &self.inner.inpod
     }
 
     /// Connections being proxied now.
     pub fn active(&self) -> i64 {
-        self.active.get()
+        self.inner.active.get()
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode(&mut s, &self.inner.registry).is_err() {
             s.clear();
         }
         s
@@ -296,7 +402,7 @@ pub struct AccessLog<'a> {
 impl AccessLog<'_> {
     /// Writes the line through `tracing` (target `access`).
     pub fn emit(&self) {
-        let duration = format!("{}ms", self.duration.as_millis());
+        let duration = Millis(self.duration);
         tracing::info!(
             target: "access",
             scope = "access",
@@ -317,5 +423,92 @@ impl AccessLog<'_> {
             error = (!self.error.is_empty()).then_some(self.error),
             "connection complete"
         );
+    }
+}
+
+/// A duration as the access log writes it (`12ms`), formatted only when a
+/// subscriber records the line.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(workload: &str) -> TcpLabels {
+        TcpLabels {
+            reporter: "source".into(),
+            source_workload: workload.into(),
+            response_flags: "-".into(),
+            ..TcpLabels::default()
+        }
+    }
+
+    fn lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(name)).collect()
+    }
+
+    #[test]
+    fn a_label_set_has_one_series_and_counts_through_it() {
+        let m = Metrics::new();
+        let (a, b) = (labels("a"), labels("b"));
+        let s1 = m.series(a.as_ref());
+        let s2 = m.series(a.clone().as_ref());
+        assert!(Arc::ptr_eq(&s1, &s2), "the same set gives the same series");
+        assert!(!Arc::ptr_eq(&s1, &m.series(b.as_ref())));
+        assert_eq!(s1.labels(), &a);
+
+        // Nothing is exported before it is counted.
+        let text = m.encode();
+        assert!(lines(&text, "istio_tcp_connections_opened_total{").is_empty());
+
+        m.series_opened(&s1);
+        m.series_opened(&s2);
+        m.series_closed(&s1, 10, 20);
+        // The public per-label calls land on the same counters.
+        m.opened(&a);
+        m.closed(&a, 1, 2);
+        let text = m.encode();
+        let opened = lines(&text, "istio_tcp_connections_opened_total{");
+        assert_eq!(opened.len(), 1, "{text}");
+        assert!(opened[0].contains("source_workload=\"a\""), "{text}");
+        assert!(opened[0].ends_with(" 3"), "{text}");
+        let closed = lines(&text, "istio_tcp_connections_closed_total{");
+        assert!(closed[0].ends_with(" 2"), "{text}");
+        assert!(lines(&text, "istio_tcp_received_bytes_total{")[0].ends_with(" 11"));
+        assert!(lines(&text, "istio_tcp_sent_bytes_total{")[0].ends_with(" 22"));
+        assert!(lines(&text, "istio_tcp_connections_failed_total{").is_empty());
+        assert_eq!(m.active(), 1);
+    }
+
+    #[test]
+    fn a_flagged_set_is_its_own_series() {
+        let m = Metrics::new();
+        let plain = labels("a");
+        let flagged = LabelsRef {
+            response_flags: "DENY",
+            ..plain.as_ref()
+        };
+        let s = m.series(flagged);
+        assert_eq!(s.labels().response_flags, "DENY");
+        assert_eq!(s.labels().source_workload, "a");
+        m.series_opened(&s);
+        m.series_closed(&s, 0, 0);
+        m.failed(s.labels());
+        let text = m.encode();
+        let failed = lines(&text, "istio_tcp_connections_failed_total{");
+        assert_eq!(failed.len(), 1, "{text}");
+        assert!(failed[0].contains("response_flags=\"DENY\""), "{text}");
+        assert!(!text.contains("response_flags=\"-\""), "{text}");
+    }
+
+    #[test]
+    fn access_log_duration_is_whole_milliseconds() {
+        assert_eq!(Millis(Duration::from_micros(12_900)).to_string(), "12ms");
     }
 }
