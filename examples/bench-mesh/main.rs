@@ -177,6 +177,9 @@ struct Results {
     rss_idle_kib: u64,
     rss_bulk_kib: u64,
     cpu_s_per_gb: Vec<f64>,
+    /// ztunnel CPU per meshed connection in the 4-client rounds, µs (all
+    /// ztunnels together).
+    cpu_us_per_conn: Vec<f64>,
     /// ztunnel processes measured (RSS figures are per process).
     procs: usize,
     memory: memory::Memory,
@@ -216,6 +219,7 @@ impl Results {
             );
         }
         let (cmin, cmax) = min_max(&self.cpu_s_per_gb);
+        let (pmin, pmax) = min_max(&self.cpu_us_per_conn);
         let goals: Vec<_> = self
             .goals()
             .into_iter()
@@ -238,6 +242,7 @@ impl Results {
                 "rss_idle_kib": self.rss_idle_kib,
                 "rss_under_bulk_kib": self.rss_bulk_kib,
                 "cpu_seconds_per_gb": {"median": median(&self.cpu_s_per_gb), "min": cmin, "max": cmax, "rounds": self.cpu_s_per_gb},
+                "cpu_us_per_connection_4_clients": {"median": median(&self.cpu_us_per_conn), "min": pmin, "max": pmax, "rounds": self.cpu_us_per_conn},
             },
         })
     }
@@ -280,6 +285,13 @@ fn print_table(r: &Results, args: &Args) {
         median(&r.cpu_s_per_gb),
         cmin,
         cmax
+    );
+    let (pmin, pmax) = min_max(&r.cpu_us_per_conn);
+    println!(
+        "ztunnel CPU per meshed connection, 4 clients: {:.0} µs [{:.0}–{:.0}]",
+        median(&r.cpu_us_per_conn),
+        pmin,
+        pmax
     );
     println!("\ngoals (issue 21), this run:");
     println!("{:<50} {:>22} {:>10}  met", "measure", "value", "goal");
@@ -333,7 +345,12 @@ fn measure(
         r.conn_seq.0.push(direct.conn_rate(args.conn_secs, 1)?);
         r.conn_seq.1.push(meshed.conn_rate(args.conn_secs, 1)?);
         r.conn_par.0.push(direct.conn_rate(args.conn_secs, 4)?);
-        r.conn_par.1.push(meshed.conn_rate(args.conn_secs, 4)?);
+        let (cpu0, t) = (cpu_seconds(pids), Instant::now());
+        let rate = meshed.conn_rate(args.conn_secs, 4)?;
+        let conns = rate * t.elapsed().as_secs_f64();
+        r.conn_par.1.push(rate);
+        r.cpu_us_per_conn
+            .push((cpu_seconds(pids) - cpu0) * 1e6 / conns.max(1.0));
     }
     r.procs = pids.len();
     if args.idle_conns > 0 && args.streams > 0 {
