@@ -149,7 +149,7 @@ impl Proxy {
         let tracked = match (&plan.hop, &plan.workload) {
             (Hop::SameNode { target }, Some(w)) => Some(self.inner.registry.track(Facts {
                 workload: w.uid.clone(),
-                src_identity: src_id.clone(),
+                src_identity: src_id.as_deref().cloned(),
                 src_ip: peer.ip(),
                 dst: *target,
             })),

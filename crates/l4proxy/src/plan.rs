@@ -4,6 +4,7 @@
 //! and the connection's facts alone (no I/O), so it is tested as tables;
 //! [`crate::outbound`] only carries plans out.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -150,9 +151,22 @@ pub struct OutboundPlan {
 }
 
 impl OutboundPlan {
-    /// The source workload's SPIFFE id.
-    pub fn source_identity(&self) -> Option<Identity> {
-        self.source.as_ref().and_then(|w| w.identity())
+    /// The source workload's SPIFFE id: the one an HBONE hop already
+    /// carries, else made from the source workload.
+    pub fn source_identity(&self) -> Option<Cow<'_, Identity>> {
+        match &self.hop {
+            Hop::Hbone {
+                source_identity, ..
+            }
+            | Hop::DoubleHbone {
+                source_identity, ..
+            } => Some(Cow::Borrowed(source_identity)),
+            _ => self
+                .source
+                .as_ref()
+                .and_then(|w| w.identity())
+                .map(Cow::Owned),
+        }
     }
 }
 
@@ -705,6 +719,12 @@ policies:
                 "{dst}"
             );
             assert_eq!(p.via, via.map(addr), "{dst}: {:?}", p.hop);
+            // Whatever the hop, the plan names the source's own identity.
+            assert_eq!(
+                p.source_identity().map(|i| i.as_str().to_owned()),
+                Some(sa("default/sa/sleep")),
+                "{dst}"
+            );
             match &p.hop {
                 Hop::DoubleHbone {
                     gateway,
