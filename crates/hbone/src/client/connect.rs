@@ -41,6 +41,43 @@ pub(super) fn build_request(
     Ok(request)
 }
 
+/// Why tunnel bytes could not be queued on a CONNECT's stream. The
+/// connection task runs beside this one: a server that refused the CONNECT
+/// at once may have had its answer read, and the stream closed, before the
+/// bytes were queued (h2 then says the stream is inactive). The answer is
+/// what the caller needs (a `401` is not a broken connection; a refused
+/// stream may be retried), so it is awaited; the stream has ended, so it
+/// comes at once. `sent_data`: tunnel bytes were queued before these.
+async fn answer_to_failed_send(
+    response: h2::client::ResponseFuture,
+    e: h2::Error,
+    sent_data: bool,
+) -> SendError {
+    if e.is_go_away() || e.is_io() {
+        return SendError::Refused(e);
+    }
+    match response.await {
+        Ok(r) if r.status() != StatusCode::OK => SendError::Status(r.status()),
+        Ok(_) => SendError::Other(e),
+        Err(e) => answer_error(e, sent_data),
+    }
+}
+
+/// A CONNECT's answer that is an error. A stream refused by GOAWAY (id
+/// above last-stream-id) or `REFUSED_STREAM` was never processed: safe to
+/// retry. So is a CONNECT whose connection died before the answer (a peer
+/// that went away, an upgrade) when no byte of the tunnel was sent: the
+/// server drops what it started. Once tunnel bytes were sent, the server
+/// may have delivered them.
+fn answer_error(e: h2::Error, sent_data: bool) -> SendError {
+    let unseen = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away();
+    if unseen || (e.is_io() && !sent_data) {
+        SendError::Refused(e)
+    } else {
+        SendError::Other(e)
+    }
+}
+
 /// What came first while the answer was awaited.
 enum Next {
     Answer(Result<http::Response<h2::RecvStream>, h2::Error>),
@@ -70,7 +107,9 @@ pub(super) async fn send_connect(
         // Queued behind the HEADERS before the connection task runs, so
         // both usually leave in one write. Beyond the stream's window h2
         // holds the rest until the peer opens it.
-        send.send_data(early.clone(), false).map_err(refused)?;
+        if let Err(e) = send.send_data(early.clone(), false) {
+            return Err(answer_to_failed_send(response, e, false).await);
+        }
     }
     let answer = loop {
         let next = std::future::poll_fn(|cx| {
@@ -90,26 +129,16 @@ pub(super) async fn send_connect(
             Next::Bytes(b) => {
                 *first = None;
                 if !b.is_empty() {
-                    send.send_data(b.clone(), false).map_err(refused)?;
+                    if let Err(e) = send.send_data(b.clone(), false) {
+                        return Err(answer_to_failed_send(response, e, !early.is_empty()).await);
+                    }
                     *got = b;
                 }
             }
         }
     };
     let sent_data = !early.is_empty() || !got.is_empty();
-    let response = answer.map_err(|e| {
-        // A stream refused by GOAWAY (id above last-stream-id) was never
-        // processed: safe to retry. So is a CONNECT whose connection died
-        // before the answer (a peer that went away, an upgrade) when no
-        // byte of the tunnel was sent: the server drops what it started.
-        // Once tunnel bytes were sent, the server may have delivered them.
-        let unseen = e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away();
-        if unseen || (e.is_io() && !sent_data) {
-            SendError::Refused(e)
-        } else {
-            SendError::Other(e)
-        }
-    })?;
+    let response = answer.map_err(|e| answer_error(e, sent_data))?;
     if response.status() != StatusCode::OK {
         return Err(SendError::Status(response.status()));
     }
