@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ambit_hbone::{
@@ -670,7 +670,10 @@ async fn keepalive_drops_a_connection_whose_peer_stops_answering() {
     stream.write_all(b"pong").await.expect("write");
     stream.read_exact(&mut buf).await.expect("still alive");
     frozen.store(true, Ordering::SeqCst);
-    let started = Instant::now();
+    // No lower bound on when: a PING sent before the freeze, whose answer
+    // the freeze held, times out less than 300 ms from here (a loaded CI
+    // machine showed it). That answered PINGs keep the connection is shown
+    // above.
     let result = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
         .await
         .expect("the dead connection is noticed in time");
@@ -678,7 +681,6 @@ async fn keepalive_drops_a_connection_whose_peer_stops_answering() {
         result.is_err(),
         "the stream fails with the connection: {result:?}"
     );
-    assert!(started.elapsed() >= Duration::from_millis(300));
     server.stop().await;
 }
 
