@@ -367,10 +367,11 @@ fn run_inpod() -> Figures {
             &[],
             None,
         );
-        let ns = NamedNs::new(&format!("abp{}-{i}", std::process::id()));
-        let up =
-            ns.1.output(std::process::Command::new("ip").args(["link", "set", "lo", "up"]))
-                .expect("ip link");
+        let ns = NsName::new(&format!("abp{}-{i}", std::process::id()));
+        let up = ns
+            .open()
+            .output(std::process::Command::new("ip").args(["link", "set", "lo", "up"]))
+            .expect("ip link");
         assert!(up.status.success());
         sandboxes.push(ns);
     }
@@ -423,7 +424,7 @@ fn run_inpod() -> Figures {
     let pod_plan = profiles::inpod(&cfg).expect("plan");
     for i in [0, n / 2, n, first, total - 1] {
         let drift = pod_plan
-            .verify(&sandboxes[i].1, Backend::Nft)
+            .verify(&sandboxes[i].open(), Backend::Nft)
             .expect("verify");
         assert!(drift.is_empty(), "pod {i}: {drift:?}");
     }

@@ -59,6 +59,34 @@ impl Drop for NamedNs {
     }
 }
 
+/// A named namespace held by its name only, deleted on drop: for benches
+/// that make thousands. An open descriptor per pod in the process that
+/// spawns the plugin would cost every spawn (each is copied into the child
+/// and closed at its exec), which a container runtime does not pay.
+pub struct NsName(pub String);
+
+impl NsName {
+    pub fn new(name: &str) -> Self {
+        drop(NetNs::create_named(name).expect("create netns"));
+        Self(name.to_owned())
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// The namespace, opened now.
+    pub fn open(&self) -> NetNs {
+        NetNs::open(self.path()).expect("open netns")
+    }
+}
+
+impl Drop for NsName {
+    fn drop(&mut self) {
+        let _ = NetNs::delete_named(&self.0);
+    }
+}
+
 /// The agent as a child process; stopped with SIGTERM on drop.
 pub struct AgentProc {
     pub child: Option<Child>,
