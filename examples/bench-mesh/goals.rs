@@ -2,7 +2,7 @@
 
 use ambit_testbed::median;
 
-use crate::Results;
+use crate::report::Results;
 
 /// One of issue 21's goals and where this run stands.
 pub(crate) struct Goal {
