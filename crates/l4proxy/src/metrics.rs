@@ -124,15 +124,11 @@ struct Inner {
     /// looked up: an open connection keeps a pointer to its set rather
     /// than its own twenty-three strings, and counts without hashing them
     /// again. Sets are never removed, as the families never remove theirs.
-    series: Mutex<SeriesTable>,
-}
-
-/// The series table: keyed by a hash of the borrowed labels, seeded per
-/// process (label values come from peers and xDS).
-#[derive(Debug, Default)]
-struct SeriesTable {
-    hasher: std::hash::RandomState,
-    table: hashbrown::HashTable<Arc<Series>>,
+    series: Mutex<hashbrown::HashTable<Arc<Series>>>,
+    /// The series table's hash, seeded per process (label values come from
+    /// peers and xDS); kept outside the lock, so that a set is hashed
+    /// before the table is locked.
+    series_hasher: std::hash::RandomState,
 }
 
 /// One TCP label set and its counters in the families, each looked up the
@@ -263,6 +259,7 @@ impl Metrics {
         Self {
             inner: Arc::new(Inner {
                 series: Mutex::default(),
+                series_hasher: std::hash::RandomState::new(),
                 registry: r,
                 opened,
                 closed,
@@ -287,11 +284,11 @@ impl Metrics {
                 sent: OnceLock::new(),
             })
         };
-        let Ok(mut t) = self.inner.series.lock() else {
+        let hasher = &self.inner.series_hasher;
+        let hash = hasher.hash_one(l);
+        let Ok(mut table) = self.inner.series.lock() else {
             return make(l);
         };
-        let SeriesTable { hasher, table } = &mut *t;
-        let hash = hasher.hash_one(l);
         if let Some(s) = table.find(hash, |s| s.labels.as_ref() == l) {
             return s.clone();
         }
