@@ -7,6 +7,7 @@
 //! each bounds the length it accepts before looking further.
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
@@ -241,21 +242,21 @@ impl fmt::Display for Authority {
         match self {
             // SocketAddr's Display brackets IPv6 (and keeps a scope id,
             // which `parse` then refuses; HBONE targets have none).
-            Self::Addr(addr) => write!(f, "{}:{}", addr.ip_bracketed(), addr.port()),
+            Self::Addr(addr) => write!(f, "{}:{}", Bracketed(addr.ip()), addr.port()),
             Self::Host { host, port } => write!(f, "{host}:{port}"),
         }
     }
 }
 
-trait IpBracketed {
-    fn ip_bracketed(&self) -> String;
-}
+/// An address as it stands before `:port`: IPv6 in brackets. Written
+/// straight into the formatter (CONNECTs format one each).
+struct Bracketed(IpAddr);
 
-impl IpBracketed for SocketAddr {
-    fn ip_bracketed(&self) -> String {
-        match self.ip() {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("[{ip}]"),
+impl fmt::Display for Bracketed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => fmt::Display::fmt(&ip, f),
+            IpAddr::V6(ip) => write!(f, "[{ip}]"),
         }
     }
 }
@@ -363,7 +364,7 @@ impl Forwarded {
 impl fmt::Display for Forwarded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.for_addr {
-            Some(addr) => write!(f, "for=\"{}:{}\"", addr.ip_bracketed(), addr.port()),
+            Some(addr) => write!(f, "for=\"{}:{}\"", Bracketed(addr.ip()), addr.port()),
             None => f.write_str("for=unknown"),
         }
     }
@@ -387,12 +388,16 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// A token, or a quoted-string with its escapes removed.
-fn unquote(value: &str) -> Option<String> {
+/// A token, or a quoted-string with its escapes removed (borrowed unless
+/// it has escapes: every inbound HBONE CONNECT may carry one).
+fn unquote(value: &str) -> Option<Cow<'_, str>> {
     let Some(inner) = value.strip_prefix('"') else {
-        return (!value.is_empty() && value.bytes().all(is_tchar)).then(|| value.to_owned());
+        return (!value.is_empty() && value.bytes().all(is_tchar)).then_some(Cow::Borrowed(value));
     };
     let inner = inner.strip_suffix('"')?;
+    if !inner.contains(['\\', '"']) {
+        return Some(Cow::Borrowed(inner));
+    }
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -402,7 +407,7 @@ fn unquote(value: &str) -> Option<String> {
             c => out.push(c),
         }
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 /// Splits on `sep` outside double quotes (a `\` escapes inside quotes).
@@ -828,6 +833,25 @@ mod tests {
             "=x",
         ] {
             assert!(Forwarded::parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A value without escapes is borrowed; escapes are removed into an
+    /// owned copy; a stray quote or a trailing escape is refused.
+    #[test]
+    fn unquote_borrows_unless_it_must_unescape() {
+        let borrowed = |v: &str, want: &str| {
+            assert!(
+                matches!(unquote(v), Some(Cow::Borrowed(got)) if got == want),
+                "{v:?}"
+            );
+        };
+        borrowed("10.0.0.1", "10.0.0.1");
+        borrowed("\"[fd00::1]:443\"", "[fd00::1]:443");
+        borrowed("\"\"", "");
+        assert!(matches!(unquote("\"a\\\"b\\\\c\""), Some(Cow::Owned(s)) if s == "a\"b\\c"));
+        for bad in ["", "a b", "\"a\"b\"", "\"a\\\"", "\"open", "a\"b"] {
+            assert_eq!(unquote(bad), None, "{bad:?}");
         }
     }
 

@@ -24,6 +24,10 @@ pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 /// The longest namespace or service-account segment accepted, in bytes
 /// (a Kubernetes DNS subdomain name).
 pub const MAX_SEGMENT_LEN: usize = 253;
+/// The longest id that can be valid: the prefix, the longest trust domain,
+/// and two longest segments with their `/ns/` and `/sa/`.
+const LONGEST_VALID_ID: usize =
+    SPIFFE_PREFIX.len() + MAX_TRUST_DOMAIN_LEN + 2 * ("/ns/".len() + MAX_SEGMENT_LEN);
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
@@ -97,7 +101,31 @@ impl Identity {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, IdentityError> {
-        format!("{SPIFFE_PREFIX}{trust_domain}/ns/{namespace}/sa/{service_account}").parse()
+        // Proxies build peers' identities per connection, so the text is
+        // assembled on the stack and the identity's one allocation is its
+        // own. Anything longer than the longest valid id takes the plain
+        // path, which yields the same error as parsing it would.
+        let parts = [
+            SPIFFE_PREFIX,
+            trust_domain,
+            "/ns/",
+            namespace,
+            "/sa/",
+            service_account,
+        ];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > LONGEST_VALID_ID {
+            return parts.concat().parse();
+        }
+        let mut buf = [0u8; LONGEST_VALID_ID];
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p.as_bytes());
+            at += p.len();
+        }
+        std::str::from_utf8(&buf[..at])
+            .map_err(|_| IdentityError::NotUtf8)?
+            .parse()
     }
 
     /// Parses an identity from arbitrary bytes (for example a certificate
@@ -297,6 +325,41 @@ mod tests {
         let seg = "b".repeat(MAX_SEGMENT_LEN);
         let id = Identity::new(&long_td, &seg, &seg).expect("limits are inclusive");
         assert_eq!(id.service_account(), seg);
+    }
+
+    /// `new` assembles its text on the stack up to the longest valid id and
+    /// formats anything longer: both give what parsing the text gives.
+    #[test]
+    fn new_is_parsing_the_joined_parts() {
+        let td = "a".repeat(MAX_TRUST_DOMAIN_LEN);
+        let seg = "b".repeat(MAX_SEGMENT_LEN);
+        let over = "c".repeat(MAX_SEGMENT_LEN + 1);
+        let huge = "d".repeat(MAX_ID_LEN);
+        for (t, n, a) in [
+            ("cluster.local", "default", "sleep"),
+            (td.as_str(), seg.as_str(), seg.as_str()),
+            (td.as_str(), seg.as_str(), over.as_str()),
+            ("td", huge.as_str(), "sa"),
+            ("td", "a/b", "sa"),
+            ("td", "", "sa"),
+            ("TD", "ns", "sa"),
+            ("td", "ns", "s\u{e9}"),
+        ] {
+            let joined = format!("{SPIFFE_PREFIX}{t}/ns/{n}/sa/{a}");
+            assert_eq!(
+                Identity::new(t, n, a),
+                joined.parse::<Identity>(),
+                "{:.40}",
+                joined
+            );
+        }
+        assert_eq!(
+            LONGEST_VALID_ID,
+            Identity::new(&td, &seg, &seg)
+                .expect("valid")
+                .as_str()
+                .len()
+        );
     }
 
     /// A table of hostile inputs, each with the error kind it must produce.

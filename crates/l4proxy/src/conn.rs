@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ambit_identity::Identity;
 use ambit_mesh::Workload;
 
 use crate::metrics::{AccessLog, LabelsRef, Metrics, Series};
@@ -33,7 +34,7 @@ impl Reporter {
 pub(crate) struct Peers<'a> {
     pub(crate) reporter: Reporter,
     pub(crate) source: Option<&'a Workload>,
-    pub(crate) source_principal: Option<&'a str>,
+    pub(crate) source_principal: Option<&'a Identity>,
     pub(crate) destination: Option<&'a Workload>,
     pub(crate) service: Option<&'a ambit_mesh::Service>,
     pub(crate) mtls: bool,
@@ -72,7 +73,7 @@ impl<'a> Peers<'a> {
             source_canonical_service: canonical(src),
             source_canonical_revision: revision(src),
             source_workload_namespace: namespace(src),
-            source_principal: self.source_principal.unwrap_or(UNKNOWN),
+            source_principal: self.source_principal.map_or(UNKNOWN, Identity::as_str),
             source_app: canonical(src),
             source_version: revision(src),
             source_cluster: cluster(src),
@@ -107,7 +108,7 @@ pub(crate) struct ConnRecord {
     dst: SocketAddr,
     via: Option<SocketAddr>,
     hbone_target: Option<SocketAddr>,
-    src_identity: Option<String>,
+    src_identity: Option<Identity>,
     started: Instant,
 }
 
@@ -135,7 +136,7 @@ impl ConnRecord {
 
     /// Sets the metric labels (and the identities the log shows).
     pub(crate) fn with_peers(mut self, peers: &Peers<'_>) -> Self {
-        self.src_identity = peers.source_principal.map(str::to_owned);
+        self.src_identity = peers.source_principal.cloned();
         let dst_principal = peers.destination.and_then(Workload::identity);
         let dst_principal = dst_principal.as_ref().map(|i| i.as_str());
         self.series = Some(self.metrics.series(peers.labels(dst_principal)));
@@ -143,8 +144,8 @@ impl ConnRecord {
     }
 
     /// Sets the source identity the log shows, without metric labels.
-    pub(crate) fn with_source_identity(mut self, id: Option<&str>) -> Self {
-        self.src_identity = id.map(str::to_owned);
+    pub(crate) fn with_source_identity(mut self, id: Option<&Identity>) -> Self {
+        self.src_identity = id.cloned();
         self
     }
 
@@ -217,7 +218,7 @@ impl ConnRecord {
             src: Some(self.src),
             src_workload: l.and_then(|l| known(&l.source_workload)),
             src_namespace: l.and_then(|l| known(&l.source_workload_namespace)),
-            src_identity: self.src_identity.as_deref(),
+            src_identity: self.src_identity.as_ref().map(Identity::as_str),
             dst: Some(self.via.unwrap_or(self.dst)),
             dst_hbone: self.via.map(|_| self.hbone_target.unwrap_or(self.dst)),
             dst_service: l.and_then(|l| known(&l.destination_service)),

@@ -126,7 +126,7 @@ impl Handler for InboundHandler {
             let Some(target) = req.authority.socket_addr() else {
                 return Decision::reject(Rejection::BadRequest);
             };
-            let peer_id = req.peer_identity.as_str().to_owned();
+            let peer_id = req.peer_identity.clone();
             let (plan, src, src_wl, dst_wl) = {
                 let Ok(st) = inner.state.read() else {
                     return Decision::reject(Rejection::Unavailable);
@@ -155,7 +155,7 @@ impl Handler for InboundHandler {
             let peers = |destination| Peers {
                 reporter: Reporter::Destination,
                 source: src_wl.as_deref(),
-                source_principal: Some(peer_id.as_str()),
+                source_principal: Some(&peer_id),
                 destination,
                 service: None,
                 mtls: true,

@@ -128,7 +128,7 @@ impl Proxy {
         let peers = Peers {
             reporter: Reporter::Source,
             source: plan.source.as_deref(),
-            source_principal: src_id.as_ref().map(|i| i.as_str()),
+            source_principal: src_id.as_deref(),
             destination: plan.workload.as_deref(),
             service: plan.service.as_deref(),
             mtls: plan.mtls,

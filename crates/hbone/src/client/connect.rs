@@ -1,13 +1,14 @@
 //! Sending one CONNECT on a pooled connection: the request, early data,
 //! bytes that come while the answer is awaited, and the answer.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, StatusCode, Uri};
 
 use crate::{Authority, ClientError, ConnectHeaders};
 
@@ -27,9 +28,18 @@ pub(super) fn build_request(
     headers: &ConnectHeaders,
     extra: &http::HeaderMap,
 ) -> Result<Request<()>, ClientError> {
+    // Room for any `[v6]:port` or a usual host name, so the text is not
+    // grown piece by piece as it is written; trimmed to a boxed slice, the
+    // URI takes it as is (a `String` with spare room would cost the URI's
+    // bytes another allocation).
+    let mut text = String::with_capacity(64);
+    // Writing into a String cannot fail.
+    let _ = write!(text, "{authority}");
+    let uri = Uri::from_maybe_shared(Bytes::from(text.into_boxed_str().into_boxed_bytes()))
+        .map_err(|e| ClientError::Request(e.into()))?;
     let mut request = Request::builder()
         .method(Method::CONNECT)
-        .uri(authority.to_string())
+        .uri(uri)
         .version(http::Version::HTTP_2)
         .body(())
         .map_err(ClientError::Request)?;
