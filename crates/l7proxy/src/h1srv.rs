@@ -34,7 +34,7 @@ use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Body;
-use crate::h1::{has_token, parse_decimal, shared_headers, span};
+use crate::h1::{Spans, has_token, parse_decimal, shared_headers, span};
 use crate::sniff::H2_PREFACE;
 
 /// The largest request head the loop parses (larger ones go to hyper).
@@ -205,7 +205,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Downstream<IO> {
             match length {
                 Some(n) => {
                     out.extend_from_slice(b"content-length: ");
-                    out.extend_from_slice(n.to_string().as_bytes());
+                    // Writing into a Vec cannot fail.
+                    let _ = io::Write::write_fmt(out, format_args!("{n}"));
                     out.extend_from_slice(b"\r\n");
                 }
                 None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -316,7 +317,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     }
     let mut close = false;
     let mut length = None;
-    let mut spans = Vec::with_capacity(req.headers.len());
+    let mut spans = Spans::new();
     for f in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
             return Parsed::Other;

@@ -25,8 +25,9 @@
 //!   it (not `connection: close`; HTTP/1.0 only with `keep-alive`; never
 //!   after `transfer-encoding` together with `content-length`).
 
+use std::cell::Cell;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -143,7 +144,8 @@ pub(crate) struct Encoded {
 /// expects content, as a user agent should, RFC 9110 §8.6).
 pub(crate) fn encode(head: &http::request::Parts, body: Bytes) -> Encoded {
     let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut wire = Vec::with_capacity(
+    let mut wire = spare_wire();
+    wire.reserve(
         256 + if body.len() <= COALESCE {
             body.len()
         } else {
@@ -166,7 +168,8 @@ pub(crate) fn encode(head: &http::request::Parts, body: Bytes) -> Encoded {
     let expects = matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || expects {
         wire.extend_from_slice(b"content-length: ");
-        wire.extend_from_slice(body.len().to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(wire, "{}", body.len());
         wire.extend_from_slice(b"\r\n");
     }
     wire.extend_from_slice(b"\r\n");
@@ -180,6 +183,33 @@ pub(crate) fn encode(head: &http::request::Parts, body: Bytes) -> Encoded {
         wire,
         body,
         method: head.method.clone(),
+    }
+}
+
+/// The largest request buffer kept for reuse.
+const MAX_SPARE_WIRE: usize = 16 * 1024;
+
+thread_local! {
+    /// Each thread's spare request buffer: [`encode`] takes it and an
+    /// [`Encoded`] gives it back when dropped, so a worker encodes its
+    /// requests into one allocation.
+    static SPARE_WIRE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// This thread's spare request buffer, empty (a new one when it has none).
+fn spare_wire() -> Vec<u8> {
+    let mut wire = SPARE_WIRE.try_with(Cell::take).unwrap_or_default();
+    wire.clear();
+    wire
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        let wire = std::mem::take(&mut self.wire);
+        if wire.capacity() <= MAX_SPARE_WIRE {
+            // Gone only while the thread itself is ending.
+            let _ = SPARE_WIRE.try_with(|spare| spare.set(wire));
+        }
     }
 }
 
@@ -316,7 +346,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, Sen
             continue;
         }
         // Field positions, so the values can share the head's bytes.
-        let mut spans = Vec::with_capacity(resp.headers.len());
+        let mut spans = Spans::new();
         for f in resp.headers.iter() {
             let name = HeaderName::from_bytes(f.name.as_bytes())
                 .map_err(|_| SendError::Protocol("invalid header name"))?;
@@ -353,15 +383,16 @@ pub(crate) fn span(buf: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     at..at + part.len()
 }
 
+/// A parsed head's fields: their names and where their values sit in the
+/// head (on the stack for a usual head).
+pub(crate) type Spans = smallvec::SmallVec<[(HeaderName, std::ops::Range<usize>); 16]>;
+
 /// Fields a parsed head's map has room for beyond its own.
 const HEADROOM: usize = 4;
 
 /// The fields whose values sit at `spans` of `head`, as a header map
 /// sharing `head`'s bytes; `None` when a value is not a header value.
-pub(crate) fn shared_headers(
-    head: &Bytes,
-    spans: Vec<(HeaderName, std::ops::Range<usize>)>,
-) -> Option<HeaderMap> {
+pub(crate) fn shared_headers(head: &Bytes, spans: Spans) -> Option<HeaderMap> {
     // Room for the fields the engine adds (`forwarded`, `host`, a route's
     // header operations) without growing the map, which would rehash it.
     let mut headers = HeaderMap::with_capacity(spans.len() + HEADROOM);
@@ -653,6 +684,41 @@ mod tests {
         let e = encode(&put, big.clone());
         assert_eq!(e.body, big, "a large body is written on its own");
         assert!(String::from_utf8_lossy(&e.wire).ends_with("content-length: 16385\r\n\r\n"));
+    }
+
+    /// A thread encodes into the buffer its last request gave back, which
+    /// holds nothing of that request; an oversized buffer is not kept.
+    #[test]
+    fn encoding_reuses_the_threads_buffer() {
+        let (get, ()) = http::Request::builder()
+            .uri("/long/path/of/the/first/request")
+            .header("x-first", "1")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let (put, ()) = http::Request::builder()
+            .method("PUT")
+            .uri("/b")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let first = encode(&get, Bytes::new());
+        let at = first.wire.as_ptr();
+        drop(first);
+        let second = encode(&put, Bytes::from_static(b"hi"));
+        assert_eq!(second.wire.as_ptr(), at, "the spare buffer is reused");
+        assert_eq!(
+            String::from_utf8_lossy(&second.wire),
+            "PUT /b HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi"
+        );
+        drop(second);
+        let huge = encode(&put, Bytes::from(vec![b'y'; COALESCE]));
+        assert!(huge.wire.capacity() > MAX_SPARE_WIRE);
+        drop(huge);
+        assert!(
+            SPARE_WIRE.with(Cell::take).capacity() <= MAX_SPARE_WIRE,
+            "an oversized buffer is dropped, not kept"
+        );
     }
 
     #[test]
