@@ -19,6 +19,23 @@ use crate::balance::Client;
 use crate::local::Config;
 use crate::model::{NetworkMode, Policy, Service, Workload};
 
+/// Uids (or service keys) by network and address. Looked up by
+/// [`NetIp`], so a lookup on a named network copies nothing (proxies look
+/// addresses up several times per connection).
+type AddrIndex = hashbrown::HashMap<(String, IpAddr), String, std::hash::RandomState>;
+
+/// A network and an address, borrowed: the key of an [`AddrIndex`] lookup.
+/// Hashes as the `(String, IpAddr)` it stands for (a string hashes as its
+/// `str`, a tuple as its fields in order, as the derive does).
+#[derive(Hash)]
+struct NetIp<'a>(&'a str, IpAddr);
+
+impl hashbrown::Equivalent<(String, IpAddr)> for NetIp<'_> {
+    fn equivalent(&self, key: &(String, IpAddr)) -> bool {
+        self.1 == key.1 && self.0 == key.0
+    }
+}
+
 /// The addresses a workload is found by: none for a host-network workload,
 /// whose addresses are its node's (as in ztunnel).
 fn indexed_addresses(w: &Workload) -> &[IpAddr] {
@@ -32,11 +49,11 @@ fn indexed_addresses(w: &Workload) -> &[IpAddr] {
 #[derive(Debug, Default)]
 pub struct MeshState {
     pub(crate) workloads: HashMap<String, Arc<Workload>>,
-    by_addr: HashMap<(String, IpAddr), String>,
+    by_addr: AddrIndex,
     /// Workload uids by lowercased hostname (workloads with one).
     pub(crate) by_hostname: HashMap<String, Vec<String>>,
     services: HashMap<String, Arc<Service>>,
-    by_vip: HashMap<(String, IpAddr), String>,
+    by_vip: AddrIndex,
     /// Services by lowercased hostname: several namespaces may define one.
     pub(crate) by_host: HashMap<String, Vec<Arc<Service>>>,
     /// How many `by_host` keys are wildcards (`*.example.com`).
@@ -125,7 +142,7 @@ impl MeshState {
             return false;
         };
         for a in indexed_addresses(&old) {
-            let key = (old.network.clone(), *a);
+            let key = NetIp(&old.network, *a);
             if self.by_addr.get(&key).is_some_and(|u| u == uid) {
                 self.by_addr.remove(&key);
             }
@@ -188,7 +205,7 @@ impl MeshState {
     fn unindex_service(&mut self, key: &str) -> Option<(String, usize)> {
         let old = self.services.remove(key)?;
         for (net, ip) in &old.vips {
-            let k = (net.clone(), *ip);
+            let k = NetIp(net, *ip);
             if self.by_vip.get(&k).is_some_and(|s| s == key) {
                 self.by_vip.remove(&k);
             }
@@ -239,7 +256,7 @@ impl MeshState {
     /// The workload with address `ip` on `network`.
     pub fn workload_by_ip(&self, network: &str, ip: IpAddr) -> Option<Arc<Workload>> {
         self.by_addr
-            .get(&(network.to_owned(), ip))
+            .get(&NetIp(network, ip))
             .and_then(|u| self.workload(u))
     }
 
@@ -251,7 +268,7 @@ impl MeshState {
     /// The service with VIP `ip` on `network`.
     pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
         self.by_vip
-            .get(&(network.to_owned(), ip))
+            .get(&NetIp(network, ip))
             .and_then(|k| self.service(k))
     }
 
@@ -361,6 +378,42 @@ mod tests {
             }],
             ..Service::default()
         }
+    }
+
+    /// One address on several networks: each network's lookup finds its
+    /// own workload or VIP, and removing one leaves the others.
+    #[test]
+    fn addresses_are_per_network() {
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let on = |uid: &str, net: &str| Workload {
+            network: net.into(),
+            ..wl(uid, "10.0.0.1", None)
+        };
+        let mut s = MeshState::new();
+        s.insert_workload(on("plain", ""));
+        s.insert_workload(on("east", "network-east"));
+        let uid = |s: &MeshState, net: &str| s.workload_by_ip(net, ip).map(|w| w.uid.clone());
+        assert_eq!(uid(&s, "").as_deref(), Some("plain"));
+        assert_eq!(uid(&s, "network-east").as_deref(), Some("east"));
+        assert_eq!(uid(&s, "network-west"), None);
+        assert!(s.remove_workload("east"));
+        assert_eq!(uid(&s, "network-east"), None);
+        assert_eq!(uid(&s, "").as_deref(), Some("plain"));
+
+        let west = Service {
+            namespace: "west".into(),
+            vips: vec![("network-west".into(), "10.96.0.10".parse().expect("ip"))],
+            ..svc()
+        };
+        s.insert_service(svc());
+        s.insert_service(west);
+        let vip = "10.96.0.10".parse().expect("ip");
+        let ns = |s: &MeshState, net: &str| s.service_by_vip(net, vip).map(|v| v.namespace.clone());
+        assert_eq!(ns(&s, "").as_deref(), Some("default"));
+        assert_eq!(ns(&s, "network-west").as_deref(), Some("west"));
+        assert!(s.remove_service("west/pp.default.svc"));
+        assert_eq!(ns(&s, "network-west"), None);
+        assert_eq!(ns(&s, "").as_deref(), Some("default"));
     }
 
     #[test]
