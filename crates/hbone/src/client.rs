@@ -497,8 +497,13 @@ impl Client {
     ) -> Result<(HboneStream, Bytes), ClientError> {
         let key = request.key();
         let address = request.address;
-        let http_request =
-            build_request(&request.authority, &request.headers, &request.extra_headers)?;
+        // Built here, so a bad request fails before a connection is taken;
+        // the first attempt sends it, and a retry (rare) builds another.
+        let mut http_request = Some(build_request(
+            &request.authority,
+            &request.headers,
+            &request.extra_headers,
+        )?);
         let deadline = Instant::now() + self.pool.config.connect_timeout;
         let timed_out = |_| ClientError::ConnectTimeout { address };
         // With double HBONE the early bytes belong to the inner tunnel.
@@ -520,13 +525,13 @@ impl Client {
                 true => base.clone(),
                 false => Bytes::from([base.as_ref(), got.as_ref()].concat()),
             };
-            let sent = send_connect(
-                conn.send.clone(),
-                http_request.clone(),
-                &early,
-                first,
-                &mut got,
-            );
+            let http_request = match http_request.take() {
+                Some(built) => built,
+                None => {
+                    build_request(&request.authority, &request.headers, &request.extra_headers)?
+                }
+            };
+            let sent = send_connect(conn.send.clone(), http_request, &early, first, &mut got);
             match tokio::time::timeout_at(deadline, sent)
                 .await
                 .map_err(timed_out)?

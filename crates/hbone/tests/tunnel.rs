@@ -500,6 +500,65 @@ async fn idle_connections_are_evicted() {
     server.stop().await;
 }
 
+/// A CONNECT the first connection refuses with `REFUSED_STREAM` (the
+/// server never saw it) is sent again on a new connection: the same
+/// CONNECT, built anew, reaches the server there and the tunnel works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_on_a_new_connection() {
+    init_tracing();
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let echo = Echo::default();
+    let server = Server::new(
+        pki.server_tls().await,
+        ServerConfig::default(),
+        echo.clone(),
+    );
+    let tls = tokio_rustls::TlsAcceptor::from(pki.server_tls().await);
+    let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<(http::Method, String)>();
+    // First connection: plain HTTP/2 over the mesh TLS, refusing every
+    // stream. Later ones: the HBONE server.
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept 1");
+        tokio::spawn(async move {
+            let tls = tls.accept(tcp).await.expect("tls");
+            let mut conn = h2::server::handshake(tls).await.expect("h2");
+            let mut refused_tx = Some(refused_tx);
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                if let Some(tx) = refused_tx.take() {
+                    let _ = tx.send((req.method().clone(), req.uri().to_string()));
+                }
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+        });
+        loop {
+            let (tcp, peer) = listener.accept().await.expect("accept");
+            let s = server.clone();
+            tokio::spawn(async move {
+                s.serve_connection(tcp, addr, peer, std::future::pending())
+                    .await;
+            });
+        }
+    });
+    let client = pki.client();
+    let stream = client
+        .connect(request(addr, "127.0.0.1:80"))
+        .await
+        .expect("connect, retried on a second connection");
+    assert_eq!(echo_round_trip(stream, b"again").await, b"again");
+    assert_eq!(client.connections_opened(), 2);
+    let (method, uri) = refused_rx
+        .await
+        .expect("the first connection saw a CONNECT");
+    assert_eq!(method, http::Method::CONNECT);
+    assert_eq!(uri, "127.0.0.1:80");
+    let seen = echo.seen();
+    assert_eq!(seen.len(), 1, "only the retry reached the HBONE server");
+    assert_eq!(seen[0].authority.to_string(), uri);
+    accept.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_lets_open_streams_finish_and_new_streams_use_a_new_connection() {
     init_tracing();
