@@ -532,14 +532,7 @@ async fn a_refused_stream_is_sent_again_on_a_new_connection() {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
             }
         });
-        loop {
-            let (tcp, peer) = listener.accept().await.expect("accept");
-            let s = server.clone();
-            tokio::spawn(async move {
-                s.serve_connection(tcp, addr, peer, std::future::pending())
-                    .await;
-            });
-        }
+        server.run(listener, std::future::pending()).await;
     });
     let client = pki.client();
     let stream = client
@@ -583,14 +576,7 @@ async fn goaway_lets_open_streams_finish_and_new_streams_use_a_new_connection() 
                 })
                 .await;
             });
-            loop {
-                let (tcp, peer) = listener.accept().await.expect("accept");
-                let s = server.clone();
-                tokio::spawn(async move {
-                    s.serve_connection(tcp, addr, peer, std::future::pending())
-                        .await;
-                });
-            }
+            server.run(listener, std::future::pending()).await;
         })
     };
     let client = pki.client();
