@@ -481,13 +481,7 @@ fn run_loopback(args: &Args, bin: &Path) -> anyhow::Result<Results> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null());
-    // Runtime knobs (ZTUNNEL_WORKER_THREADS, TOKIO_*, ...) pass through for
-    // experiments.
-    for (k, v) in
-        std::env::vars().filter(|(k, _)| k.starts_with("TOKIO_") || k == "ZTUNNEL_WORKER_THREADS")
-    {
-        cmd.env(k, v);
-    }
+    cmd.envs(ambit_testbed::runtime_env());
     let mut zt = Child(ns.spawn_command(&mut cmd)?);
     let pid = zt.0.id();
     let _servers = ns.spawn_async(|| async {

@@ -497,13 +497,10 @@ impl Client {
     ) -> Result<(HboneStream, Bytes), ClientError> {
         let key = request.key();
         let address = request.address;
+        let build = || build_request(&request.authority, &request.headers, &request.extra_headers);
         // Built here, so a bad request fails before a connection is taken;
         // the first attempt sends it, and a retry (rare) builds another.
-        let mut http_request = Some(build_request(
-            &request.authority,
-            &request.headers,
-            &request.extra_headers,
-        )?);
+        let mut http_request = Some(build()?);
         let deadline = Instant::now() + self.pool.config.connect_timeout;
         let timed_out = |_| ClientError::ConnectTimeout { address };
         // With double HBONE the early bytes belong to the inner tunnel.
@@ -527,9 +524,7 @@ impl Client {
             };
             let http_request = match http_request.take() {
                 Some(built) => built,
-                None => {
-                    build_request(&request.authority, &request.headers, &request.extra_headers)?
-                }
+                None => build()?,
             };
             let sent = send_connect(conn.send.clone(), http_request, &early, first, &mut got);
             match tokio::time::timeout_at(deadline, sent)

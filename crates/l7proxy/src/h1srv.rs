@@ -22,7 +22,7 @@
 //! decisions that request smuggling plays on are all hyper's.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::time::SystemTime;
 
@@ -206,7 +206,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Downstream<IO> {
                 Some(n) => {
                     out.extend_from_slice(b"content-length: ");
                     // Writing into a Vec cannot fail.
-                    let _ = io::Write::write_fmt(out, format_args!("{n}"));
+                    let _ = write!(out, "{n}");
                     out.extend_from_slice(b"\r\n");
                 }
                 None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

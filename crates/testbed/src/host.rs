@@ -77,6 +77,14 @@ impl HostSnapshot {
     }
 }
 
+/// The settings of this process's environment that every proxy a
+/// benchmark or test mesh starts is given (their environment is otherwise
+/// cleared): `ZTUNNEL_WORKER_THREADS` and `TOKIO_*`, for runtime
+/// experiments.
+pub fn runtime_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars().filter(|(k, _)| k.starts_with("TOKIO_") || k == "ZTUNNEL_WORKER_THREADS")
+}
+
 /// The `ztunnel` binary an example runs: `given`, else `$AMBIT_ZTUNNEL`,
 /// else the one built beside the example (`target/<profile>/ztunnel` for
 /// `target/<profile>/examples/<name>`); an error names the build command

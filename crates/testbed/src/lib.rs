@@ -31,6 +31,6 @@ pub use self::config::{
     REVIEWS_VIP, VIP, WAYPOINT_VIP, dual_stack, ipv6_twin, kube_mesh,
 };
 pub use self::control_plane::{ControlPlane, PORT as CONTROL_PLANE_PORT, publish};
-pub use self::host::{HostSnapshot, preflight, rss_kib, ztunnel_binary};
+pub use self::host::{HostSnapshot, preflight, rss_kib, runtime_env, ztunnel_binary};
 pub use self::mesh::{Binaries, LocalMesh, Mode, Options};
 pub use self::report::{Figures, median, percentile, table};

@@ -248,13 +248,7 @@ impl LocalMesh {
             .env("RUST_LOG", "info")
             .env("SECRET_TTL", self.opts.secret_ttl.to_string())
             .stdin(Stdio::null());
-        // Runtime knobs pass through for experiments, as bench-mesh's
-        // loopback ztunnel takes them.
-        for (k, v) in std::env::vars()
-            .filter(|(k, _)| k.starts_with("TOKIO_") || k == "ZTUNNEL_WORKER_THREADS")
-        {
-            cmd.env(k, v);
-        }
+        cmd.envs(crate::runtime_env());
         Ok(cmd)
     }
 
