@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
+use tracing_subscriber::filter::Targets;
 
 /// Log line format (Istio's `LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -35,12 +36,11 @@ pub struct LogArgs {
 /// is its answer), else stdout.
 pub fn init_tracing(format: LogFormat, stderr: bool) {
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, reload};
-    let spec = std::env::var("RUST_LOG")
+    use tracing_subscriber::{Layer, filter::Targets, fmt, layer::SubscriberExt, reload};
+    let (spec, filter) = std::env::var("RUST_LOG")
         .ok()
-        .filter(|s| EnvFilter::try_new(s).is_ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+        .and_then(|s| s.parse::<Targets>().ok().map(|f| (s, f)))
+        .unwrap_or_else(|| ("info".to_owned(), info()));
     let (filter, handle) = reload::Layer::new(filter);
     let output = match (format, stderr) {
         (LogFormat::Json, true) => fmt::layer()
@@ -66,11 +66,13 @@ pub fn init_tracing(format: LogFormat, stderr: bool) {
     }
 }
 
+/// The filter when `RUST_LOG` is unset or not a filter: `info` for all.
+fn info() -> Targets {
+    Targets::new().with_default(tracing::Level::INFO)
+}
+
 struct LogFilter {
-    handle: tracing_subscriber::reload::Handle<
-        tracing_subscriber::EnvFilter,
-        tracing_subscriber::Registry,
-    >,
+    handle: tracing_subscriber::reload::Handle<Targets, tracing_subscriber::Registry>,
     initial: String,
     current: std::sync::Mutex<String>,
 }
@@ -142,7 +144,7 @@ pub fn logging(method: &str, query: &str) -> (u16, String) {
             Err(e) => return (400, format!("{e}\n{LOGGING_HELP}")),
         }
     }
-    match tracing_subscriber::EnvFilter::try_new(&next) {
+    match next.parse::<Targets>() {
         Ok(f) => {
             if filter.handle.reload(f).is_err() {
                 return (500, "the log filter is gone\n".into());
@@ -156,7 +158,7 @@ pub fn logging(method: &str, query: &str) -> (u16, String) {
 }
 
 /// Istio's `level` value → (a global level, module directives in
-/// `EnvFilter` syntax).
+/// `Targets` syntax: `module=level`).
 fn directives(spec: &str) -> Result<(Option<String>, Vec<String>), String> {
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     let mut global = None;
@@ -194,6 +196,24 @@ mod tests {
         assert!(directives("x:loud").is_err());
         assert!(directives("").is_err());
         assert_eq!(logging("GET", "").0, 405);
+    }
+
+    #[test]
+    fn filters_are_module_levels() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+        let f: Targets = "warn,ambit_l4proxy::inbound=trace".parse().expect("filter");
+        assert!(f.would_enable("ambit_l4proxy::inbound", &Level::TRACE));
+        assert!(!f.would_enable("ambit_l4proxy::outbound", &Level::INFO));
+        assert!(f.would_enable("h2", &Level::WARN));
+        assert_eq!(info().default_level(), Some(LevelFilter::INFO));
+        // A span or field filter is not a module level: `RUST_LOG` so
+        // spelled falls back to `info`, as an invalid one always did.
+        assert!("[conn{peer=1}]=debug".parse::<Targets>().is_err());
+        // A bare word is a module at every level, as `EnvFilter` read it.
+        let f: Targets = "loud".parse().expect("filter");
+        assert!(f.would_enable("loud", &Level::TRACE));
+        assert!(!f.would_enable("h2", &Level::ERROR));
     }
 }
 
