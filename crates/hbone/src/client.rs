@@ -32,10 +32,12 @@ use std::{
     collections::HashMap,
     fmt, io,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -46,7 +48,7 @@ use bytes::Bytes;
 use h2::{Ping, client::SendRequest};
 use http::StatusCode;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
@@ -569,7 +571,7 @@ impl Client {
             })?;
         let setup = async {
             let (send_request, driver) =
-                handshake(&self.pool.h2, tls, outer, address, None).await?;
+                handshake(&self.pool.h2, tls, Transport::Hbone(outer), address, None).await?;
             tokio::spawn(driver);
             send_connect(
                 send_request,
@@ -655,7 +657,14 @@ impl Pool {
             }
             .map_err(|source| ClientError::Connect { address, source })?;
             tune_tcp(&tcp, self.config.tcp_keepalive);
-            handshake(&self.h2, tls, tcp, address, Some(&self.config)).await
+            handshake(
+                &self.h2,
+                tls,
+                Transport::Tcp(tcp),
+                address,
+                Some(&self.config),
+            )
+            .await
         };
         let (send, driver) = tokio::time::timeout_at(deadline, setup)
             .await
@@ -685,16 +694,13 @@ impl Pool {
 /// alert refusing our certificate), then the HTTP/2 handshake. Returns the
 /// request handle and the connection driver (with keepalive if `config`
 /// asks for it), which must be spawned.
-async fn handshake<IO>(
+async fn handshake(
     h2: &h2::client::Builder,
     tls: Arc<rustls::ClientConfig>,
-    io: IO,
+    io: Transport,
     address: SocketAddr,
     keepalive: Option<&ClientConfig>,
-) -> Result<(SendRequest<Bytes>, BoxFuture<'static, ()>), ClientError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<(SendRequest<Bytes>, BoxFuture<'static, ()>), ClientError> {
     let tls_err = |e: io::Error| ClientError::Tls {
         address,
         source: HandshakeError::from_io(e),
@@ -741,6 +747,74 @@ where
         }
     };
     Ok((send, Box::pin(driver)))
+}
+
+/// What an HBONE connection's TLS runs over: TCP, or (double HBONE) a
+/// CONNECT stream of another HBONE connection. One type for both keeps a
+/// single copy of the TLS and HTTP/2 client code in a binary instead of
+/// one per transport (about 100 KB of text each, resident in every
+/// ztunnel: PERFORMANCE.md, issue 21, fourteenth pass).
+enum Transport {
+    Tcp(TcpStream),
+    Hbone(HboneStream),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Hbone(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::Hbone(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Hbone(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// PINGs every `interval`; returns when one is not answered within
