@@ -213,6 +213,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Downstream<IO> {
             }
         }
         out.extend_from_slice(b"\r\n");
+        // The head is in `out`: its map serves the next one.
+        crate::h1::recycle(headers);
         if bodiless {
             self.io.write_all(&self.out).await?;
             self.io.flush().await?;

@@ -97,7 +97,10 @@ impl Waypoint {
     ) -> Result<Response<PooledBody>, Outcome> {
         match (version, body) {
             (Upstream::Http1, UpBody::Whole(b)) if head.method != Method::CONNECT => {
-                self.send_lean(ep, ep_key, key, client, &head, b).await
+                let sent = self.send_lean(ep, ep_key, key, client, &head, b).await;
+                // Encoded on the wire: the head's map serves the next one.
+                h1::recycle(head.headers);
+                sent
             }
             (Upstream::Http1, body) => {
                 let req = Request::from_parts(head, body.into_body());
