@@ -20,3 +20,5 @@ fn main() -> ExitCode {
         Cmd::Uninstall(a) => plugin::install_main(&a, true),
     }
 }
+
+include!("../../libm.rs");

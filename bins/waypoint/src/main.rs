@@ -14,3 +14,5 @@ fn main() -> ExitCode {
     // (`--concurrency`).
     ambit_app::run_main_threads("waypoint", Some(1), args, waypoint::setup, waypoint::run)
 }
+
+include!("../../libm.rs");
