@@ -30,7 +30,10 @@ pub struct LogArgs {
 }
 
 /// Installs the global `tracing` subscriber: `RUST_LOG` filters (default
-/// `info`), changeable at run time ([`logging`], the admin `/logging`);
+/// `info`; a level per module, `Targets` syntax, which unlike `EnvFilter`
+/// needs no regex engine in the binary: a span or field filter is not
+/// taken, and `info` applies), changeable at run time ([`logging`], the
+/// admin `/logging`);
 /// JSON lines carry the event's fields at the top level (as Istio's, e.g.
 /// `"src.addr"`); lines go to stderr when `stderr` (a CNI plugin's stdout
 /// is its answer), else stdout.
