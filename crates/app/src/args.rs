@@ -40,10 +40,16 @@ pub struct LogArgs {
 pub fn init_tracing(format: LogFormat, stderr: bool) {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{Layer, filter::Targets, fmt, layer::SubscriberExt, reload};
-    let (spec, filter) = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|s| s.parse::<Targets>().ok().map(|f| (s, f)))
-        .unwrap_or_else(|| ("info".to_owned(), info()));
+    let env = std::env::var("RUST_LOG").ok();
+    let parsed = env.as_deref().map(str::parse::<Targets>);
+    let refused = match &parsed {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    let (spec, filter) = match (env, parsed) {
+        (Some(s), Some(Ok(f))) => (s, f),
+        _ => ("info".to_owned(), info()),
+    };
     let (filter, handle) = reload::Layer::new(filter);
     let output = match (format, stderr) {
         (LogFormat::Json, true) => fmt::layer()
@@ -66,6 +72,9 @@ pub fn init_tracing(format: LogFormat, stderr: bool) {
             initial: spec.clone(),
             current: std::sync::Mutex::new(spec),
         });
+        if let Some(error) = refused {
+            tracing::warn!(%error, "RUST_LOG is not a level per module (`info,ambit_l4proxy=debug`): logging at info");
+        }
     }
 }
 
