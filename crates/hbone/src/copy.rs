@@ -38,6 +38,49 @@ pub const MAX_BUFFER: usize = 256 * 1024;
 /// Consecutive full reads after which a buffer grows.
 pub const GROW_AFTER: u32 = 4;
 
+/// The most idle read buffers a thread keeps (see [`Pipe::poll_copy`]).
+const SPARE_BUFFERS: usize = 4;
+
+thread_local! {
+    /// Each thread's idle read buffers of [`INITIAL_BUFFER`] bytes. A
+    /// direction with nothing to read gives its buffer here rather than to
+    /// the allocator, and the next read on this thread takes it back: a
+    /// copy polls both directions at every wake-up, so the idle one would
+    /// otherwise allocate and free a buffer each time.
+    static SPARE_READ_BUFFERS: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One of this thread's idle read buffers, or an empty one (a read
+/// allocates it).
+fn take_buffer() -> BytesMut {
+    SPARE_READ_BUFFERS
+        .try_with(|l| l.try_borrow_mut().ok().and_then(|mut l| l.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Gives `buf`, empty, to this thread's idle read buffers when nothing
+/// else shares its allocation (a chunk read into it and not yet written
+/// does) and the thread has room; else it is freed.
+fn give_buffer(mut buf: BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 || !buf.try_reclaim(INITIAL_BUFFER) {
+        return;
+    }
+    if buf.capacity() > INITIAL_BUFFER {
+        return;
+    }
+    // Gone only while the thread itself is ending.
+    let _ = SPARE_READ_BUFFERS.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut()
+            && l.len() < SPARE_BUFFERS
+        {
+            l.push(buf);
+        }
+    });
+}
+
 /// A stream that can be torn down abortively, so that the peer sees a
 /// reset rather than a clean end: a TCP RST, an HTTP/2 RST_STREAM.
 pub trait Abort {
@@ -353,6 +396,12 @@ impl Pipe {
         loop {
             if self.held.is_empty() && !self.read_eof {
                 self.grow_if_bulk();
+                // At the first size, a read needs a whole buffer: the one
+                // held if nothing else shares it (a chunk in flight does),
+                // else one of the thread's, else the read allocates one.
+                if self.size == INITIAL_BUFFER && !self.spare.try_reclaim(INITIAL_BUFFER) {
+                    self.spare = take_buffer();
+                }
                 match src.as_mut().poll_read_chunk(cx, &mut self.spare, self.size) {
                     Poll::Ready(Ok(chunk)) if chunk.is_empty() => self.read_eof = true,
                     Poll::Ready(Ok(chunk)) => {
@@ -366,7 +415,9 @@ impl Pipe {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(("reading", true, e))),
                     Poll::Pending => {
                         if self.size == INITIAL_BUFFER {
-                            self.spare = BytesMut::new();
+                            // The last chunk, written, must not pin it.
+                            self.held = Bytes::new();
+                            give_buffer(std::mem::take(&mut self.spare));
                         }
                         // Nothing more to read now: push out what was written.
                         if self.need_flush {
@@ -398,8 +449,8 @@ impl Pipe {
                 }
                 ready!(dst.as_mut().poll_shutdown(cx)).map_err(|e| ("shutting down", false, e))?;
                 self.done = true;
-                self.spare = BytesMut::new();
                 self.held = Bytes::new();
+                give_buffer(std::mem::take(&mut self.spare));
                 return Poll::Ready(Ok(()));
             }
         }
@@ -584,6 +635,49 @@ mod tests {
         assert_eq!(dst.written, vec![Bytes::from_static(b"hello")]);
         assert_eq!(pipe.moved, 5);
         assert_eq!(pipe.spare.capacity(), 0, "idle again: buffer given back");
+    }
+
+    #[test]
+    fn an_idle_direction_lends_its_buffer_to_the_thread() {
+        let spares = || SPARE_READ_BUFFERS.with(|l| l.borrow().len());
+        SPARE_READ_BUFFERS.with(|l| l.borrow_mut().clear());
+        let (mut src, mut peer) = duplex(1 << 16);
+        let mut dst = Chunks::default();
+        let mut pipe = Pipe::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Nothing to read: the buffer the read reserved goes to the thread.
+        let poll = pipe.poll_copy(&mut cx, Pin::new(&mut src), Pin::new(&mut dst));
+        assert!(poll.is_pending());
+        assert_eq!((pipe.spare.capacity(), spares()), (0, 1));
+        // Polled idle again: taken and given back, nothing allocated.
+        let poll = pipe.poll_copy(&mut cx, Pin::new(&mut src), Pin::new(&mut dst));
+        assert!(poll.is_pending());
+        assert_eq!((pipe.spare.capacity(), spares()), (0, 1));
+        // Data read into the lent buffer and still held by the destination
+        // pins that buffer: the next read takes another (here, a new one),
+        // and that is what goes back to the thread.
+        let mut write = std::pin::pin!(peer.write_all(b"hello"));
+        assert!(write.as_mut().poll(&mut cx).is_ready());
+        let poll = pipe.poll_copy(&mut cx, Pin::new(&mut src), Pin::new(&mut dst));
+        assert!(poll.is_pending());
+        assert_eq!(dst.written, vec![Bytes::from_static(b"hello")]);
+        assert_eq!((pipe.spare.capacity(), spares()), (0, 1));
+        let (start, room) = SPARE_READ_BUFFERS.with(|l| {
+            let l = l.borrow();
+            (l[0].as_ptr() as usize, l[0].capacity())
+        });
+        assert_eq!(room, INITIAL_BUFFER);
+        let chunk = dst.written[0].as_ptr() as usize;
+        assert!(
+            !(start..start + room).contains(&chunk),
+            "a lent buffer holds a live chunk"
+        );
+        // A thread keeps at most a few.
+        for _ in 0..2 * SPARE_BUFFERS {
+            give_buffer(BytesMut::with_capacity(INITIAL_BUFFER));
+        }
+        assert_eq!(spares(), SPARE_BUFFERS);
+        SPARE_READ_BUFFERS.with(|l| l.borrow_mut().clear());
     }
 
     #[test]
