@@ -32,12 +32,10 @@ use std::{
     collections::HashMap,
     fmt, io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -47,10 +45,7 @@ use ambit_identity::{CertManager, HandshakeError, Identity, tls::placeholder_ser
 use bytes::Bytes;
 use h2::{Ping, client::SendRequest};
 use http::StatusCode;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
+use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_rustls::TlsConnector;
 
 mod connect;
@@ -63,6 +58,7 @@ use crate::{
     rewind::Rewind,
     server::BoxFuture,
     stream::HboneStream,
+    transport::Transport,
 };
 
 /// A boxed error from a [`TlsProvider`].
@@ -747,74 +743,6 @@ async fn handshake(
         }
     };
     Ok((send, Box::pin(driver)))
-}
-
-/// What an HBONE connection's TLS runs over: TCP, or (double HBONE) a
-/// CONNECT stream of another HBONE connection. One type for both keeps a
-/// single copy of the TLS and HTTP/2 client code in a binary instead of
-/// one per transport (about 100 KB of text each, resident in every
-/// ztunnel: PERFORMANCE.md, issue 21, fourteenth pass).
-enum Transport {
-    Tcp(TcpStream),
-    Hbone(HboneStream),
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Hbone(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Hbone(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Transport::Hbone(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Transport::Tcp(s) => s.is_write_vectored(),
-            Transport::Hbone(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Transport::Hbone(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Hbone(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 /// PINGs every `interval`; returns when one is not answered within

@@ -31,6 +31,7 @@ mod origin;
 mod rewind;
 mod server;
 mod stream;
+mod transport;
 
 pub use self::{
     client::{
@@ -52,4 +53,5 @@ pub use self::{
         StreamTask, handler_fn,
     },
     stream::HboneStream,
+    transport::Transport,
 };

@@ -31,12 +31,10 @@ use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ambit_hbone::HboneStream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 mod body;
 mod chunked;
@@ -57,53 +55,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// in one call; larger ones are written on their own.
 const COALESCE: usize = 16 * 1024;
 
-/// An upstream connection's transport.
-pub(crate) enum Io {
-    /// Plain TCP (benchmark mode).
-    Tcp(TcpStream),
-    /// An HBONE stream to the endpoint's ztunnel.
-    Hbone(HboneStream),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Hbone(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Hbone(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Hbone(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Hbone(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// An upstream connection's transport: plain TCP (benchmark mode) or an
+/// HBONE stream to the endpoint's ztunnel.
+pub(crate) use ambit_hbone::Transport as Io;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
